@@ -1,0 +1,288 @@
+"""Acquisition workers: one thread per device, a bounded queue to the publisher.
+
+A worker owns its driver. It connects (with exponential backoff and jitter when that
+fails), starts a series, and moves every :class:`Frame`/:class:`Gap` the driver yields
+into the device's :class:`FrameQueue`. A blocking read on one device never stalls
+another: each has its own thread and the publisher never waits on a device.
+
+Sequence numbers are assigned here, before the queue, so a frame the queue had to drop
+leaves a hole the publisher announces as a ``gap`` message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from medacq.drivers._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from medacq.protocols.stream import StreamDescriptor, new_series_id
+
+__all__ = ["FrameQueue", "StreamStats", "AcquisitionWorker", "QItem"]
+
+log = logging.getLogger("medacq.daemon.acquisition")
+
+#: Queue item: (kind, *fields). Kinds: "frame" (seq, Frame), "gap" (seq, frames, samples, reason),
+#: "series_start" (series, descriptor), "series_end" (reason), "descriptor" (descriptor).
+QItem = tuple[Any, ...]
+
+
+class FrameQueue:
+    """Bounded single-producer queue between a driver thread and the publisher.
+
+    Frames beyond ``depth`` are dropped and counted; control items (series start/end,
+    gaps, descriptors) are never dropped (they are rare and tiny).
+    """
+
+    __slots__ = ("_q", "depth", "dropped", "_wake", "high_water")
+
+    def __init__(self, depth: int, wake: threading.Event) -> None:
+        self._q: deque[QItem] = deque()
+        self.depth = depth
+        self.dropped = 0
+        self.high_water = 0
+        self._wake = wake
+
+    def put_frame(self, item: QItem) -> bool:
+        n = len(self._q)
+        if n >= self.depth:
+            self.dropped += 1
+            return False
+        self._q.append(item)
+        if n + 1 > self.high_water:
+            self.high_water = n + 1
+        self._wake.set()
+        return True
+
+    def put_control(self, item: QItem) -> None:
+        self._q.append(item)
+        self._wake.set()
+
+    def pop(self) -> QItem | None:
+        try:
+            return self._q.popleft()
+        except IndexError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+@dataclass
+class StreamStats:
+    """Counters of one stream, shown by ``status``. Written by one thread each."""
+
+    state: str = "stopped"
+    series: str | None = None
+    frames_acquired: int = 0
+    frames_published: int = 0
+    bytes_published: int = 0
+    gap_frames: int = 0
+    lost_samples: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    fps: float = 0.0
+    mbps: float = 0.0
+    latency_us_p50: float | None = None
+    latency_us_p99: float | None = None
+    latencies_us: deque = field(default_factory=lambda: deque(maxlen=512))
+
+    def error(self, msg: str) -> None:
+        self.last_error = msg
+        self.last_error_at = time.time()
+
+
+class AcquisitionWorker(threading.Thread):
+    """The thread that runs one device.
+
+    Args:
+        name: device/stream name.
+        driver_cls: the driver class.
+        address: transport address.
+        settings: validated settings model.
+        queue: where frames go.
+        stats: this stream's counters.
+        reconnect_max_s: backoff cap.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        driver_cls: type[Driver],
+        address: str,
+        settings: BaseModel,
+        queue: FrameQueue,
+        stats: StreamStats,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        super().__init__(name=f"acq-{name}", daemon=True)
+        self.device = name
+        self.driver_cls = driver_cls
+        self.address = address
+        self.settings = settings
+        self.queue = queue
+        self.stats = stats
+        self.reconnect_max_s = reconnect_max_s
+        self.driver: Driver | None = None
+        self.descriptor: StreamDescriptor | None = None
+        self.want_running = threading.Event()
+        self._shutdown = threading.Event()
+        self._poke = threading.Event()
+        self._reconfig: tuple[BaseModel, threading.Event, list[str | None]] | None = None
+        self._series_open = False
+        self._seq = 0
+        self.last_progress = time.monotonic()
+        self._rng = random.Random(hash(name))
+
+    # -- requests from other threads -------------------------------------------------
+    def request_start(self) -> None:
+        self.want_running.set()
+        self._poke.set()
+
+    def request_stop(self) -> None:
+        self.want_running.clear()
+        self._poke.set()
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+        self.want_running.clear()
+        self._poke.set()
+
+    def reconfigure(self, settings: BaseModel, timeout: float = 10.0) -> str | None:
+        """Apply new settings (stop, reopen, restart if it was running).
+
+        Returns ``None`` on success or the device's error message, in which case the old
+        settings are restored.
+        """
+        done = threading.Event()
+        result: list[str | None] = [None]
+        self._reconfig = (settings, done, result)
+        self._poke.set()
+        if not done.wait(timeout):
+            return "device did not apply the settings in time (still reconnecting?)"
+        return result[0]
+
+    def driver_counters(self) -> dict[str, int]:
+        d = self.driver
+        return dict(d.counters) if d is not None else {}
+
+    # -- the thread ------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._shutdown.is_set():
+            self.last_progress = time.monotonic()
+            if self._reconfig is not None:
+                self._apply_reconfig()
+                continue
+            if not self.want_running.is_set():
+                if self.stats.state not in ("stopped",) and self.driver is None:
+                    self.stats.state = "stopped"
+                elif self.driver is not None and self.stats.state != "idle":
+                    self.stats.state = "idle"
+                self._poke.wait(0.2)
+                self._poke.clear()
+                continue
+            try:
+                self._ensure_open()
+                self._acquire()
+                backoff = 0.1
+            except (ConnectionLost, DeviceError, OSError, ValueError) as exc:
+                backoff = self._failed(exc, backoff)
+            except Exception as exc:  # noqa: BLE001 - a driver bug must not kill the daemon
+                log.exception("%s: unexpected driver error", self.device)
+                backoff = self._failed(exc, backoff)
+        self._end_series("daemon shutdown")
+        self._close_driver()
+        self.stats.state = "stopped"
+
+    def _ensure_open(self) -> None:
+        if self.driver is None:
+            self.stats.state = "connecting"
+            drv = self.driver_cls(self.device, self.address, self.settings)
+            try:
+                drv.open()
+            except BaseException:
+                drv.close()
+                raise
+            self.driver = drv
+            self.descriptor = drv.descriptor()
+
+    def _acquire(self) -> None:
+        drv = self.driver
+        assert drv is not None and self.descriptor is not None
+        series = new_series_id()
+        self._seq = 0
+        self.queue.put_control(("series_start", series, self.descriptor))
+        self._series_open = True
+        self.stats.series = series
+        drv.start()
+        self.stats.state = "acquiring"
+        log.info("%s: acquiring (series %s)", self.device, series)
+        q, stats = self.queue, self.stats
+        while self.want_running.is_set() and not self._shutdown.is_set() and self._reconfig is None:
+            for item in drv.read(0.2):
+                if type(item) is Frame:
+                    data = item.data
+                    if not data.flags.c_contiguous:
+                        item.data = np.ascontiguousarray(data)
+                    seq = self._seq
+                    self._seq = seq + 1
+                    stats.frames_acquired += 1
+                    q.put_frame(("frame", seq, item))
+                elif isinstance(item, Gap):
+                    q.put_control(("gap", self._seq, item.lost_frames, item.lost_samples, item.reason))
+                    self._seq += item.lost_frames
+            self.last_progress = time.monotonic()
+        try:
+            drv.stop()
+        finally:
+            self._end_series("stopped" if not self._shutdown.is_set() else "daemon shutdown")
+
+    def _end_series(self, reason: str) -> None:
+        if self._series_open:
+            self.queue.put_control(("series_end", reason))
+            self._series_open = False
+
+    def _close_driver(self) -> None:
+        if self.driver is not None:
+            self.driver.close()
+            self.driver = None
+
+    def _failed(self, exc: BaseException, backoff: float) -> float:
+        msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ConnectionLost, DeviceError)) else str(exc)
+        self.stats.error(msg)
+        self._end_series(f"connection lost: {msg}")
+        self._close_driver()
+        self.stats.reconnects += 1
+        self.stats.state = "reconnecting"
+        log.warning("%s: %s; reconnecting in %.2f s", self.device, msg, backoff)
+        # interruptible sleep with full jitter
+        self._poke.wait(backoff * (0.5 + self._rng.random() / 2))
+        self._poke.clear()
+        return min(backoff * 2, self.reconnect_max_s)
+
+    def _apply_reconfig(self) -> None:
+        assert self._reconfig is not None
+        settings, done, result = self._reconfig
+        self._reconfig = None
+        old = self.settings
+        was_open = self.driver is not None
+        self._end_series("reconfigured")
+        self._close_driver()
+        self.settings = settings
+        if was_open or self.want_running.is_set():
+            try:
+                self._ensure_open()
+            except (ConnectionLost, DeviceError, OSError, ValueError, ValidationError) as exc:
+                result[0] = str(exc)
+                self.settings = old
+                self._close_driver()
+        done.set()

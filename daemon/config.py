@@ -1,0 +1,227 @@
+"""Rig configuration: one TOML file, validated by pydantic before anything starts.
+
+Every error names the file, the field (``device[1].settings.rate_hz``) and what was
+expected; nothing starts half-configured. See the README's configuration reference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medacq.drivers.registry import driver_class, known_kinds
+
+__all__ = [
+    "ConfigError",
+    "DaemonSection",
+    "DeviceSection",
+    "ReconSection",
+    "RigConfig",
+    "load_config",
+    "parse_config",
+    "endpoint_is_local",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration. ``problems`` lists ``(location, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) in the configuration"]
+        lines += [f"  {loc}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """True for ``ipc://``/``inproc://`` and TCP on a loopback address."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_endpoint(v: str) -> str:
+    if not v.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError("expected a ZeroMQ endpoint: tcp://HOST:PORT or ipc:///path")
+    if not endpoint_is_local(v):
+        raise ValueError(
+            "binding to a non-loopback address needs CurveZMQ authentication, which this "
+            "build does not enable; bind to 127.0.0.1 or ipc://"
+        )
+    return v
+
+
+class DaemonSection(BaseModel):
+    """``[daemon]``: sockets, queues and timers of the acquisition daemon.
+
+    Attributes:
+        data_endpoint: PUB socket the frames go out on.
+        control_endpoint: ROUTER socket for control requests.
+        queue_depth: frames buffered per device between driver and publisher; a full
+            queue drops (and counts) rather than grows.
+        sndhwm: ZeroMQ send high-water mark per subscriber (messages).
+        heartbeat_s: per-stream heartbeat interval.
+        descriptor_interval_s: descriptor re-publication interval.
+        watchdog_stall_s: a device thread silent for longer is "unhealthy" (systemd watchdog).
+        reconnect_max_s: cap of the exponential reconnect backoff.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_endpoint: str = "tcp://127.0.0.1:5555"
+    control_endpoint: str = "tcp://127.0.0.1:5556"
+    queue_depth: int = Field(default=256, ge=1, le=1_000_000)
+    sndhwm: int = Field(default=1000, ge=1)
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    descriptor_interval_s: float = Field(default=3.0, gt=0)
+    watchdog_stall_s: float = Field(default=5.0, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+
+    _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class DeviceSection(BaseModel):
+    """``[[device]]``: one instrument.
+
+    Attributes:
+        name: stream name (topic ``raw/<name>``); letters, digits, ``_`` and ``-``.
+        kind: driver kind (``synthetic``, ...; ``medacq check-config`` lists them).
+        address: transport address: serial path, ``socket://h:p``, ``tcp://h:p``, VISA resource.
+        autostart: start acquiring when the daemon starts.
+        settings: device settings, validated by the driver's settings model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    kind: str
+    address: str = Field(min_length=1)
+    autostart: bool = True
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in known_kinds():
+            raise ValueError(f"unknown device kind {v!r}; known kinds: {', '.join(known_kinds())}")
+        return v
+
+
+class ReconSection(BaseModel):
+    """``[recon]``: the reconstruction stage (``medacq recon``).
+
+    Attributes:
+        enabled: ``medacq up`` starts it.
+        data_endpoint: PUB socket of the ``recon/...`` results.
+        subscribe: where raw frames come from (default: the daemon's data endpoint).
+        queue_depth: frames buffered per stream before the stage drops (and counts).
+        settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    data_endpoint: str = "tcp://127.0.0.1:5557"
+    subscribe: str | None = None
+    queue_depth: int = Field(default=64, ge=1)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    _ep = field_validator("data_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class RigConfig(BaseModel):
+    """A whole rig: ``[daemon]``, ``[[device]]`` tables and ``[recon]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    device: list[DeviceSection] = Field(default_factory=list)
+    recon: ReconSection = Field(default_factory=ReconSection)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RigConfig":
+        names = [d.name for d in self.device]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(dup)}")
+        eps = [self.daemon.data_endpoint, self.daemon.control_endpoint, self.recon.data_endpoint]
+        if len(set(eps)) != len(eps):
+            raise ValueError("daemon.data_endpoint, daemon.control_endpoint and recon.data_endpoint must differ")
+        return self
+
+    @property
+    def recon_source(self) -> str:
+        return self.recon.subscribe or self.daemon.data_endpoint
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    out = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] != "missing" and "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        out.append((_loc(prefix + tuple(e["loc"])), msg))
+    return out
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> RigConfig:
+    """Validate a parsed TOML document, device settings included.
+
+    Raises :class:`ConfigError` listing every problem found, not just the first.
+    """
+    problems: list[tuple[str, str]] = []
+    cfg: RigConfig | None = None
+    try:
+        cfg = RigConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += _problems(exc)
+    devices = data.get("device", []) if isinstance(data, dict) else []
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
+        if isinstance(dev, dict) and dev.get("kind") in known_kinds() and isinstance(dev.get("settings", {}), dict):
+            try:
+                driver_class(dev["kind"]).validate_settings(dev.get("settings", {}))
+            except ValidationError as exc:
+                problems += _problems(exc, ("device", i, "settings"))
+    if problems or cfg is None:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> RigConfig:
+    """Read and validate a TOML rig config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), [("(file)", "no such file")]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [("(syntax)", f"not valid TOML: {exc}")]) from None
+    return parse_config(data, str(p))

@@ -1,0 +1,1 @@
+"""medacq package."""

@@ -1,0 +1,31 @@
+"""Which driver class serves which device ``kind``.
+
+Entries are ``"module:Class"`` strings imported on first use, so a rig only imports the
+families it configures. A device family adds one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._base import Driver
+
+__all__ = ["DRIVERS", "driver_class", "known_kinds"]
+
+DRIVERS: dict[str, str] = {
+    "synthetic": "medacq.drivers.synthetic:SyntheticDriver",
+}
+
+
+def known_kinds() -> list[str]:
+    return sorted(DRIVERS)
+
+
+def driver_class(kind: str) -> type[Driver]:
+    """The driver class for ``kind``; KeyError naming the known kinds if there is none."""
+    try:
+        target = DRIVERS[kind]
+    except KeyError:
+        raise KeyError(f"unknown device kind {kind!r}; known kinds: {', '.join(known_kinds())}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)

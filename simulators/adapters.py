@@ -1,0 +1,394 @@
+"""Transport adapters: serve a :class:`DeviceInterface` on a real pty or TCP port.
+
+:class:`SimulatorServer` runs one device in a background thread. It owns the clock:
+*paced* (real time, the device rate) or *unpaced* (virtual time advanced as fast as the
+host reads, for tests). Its :attr:`faults` side door pulls the cable, refuses reconnection,
+stalls, corrupts, injects garbage, slows replies and drops packets.
+
+Addresses handed to drivers:
+
+* pty: a stable symlink (``<dir>/<name>``) to the current ``/dev/pts/N``. When the cable is
+  pulled the pty is closed; when it is "plugged back" a new pty is made and the symlink
+  re-pointed, like a USB serial device reappearing under its udev name.
+* TCP: ``socket://127.0.0.1:PORT`` (pyserial URL) -- drivers that speak TCP natively take
+  ``tcp://`` instead; :attr:`SimulatorServer.tcp_address` gives that form.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import select
+import socket
+import tempfile
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._interface import DeviceInterface
+
+__all__ = ["FaultInjector", "SimulatorServer", "PortInUseError"]
+
+_OUT_HIGH = 1 << 20  # unpaced mode: produce more only below this many pending bytes
+_OUT_CAP = 64 << 20  # paced mode: a host that does not read loses data past this
+
+
+class PortInUseError(OSError):
+    """The TCP port a simulator was asked to serve on is taken."""
+
+
+@dataclass
+class FaultInjector:
+    """Faults to apply on the wire. Thread-safe setters; the server thread applies them.
+
+    All durations in seconds. Counters record what was applied.
+    """
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    pull_requested: bool = False
+    refuse_until: float = 0.0
+    stall_until: float = 0.0
+    corrupt_bytes: int = 0
+    garbage_pending: int = 0
+    reply_delay_s: float = 0.0
+    seed: int = 0
+    cable_pulls: int = 0
+    bytes_corrupted: int = 0
+    garbage_sent: int = 0
+
+    def pull_cable(self, refuse_s: float = 0.0) -> None:
+        """Drop the connection now; refuse (or do not re-create) it for ``refuse_s``."""
+        with self._lock:
+            self.pull_requested = True
+            self.refuse_until = time.monotonic() + refuse_s
+
+    def stall(self, seconds: float) -> None:
+        """Neither read nor write for ``seconds`` (a hung device)."""
+        with self._lock:
+            self.stall_until = time.monotonic() + seconds
+
+    def corrupt(self, nbytes: int) -> None:
+        """Flip bits in the next ``nbytes`` outgoing bytes."""
+        with self._lock:
+            self.corrupt_bytes += nbytes
+
+    def garbage(self, nbytes: int) -> None:
+        """Send a burst of ``nbytes`` random bytes."""
+        with self._lock:
+            self.garbage_pending += nbytes
+
+    def slow_replies(self, delay_s: float) -> None:
+        """Delay every command reply by ``delay_s`` (0 restores)."""
+        with self._lock:
+            self.reply_delay_s = delay_s
+
+    def _mangle(self, data: bytes, rng: random.Random) -> bytes:
+        with self._lock:
+            n = min(self.corrupt_bytes, len(data))
+            self.corrupt_bytes -= n
+            self.bytes_corrupted += n
+        if not n:
+            return data
+        b = bytearray(data)
+        for i in range(n):
+            b[i] ^= rng.randrange(1, 256)
+        return bytes(b)
+
+    def _take_garbage(self, rng: random.Random) -> bytes:
+        with self._lock:
+            n, self.garbage_pending = self.garbage_pending, 0
+            self.garbage_sent += n
+        return rng.randbytes(n) if n else b""
+
+
+class SimulatorServer:
+    """Serve one :class:`DeviceInterface` over a pty or TCP, in a background thread.
+
+    Args:
+        interface: the device.
+        transport: ``"pty"`` or ``"tcp"``.
+        host, port: TCP bind address (port 0 picks a free one).
+        paced: real time (True) or as fast as the host reads (False).
+        name: pty symlink name (default: interface class name).
+        link_dir: folder for the pty symlink (default: a fresh temp folder).
+    """
+
+    def __init__(
+        self,
+        interface: DeviceInterface,
+        transport: Literal["pty", "tcp"] = "pty",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        paced: bool = True,
+        name: str | None = None,
+        link_dir: str | None = None,
+    ) -> None:
+        self.interface = interface
+        self.transport = transport
+        self.paced = paced
+        self.faults = FaultInjector()
+        self._rng = random.Random(self.faults.seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()  # guards interface calls from other threads
+        self._listen: socket.socket | None = None
+        self._conn: socket.socket | None = None
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._out = bytearray()
+        self._t0 = time.monotonic()
+        self._vt = 0.0
+        self.connections = 0
+        self.bytes_out = 0
+        self.bytes_overrun = 0
+        self.error: BaseException | None = None
+        self._name = name or type(interface).__name__.lower()
+        self._link_dir = link_dir
+        self._own_dir = False
+        self.link_path: str | None = None
+        if transport == "tcp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                s.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(exc.errno, f"TCP port {host}:{port} is already in use") from None
+                raise
+            s.listen(1)
+            s.setblocking(False)
+            self._listen = s
+            self.host, self.port = s.getsockname()[:2]
+        elif transport == "pty":
+            if self._link_dir is None:
+                self._link_dir = tempfile.mkdtemp(prefix="medacq-sim-")
+                self._own_dir = True
+            self.link_path = os.path.join(self._link_dir, self._name)
+            self._open_pty()
+        else:
+            raise ValueError(f"unknown transport {transport!r} (pty or tcp)")
+
+    # -- public ---------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """What a pyserial-based driver opens: the pty symlink or ``socket://host:port``."""
+        if self.transport == "pty":
+            assert self.link_path
+            return self.link_path
+        return f"socket://{self.host}:{self.port}"
+
+    @property
+    def tcp_address(self) -> str:
+        """``tcp://host:port`` for drivers that speak TCP themselves."""
+        return f"tcp://{self.host}:{self.port}"
+
+    def start(self) -> "SimulatorServer":
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"sim-{self._name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._close_conn()
+        if self._listen:
+            self._listen.close()
+        if self.link_path and os.path.islink(self.link_path):
+            os.unlink(self.link_path)
+        if self._own_dir and self._link_dir:
+            try:
+                os.rmdir(self._link_dir)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "SimulatorServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def call(self, fn, *args, **kwargs):
+        """Run ``fn(*args)`` under the server's lock (for side-door calls into the interface)."""
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    # -- internals ------------------------------------------------------------------
+    def _now(self) -> float:
+        return time.monotonic() - self._t0 if self.paced else self._vt
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        tmp = self.link_path + ".tmp"  # type: ignore[operator]
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.ttyname(slave), tmp)
+        os.replace(tmp, self.link_path)  # type: ignore[arg-type]
+        self.connections += 1
+        with self._lock:
+            self._out += self.interface.on_connect(self._now())
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = None
+        self._out.clear()
+
+    def _fd(self) -> int | None:
+        if self.transport == "tcp":
+            return self._conn.fileno() if self._conn else None
+        return self._master
+
+    def _disconnect(self) -> None:
+        with self._lock:
+            self.interface.on_disconnect(self._now())
+        self._close_conn()
+        if self.transport == "pty" and self.link_path and os.path.islink(self.link_path):
+            os.unlink(self.link_path)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - surfaced via .error
+            self.error = exc
+
+    def _loop(self) -> None:
+        f = self.faults
+        while not self._stop.is_set():
+            mono = time.monotonic()
+            if f.pull_requested:
+                with f._lock:
+                    f.pull_requested = False
+                    f.cable_pulls += 1
+                if self._fd() is not None:
+                    self._disconnect()
+            if mono < f.stall_until:
+                time.sleep(min(0.05, f.stall_until - mono))
+                continue
+            fd = self._fd()
+            if fd is None:
+                if mono < f.refuse_until:
+                    self._refuse()
+                    time.sleep(0.02)
+                    continue
+                if self.transport == "pty":
+                    self._open_pty()
+                else:
+                    self._accept(timeout=0.1)
+                continue
+            self._service(fd)
+
+    def _refuse(self) -> None:
+        if self._listen is None:
+            return
+        try:
+            c, _ = self._listen.accept()
+            c.close()
+        except BlockingIOError:
+            pass
+
+    def _accept(self, timeout: float) -> None:
+        assert self._listen is not None
+        r, _, _ = select.select([self._listen], [], [], timeout)
+        if not r:
+            return
+        try:
+            conn, _ = self._listen.accept()
+        except BlockingIOError:
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setblocking(False)
+        self._conn = conn
+        self.connections += 1
+        if not self.paced:
+            self._vt = 0.0
+        with self._lock:
+            self._out += self.interface.on_connect(self._now())
+
+    def _service(self, fd: int) -> None:
+        f = self.faults
+        with self._lock:
+            deadline = self.interface.next_deadline()
+        if self.paced:
+            wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - self._now()))
+        else:
+            wait = 0.05 if deadline is None else 0.0
+        if self._out:
+            wait = min(wait, 0.05)
+        r, w, _ = select.select([fd], [fd] if self._out else [], [], wait)
+        if r:
+            try:
+                data = self._read(fd)
+            except OSError:
+                data = b""
+            if data == b"":
+                self._disconnect()
+                return
+            if data:
+                if f.reply_delay_s:
+                    time.sleep(f.reply_delay_s)
+                with self._lock:
+                    self._out += self.interface.on_bytes(data, self._now())
+        with self._lock:
+            deadline = self.interface.next_deadline()
+            if deadline is not None:
+                if not self.paced and len(self._out) < _OUT_HIGH:
+                    self._vt = max(self._vt, deadline)
+                if self._now() >= deadline:
+                    produced = self.interface.poll(self._now())
+                    if len(self._out) > _OUT_CAP:
+                        # the host is not reading: like a device FIFO, lose the new data
+                        self.bytes_overrun += len(produced)
+                    else:
+                        self._out += produced
+        junk = f._take_garbage(self._rng)
+        if junk:
+            self._out[:0] = junk
+        if self._out:
+            self._write(fd)
+
+    def _read(self, fd: int) -> bytes | None:
+        """Bytes from the host; ``b""`` when the host went away; ``None`` if none yet."""
+        try:
+            if self.transport == "tcp":
+                assert self._conn is not None
+                return self._conn.recv(65536)
+            return os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def _write(self, fd: int) -> None:
+        chunk = bytes(self._out[: 1 << 20])
+        chunk = self.faults._mangle(chunk, self._rng)
+        try:
+            if self.transport == "tcp":
+                assert self._conn is not None
+                n = self._conn.send(chunk)
+            else:
+                n = os.write(fd, chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._disconnect()
+            return
+        del self._out[:n]
+        self.bytes_out += n
