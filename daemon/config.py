@@ -127,6 +127,7 @@ class ReconSection(BaseModel):
     Attributes:
         enabled: ``medacq up`` starts it.
         data_endpoint: PUB socket of the ``recon/...`` results.
+        control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests.
         subscribe: where raw frames come from (default: the daemon's data endpoint).
         queue_depth: frames buffered per stream before the stage drops (and counts).
         settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
@@ -136,11 +137,12 @@ class ReconSection(BaseModel):
 
     enabled: bool = True
     data_endpoint: str = "tcp://127.0.0.1:5557"
+    control_endpoint: str = "tcp://127.0.0.1:5558"
     subscribe: str | None = None
     queue_depth: int = Field(default=64, ge=1)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    _ep = field_validator("data_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+    _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 
 
 class RigConfig(BaseModel):
@@ -158,9 +160,10 @@ class RigConfig(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"device names must be unique; repeated: {', '.join(dup)}")
-        eps = [self.daemon.data_endpoint, self.daemon.control_endpoint, self.recon.data_endpoint]
+        eps = [self.daemon.data_endpoint, self.daemon.control_endpoint, self.recon.data_endpoint,
+               self.recon.control_endpoint]
         if len(set(eps)) != len(eps):
-            raise ValueError("daemon.data_endpoint, daemon.control_endpoint and recon.data_endpoint must differ")
+            raise ValueError("the daemon's and the reconstruction stage's endpoints must all differ")
         return self
 
     @property
@@ -225,3 +228,37 @@ def load_config(path: str | Path) -> RigConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), [("(syntax)", f"not valid TOML: {exc}")]) from None
     return parse_config(data, str(p))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def dump_config(data: dict[str, Any]) -> str:
+    """Write a rig config document (as :func:`parse_config` takes it) as TOML text."""
+    lines: list[str] = []
+    for section in ("daemon", "recon"):
+        body = data.get(section)
+        if body:
+            lines.append(f"[{section}]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items()]
+            lines.append("")
+    for dev in data.get("device", []):
+        lines.append("[[device]]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in dev.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.stream import StreamDescriptor
-from medacq.protocols.synthetic import SynthCommand, SynthFrame, SynthHostCodec, SynthReply, config_json
+from medacq.protocols.synthetic import SynthCommand, SynthFrame, SynthHostCodec, SynthReply, check_dtype, check_shape, config_json
 
 from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
 from .transports import SerialTransport
@@ -42,6 +42,9 @@ class SyntheticSettings(BaseModel):
     seed: int = 0
     axes: list[str] | None = None
     units: str = "a.u."
+
+    _shape = field_validator("shape")(classmethod(lambda cls, v: check_shape(v)))
+    _dtype = field_validator("dtype")(classmethod(lambda cls, v: check_dtype(v)))
 
 
 class SyntheticDriver(Driver):

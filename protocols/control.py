@@ -28,6 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "ControlRequest",
+    "ListRequest",
+    "DescribeRequest",
+    "ConfigureRequest",
+    "StartRequest",
+    "StopRequest",
+    "StatusRequest",
+    "PingRequest",
+    "DescriptorRequest",
+    "ActionRequest",
     "ControlReply",
     "ControlError",
     "ErrorCode",
@@ -119,6 +128,19 @@ class DescriptorRequest(_Req):
     stream: str
 
 
+class ActionRequest(_Req):
+    """A modality-specific action on a stream (``rereference`` an EIT image, ``capture_dark``...).
+
+    The daemon routes it to the device's driver; the reconstruction stage to the stream's
+    reconstructor. ``args`` is action-specific.
+    """
+
+    cmd: Literal["action"]
+    target: str
+    action: str = Field(min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
 ControlRequest = Annotated[
     Union[
         ListRequest,
@@ -129,6 +151,7 @@ ControlRequest = Annotated[
         StatusRequest,
         PingRequest,
         DescriptorRequest,
+        ActionRequest,
     ],
     Field(discriminator="cmd"),
 ]
@@ -137,7 +160,7 @@ ControlRequest = Annotated[
 READ_ONLY_COMMANDS = frozenset({"list", "describe", "status", "ping", "descriptor"})
 
 _REQUEST = TypeAdapter(ControlRequest)
-_COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor")
+_COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action")
 
 
 class ControlError(Exception):

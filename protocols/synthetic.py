@@ -213,3 +213,21 @@ class SynthDeviceCodec:
 def config_json(config: dict[str, Any]) -> str:
     """Serialise a CONF argument."""
     return json.dumps(config, separators=(",", ":"))
+
+
+def check_shape(shape: list[int]) -> list[int]:
+    """Validate a synthetic frame shape (every axis > 0, at most 16 Mi elements)."""
+    if any(d <= 0 for d in shape) or int(np.prod(shape)) > 16 * 1024 * 1024:
+        raise ValueError("every axis must be > 0 and a frame at most 16 Mi elements")
+    return shape
+
+
+def check_dtype(dtype: str) -> str:
+    """Validate and normalise a synthetic dtype string (one of :data:`DTYPE_CODES`)."""
+    try:
+        s = np.dtype(dtype).str
+    except TypeError:
+        raise ValueError(f"not a numpy dtype: {dtype!r}") from None
+    if s not in _CODE_OF:
+        raise ValueError(f"dtype must be one of {sorted(_CODE_OF)}")
+    return s

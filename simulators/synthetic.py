@@ -14,14 +14,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medacq.protocols._sansio import NEED_DATA, Garbage
-from medacq.protocols.synthetic import DTYPE_CODES, SynthDeviceCodec, SynthFrame, SynthReply
+from medacq.protocols.synthetic import SynthDeviceCodec, SynthFrame, SynthReply, check_dtype, check_shape
 
 from ._interface import DeviceInterface
 
 __all__ = ["SynthConfig", "synth_frame", "SynthInterface"]
-
-_SUPPORTED = {np.dtype(v).str for v in DTYPE_CODES.values()}
-
 
 class SynthConfig(BaseModel):
     """Settings of the synthetic device (also the ``CONF`` JSON keys).
@@ -40,23 +37,8 @@ class SynthConfig(BaseModel):
     rate_hz: float = Field(default=100.0, gt=0, le=100_000)
     seed: int = 0
 
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, v: list[int]) -> list[int]:
-        if any(d <= 0 for d in v) or int(np.prod(v)) > 16 * 1024 * 1024:
-            raise ValueError("every axis must be > 0 and a frame at most 16 Mi elements")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        try:
-            s = np.dtype(v).str
-        except TypeError:
-            raise ValueError(f"not a numpy dtype: {v!r}") from None
-        if s not in _SUPPORTED:
-            raise ValueError(f"dtype must be one of {sorted(_SUPPORTED)}")
-        return s
+    _shape = field_validator("shape")(classmethod(lambda cls, v: check_shape(v)))
+    _dtype = field_validator("dtype")(classmethod(lambda cls, v: check_dtype(v)))
 
 
 def synth_frame(config: SynthConfig, seq: int) -> np.ndarray:
@@ -178,3 +160,9 @@ class SynthInterface(DeviceInterface):
             out.append(self._codec.send(SynthFrame(seq, t_dev, synth_frame(self.config, seq))))
             self.sent += 1
         return b"".join(out)
+
+
+def make(**options: Any) -> SynthInterface:
+    """Factory for ``medacq sim synthetic`` (options: SynthConfig fields and ``serial``)."""
+    serial = str(options.pop("serial", "SYN0001"))
+    return SynthInterface(SynthConfig.model_validate(options), serial=serial)

@@ -1,0 +1,206 @@
+"""Simulated HackEEG (Arduino Due + ADS1298 shield) running hackeeg-driver-arduino v0.4.0,
+as an 8-lead ECG front end (I, II, V1–V6) fed by :class:`EKGModel`.
+
+State machine as in the firmware: text mode at power-up; ``jsonlines``/``messagepack``/
+``text`` switch modes (the reply already in the new mode); ``rdatac`` streams one record
+per conversion, ``sdatac`` stops; ``start`` resets the sample number; ``rreg``/``wreg``
+access an ADS1298 register file (CONFIG1 sets the rate, CHnSET gain / mux / power-down).
+The ADC converts continuously from power-up (the firmware sets START high), so samples
+flow as soon as ``rdatac`` is on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medacq.protocols import hackeeg as he
+
+from ._interface import DeviceInterface
+from .biosignal_models import DEVICE_LEADS, EKGModel
+
+__all__ = ["HackEEGInterface", "DRIVER_VERSION"]
+
+DRIVER_VERSION = "v0.4.0"
+_N_REGS = 0x1A
+
+
+class HackEEGInterface(DeviceInterface):
+    """Args:
+        seed: model seed.
+        rate: initial sample rate (SPS), sets CONFIG1 (ADS1298: 250…32000).
+        gain: initial PGA gain of every channel (1, 2, 3, 4, 6, 8, 12).
+        heart_rate_bpm, mains_hz: EKG model parameters (mains is unused by the EKG model
+            and kept for symmetry).
+        clock_ppm: board oscillator error; conversions every 1/(rate·(1+ppm·1e-6)) s.
+        banner_on_connect: print ``Ready`` when a host connects (the firmware prints it at
+            boot only; the native USB port does not reset the board on open).
+    """
+
+    def __init__(self, seed: int = 0, rate: int = 500, gain: int = 6,
+                 heart_rate_bpm: float = 72.0, clock_ppm: float = 0.0,
+                 banner_on_connect: bool = False, **model_kwargs: object) -> None:
+        self.seed = seed
+        self.heart_rate_bpm = heart_rate_bpm
+        self.clock_ppm = clock_ppm
+        self.banner_on_connect = banner_on_connect
+        self._model_kwargs = model_kwargs
+        self._init_rate = rate
+        self._init_gain = gain
+        self.codec = he.HackEEGDeviceCodec()
+        self.samples_sent = 0
+        self._reset_registers()
+        self.rdatac = False
+        self.sample_number = 0
+        self._model: EKGModel | None = None
+        self._t0 = 0.0
+        self._k = 0
+
+    def _reset_registers(self) -> None:
+        self.regs = bytearray(_N_REGS)
+        self.regs[he.REG_ID] = he.ADS1298_ID
+        self.regs[he.REG_CONFIG1] = he.config1_for_rate(self._init_rate)
+        for ch in range(8):
+            self.regs[he.REG_CHNSET + ch] = he.chnset(self._init_gain)
+
+    @property
+    def rate(self) -> int:
+        return he.rate_from_config1(self.regs[he.REG_CONFIG1])
+
+    @property
+    def period(self) -> float:
+        return 1.0 / (self.rate * (1.0 + self.clock_ppm * 1e-6))
+
+    def gains(self) -> np.ndarray:
+        return np.array([he.gain_from_chnset(self.regs[he.REG_CHNSET + c]) for c in range(8)])
+
+    def _active(self) -> np.ndarray:
+        return np.array([(self.regs[he.REG_CHNSET + c] & 0x07) != he.MUX_SHORTED
+                         and not self.regs[he.REG_CHNSET + c] & 0x80 for c in range(8)])
+
+    # ------------------------------------------------------------- interface
+    def on_connect(self, t: float) -> bytes:
+        return self.codec.send(he.TextLine("Ready")) if self.banner_on_connect else b""
+
+    def on_bytes(self, data: bytes, t: float) -> bytes:
+        self.codec.receive_data(data)
+        out = bytearray()
+        while True:
+            ev = self.codec.next_event()
+            if ev is he.NEED_DATA:
+                return bytes(out)
+            out += self._handle(ev, t)
+
+    def _ok(self, text: str = "Ok", data: object = None) -> bytes:
+        return self.codec.send(he.HackEEGResponse(200, text, data))
+
+    def _handle(self, ev: object, t: float) -> bytes:
+        if isinstance(ev, he.MalformedCommand):
+            return self.codec.send(he.HackEEGResponse(400, "Bad request"))
+        assert isinstance(ev, he.HackEEGCommand)
+        c, p = ev.command, ev.parameters
+        text = self.codec.mode == he.TEXT
+        if c in ("nop", "text", "jsonlines", "messagepack", "ledon", "ledoff", "boardledon",
+                 "boardledoff", "wakeup", "standby", "stop"):
+            return self._ok()
+        if c == "version":
+            return self._ok(DRIVER_VERSION)
+        if c == "micros":
+            us = int(t * 1e6) & 0xFFFFFFFF
+            return self._ok() + f"{us}\r\n".encode() if text else self._ok(data=us)
+        if c == "status":
+            if text:
+                lines = ["200 Ok", f"Driver version: {DRIVER_VERSION}", "Board name: HackEEG",
+                         "Board maker: Starcat LLC", "Hardware type: ADS1298", "Max channels: 8",
+                         f"Number of active channels: {int(self._active().sum())}", ""]
+                return "\r\n".join(lines).encode() + b"\r\n"
+            return self._ok(data={"driver_version": DRIVER_VERSION, "board_name": "HackEEG",
+                                  "maker_name": "Starcat LLC", "hardware_type": "ADS1298",
+                                  "max_channels": 8, "active_channels": int(self._active().sum())})
+        if c == "serialnumber":
+            return self.codec.send(he.HackEEGResponse(501, "Not Implemented"))
+        if c == "reset":
+            self._reset_registers()
+            self.rdatac = False
+            return self._ok()
+        if c == "start":
+            self.sample_number = 0
+            return self._ok()
+        if c == "rdatac":
+            if not self._active().any():
+                return self.codec.send(he.HackEEGResponse(502, "No Active Channels"))
+            if not self.rdatac:
+                self.rdatac = True
+                self._t0 = t
+                self._k = 0
+                self._model = EKGModel(self.seed, fs=float(self.rate),
+                                       heart_rate_bpm=self.heart_rate_bpm, **self._model_kwargs)  # type: ignore[arg-type]
+            return self._ok()
+        if c == "sdatac":
+            self.rdatac = False
+            return self._ok()
+        if c == "rdata":
+            if self._model is None:
+                self._model = EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm)
+            return (self._ok() if text else b"") + self._samples(1, t, advance_clock=False)
+        if c == "rreg":
+            if len(p) != 1 or not 0 <= p[0] < _N_REGS:
+                return self.codec.send(he.HackEEGResponse(500, "Error"))
+            v = self.regs[p[0]]
+            if text:
+                return f"200 Ok (Read Register {p[0]:02X}) \r\n{v:02X}\r\n\r\n".encode()
+            return self._ok(data=v)
+        if c == "wreg":
+            if len(p) != 2 or not 0 < p[0] < _N_REGS:
+                return self.codec.send(he.HackEEGResponse(500, "Error"))
+            reg, val = p
+            if reg == he.REG_CONFIG1 and (val & 0x07) == 7:
+                return self.codec.send(he.HackEEGResponse(500, "Error"))
+            self.regs[reg] = val
+            if reg == he.REG_CONFIG1 and self._model is not None:
+                # rate change: restart the physiology at the new rate from now
+                self._model = EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm)
+                self._t0, self._k = t, 0
+            if text:
+                return f"200 Ok (Write Register {reg:02X} {val:02X}) \r\n\r\n".encode()
+            return self._ok()
+        if text:
+            return b"406 Error: Unrecognized command.\r\n\r\n"
+        return self.codec.send(he.HackEEGResponse(406, "Unrecognized command"))
+
+    # --------------------------------------------------------------- streaming
+    def next_deadline(self) -> float | None:
+        return self._t0 + self._k * self.period if self.rdatac else None
+
+    def poll(self, t: float) -> bytes:
+        if not self.rdatac:
+            return b""
+        due = int(np.floor((t - self._t0) / self.period + 1e-9)) + 1
+        n = due - self._k
+        return self._samples(n, t) if n > 0 else b""
+
+    def _samples(self, n: int, t: float, advance_clock: bool = True) -> bytes:
+        assert self._model is not None
+        uv = self._model.generate(n, DEVICE_LEADS)
+        scale = 2.4e6 / self.gains().astype(float) / (2**23 - 1)
+        counts = np.clip(np.round(uv / scale[:, None]), -(2**23), 2**23 - 1).astype(np.int64)
+        counts[~self._active()] = 0
+        out = bytearray()
+        for j in range(n):
+            k = self._k + j
+            ts_us = int(round((self._t0 + k * self.period) * 1e6)) & 0xFFFFFFFF
+            s = he.HackEEGSample(ts_us, self.sample_number & 0xFFFFFFFF, 0xC00000,
+                                 tuple(int(v) for v in counts[:, j]))
+            self.sample_number += 1
+            out += self.codec.send(s)
+        if advance_clock:
+            self._k += n
+        self.samples_sent += n
+        return bytes(out)
+
+    def truth(self) -> dict:
+        d: dict = {"rdatac": self.rdatac, "mode": self.codec.mode, "rate": self.rate,
+                   "gains": self.gains().tolist(), "samples_sent": self.samples_sent,
+                   "leads": DEVICE_LEADS}
+        if self._model is not None:
+            d.update(self._model.truth())
+        return d

@@ -1,0 +1,158 @@
+"""Research ultrasound scanner on OpenIGTLink (device role), binding :mod:`us_model` to
+:class:`~medacq.protocols.igtl.IgtlConnection`.
+
+Control: the host sends STRING messages (any device name); every command gets exactly one
+STRING reply, device name ``"ACK"``, echoing the command's header version and message id.
+Replies start with ``OK`` or ``ERR <reason>``. Commands (case-insensitive keywords)::
+
+    GET STATUS             OK state=<stopped|running|frozen> angles=<n> samples=<n> prf=<Hz> seq=<n>
+    GET DESCRIPTOR         OK <JSON of PlaneWaveAcquisition.to_descriptor()>
+    SET ANGLES <n> [<max_deg>]   n in 1..75, equally spaced in ±max_deg (default 16)
+    SET SAMPLES <n>        samples per line, 64..65535
+    SET DEPTH <mm>         samples for that depth (PlaneWaveAcquisition.for_depth)
+    SET PRF <Hz>           transmit PRF; frame rate = PRF / angles
+    START | STOP           acquisition on/off (the sequence counter keeps counting)
+    FREEZE | UNFREEZE      hold / resume the live stream without leaving "running"
+
+Settings are refused (``ERR busy``) while running: stop first. RF frames are IMAGE messages
+(header version 2), device name ``"RF"``, pixels int16 ``(k, j, i) = (angles, elements,
+samples)``, little-endian; the **sequence counter** travels in the extended header's
+message id (u32, wraps) and, unwrapped, in the metadata key ``"seq"``; the header
+timestamp is the adapter time of the frame (s). Frames are paced at PRF / angles; in
+unpaced mode they come out as fast as the transport takes them, byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+
+from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols.igtl import (
+    BadMessage,
+    ConnectionClosed,
+    IgtlConnection,
+    ImageMessage,
+    StringMessage,
+)
+from medacq.protocols.us_geometry import PlaneWaveAcquisition, plane_wave_angles
+from medacq.simulators._interface import DeviceInterface
+from medacq.simulators.us_model import PlaneWaveRFModel
+
+__all__ = ["UltrasoundScannerInterface"]
+
+
+class UltrasoundScannerInterface(DeviceInterface):
+    """OpenIGTLink research scanner. ``model`` renders the RF; geometry in ``model.acquisition``."""
+
+    def __init__(self, model: PlaneWaveRFModel | None = None) -> None:
+        self.model = model or PlaneWaveRFModel(PlaneWaveAcquisition.with_angles(11))
+        self.codec = IgtlConnection()
+        self.state = "stopped"
+        self.seq = 0
+        self._next: float | None = None
+        self.bad_messages = 0
+        self.garbage_bytes = 0
+
+    # ---- DeviceInterface ---------------------------------------------------------------
+    def on_connect(self, t: float) -> bytes:
+        self.codec = IgtlConnection()
+        return b""
+
+    def on_disconnect(self, t: float) -> None:
+        self.state = "stopped"
+        self._next = None
+
+    def on_bytes(self, data: bytes, t: float) -> bytes:
+        self.codec.receive_data(data)
+        out: list[bytes] = []
+        while (ev := self.codec.next_event()) is not NEED_DATA:
+            if isinstance(ev, StringMessage):
+                reply = self.handle_command(ev.text, t)
+                out.append(self.codec.send(StringMessage(
+                    text=reply, device_name="ACK", header_version=ev.header_version,
+                    message_id=ev.message_id, timestamp=t)))
+            elif isinstance(ev, BadMessage):
+                self.bad_messages += 1
+            elif isinstance(ev, Garbage):
+                self.garbage_bytes += ev.nbytes
+            elif isinstance(ev, ConnectionClosed):
+                break
+        return b"".join(out)
+
+    def next_deadline(self) -> float | None:
+        return self._next if self.state == "running" else None
+
+    def poll(self, t: float) -> bytes:
+        if self.state != "running" or self._next is None or t < self._next:
+            return b""
+        period = 1.0 / self.model.acquisition.frame_rate_hz
+        frame_t = self._next
+        self._next += period
+        if self._next <= t - 4 * period:  # far behind: skip ahead, the counter shows the gap
+            missed = int((t - self._next) / period)
+            self.seq += missed
+            self._next += missed * period
+        rf = self.model.frame(frame_t)
+        msg = ImageMessage(image=rf, device_name="RF", timestamp=frame_t, header_version=2,
+                           message_id=self.seq & 0xFFFFFFFF, metadata={"seq": str(self.seq)})
+        self.seq += 1
+        return self.codec.send(msg)
+
+    def truth(self) -> dict:
+        return {**self.model.truth(), "seq": self.seq, "state": self.state,
+                "acquisition": self.model.acquisition.to_descriptor()}
+
+    # ---- commands ----------------------------------------------------------------------
+    def handle_command(self, text: str, t: float) -> str:
+        words = text.strip().split()
+        if not words:
+            return "ERR empty command"
+        verb = " ".join(w.upper() for w in words[:2])
+        acq = self.model.acquisition
+        try:
+            if verb == "GET STATUS":
+                return (f"OK state={self.state} angles={acq.n_angles} samples={acq.n_samples} "
+                        f"prf={acq.prf_hz:g} seq={self.seq}")
+            if verb == "GET DESCRIPTOR":
+                return "OK " + json.dumps(acq.to_descriptor())
+            cmd = words[0].upper()
+            if cmd == "START":
+                if self.state == "stopped":
+                    self.state, self._next = "running", t
+                return "OK"
+            if cmd == "STOP":
+                self.state, self._next = "stopped", None
+                return "OK"
+            if cmd == "FREEZE":
+                if self.state != "running":
+                    return "ERR not running"
+                self.state = "frozen"
+                return "OK"
+            if cmd == "UNFREEZE":
+                if self.state != "frozen":
+                    return "ERR not frozen"
+                self.state, self._next = "running", t
+                return "OK"
+            if cmd == "SET":
+                if self.state != "stopped":
+                    return "ERR busy"
+                what, args = words[1].upper(), words[2:]
+                if what == "ANGLES":
+                    n = int(args[0])
+                    mx = float(args[1]) if len(args) > 1 else 16.0
+                    new = acq.model_copy(update={"angles_deg": plane_wave_angles(n, mx)})
+                elif what == "SAMPLES":
+                    new = acq.model_copy(update={"n_samples": int(args[0])})
+                elif what == "DEPTH":
+                    n = PlaneWaveAcquisition.for_depth(float(args[0]) * 1e-3).n_samples
+                    new = acq.model_copy(update={"n_samples": n})
+                elif what == "PRF":
+                    new = acq.model_copy(update={"prf_hz": float(args[0])})
+                else:
+                    return f"ERR unknown setting {what}"
+                new = PlaneWaveAcquisition.model_validate(new.model_dump())  # re-validate
+                self.model.set_acquisition(new)
+                return "OK"
+        except (ValueError, IndexError) as exc:
+            return f"ERR {str(exc).splitlines()[0][:200]}"
+        return f"ERR unknown command {words[0]}"

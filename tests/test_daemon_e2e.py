@@ -1,0 +1,259 @@
+"""The daemon end to end over real ZeroMQ sockets and real simulators (pty, TCP, another process)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from medacq.client import ControlClient, RequestFailed, Subscriber
+from medacq.daemon.acquisition import FrameQueue, StreamStats
+from medacq.daemon.config import dump_config, parse_config
+from medacq.daemon.publisher import Publisher
+from medacq.daemon.service import AcquisitionDaemon
+from medacq.drivers._base import Frame
+from medacq.protocols.stream import StreamDescriptor, new_series_id
+from medacq.simulators.adapters import SimulatorServer
+from medacq.simulators.synthetic import SynthConfig, SynthInterface, synth_frame
+
+from conftest import free_port, medacq_cmd, wait_for
+
+
+def _rig(endpoints, address, **settings):
+    s = {"shape": [4, 16], "rate_hz": 200.0, "seed": 7, **settings}
+    return parse_config({**endpoints, "device": [{"name": "syn0", "kind": "synthetic", "address": address,
+                                                  "settings": s}]})
+
+
+def _expect(cfg, seq):
+    s = cfg.device[0].settings
+    return synth_frame(SynthConfig(shape=s["shape"], dtype=s.get("dtype", "<f4"), rate_hz=s["rate_hz"],
+                                   seed=s["seed"]), seq)
+
+
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+def test_values_equal_what_the_simulator_sent(endpoints, transport):
+    with SimulatorServer(SynthInterface(), transport, paced=True) as sim:
+        cfg = _rig(endpoints, sim.address, dtype="<i2" if transport == "pty" else "<f4")
+        with Subscriber(cfg.daemon.data_endpoint, "raw/syn0") as sub:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                got = list(sub.frames(timeout=5, max_frames=150))
+            finally:
+                d.shutdown()
+        assert len(got) == 150
+        seqs = [h["seq"] for h, _ in got]
+        assert seqs == list(range(seqs[0], seqs[0] + 150))  # contiguous
+        for h, a in got:
+            np.testing.assert_array_equal(a, _expect(cfg, h["seq"]))
+            assert h["axes"] == ["channel", "sample"] and h["t_device"] is not None
+        assert sub.gaps == []
+        assert "syn0" in sub.descriptors
+
+
+def test_device_gap_is_announced_with_exact_range(endpoints):
+    with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
+        cfg = _rig(endpoints, sim.address)
+        with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                list(sub.frames(timeout=5, max_frames=20))
+                sim.call(sim.interface.drop_frames, 5)
+                frames = list(sub.frames(timeout=5, max_frames=40))
+            finally:
+                d.shutdown()
+        dropped = sim.interface.dropped
+        assert len(dropped) == 5
+        assert len(sub.gaps) == 1
+        g = sub.gaps[0]
+        assert g.announced and (g.first_seq, g.count) == (dropped[0], 5)
+        seqs = [h["seq"] for h, _ in frames]
+        assert not set(range(dropped[0], dropped[0] + 5)) & set(seqs)
+        for h, a in frames:  # seq numbers still name the device's frames
+            np.testing.assert_array_equal(a, _expect(cfg, h["seq"]))
+
+
+def test_pulled_cable_reconnects_with_new_series(endpoints):
+    with SimulatorServer(SynthInterface(), "pty", paced=True) as sim:
+        cfg = _rig(endpoints, sim.address)
+        with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub, ControlClient(cfg.daemon.control_endpoint) as c:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                list(sub.frames(timeout=5, max_frames=10))
+                first_series = sub.tracks["syn0"].series
+                sim.faults.pull_cable(refuse_s=0.5)
+                kinds = []
+                end = time.monotonic() + 10
+                while time.monotonic() < end:
+                    m = sub.recv(timeout=1)
+                    if m is not None:
+                        kinds.append((m.kind, m.header.get("reason")))
+                        if m.kind == "frame" and m.header["series"] != first_series:
+                            break
+                status = c.request("status")["streams"]["syn0"]
+            finally:
+                d.shutdown()
+        ends = [r for k, r in kinds if k == "series_end"]
+        assert ends and ends[0].startswith("connection lost")
+        assert ("series_start", None) in kinds
+        assert status["reconnects"] >= 1 and status["state"] == "acquiring"
+        assert status["last_error"]
+        assert sub.tracks["syn0"].series != first_series
+
+
+def test_control_plane_survives_malformed_requests_and_configures(endpoints):
+    with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
+        cfg = _rig(endpoints, sim.address)
+        with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub, ControlClient(cfg.daemon.control_endpoint) as c:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                list(sub.frames(timeout=5, max_frames=5))
+                for body, code in [(b"{", "bad_json"), (b'{"cmd":"fly"}', "unknown_command"),
+                                   (b'{"cmd":"describe","device":3}', "bad_request")]:
+                    reply = c.send_raw(body)
+                    assert f'"code": "{code}"' in reply.decode()
+                # a multi-part request and an oversized one
+                raw = zmq.Context.instance().socket(zmq.DEALER)
+                raw.connect(cfg.daemon.control_endpoint)
+                raw.send_multipart([b"", b"{}", b"{}"])
+                assert raw.poll(3000) and b"exactly one message part" in raw.recv_multipart()[-1]
+                raw.send_multipart([b"", b"x" * 400_000])  # over ZMQ_MAXMSGSIZE: the peer is dropped
+                raw.close(0)
+                with pytest.raises(RequestFailed) as exc:
+                    c.request("describe", device="nope")
+                assert exc.value.code == "unknown_device"
+                with pytest.raises(RequestFailed) as exc:
+                    c.request("configure", device="syn0", settings={"rate_hz": "fast"})
+                assert exc.value.code == "invalid_settings"
+                before = c.request("status")["streams"]["syn0"]["frames"]
+                r = c.request("configure", device="syn0", settings={"shape": [2, 8]})
+                assert r["settings"]["shape"] == [2, 8]
+                frames = list(sub.frames(timeout=5, max_frames=60))
+                assert frames[-1][1].shape == (2, 8)
+                assert c.request("status")["streams"]["syn0"]["frames"] > before
+                assert c.request("describe", device="syn0")["descriptor"]["shape"] == [2, 8]
+                assert c.request("ping")["t_mono_ns"] > 0
+                c.request("stop", device="syn0")
+                wait_for(lambda: c.request("status")["streams"]["syn0"]["state"] == "idle", 5)
+                c.request("start")
+                wait_for(lambda: c.request("status")["streams"]["syn0"]["state"] == "acquiring", 5)
+            finally:
+                d.shutdown()
+
+
+def test_queue_overflow_is_announced_as_gap():
+    ctx = zmq.Context.instance()
+    port = free_port()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    with Subscriber(f"tcp://127.0.0.1:{port}", "raw/") as sub:
+        time.sleep(0.3)
+        wake = threading.Event()
+        q = FrameQueue(3, wake)
+        p = Publisher(pub, wake)
+        p.add_stream("s", q, StreamStats())
+        desc = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=[2], axes=["x"])
+        q.put_control(("series_start", new_series_id(), desc))
+        accepted = [q.put_frame(("frame", i, Frame(np.full(2, i, "<f4"), 0, time.monotonic_ns()))) for i in range(10)]
+        assert accepted == [True] * 2 + [False] * 8  # one slot held the series_start
+        p.start()
+        wait_for(lambda: len(q) == 0, 5)
+        assert q.put_frame(("frame", 10, Frame(np.full(2, 10, "<f4"), 0, time.monotonic_ns())))
+        got = list(sub.frames(timeout=2, max_frames=3))
+        p.stop()
+        p.join(2)
+    pub.close(0)
+    assert [h["seq"] for h, _ in got] == [0, 1, 10]
+    assert [a[0] for _, a in got] == [0, 1, 10]
+    assert len(sub.gaps) == 1 and sub.gaps[0].announced
+    assert (sub.gaps[0].first_seq, sub.gaps[0].count) == (2, 8)
+    assert q.dropped == 8
+
+
+def test_subscriber_reports_unannounced_holes_and_bad_headers():
+    from medacq.protocols.stream import HeaderError, HeaderTemplate
+
+    ctx = zmq.Context.instance()
+    port = free_port()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    series = new_series_id()
+    tpl = HeaderTemplate("eeg0", series, "<f4", [2], ["sample"], "uV")
+    with Subscriber(f"tcp://127.0.0.1:{port}", "raw/") as sub:
+        time.sleep(0.3)
+        for seq in (0, 1, 5, 6):
+            pub.send_multipart([b"raw/eeg0", tpl.frame(seq, 1, 2), np.zeros(2, "<f4").tobytes()])
+        pub.send_multipart([b"raw/eeg0", b'{"v":1,"stream":"eeg0","kind":"frame"}', b""])
+        got = []
+        with pytest.raises(HeaderError, match="eeg0"):
+            for h, _ in sub.frames(timeout=2):
+                got.append(h["seq"])
+    pub.close(0)
+    assert got == [0, 1, 5, 6]
+    assert [(g.first_seq, g.count, g.announced) for g in sub.gaps] == [(2, 3, False)]
+
+
+def test_slow_subscriber_does_not_slow_others(endpoints):
+    with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
+        cfg = _rig(endpoints, sim.address, rate_hz=500.0, shape=[64, 64])
+        stuck = zmq.Context.instance().socket(zmq.SUB)
+        stuck.setsockopt(zmq.RCVHWM, 2)
+        stuck.setsockopt(zmq.RCVBUF, 4096)
+        stuck.setsockopt(zmq.SUBSCRIBE, b"")
+        stuck.connect(cfg.daemon.data_endpoint)  # never reads
+        with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                got = list(sub.frames(timeout=5, max_frames=1000))
+                st = d.status()["streams"]["syn0"]
+            finally:
+                d.shutdown()
+                stuck.close(0)
+        assert len(got) == 1000 and sub.gaps == []
+        assert st["drops"] == 0
+
+
+def test_real_processes_and_sigterm(tmp_path, endpoints):
+    port = free_port()
+    sim = subprocess.Popen(medacq_cmd("sim", "synthetic", "--tcp", f"127.0.0.1:{port}"), stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        line = sim.stdout.readline()
+        assert f"socket://127.0.0.1:{port}" in line
+        cfg = _rig(endpoints, f"socket://127.0.0.1:{port}", rate_hz=300.0)
+        path = tmp_path / "rig.toml"
+        path.write_text(dump_config({**endpoints, "device": [
+            {"name": "syn0", "kind": "synthetic", "address": f"socket://127.0.0.1:{port}",
+             "settings": cfg.device[0].settings}]}))
+        with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub:
+            daemon = subprocess.Popen(medacq_cmd("run", "--config", str(path)), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+            try:
+                frames = list(sub.frames(timeout=10, max_frames=200))
+                assert len(frames) == 200
+                for h, a in frames:
+                    np.testing.assert_array_equal(a, _expect(cfg, h["seq"]))
+                seqs = [h["seq"] for h, _ in frames]
+                assert seqs == list(range(seqs[0], seqs[0] + 200))
+                t0 = time.monotonic()
+                daemon.send_signal(signal.SIGTERM)
+                kinds = []
+                while (m := sub.recv(timeout=2)) is not None:
+                    kinds.append((m.kind, m.header.get("reason")))
+                    if m.kind == "series_end":
+                        break
+                rc = daemon.wait(5)
+                elapsed = time.monotonic() - t0
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+        assert rc == 0 and elapsed < 2.0, (rc, elapsed, daemon.stdout.read())
+        assert ("series_end", "daemon shutdown") in kinds
+    finally:
+        sim.terminate()
+        sim.wait(5)
