@@ -1,0 +1,93 @@
+"""CLI: errors for a person (one line, non-zero exit), and `medacq up` end to end."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+from medacq.daemon.config import dump_config
+
+from conftest import free_port, medacq_cmd, run_medacq
+
+
+def _one_line(stderr: str) -> str:
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    assert "Traceback" not in stderr
+    return lines[-1]
+
+
+def test_check_config_ok_and_bad(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(dump_config({"device": [{"name": "s0", "kind": "synthetic", "address": "/dev/ttyUSB0"}]}))
+    r = run_medacq("check-config", str(good))
+    assert r.returncode == 0 and "OK" in r.stdout and "s0 (synthetic" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[device]]\nname = "s0"\nkind = "synthetic"\naddress = "x"\n[device.settings]\nrate_hz = 0\n')
+    r = run_medacq("check-config", str(bad))
+    assert r.returncode == 2
+    assert "device[0].settings.rate_hz" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctl_without_daemon_is_one_clear_line():
+    r = run_medacq("ctl", "status", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert r.returncode == 3
+    assert "no medacq daemon answers" in _one_line(r.stderr)
+
+
+def test_sim_port_in_use():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_medacq("sim", "synthetic", "--tcp", f"127.0.0.1:{port}", "--for", "1")
+    assert r.returncode == 1 and "already in use" in _one_line(r.stderr)
+
+
+def test_unknown_simulator_and_bad_option():
+    r = run_medacq("sim", "toaster", "--for", "1")
+    assert r.returncode == 2 and "unknown simulator" in _one_line(r.stderr)
+    r = run_medacq("sim", "synthetic", "rate_hz=-3", "--for", "1")
+    assert r.returncode == 2 and "rate_hz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_daemon_port_in_use(tmp_path, endpoints):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = tmp_path / "rig.toml"
+        cfg.write_text(dump_config({"daemon": {"data_endpoint": f"tcp://127.0.0.1:{port}",
+                                               "control_endpoint": endpoints["daemon"]["control_endpoint"]}}))
+        r = run_medacq("run", "--config", str(cfg), "--for", "1")
+    assert r.returncode == 1 and "already in use" in _one_line(r.stderr)
+
+
+def test_missing_device_path_is_reported_and_daemon_keeps_running(tmp_path, endpoints):
+    cfg = tmp_path / "rig.toml"
+    cfg.write_text(dump_config({**endpoints, "device": [
+        {"name": "gone", "kind": "synthetic", "address": str(tmp_path / "ttyUSB9")}]}))
+    p = subprocess.Popen(medacq_cmd("run", "--config", str(cfg), "--for", "8"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        time.sleep(1.5)
+        r = run_medacq("ctl", "status", "--config", str(cfg))
+        assert r.returncode == 0, r.stderr
+        import json
+
+        st = json.loads(r.stdout)["streams"]["gone"]
+        assert st["state"] in ("reconnecting", "connecting") and "does not exist" in st["last_error"]
+        assert st["reconnects"] >= 1
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
+def test_up_runs_the_whole_rig(tmp_path):
+    base = free_port()
+    r = run_medacq("up", "--for", "6", "--base-port", str(base), timeout=120, env={"CI": "true"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = [l for l in r.stdout.splitlines() if l.startswith("final: ")]
+    assert any("stream=raw/synth0" in l and "state=acquiring" in l for l in final), r.stdout
+    assert any("recon/synth0" in l for l in final), r.stdout

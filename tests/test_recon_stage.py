@@ -1,0 +1,99 @@
+"""Reconstruction stage end to end: raw frames in, recon frames out, failures survived."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from medacq.client import ControlClient, RequestFailed, Subscriber
+from medacq.daemon.config import parse_config
+from medacq.daemon.recon.stage import ReconStage
+from medacq.daemon.service import AcquisitionDaemon
+from medacq.protocols.stream import HeaderTemplate, MessageKind, StreamDescriptor, StreamHeader, encode_header
+from medacq.simulators.adapters import SimulatorServer
+from medacq.simulators.synthetic import SynthConfig, SynthInterface, synth_frame
+
+from conftest import wait_for
+
+import pytest
+
+
+def test_running_mean_end_to_end(endpoints):
+    with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
+        settings = {"shape": [3, 8], "rate_hz": 200.0, "seed": 11}
+        cfg = parse_config({**endpoints, "device": [{"name": "syn0", "kind": "synthetic", "address": sim.address,
+                                                     "settings": settings}],
+                            "recon": {**endpoints["recon"], "settings": {"synthetic": {"alpha": 0.5}}}})
+        stage = ReconStage(cfg).start()
+        with Subscriber(cfg.recon.data_endpoint, "recon/syn0") as rsub:
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                out = list(rsub.frames(timeout=10, max_frames=40))
+                with ControlClient(cfg.recon.control_endpoint) as c:
+                    st = c.request("status")["streams"]["syn0"]
+                    assert c.request("action", target="syn0", action="reset") == {"reset": True}
+                    with pytest.raises(RequestFailed, match="no action"):
+                        c.request("action", target="syn0", action="explode")
+            finally:
+                d.shutdown()
+                stage.shutdown()
+    assert len(out) == 40
+    sc = SynthConfig(**settings)
+    seqs = [h["source"]["seq"] for h, _ in out]
+    assert seqs == list(range(seqs[0], seqs[0] + 40))  # every source frame, in order
+    # recompute the running mean from what the simulator generated: with alpha 0.5, where the
+    # stage started its mean no longer matters after 40 frames (< 2^-40)
+    mean = None
+    for s in range(seqs[-1] - 40, seqs[-1] + 1):
+        x = synth_frame(sc, max(s, 0)).astype(np.float32)
+        mean = x if mean is None else mean + np.float32(0.5) * (x - mean)
+    np.testing.assert_allclose(out[-1][1], mean, rtol=1e-5, atol=1e-6)
+    assert out[-1][0]["source"]["stream"] == "syn0" and out[-1][0]["axes"] == ["channel", "sample"]
+    assert out[-1][0]["t_mono_ns"] == out[-1][0]["source"]["t_mono_ns"]
+    assert st["reconstructor"] == "RunningMean" and st["errors"] == 0
+
+
+def test_stage_survives_malformed_frames(endpoints):
+    """Wrong shape, wrong dtype, garbage headers and a descriptor change mid-stream."""
+    cfg = parse_config({**endpoints})
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(cfg.daemon.data_endpoint)
+    stage = ReconStage(cfg).start()
+    series = "2b1d4a8e-0d3e-4c1a-9a53-6d1b8e1f0a11"
+    try:
+        with Subscriber(cfg.recon.data_endpoint, "recon/") as rsub:
+            time.sleep(0.5)
+
+            def desc(shape):
+                d = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=shape, axes=["a", "b"])
+                return encode_header(StreamHeader(stream="s", kind=MessageKind.DESCRIPTOR, series=series, seq=0,
+                                                  t_host_ns=1, t_mono_ns=2, descriptor=d))
+
+            tpl = HeaderTemplate("s", series, "<f4", [2, 2], ["a", "b"], "")
+            pub.send_multipart([b"raw/s", desc([2, 2])])
+            time.sleep(0.2)
+            pub.send_multipart([b"raw/s", tpl.frame(0, 1, 2), np.ones((2, 2), "<f4").tobytes()])
+            pub.send_multipart([b"raw/s", b"{garbage", b""])
+            bad_shape = HeaderTemplate("s", series, "<f4", [3, 3], ["a", "b"], "")
+            pub.send_multipart([b"raw/s", bad_shape.frame(1, 1, 2), np.ones((3, 3), "<f4").tobytes()])
+            bad_dtype = HeaderTemplate("s", series, "<i2", [2, 2], ["a", "b"], "")
+            pub.send_multipart([b"raw/s", bad_dtype.frame(2, 1, 2), np.ones((2, 2), "<i2").tobytes()])
+            pub.send_multipart([b"raw/s", tpl.frame(3, 1, 2), np.full((2, 2), 3, "<f4").tobytes()])
+            # the descriptor changes mid-stream: the reconstructor is rebuilt for the new shape
+            pub.send_multipart([b"raw/s", desc([1, 4])])
+            time.sleep(0.2)
+            tpl2 = HeaderTemplate("s", series, "<f4", [1, 4], ["a", "b"], "")
+            pub.send_multipart([b"raw/s", tpl2.frame(4, 1, 2), np.full((1, 4), 7, "<f4").tobytes()])
+            outs = list(rsub.frames(timeout=3, max_frames=3))
+        st = wait_for(lambda: stage.status()["streams"].get("s"), 5)
+    finally:
+        stage.shutdown()
+        pub.close(0)
+    assert [o[1].shape for o in outs] == [(2, 2), (2, 2), (1, 4)]
+    assert [o[0]["source"]["seq"] for o in outs] == [0, 3, 4]
+    np.testing.assert_array_equal(outs[2][1], np.full((1, 4), 7, "<f4"))
+    assert st["errors"] == 2 and "descriptor says" in st["last_error"]
+    assert stage.sub.counters.bad_headers == 1
