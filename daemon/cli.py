@@ -134,12 +134,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
     except ValueError:
         raise CliError(f"bad --tcp address {args.tcp!r}; expected HOST:PORT", 2) from None
     srv.start()
+    faults = None
+    if args.faults is not None:
+        from .faults import FaultServer
+
+        faults = FaultServer({args.name or args.kind: srv}, f"tcp://127.0.0.1:{args.faults}").start()
     print(srv.address if srv.transport == "pty" else f"{srv.address}  ({srv.tcp_address})", flush=True)
-    stop = _wait_for_signal(args.for_s)
+    _wait_for_signal(args.for_s)
+    if faults is not None:
+        faults.stop()
     srv.stop()
     if srv.error:
         raise CliError(f"simulator failed: {srv.error}")
-    return 0 if stop is not None else 0
+    return 0
 
 
 def _wait_for_signal(duration: float | None) -> int | None:
@@ -232,10 +239,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .rig import SimulatedRig
     from .status_view import StatusView
 
+    from .faults import FaultServer
+
     workdir = Path(tempfile.mkdtemp(prefix="medacq-up-"))
     rig = SimulatedRig(paced=True).start()
     procs: list[subprocess.Popen] = []
+    faults = None
     try:
+        faults = FaultServer(rig.servers, f"tcp://127.0.0.1:{args.base_port + 4}").start()
         doc = rig.config(args.base_port)
         cfg_path = workdir / "rig.toml"
         cfg_path.write_text(dump_config(doc))
@@ -246,7 +257,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             procs.append(subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", sub, "--config", str(cfg_path)],
                                           stdout=logf, stderr=subprocess.STDOUT, env=env))
         print(f"medacq up: {len(rig.servers)} simulator(s), daemon and reconstruction stage "
-              f"(config and logs in {workdir})", flush=True)
+              f"(config and logs in {workdir}; fault side door on port {args.base_port + 4})", flush=True)
         with ControlClient(cfg.daemon.control_endpoint, timeout=0.5) as c:
             deadline = time.monotonic() + 15
             while True:
@@ -272,7 +283,35 @@ def cmd_up(args: argparse.Namespace) -> int:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if faults is not None:
+            faults.stop()
         rig.stop()
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    import zmq
+
+    endpoint = args.endpoint or f"tcp://127.0.0.1:{args.base_port + 4}"
+    if args.sim in ("list", "status"):
+        body = {"fault": args.sim}
+    else:
+        if not args.fault:
+            raise CliError("name a fault: pull_cable, stall, corrupt, garbage, slow_replies, drop, device_error", 2)
+        body = {"sim": args.sim, "fault": args.fault, "args": _kv(args.args)}
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b"", json.dumps(body).encode()])
+        if not sock.poll(int(args.timeout * 1000)):
+            raise CliError(f"no simulator side door answers at {endpoint}", 3)
+        reply = json.loads(sock.recv_multipart()[-1])
+    finally:
+        sock.close(0)
+    if not reply.get("ok"):
+        raise CliError(reply.get("error", "refused"), 1)
+    print(json.dumps(reply["result"], indent=2))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -295,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("up", help="run a complete simulated rig with a live status view")
     sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
-    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="first of 4 loopback ports")
+    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
+                    help="first of 5 loopback ports: data, control, recon data, recon control, fault side door")
     sp.set_defaults(fn=cmd_up)
 
     sp = sub.add_parser("run", help="run the acquisition daemon")
@@ -315,8 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="pty link name")
     sp.add_argument("--link-dir", help="folder for the pty link")
     sp.add_argument("--fast", action="store_true", help="unpaced: as fast as the host reads")
+    sp.add_argument("--faults", type=int, metavar="PORT", help="serve the fault side door on 127.0.0.1:PORT")
     sp.add_argument("--for", dest="for_s", type=float)
     sp.set_defaults(fn=cmd_sim)
+
+    sp = sub.add_parser("fault", help="inject a fault into a running simulator (medacq up / medacq sim --faults)")
+    sp.add_argument("sim", help="simulator name (e.g. synth0), or 'list' / 'status'")
+    sp.add_argument("fault", nargs="?", default="", help="pull_cable | stall | corrupt | garbage | slow_replies | "
+                                                          "drop | device_error")
+    sp.add_argument("args", nargs="*", help="KEY=VALUE: refuse_s, seconds, nbytes, delay_s, n, ...")
+    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="the rig's first port (side door at +4)")
+    sp.add_argument("--endpoint", help="explicit side-door endpoint")
+    sp.add_argument("--timeout", type=float, default=3.0)
+    sp.set_defaults(fn=cmd_fault)
 
     sp = sub.add_parser("ctl", help="send a control request (status, list, describe, configure, start, stop, ...)")
     sp.add_argument("command", help="list | describe DEV | configure DEV K=V.. | start [DEV] | stop [DEV] | "

@@ -1,0 +1,131 @@
+"""The simulators' fault-injection side door, reachable from the CLI.
+
+A :class:`FaultServer` (ZeroMQ ROUTER, loopback) fronts one or more running
+:class:`~medacq.simulators.adapters.SimulatorServer` s. ``medacq up`` serves one for the whole
+rig on base port + 4; ``medacq sim --faults PORT`` for a single simulator. ``medacq fault SIM
+FAULT [KEY=VALUE ...]`` sends a request::
+
+    {"sim": "synth0", "fault": "pull_cable", "args": {"refuse_s": 2}}
+
+Faults (all simulators): ``pull_cable`` (refuse_s), ``stall`` (seconds), ``corrupt`` (nbytes),
+``garbage`` (nbytes), ``slow_replies`` (delay_s). Device-level faults, where the simulator's
+interface implements them: ``drop`` (n: packets/frames lost at the device) and ``device_error``
+(interface-specific args). ``list`` and ``status`` report simulators and fault counters.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import zmq
+
+from medacq.simulators.adapters import SimulatorServer
+
+__all__ = ["FaultServer", "apply_fault", "FAULTS"]
+
+FAULTS = ("pull_cable", "stall", "corrupt", "garbage", "slow_replies", "drop", "device_error")
+
+
+def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Apply one fault to a running simulator. ValueError for unknown faults or bad arguments."""
+    f = server.faults
+    try:
+        if fault == "pull_cable":
+            f.pull_cable(float(args.get("refuse_s", 0.0)))
+        elif fault == "stall":
+            f.stall(float(args["seconds"]))
+        elif fault == "corrupt":
+            f.corrupt(int(args["nbytes"]))
+        elif fault == "garbage":
+            f.garbage(int(args["nbytes"]))
+        elif fault == "slow_replies":
+            f.slow_replies(float(args["delay_s"]))
+        elif fault == "drop":
+            fn = getattr(server.interface, "drop_frames", None)
+            if fn is None:
+                raise ValueError(f"{type(server.interface).__name__} cannot drop packets")
+            server.call(fn, int(args.get("n", 1)))
+        elif fault == "device_error":
+            fn = getattr(server.interface, "inject_error", None)
+            if fn is None:
+                raise ValueError(f"{type(server.interface).__name__} has no device error codes to inject")
+            server.call(fn, **args)
+        else:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    except KeyError as exc:
+        raise ValueError(f"{fault} needs argument {exc.args[0]!r}") from None
+    except (TypeError,) as exc:
+        raise ValueError(f"{fault}: {exc}") from None
+    return {"address": server.address, "applied": fault, "args": args}
+
+
+def _status(server: SimulatorServer) -> dict[str, Any]:
+    f = server.faults
+    return {"address": server.address, "connections": server.connections, "bytes_out": server.bytes_out,
+            "bytes_overrun": server.bytes_overrun, "cable_pulls": f.cable_pulls,
+            "bytes_corrupted": f.bytes_corrupted, "garbage_sent": f.garbage_sent,
+            "error": repr(server.error) if server.error else None}
+
+
+class FaultServer:
+    """Serve fault requests for named simulators on a loopback ROUTER socket."""
+
+    def __init__(self, servers: dict[str, SimulatorServer], endpoint: str,
+                 context: zmq.Context | None = None) -> None:
+        self.servers = servers
+        self.endpoint = endpoint
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 65536)
+        self.sock.bind(endpoint)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="faults", daemon=True)
+
+    def start(self) -> "FaultServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(2)
+
+    def handle(self, body: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise ValueError("request must be a JSON object")
+            fault = req.get("fault")
+            if fault == "list":
+                return {"ok": True, "result": sorted(self.servers)}
+            if fault == "status":
+                return {"ok": True, "result": {n: _status(s) for n, s in self.servers.items()}}
+            name = req.get("sim")
+            if name not in self.servers:
+                raise ValueError(f"no simulator named {name!r}; simulators: {', '.join(sorted(self.servers))}")
+            args = req.get("args") or {}
+            if not isinstance(args, dict):
+                raise ValueError("args must be an object")
+            result = apply_fault(self.servers[name], str(fault), args)
+            result["sim"] = name
+            return {"ok": True, "result": result}
+        except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            if not self.sock.poll(100):
+                continue
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
+            env, body = parts[:-1], parts[-1]
+            reply = json.dumps(self.handle(body)).encode()
+            try:
+                self.sock.send_multipart([*env, reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.sock.close(0)
