@@ -47,6 +47,25 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str, list[str]]:
             [ep["daemon"]["data_endpoint"], ep["recon"]["data_endpoint"]])
 
 
+def _client_curve(args: argparse.Namespace):
+    """Client keys from --keys/--server-key, or from the config's [security] section."""
+    from .security import load_client_keys
+
+    keys, server = getattr(args, "keys", None), getattr(args, "server_key", None)
+    if keys or server:
+        if not (keys and server):
+            raise CliError("CurveZMQ needs both --keys CLIENT.key_secret and --server-key SERVER.key", 2)
+        try:
+            return load_client_keys(keys, server)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot load keys: {exc}", 2) from None
+    if getattr(args, "config", None):
+        sec = _load(args.config).security
+        if sec.curve:
+            return load_client_keys(sec.client_secret_key or sec.server_secret_key, sec.server_secret_key)
+    return None
+
+
 def _load(path: str):
     from .config import ConfigError, load_config
 
@@ -183,7 +202,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         else:
             fields.update(kv)
     try:
-        with ControlClient(endpoint, timeout=args.timeout) as c:
+        with ControlClient(endpoint, timeout=args.timeout, curve=_client_curve(args)) as c:
             result = c.request(args.command, **fields)
     except DaemonUnreachable:
         raise CliError(f"no medacq daemon answers at {endpoint} (is it running? --config/--endpoint?)", 3) from None
@@ -202,7 +221,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rates: dict[str, list[float]] = {}
     end = None if args.for_s is None else t0 + args.for_s
-    with Subscriber(endpoints, args.topic, errors="skip") as sub:
+    with Subscriber(endpoints, args.topic, errors="skip", curve=_client_curve(args)) as sub:
         try:
             while (end is None or time.monotonic() < end) and (args.count is None or n < args.count):
                 msg = sub.recv(timeout=0.5)
@@ -314,6 +333,17 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .security import generate_keypair
+
+    for name in args.names:
+        public, secret = generate_keypair(args.folder, name)
+        print(f"{name}: public {public}  secret {secret}")
+    print("Put the daemon's NAME.key_secret in [security] server_secret_key; copy client NAME.key files into the "
+          "readers/ or operators/ folder; give each client its own NAME.key_secret and the daemon's NAME.key.")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -331,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                         help="without --config: the rig's first port (default %(default)s, as `medacq up`)")
         sp.add_argument("--endpoint", help="explicit ZeroMQ endpoint")
+        sp.add_argument("--keys", help="CurveZMQ: this client's NAME.key_secret")
+        sp.add_argument("--server-key", help="CurveZMQ: the daemon's public key file (NAME.key)")
 
     sp = sub.add_parser("up", help="run a complete simulated rig with a live status view")
     sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
@@ -389,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(fn=cmd_check_config)
+
+    sp = sub.add_parser("keys", help="generate CurveZMQ key pairs (NAME.key public, NAME.key_secret)")
+    sp.add_argument("action", choices=["generate"])
+    sp.add_argument("folder")
+    sp.add_argument("names", nargs="+", help="e.g. server operator1 viewer1")
+    sp.set_defaults(fn=cmd_keys)
 
     sp = sub.add_parser("bench", help="measure performance figures (see README)")
     from .bench import add_bench_arguments

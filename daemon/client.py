@@ -24,6 +24,8 @@ import zmq
 from medacq.protocols.control import ControlReply, decode_reply, encode_request
 from medacq.protocols.stream import HeaderError, decode_header, frame_payload
 
+from .security import ClientKeys
+
 __all__ = [
     "Subscriber",
     "Message",
@@ -104,6 +106,7 @@ class Subscriber:
         errors: ``"raise"`` (a bad header raises :class:`~medacq.protocols.stream.HeaderError`
             naming the stream) or ``"skip"`` (count it in :attr:`counters`, log, go on).
         rcvhwm: receive high-water mark (messages).
+        curve: client keys when the daemon uses CurveZMQ (see :mod:`medacq.daemon.security`).
     """
 
     def __init__(
@@ -115,11 +118,14 @@ class Subscriber:
         errors: str = "raise",
         rcvhwm: int = 100_000,
         context: zmq.Context | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.sock)
         for t in [topics] if isinstance(topics, str) else topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -263,15 +269,19 @@ class ControlClient:
 
     _ids = itertools.count(1)
 
-    def __init__(self, endpoint: str, timeout: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float = 5.0, context: zmq.Context | None = None,
+                 curve: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.ctx = context or zmq.Context.instance()
+        self.curve = curve
         self._open()
 
     def _open(self) -> None:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         self.sock.connect(self.endpoint)
 
     def close(self) -> None:

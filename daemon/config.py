@@ -21,6 +21,7 @@ __all__ = [
     "DaemonSection",
     "DeviceSection",
     "ReconSection",
+    "SecuritySection",
     "RigConfig",
     "load_config",
     "parse_config",
@@ -57,12 +58,51 @@ def endpoint_is_local(endpoint: str) -> bool:
 def _check_endpoint(v: str) -> str:
     if not v.startswith(("tcp://", "ipc://", "inproc://")):
         raise ValueError("expected a ZeroMQ endpoint: tcp://HOST:PORT or ipc:///path")
-    if not endpoint_is_local(v):
-        raise ValueError(
-            "binding to a non-loopback address needs CurveZMQ authentication, which this "
-            "build does not enable; bind to 127.0.0.1 or ipc://"
-        )
     return v
+
+
+class SecuritySection(BaseModel):
+    """``[security]``: CurveZMQ authentication, rights and the audit log.
+
+    Without ``server_secret_key`` every socket binds loopback/ipc only and every local client
+    has operator rights. With it, every socket (data, control, reconstruction) is a CurveZMQ
+    server; only clients whose public key is in ``readers`` (subscribe, ``status``, ``list``,
+    ``describe``, ``ping``, ``descriptor``) or ``operators`` (everything) may connect, and
+    non-loopback endpoints are allowed.
+
+    Attributes:
+        server_secret_key: the daemon's key pair (``medacq keys generate``: NAME.key_secret).
+        readers: folder of client public keys (``*.key``) with read-only rights.
+        operators: folder of client public keys with operator rights (configure, start/stop, record).
+        client_secret_key: the key pair the reconstruction stage and local tools connect with
+            (default: the server's own, which always has operator rights).
+        audit_log: file the audit records (JSON lines) are appended to; empty: the
+            ``medacq.audit`` logger only (the journal under systemd).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    server_secret_key: str | None = None
+    readers: str | None = None
+    operators: str | None = None
+    client_secret_key: str | None = None
+    audit_log: str = ""
+
+    @property
+    def curve(self) -> bool:
+        return bool(self.server_secret_key)
+
+    @model_validator(mode="after")
+    def _files(self) -> "SecuritySection":
+        if self.curve:
+            for label, path, is_dir in (("server_secret_key", self.server_secret_key, False),
+                                        ("readers", self.readers, True), ("operators", self.operators, True),
+                                        ("client_secret_key", self.client_secret_key, False)):
+                if path and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
+                    raise ValueError(f"{label}: {path} does not exist")
+            if not (self.readers or self.operators):
+                raise ValueError("CurveZMQ needs an allow-list: set readers and/or operators (folders of public keys)")
+        return self
 
 
 class DaemonSection(BaseModel):
@@ -153,6 +193,7 @@ class RigConfig(BaseModel):
     daemon: DaemonSection = Field(default_factory=DaemonSection)
     device: list[DeviceSection] = Field(default_factory=list)
     recon: ReconSection = Field(default_factory=ReconSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
 
     @model_validator(mode="after")
     def _unique(self) -> "RigConfig":
@@ -209,9 +250,28 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RigConfig:
                 driver_class(dev["kind"]).validate_settings(dev.get("settings", {}))
             except ValidationError as exc:
                 problems += _problems(exc, ("device", i, "settings"))
+    problems += _remote_problems(data)
     if problems or cfg is None:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _remote_problems(data: Any) -> list[tuple[str, str]]:
+    """Non-loopback endpoints without CurveZMQ, located by field."""
+    if not isinstance(data, dict):
+        return []
+    sec = data.get("security")
+    if isinstance(sec, dict) and sec.get("server_secret_key"):
+        return []
+    out = []
+    for section in ("daemon", "recon"):
+        body = data.get(section)
+        for key in ("data_endpoint", "control_endpoint"):
+            v = body.get(key) if isinstance(body, dict) else None
+            if isinstance(v, str) and v.startswith("tcp://") and not endpoint_is_local(v):
+                out.append((f"{section}.{key}", f"binding to a non-loopback address ({v}) requires CurveZMQ: set "
+                            "[security] server_secret_key and an allow-list (readers/operators); see `medacq keys`"))
+    return out
 
 
 def load_config(path: str | Path) -> RigConfig:

@@ -34,7 +34,10 @@ from medacq.protocols.control import (
 from medacq.drivers.registry import driver_class
 
 from .acquisition import AcquisitionWorker, FrameQueue, StreamStats
-from .config import RigConfig
+from medacq.protocols.control import READ_ONLY_COMMANDS
+
+from .config import RigConfig, endpoint_is_local
+from .security import LOCAL_USER, AuditLog, CurveServer, allowed
 from .publisher import Publisher
 from .sdnotify import Notifier, watchdog_interval_s
 
@@ -61,7 +64,10 @@ class AcquisitionDaemon:
 
     def __init__(self, config: RigConfig, context: zmq.Context | None = None) -> None:
         self.config = config
-        self.ctx = context or zmq.Context.instance()
+        # CurveZMQ needs a context of its own: its ZAP handler serves every socket of the context
+        self.ctx = zmq.Context() if config.security.curve else (context or zmq.Context.instance())
+        self.curve: CurveServer | None = None
+        self.audit = AuditLog(config.security.audit_log)
         self.started_at = time.time()
         self.started_mono = time.monotonic()
         self.wake = threading.Event()
@@ -76,6 +82,12 @@ class AcquisitionDaemon:
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "AcquisitionDaemon":
         dc = self.config.daemon
+        if self.config.security.curve:
+            self.curve = CurveServer(self.config.security, self.ctx)
+        else:
+            for ep in (dc.data_endpoint, dc.control_endpoint):
+                if not endpoint_is_local(ep):
+                    raise BindError(f"refusing to bind {ep} without CurveZMQ ([security] server_secret_key)")
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, dc.sndhwm)
         pub.setsockopt(zmq.LINGER, 500)
@@ -83,6 +95,9 @@ class AcquisitionDaemon:
         ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES + 1024)
         ctl.setsockopt(zmq.LINGER, 0)
         ctl.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.curve is not None:
+            self.curve.serve(pub)
+            self.curve.serve(ctl)
         try:
             bind(pub, dc.data_endpoint, "data")
             bind(ctl, dc.control_endpoint, "control")
@@ -123,8 +138,12 @@ class AcquisitionDaemon:
             self.publisher.stop()
             self.publisher.join(max(0.05, deadline - time.monotonic()))
             self.publisher.sock.close(linger=200)
+        if getattr(self, "_recording", None) is not None:  # after the publisher: the file gets each series_end
+            self._recording.shutdown()
         if self._control_thread is not None:
             self._control_thread.join(0.5)
+        if self.curve is not None:
+            self.curve.stop()
 
     def streams_up(self) -> bool:
         """Every autostarted device is acquiring."""
@@ -147,12 +166,19 @@ class AcquisitionDaemon:
             if not poller.poll(100):
                 continue
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 continue
             except zmq.ZMQError:
                 self.control_errors += 1
                 continue
+            who = LOCAL_USER
+            if self.curve is not None:
+                try:
+                    who = frames[-1].get("User-Id") or ""
+                except zmq.ZMQError:
+                    who = ""
+            parts = [f.bytes for f in frames]
             # ROUTER: [identity, (empty delimiter from REQ), body]
             ident, rest = parts[0], parts[1:]
             envelope = [ident]
@@ -160,26 +186,40 @@ class AcquisitionDaemon:
                 envelope.append(b"")
                 rest = rest[1:]
             body = rest[0] if len(rest) == 1 else None
-            reply = self.handle_raw(body)
+            reply = self.handle_raw(body, who)
             try:
                 sock.send_multipart([*envelope, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.control_errors += 1
         sock.close(0)
 
-    def handle_raw(self, body: bytes | None) -> bytes:
-        """One request body in, one reply body out. Never raises."""
+    def handle_raw(self, body: bytes | None, who: str = LOCAL_USER) -> bytes:
+        """One request body in, one reply body out. Never raises.
+
+        ``who`` is the client's CurveZMQ public key (or ``"local"`` without CurveZMQ); its rights
+        are checked, and every state-changing request is audited with its result.
+        """
         self.requests += 1
         if body is None:
             self.control_errors += 1
             return encode_reply(None, error=ControlError("bad_request", "a request is exactly one message part"))
         rid = None
+        req = None
         try:
             req = parse_request(body)
             rid = req.id
-            return encode_reply(rid, self.handle(req))
+            rights = "operator" if self.curve is None else self.curve.rights(who)
+            if rights is None or not allowed(req.cmd, rights):
+                raise ControlError("forbidden", f"{req.cmd} needs operator rights; this client has "
+                                                f"{rights or 'no'} rights")
+            result = self.handle(req)
+            if req.cmd not in READ_ONLY_COMMANDS:
+                self.audit.record(who, req.cmd, req.model_dump(exclude_none=True), True)
+            return encode_reply(rid, result)
         except ControlError as exc:
             self.control_errors += 1
+            if req is not None and req.cmd not in READ_ONLY_COMMANDS:
+                self.audit.record(who, req.cmd, req.model_dump(exclude_none=True), False, f"{exc.code}: {exc}")
             return encode_reply(exc.request_id if rid is None else rid, error=exc)
         except Exception as exc:  # noqa: BLE001 - the control plane never dies
             self.control_errors += 1
@@ -237,6 +277,10 @@ class AcquisitionDaemon:
             if err:
                 raise ControlError("device_error", f"{req.device}: {err}")
             return {"device": req.device, "settings": settings.model_dump(mode="json")}
+        if req.cmd == "record":  # the optional built-in recorder (daemon/recorder.py)
+            from .recorder import recording_service
+
+            return recording_service(self).handle(req)
         raise ControlError("unknown_command", f"unhandled command {type(req).__name__}")
 
     def status(self) -> dict[str, Any]:
@@ -260,6 +304,7 @@ class AcquisitionDaemon:
             "healthy": self.healthy(),
             "control": {"requests": self.requests, "errors": self.control_errors},
             "publisher_errors": self.publisher.errors if self.publisher else 0,
+            "recording": self._recording.status() if getattr(self, "_recording", None) else {"state": "off"},
             "streams": streams,
         }
 

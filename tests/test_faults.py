@@ -32,7 +32,12 @@ def test_faults_from_the_cli(endpoints):
                     r = run_medacq("fault", "syn0", fault, kv, "--endpoint", door)
                     assert r.returncode == 0, r.stderr
                     assert json.loads(r.stdout)["applied"] == fault
-                frames = list(sub.frames(timeout=5, max_frames=100))
+                # read on (through the backlog of the CLI calls) until the announced drop shows up
+                frames = []
+                for h, a in sub.frames(timeout=5, max_frames=3000):
+                    frames.append((h, a))
+                    if any(g.announced and g.count >= 4 for g in sub.gaps) and len(frames) > 50:
+                        break
                 for h, a in frames:
                     np.testing.assert_array_equal(a, synth_frame(SynthConfig(**settings), h["seq"]))
                 st = c.request("status")["streams"]["syn0"]

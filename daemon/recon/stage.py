@@ -81,7 +81,12 @@ class ReconStage:
 
     def __init__(self, config: RigConfig, context: zmq.Context | None = None) -> None:
         self.config = config
-        self.ctx = context or zmq.Context.instance()
+        self.ctx = zmq.Context() if config.security.curve else (context or zmq.Context.instance())
+        self.curve = None
+        self.client_keys = None
+        from ..security import AuditLog
+
+        self.audit = AuditLog(config.security.audit_log)
         self.streams: dict[str, _StreamState] = {}
         self._send_lock = threading.Lock()
         self._halt = threading.Event()
@@ -94,19 +99,29 @@ class ReconStage:
         from ..service import bind
 
         rc = self.config.recon
+        if self.config.security.curve:
+            from ..security import CurveServer
+
+            self.curve = CurveServer(self.config.security, self.ctx)
+            self.client_keys = self.curve.client_keys()
         self.pub = self.ctx.socket(zmq.PUB)
+        if self.curve is not None:
+            self.curve.serve(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, self.config.daemon.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 200)
         bind(self.pub, rc.data_endpoint, "recon data")
         self._ctl = self.ctx.socket(zmq.ROUTER)
         self._ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES + 1024)
         self._ctl.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.serve(self._ctl)
         try:
             bind(self._ctl, rc.control_endpoint, "recon control")
         except Exception:
             self.pub.close(0)
             raise
-        self.sub = Subscriber(self.config.recon_source, "raw/", errors="skip", context=self.ctx)
+        self.sub = Subscriber(self.config.recon_source, "raw/", errors="skip", context=self.ctx,
+                              curve=self.client_keys)
         self._rx = threading.Thread(target=self._receive_loop, name="recon-rx", daemon=True)
         self._rx.start()
         self._ctl_thread = threading.Thread(target=self._control_loop, name="recon-ctl", daemon=True)
@@ -126,6 +141,8 @@ class ReconStage:
                 for name, out in st.outputs.items():
                     self._send_control(st, name, out, MessageKind.SERIES_END, reason="reconstruction stage stopped")
             self.pub.close(200)
+        if self.curve is not None:
+            self.curve.stop()
 
     # -- receiving -----------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -161,7 +178,8 @@ class ReconStage:
     def _ask_descriptor(self, stream: str) -> None:
         """A late joiner asks the daemon to republish the descriptor now."""
         try:
-            with ControlClient(self.config.daemon.control_endpoint, timeout=1.0, context=self.ctx) as c:
+            with ControlClient(self.config.daemon.control_endpoint, timeout=1.0, context=self.ctx,
+                               curve=self.client_keys) as c:
                 c.request("descriptor", stream=stream)
         except (DaemonUnreachable, RequestFailed) as exc:
             log.debug("descriptor request for %s failed: %s", stream, exc)
@@ -300,28 +318,40 @@ class ReconStage:
             if not sock.poll(100):
                 continue
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.ZMQError:
                 continue
+            who = "local"
+            if self.curve is not None:
+                try:
+                    who = frames[-1].get("User-Id") or ""
+                except zmq.ZMQError:
+                    who = ""
+            parts = [f.bytes for f in frames]
             envelope = [parts[0]]
             rest = parts[1:]
             if rest and rest[0] == b"":
                 envelope.append(b"")
                 rest = rest[1:]
-            reply = self._handle_request(rest[0] if len(rest) == 1 else None)
+            reply = self._handle_request(rest[0] if len(rest) == 1 else None, who)
             try:
                 sock.send_multipart([*envelope, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         sock.close(0)
 
-    def _handle_request(self, body: bytes | None) -> bytes:
+    def _handle_request(self, body: bytes | None, who: str = "local") -> bytes:
+        from ..security import allowed
+
         rid = None
         try:
             if body is None:
                 raise ControlError("bad_request", "a request is exactly one message part")
             req = parse_request(body)
             rid = req.id
+            rights = "operator" if self.curve is None else self.curve.rights(who)
+            if rights is None or not allowed(req.cmd, rights):
+                raise ControlError("forbidden", f"{req.cmd} needs operator rights")
             if isinstance(req, PingRequest):
                 return encode_reply(rid, {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns()})
             if isinstance(req, StatusRequest):
@@ -333,9 +363,12 @@ class ReconStage:
                 if st is None or st.recon is None:
                     raise ControlError("unknown_stream", f"no reconstructor is running for stream {req.target!r}")
                 try:
-                    return encode_reply(rid, st.recon.control(req.action, req.args))
+                    result = st.recon.control(req.action, req.args)
                 except Exception as exc:  # noqa: BLE001
+                    self.audit.record(who, "action", req.model_dump(exclude_none=True), False, str(exc))
                     raise ControlError("bad_request", f"{req.target}: {exc}") from None
+                self.audit.record(who, "action", req.model_dump(exclude_none=True), True)
+                return encode_reply(rid, result)
             raise ControlError("unknown_command", f"the reconstruction stage does not handle {req.cmd!r}")
         except ControlError as exc:
             return encode_reply(rid if rid is not None else exc.request_id, error=exc)
