@@ -37,24 +37,32 @@ QItem = tuple[Any, ...]
 class FrameQueue:
     """Bounded single-producer queue between a driver thread and the publisher.
 
-    Frames beyond ``depth`` are dropped and counted; control items (series start/end,
-    gaps, descriptors) are never dropped (they are rare and tiny).
+    Bounded twice: at most ``depth`` frames and at most ``max_bytes`` of frame payload (so a
+    stream of 6 MB detector frames cannot hold gigabytes). A frame beyond either bound is
+    dropped and counted; control items (series start/end, gaps, descriptors) are never dropped
+    (they are rare and tiny).
     """
 
-    __slots__ = ("_q", "depth", "dropped", "_wake", "high_water")
+    __slots__ = ("_q", "depth", "max_bytes", "bytes", "dropped", "_wake", "high_water", "_lock")
 
-    def __init__(self, depth: int, wake: threading.Event) -> None:
+    def __init__(self, depth: int, wake: threading.Event, max_bytes: int = 1 << 62) -> None:
         self._q: deque[QItem] = deque()
         self.depth = depth
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.dropped = 0
         self.high_water = 0
         self._wake = wake
+        self._lock = threading.Lock()
 
     def put_frame(self, item: QItem) -> bool:
         n = len(self._q)
-        if n >= self.depth:
+        size = item[2].data.nbytes
+        if n >= self.depth or (n and self.bytes + size > self.max_bytes):
             self.dropped += 1
             return False
+        with self._lock:
+            self.bytes += size
         self._q.append(item)
         if n + 1 > self.high_water:
             self.high_water = n + 1
@@ -67,9 +75,13 @@ class FrameQueue:
 
     def pop(self) -> QItem | None:
         try:
-            return self._q.popleft()
+            item = self._q.popleft()
         except IndexError:
             return None
+        if item[0] == "frame":
+            with self._lock:
+                self.bytes -= item[2].data.nbytes
+        return item
 
     def __len__(self) -> int:
         return len(self._q)
@@ -140,6 +152,8 @@ class AcquisitionWorker(threading.Thread):
         self._series_open = False
         self._seq = 0
         self.last_progress = time.monotonic()
+        #: the first connection attempt has ended (acquiring, or failed and backing off)
+        self.attempted = False
         self._rng = random.Random(hash(name))
 
     # -- requests from other threads -------------------------------------------------
@@ -225,6 +239,7 @@ class AcquisitionWorker(threading.Thread):
         self.stats.series = series
         drv.start()
         self.stats.state = "acquiring"
+        self.attempted = True
         log.info("%s: acquiring (series %s)", self.device, series)
         q, stats = self.queue, self.stats
         while self.want_running.is_set() and not self._shutdown.is_set() and self._reconfig is None:
@@ -264,9 +279,13 @@ class AcquisitionWorker(threading.Thread):
         self.stats.reconnects += 1
         self.stats.state = "reconnecting"
         log.warning("%s: %s; reconnecting in %.2f s", self.device, msg, backoff)
-        # interruptible sleep with full jitter
-        self._poke.wait(backoff * (0.5 + self._rng.random() / 2))
+        # interruptible sleep with jitter; the thread is alive and well meanwhile (watchdog)
+        end = time.monotonic() + backoff * (0.5 + self._rng.random() / 2)
+        while not self._poke.is_set() and (left := end - time.monotonic()) > 0:
+            self._poke.wait(min(left, 0.5))
+            self.last_progress = time.monotonic()
         self._poke.clear()
+        self.attempted = True
         return min(backoff * 2, self.reconnect_max_s)
 
     def _apply_reconfig(self) -> None:

@@ -31,6 +31,12 @@ __all__ = ["BENCHES", "add_bench_arguments", "run_bench", "bench_transport"]
 #: name -> "module:function(args) -> dict"; the function prints nothing itself.
 BENCHES: dict[str, str] = {
     "transport": "medacq.daemon.bench:bench_transport",
+    "soak": "medacq.daemon.bench_soak:bench_soak",
+    "biosignal": "medacq.daemon.bench_biosignal:bench_biosignal",
+    "detector": "medacq.daemon.bench_xray:bench_detector",
+    "ultrasound": "medacq.daemon.bench_ultrasound:bench_ultrasound",
+    "view": "medacq.daemon.bench_view:bench_view",
+    "eit": "medacq.daemon.bench_eit:bench_eit",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
@@ -42,6 +48,8 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--duration", type=float, default=2.0, help="seconds per measured case (default %(default)s)")
     sp.add_argument("--sizes", default=",".join(SIZES), help="transport: comma-separated frame sizes")
     sp.add_argument("--minutes", type=float, default=10.0, help="soak: duration in minutes")
+    sp.add_argument("--e2e-s", type=float, default=20.0, help="detector: end-to-end seconds (default %(default)s)")
+    sp.add_argument("--frames", type=int, default=40, help="detector: full frames per read measurement")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -290,6 +290,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 except DaemonUnreachable:
                     if time.monotonic() > deadline:
                         raise CliError("the daemon did not answer within 15 s") from None
+        if not args.no_view:  # the live web page, in its own process
+            _start_view(procs, cfg_path, args.view_port, workdir, env)
         view = StatusView(cfg, interactive=sys.stdout.isatty() and not os.environ.get("CI"))
         view.run(args.for_s)
         return 0
@@ -344,6 +346,42 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """``medacq view``: the live web page (see medacq.daemon.view and docs/view.md)."""
+    try:
+        from .view import ViewSettings, run_view
+    except ImportError as exc:
+        raise CliError(f"the live view needs aiohttp (pip install aiohttp): {exc}", 2) from None
+    control, recon_control, data = _endpoints(args)
+    settings = ViewSettings(control, recon_control, data, port=args.port, max_fps=args.max_fps,
+                            curve=_client_curve(args))
+    try:
+        run_view(settings, args.for_s, on_ready=lambda url: print(f"medacq view: {url}", flush=True))
+    except OSError as exc:
+        raise CliError(f"cannot serve the view on 127.0.0.1:{args.port}: {exc}") from None
+    return 0
+
+
+def _start_view(procs: list, cfg_path: Path, port: int, workdir: Path, env: dict) -> None:
+    """``medacq up``: run ``medacq view`` as its own process and print its URL (a failure only warns)."""
+    import socket
+
+    logf = open(workdir / "view.log", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "view", "--config", str(cfg_path),
+                          "--port", str(port)], stdout=logf, stderr=subprocess.STDOUT, env=env)
+    procs.append(p)
+    deadline = time.monotonic() + 15
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+                print(f"medacq up: live view at http://127.0.0.1:{port}/", flush=True)
+                return
+        except OSError:
+            time.sleep(0.1)
+    tail = (workdir / "view.log").read_text(errors="replace")[-400:].strip()
+    print(f"medacq up: the live view did not start (the rig runs on): {tail}", file=sys.stderr, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -368,7 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
     sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                     help="first of 5 loopback ports: data, control, recon data, recon control, fault side door")
+    sp.add_argument("--view-port", type=int, default=8555, help="live web view port (default %(default)s)")
+    sp.add_argument("--no-view", action="store_true", help="do not start the live web view")
     sp.set_defaults(fn=cmd_up)
+
+    sp = sub.add_parser("view", help="serve the live web view on 127.0.0.1 (prints the URL)")
+    sp.add_argument("--port", type=int, default=8555, help="HTTP port (default %(default)s; 0 picks a free one)")
+    sp.add_argument("--max-fps", type=float, default=20.0, help="most updates per second per panel")
+    sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
+    endpoints(sp)
+    sp.set_defaults(fn=cmd_view)
 
     sp = sub.add_parser("run", help="run the acquisition daemon")
     sp.add_argument("--config", required=True)
@@ -416,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--for", dest="for_s", type=float)
     endpoints(sp)
     sp.set_defaults(fn=cmd_tail)
+
+    sp = sub.add_parser("record", help="record topics to HDF5 (crash-safe), or start/stop the daemon's recorder")
+    from .recorder import add_record_arguments, cmd_record
+
+    add_record_arguments(sp)
+    sp.set_defaults(fn=cmd_record)
 
     sp = sub.add_parser("check-config", help="validate a rig config file")
     sp.add_argument("file")

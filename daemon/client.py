@@ -60,6 +60,7 @@ class GapInfo:
     announced: bool
     reason: str
     lost_samples: int | None = None
+    topic: str = ""
 
     @property
     def last_seq(self) -> int | None:
@@ -81,6 +82,7 @@ class Message:
 
 @dataclass
 class _StreamTrack:
+    topic: str = ""
     series: str | None = None
     expected: int | None = None
     frames: int = 0
@@ -153,7 +155,11 @@ class Subscriber:
 
     @property
     def descriptors(self) -> dict[str, dict[str, Any]]:
-        """The latest descriptor of every stream seen."""
+        """The latest descriptor of every stream seen, by topic (``raw/eeg0``, ``recon/eeg0/hr``).
+
+        Streams are keyed by topic, not by the header's ``stream`` name: ``raw/eeg0`` and
+        ``recon/eeg0`` are different streams that share a name.
+        """
         return {k: t.descriptor for k, t in self.tracks.items() if t.descriptor is not None}
 
     def wait_connected(self, timeout: float = 0.3) -> None:
@@ -189,7 +195,7 @@ class Subscriber:
                 raise
             log.warning("skipping undecodable message on %s", topic, exc_info=True)
             return None
-        self._track(header)
+        self._track(header, topic)
         if array is not None:
             self.counters.frames += 1
             self.counters.bytes += array.nbytes
@@ -197,17 +203,17 @@ class Subscriber:
 
     def _gap(self, t: _StreamTrack, stream: str, first: int | None, count: int, announced: bool, reason: str,
              lost_samples: int | None = None) -> None:
-        g = GapInfo(stream, t.series or "", first, count, announced, reason, lost_samples)
+        g = GapInfo(stream, t.series or "", first, count, announced, reason, lost_samples, t.topic)
         self.gaps.append(g)
         self.counters.gap_frames += count
         if self.on_gap is not None:
             self.on_gap(g)
 
-    def _track(self, h: dict[str, Any]) -> None:
+    def _track(self, h: dict[str, Any], topic: str) -> None:
         stream, kind, seq, series = h["stream"], h["kind"], h["seq"], h["series"]
-        t = self.tracks.get(stream)
+        t = self.tracks.get(topic)
         if t is None:
-            t = self.tracks[stream] = _StreamTrack()
+            t = self.tracks[topic] = _StreamTrack(topic=topic)
         if kind == "series_start":
             t.series, t.expected = series, seq
             return

@@ -113,6 +113,7 @@ class DaemonSection(BaseModel):
         control_endpoint: ROUTER socket for control requests.
         queue_depth: frames buffered per device between driver and publisher; a full
             queue drops (and counts) rather than grows.
+        queue_mb: the same bound in payload megabytes (whichever is reached first).
         sndhwm: ZeroMQ send high-water mark per subscriber (messages).
         heartbeat_s: per-stream heartbeat interval.
         descriptor_interval_s: descriptor re-publication interval.
@@ -125,10 +126,11 @@ class DaemonSection(BaseModel):
     data_endpoint: str = "tcp://127.0.0.1:5555"
     control_endpoint: str = "tcp://127.0.0.1:5556"
     queue_depth: int = Field(default=256, ge=1, le=1_000_000)
+    queue_mb: float = Field(default=64.0, gt=0)
     sndhwm: int = Field(default=1000, ge=1)
     heartbeat_s: float = Field(default=1.0, gt=0)
     descriptor_interval_s: float = Field(default=3.0, gt=0)
-    watchdog_stall_s: float = Field(default=5.0, gt=0)
+    watchdog_stall_s: float = Field(default=10.0, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))

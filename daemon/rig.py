@@ -29,6 +29,9 @@ class RigEntry:
         address: which address form the driver takes: ``serial`` (pty path or
             ``socket://``), ``tcp`` (``tcp://h:p``) or ``visa`` (``TCPIP::h::p::SOCKET``).
         sim_options: simulator options; settings: driver settings.
+        ports: simulators served for this one instrument (e.g. one OPM sensor per serial
+            port); with more than one, simulator ``i`` gets option ``sensor=i``, is served as
+            ``<name>-<i>`` (``i`` ≥ 1) and the driver's address lists them comma-separated.
     """
 
     name: str
@@ -38,11 +41,26 @@ class RigEntry:
     address: Literal["serial", "tcp", "visa"] = "serial"
     sim_options: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    ports: int = 1
 
 
 DEFAULT_RIG: list[RigEntry] = [
     RigEntry("synth0", "synthetic", "synthetic", "pty", "serial", {"seed": 1},
              {"shape": [8, 64], "dtype": "<f4", "rate_hz": 50.0, "seed": 1}),
+    # X-ray: a fluoroscopy panel (2x2 binned, 10 fps) and a CT panel (4x4, 20 projections/s)
+    RigEntry("xr0", "flatpanel", "flatpanel", "tcp", "visa", {"seed": 31},
+             {"mode": "FLUORO", "binning": 2, "exposure_s": 0.1}),
+    RigEntry("ct0", "flatpanel", "flatpanel", "tcp", "visa", {"seed": 32},
+             {"mode": "CT", "binning": 4, "exposure_s": 0.05, "ct_projections": 180}),
+    RigEntry("eit0", "sciospec", "sciospec", "pty", "serial", {"n_el": 16, "seed": 2},
+             {"n_el": 16, "fps": 20.0, "frequency_hz": 50e3, "amplitude_a": 1e-3}),
+    RigEntry("eit1", "openeit", "openeit", "pty", "serial", {"fps": 4.0, "seed": 3}, {"n_el": 16, "fps": 4.0}),
+    RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True}, {"daisy": True}),
+    RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
+             {"rate": 500, "mode": "messagepack"}),
+    RigEntry("meg0", "quspin", "quspin", "pty", "serial", {"seed": 13}, {}, ports=3),
+    RigEntry("us0", "us", "ultrasound", "tcp", "tcp", {"angles": 3, "prf_hz": 150.0, "seed": 21},
+             {"angles": 3, "prf_hz": 150.0}),
 ]
 
 
@@ -66,8 +84,11 @@ class SimulatedRig:
     def start(self) -> "SimulatedRig":
         try:
             for e in self.entries:
-                iface = make_simulator(e.sim_kind, **e.sim_options)
-                self.servers[e.name] = SimulatorServer(iface, e.transport, paced=self.paced, name=e.name).start()
+                for i in range(e.ports):
+                    opts = {**e.sim_options, "sensor": i} if e.ports > 1 else e.sim_options
+                    name = e.name if i == 0 else f"{e.name}-{i}"
+                    iface = make_simulator(e.sim_kind, **opts)
+                    self.servers[name] = SimulatorServer(iface, e.transport, paced=self.paced, name=name).start()
         except BaseException:
             self.stop()
             raise
@@ -79,6 +100,9 @@ class SimulatedRig:
         self.servers.clear()
 
     def address(self, e: RigEntry) -> str:
+        if e.ports > 1:
+            return ",".join(self.address(RigEntry(n, e.sim_kind, e.driver_kind, e.transport, e.address))
+                            for n in [e.name, *(f"{e.name}-{i}" for i in range(1, e.ports))])
         s = self.servers[e.name]
         if e.address == "tcp":
             return s.tcp_address

@@ -109,7 +109,7 @@ class AcquisitionDaemon:
         for dev in self.config.device:
             cls = driver_class(dev.kind)
             settings = cls.validate_settings(dev.settings)
-            q = FrameQueue(dc.queue_depth, self.wake)
+            q = FrameQueue(dc.queue_depth, self.wake, int(dc.queue_mb * 1e6))
             stats = StreamStats()
             self.publisher.add_stream(dev.name, q, stats)
             w = AcquisitionWorker(dev.name, cls, dev.address, settings, q, stats, dc.reconnect_max_s)
@@ -149,6 +149,11 @@ class AcquisitionDaemon:
         """Every autostarted device is acquiring."""
         auto = {d.name for d in self.config.device if d.autostart}
         return all(self.workers[n].stats.state == "acquiring" for n in auto)
+
+    def streams_tried(self) -> bool:
+        """Every autostarted device has acquired or failed its first connection attempt."""
+        auto = {d.name for d in self.config.device if d.autostart}
+        return all(self.workers[n].attempted for n in auto)
 
     def healthy(self) -> bool:
         """No thread is wedged: each made progress within ``watchdog_stall_s``."""
@@ -293,6 +298,7 @@ class AcquisitionDaemon:
                 "fps": round(s.fps, 2), "mbps": round(s.mbps, 3), "drops": w.queue.dropped,
                 "gap_frames": s.gap_frames, "lost_samples": s.lost_samples, "queue_depth": len(w.queue),
                 "queue_high_water": w.queue.high_water, "queue_capacity": w.queue.depth,
+                "queue_bytes": w.queue.bytes,
                 "latency_us_p50": s.latency_us_p50, "latency_us_p99": s.latency_us_p99,
                 "reconnects": s.reconnects, "last_error": s.last_error, "last_error_at": s.last_error_at,
                 "driver": w.driver_counters(),
@@ -324,8 +330,11 @@ class AcquisitionDaemon:
         end = None if duration_s is None else time.monotonic() + duration_s
         try:
             while not stop.is_set() and (end is None or time.monotonic() < end):
-                if not ready and (self.streams_up() or not self.workers):
-                    notifier.notify("READY=1", f"STATUS=acquiring {len(self.workers)} stream(s)")
+                # READY once every stream is up; a device that is unplugged at boot does not hold
+                # the service hostage: after its first failed attempt READY goes out, and STATUS
+                # (and `medacq ctl status`) say which streams are still reconnecting
+                if not ready and (self.streams_up() or self.streams_tried() or not self.workers):
+                    notifier.notify("READY=1", f"STATUS={self._status_line(self.healthy())}")
                     ready = True
                 healthy = self.healthy()
                 if wd is not None and healthy:

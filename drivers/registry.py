@@ -14,7 +14,22 @@ __all__ = ["DRIVERS", "driver_class", "known_kinds"]
 
 DRIVERS: dict[str, str] = {
     "synthetic": "medacq.drivers.synthetic:SyntheticDriver",
+    "ultrasound": "medacq.drivers.ultrasound:UltrasoundDriver",
+    "cyton": "medacq.drivers.cyton:CytonDriver",
+    "hackeeg": "medacq.drivers.hackeeg:HackEEGDriver",
+    "quspin": "medacq.drivers.quspin:QuSpinDriver",
+    "flatpanel": "medacq.drivers.flatpanel:FlatPanelDriver",
+    "sciospec": "medacq.drivers.sciospec:SciospecDriver",
+    "openeit": "medacq.drivers.openeit:OpenEITDriver",
 }
+
+
+# Extra kinds from the environment, for test-only drivers: MEDACQ_EXTRA_DRIVERS="kind=module:Class,..."
+# (never overrides a built-in kind).
+for _spec in __import__("os").environ.get("MEDACQ_EXTRA_DRIVERS", "").split(","):
+    _kind, _sep, _target = _spec.partition("=")
+    if _sep and ":" in _target:
+        DRIVERS.setdefault(_kind.strip(), _target.strip())
 
 
 def known_kinds() -> list[str]:

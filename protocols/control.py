@@ -37,6 +37,7 @@ __all__ = [
     "PingRequest",
     "DescriptorRequest",
     "ActionRequest",
+    "RecordRequest",
     "ControlReply",
     "ControlError",
     "ErrorCode",
@@ -141,8 +142,24 @@ class ActionRequest(_Req):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class RecordRequest(_Req):
+    """Start, stop or query the daemon's built-in recorder (HDF5; ``edf``/``bdf`` for biosignals).
+
+    ``path`` is relative to the daemon's recordings directory (default: a timestamped name);
+    ``flush_s`` is the checkpoint interval in seconds (the most a crash can lose).
+    """
+
+    cmd: Literal["record"]
+    action: Literal["start", "stop", "status"]
+    topics: list[str] = Field(default_factory=lambda: ["raw/"], max_length=64)
+    path: str | None = Field(default=None, max_length=4096)
+    flush_s: float = Field(default=1.0, gt=0, le=60)
+    format: Literal["hdf5", "edf", "bdf"] = "hdf5"
+
+
 ControlRequest = Annotated[
     Union[
+        RecordRequest,
         ListRequest,
         DescribeRequest,
         ConfigureRequest,
@@ -160,7 +177,8 @@ ControlRequest = Annotated[
 READ_ONLY_COMMANDS = frozenset({"list", "describe", "status", "ping", "descriptor"})
 
 _REQUEST = TypeAdapter(ControlRequest)
-_COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action")
+_COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action",
+             "record")
 
 
 class ControlError(Exception):

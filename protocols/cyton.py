@@ -22,7 +22,7 @@ Roles:
 
 Counts → physical units: :func:`counts_to_uv` (4.5 V / gain / (2^23 − 1) per count) and
 :func:`accel_to_g` (0.002 / 16 g per LSB). :class:`DaisyPairer` merges odd (main board)
-and even (Daisy) counters into 16-channel samples at half the packet rate.
+and even (Daisy) counters into 16-channel samples at half the packet rate (pairs: even Daisy first, then odd main).
 """
 
 from __future__ import annotations
@@ -695,10 +695,12 @@ def _parse_settings(s: str) -> ChannelSettings | ChannelSettingsError:
 # -------------------------------------------------------------------------- daisy
 @dataclass(frozen=True, slots=True)
 class DaisySample:
-    """16 channels at half the packet rate: main board (odd counter) + Daisy (even).
+    """16 channels at half the packet rate: Daisy (even counter, sent first) + main board
+    (the next, odd counter).
 
-    ``counter`` is the main board packet's counter; ``channels`` are raw counts 1..16;
-    ``accel`` is the main packet's (the Daisy packet's aux is ignored)."""
+    ``counter`` is the Daisy packet's (even) counter; ``channels`` are raw counts 1..16
+    (main board 1–8 then Daisy 9–16); ``accel`` is whichever packet carried a non-zero
+    reading (else the main packet's); stop byte and timestamp are the main packet's."""
 
     counter: int
     channels: tuple[int, ...]
@@ -711,52 +713,54 @@ class DaisySample:
 class LostSample:
     """A 16-channel sample could not be formed: its partner packet is missing.
 
-    ``counter`` is the main-board counter (odd) the sample would have had."""
+    ``counter`` is the (even) Daisy counter the sample would have had."""
 
     counter: int
 
 
 class DaisyPairer:
-    """Merge Cyton+Daisy packets: odd counter = main board, next even counter = Daisy
-    (BrainFlow's convention: pairs (1, 2), (3, 4) … (255, 0)).
+    """Merge Cyton+Daisy packets: even counter = Daisy channels 9–16 (first), the next odd
+    counter = main board channels 1–8 (OpenBCI GUI and BrainFlow 5.x ``CYTON_DAISY_BOARD``:
+    pairs (0, 1), (2, 3) … (254, 255)).
 
     ``push(sample)`` returns the completed :class:`DaisySample` objects and a
     :class:`LostSample` for every pair that lost either half (counter gaps included).
     """
 
     def __init__(self) -> None:
-        self._main: CytonSample | None = None
+        self._first: CytonSample | None = None  # the Daisy half waiting for its main half
         self._last: int | None = None  # last counter seen
 
     def push(self, s: CytonSample) -> list[DaisySample | LostSample]:
         out: list[DaisySample | LostSample] = []
         c = s.counter
-        lost_main: int | None = None
+        lost_first: int | None = None
         if self._last is not None:
             p = (self._last + 1) % 256
             while p != c:  # counters that never arrived
-                if p % 2 == 1:
+                if p % 2 == 0:
                     out.append(LostSample(p))
-                    lost_main = p
-                elif self._main is not None and (self._main.counter + 1) % 256 == p:
-                    out.append(LostSample(self._main.counter))
-                    self._main = None
+                    lost_first = p
+                elif self._first is not None and (self._first.counter + 1) % 256 == p:
+                    out.append(LostSample(self._first.counter))
+                    self._first = None
                 p = (p + 1) % 256
-        first = self._last is None
+        started = self._last is not None
         self._last = c
-        if c % 2 == 1:
-            if self._main is not None:  # repeated / out-of-order main packet
-                out.append(LostSample(self._main.counter))
-            self._main = s
+        if c % 2 == 0:
+            if self._first is not None:  # repeated / out-of-order Daisy packet
+                out.append(LostSample(self._first.counter))
+            self._first = s
             return out
-        main, self._main = self._main, None
-        if main is not None and (main.counter + 1) % 256 == c:
-            out.append(DaisySample(main.counter, main.channels + s.channels, main.stop_byte,
-                                   main.accel, main.timestamp_ms))
+        d, self._first = self._first, None
+        if d is not None and (d.counter + 1) % 256 == c:
+            accel = s.accel if s.accel is not None and any(s.accel) else (d.accel if d.accel is not None and any(d.accel) else s.accel)
+            out.append(DaisySample(d.counter, s.channels + d.channels, s.stop_byte, accel,
+                                   s.timestamp_ms if s.timestamp_ms is not None else d.timestamp_ms))
             return out
-        if main is not None:
-            out.append(LostSample(main.counter))
+        if d is not None:
+            out.append(LostSample(d.counter))
         pc = (c - 1) % 256
-        if not first and lost_main != pc:
+        if started and lost_first != pc:
             out.append(LostSample(pc))
         return out

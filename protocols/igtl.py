@@ -153,8 +153,25 @@ def _shift_table(nbytes: int) -> np.ndarray:
     return t
 
 
+try:  # fastcrc (Rust, SIMD): ~25 GB/s, two orders of magnitude faster than the numpy path
+    from fastcrc import crc64 as _fastcrc64
+except ImportError:  # pragma: no cover - the numpy path below is the fallback
+    _fastcrc64 = None
+
+
 def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-    """CRC-64/ECMA-182 of ``data`` (OpenIGTLink's body CRC), vectorised in numpy.
+    """CRC-64/ECMA-182 of ``data`` (OpenIGTLink's body CRC).
+
+    Uses the ``fastcrc`` package when installed (a dependency of medacq; ~0.25 ms for 6 MB),
+    else :func:`crc64_numpy`. ``crc`` continues a running CRC: ``crc64(b, crc64(a)) == crc64(a + b)``.
+    """
+    if _fastcrc64 is not None and len(data) >= 64:
+        return _fastcrc64.ecma_182(data, crc)
+    return crc64_numpy(data, crc)
+
+
+def crc64_numpy(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-64/ECMA-182 of ``data``, vectorised in numpy (the fallback without ``fastcrc``).
 
     ``crc`` continues a running CRC: ``crc64(b, crc64(a)) == crc64(a + b)``.
 

@@ -4,8 +4,11 @@ Wire format (OpenEIT/EIT_Firmware ``OpenEIT.c``; OpenEIT/OpenEIT serial handler)
 115200 8N1:
 
 * Host → device: a mode letter followed by ``\\n``: ``a`` time series, ``b`` bioimpedance
-  spectroscopy, ``c``/``d``/``e`` imaging with 8/16/32 electrodes (project convention,
-  see ``shared/protocols.md``).
+  spectroscopy, ``c``/``d``/``e`` tetrapolar imaging with 8/16/32 electrodes (firmware
+  modes 3/4/5; checked against the latest ``OpenEIT.c`` and the OpenEIT dashboard's
+  ``serial_write``, which maps c/d/e to 8/16/32). The firmware also has ``f``/``g``
+  (bipolar imaging / time series), not modelled here. Older firmware versions used ``c``
+  for 16-electrode imaging and ``d``/``e`` for bipolar modes.
 * Device → host, imaging: one line per frame ``magnitudes: v1,v2,...,vN,\\r\\n``; each value
   is the firmware's 28.4 fixed point printed ``%8d.%04d`` (so values step by 1/16 and may
   be space-padded; the firmware leaves a trailing comma). N = 32/192/896 for 8/16/32

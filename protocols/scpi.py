@@ -873,19 +873,24 @@ class ScpiDevice:
                 raise LocalProtocolError("newline in reply")
             return event.text.encode("ascii") + b"\n"
         if isinstance(event, Block):
-            return encode_block(event.data, event.ndigits) + b"\n"
+            mv = memoryview(event.data).cast("B")
+            return b"".join((block_header(mv.nbytes, event.ndigits), mv, b"\n"))  # one copy
         if isinstance(event, Response):
-            parts: list[bytes] = []
-            for u in event.units:
-                if isinstance(u, Block):
-                    parts.append(encode_block(u.data, u.ndigits))
-                elif isinstance(u, (bytes, bytearray, memoryview)):
-                    parts.append(encode_block(u))
+            # one join, one copy of each block payload (frames are megabytes)
+            parts: list[bytes | memoryview] = []
+            for i, u in enumerate(event.units):
+                if i:
+                    parts.append(b";")
+                if isinstance(u, (Block, bytes, bytearray, memoryview)):
+                    data, nd = (u.data, u.ndigits) if isinstance(u, Block) else (u, 0)
+                    mv = memoryview(data).cast("B")
+                    parts += (block_header(mv.nbytes, nd), mv)
                 else:
                     if "\n" in u:
                         raise LocalProtocolError("newline in reply")
                     parts.append(u.encode("ascii"))
-            return b";".join(parts) + b"\n"
+            parts.append(b"\n")
+            return b"".join(parts)
         raise LocalProtocolError(f"device role cannot send {type(event).__name__}")
 
     def send_indefinite_block(self, data: bytes | bytearray | memoryview) -> bytes:

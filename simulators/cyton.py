@@ -6,8 +6,9 @@ the port sends nothing; ``v`` prints the banner ending ``$$$``; ``d`` answers
 ``updating channel settings to default$$$``; ``b``/``s`` start/stop 33-byte packets at
 250 Hz (the dongle rate; the firmware forces 250 Hz when streaming over the dongle);
 replies to ``x``/``~``/``/``/``z`` are only sent while idle, as the firmware does.
-With ``daisy=True`` each 16-channel sample (125 Hz) is sent as two packets: odd counter =
-main board channels 1–8, even counter = Daisy channels 9–16.
+With ``daisy=True`` each 16-channel sample (125 Hz) is sent as two packets: first the
+even counter = Daisy channels 9–16, then the odd counter = main board channels 1–8 (the
+order BrainFlow 5.x's ``CYTON_DAISY_BOARD`` and the OpenBCI GUI pair them in).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from medacq.protocols import cyton as cy
 from ._interface import DeviceInterface
 from .biosignal_models import EEG_LABELS_16, EEGModel
 
-__all__ = ["CytonInterface", "BANNER_HEAD", "FIRMWARE_VERSION"]
+__all__ = ["CytonInterface", "BANNER_HEAD", "FIRMWARE_VERSION", "make"]
 
 FIRMWARE_VERSION = "v3.1.2"
 BANNER_HEAD = "OpenBCI V3 8-16 channel"
@@ -47,6 +48,8 @@ class CytonInterface(DeviceInterface):
         self._model_kwargs = model_kwargs
         self.codec = cy.CytonDeviceCodec()
         self.packets_sent = 0
+        self.packets_dropped: list[int] = []  # stream packet numbers k never sent
+        self._to_drop = 0
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -111,7 +114,7 @@ class CytonInterface(DeviceInterface):
                 self.sample_rate_code = 6  # dongle: firmware drops to 250 Hz
                 self._stream_t0 = t
                 self._stream_k = 0
-                self._counter = 1 if self.daisy else 0
+                self._counter = 0
                 self._model = EEGModel(self.seed, fs=_PACKET_RATE / (2 if self.daisy else 1),
                                        labels=EEG_LABELS_16[: self.n_channels],
                                        mains_hz=self.mains_hz, **self._model_kwargs)  # type: ignore[arg-type]
@@ -216,13 +219,13 @@ class CytonInterface(DeviceInterface):
             if not self.daisy:
                 half = counts[:, col]
                 col += 1
-            elif k % 2 == 0:  # main board half of a new 16-channel sample
+            elif k % 2 == 0:  # Daisy half (even counter) opens a new 16-channel sample
                 self._pending = counts[:, col]
                 col += 1
-                half = self._pending[:8]
-            else:  # Daisy half of the sample started by the previous packet
-                assert self._pending is not None
                 half = self._pending[8:16]
+            else:  # main board half (odd counter) completes it
+                assert self._pending is not None
+                half = self._pending[:8]
             out += self._encode(tuple(int(v) for v in half), k)
         self._stream_k += n
         return bytes(out)
@@ -240,8 +243,17 @@ class CytonInterface(DeviceInterface):
         else:
             s = cy.CytonSample(self._counter, chans, 0xC0, b"\x00" * 6, accel or (0, 0, 0), None)
         self._counter = (self._counter + 1) % 256
+        if self._to_drop:  # fault side door: the radio lost this packet
+            self._to_drop -= 1
+            self.packets_dropped.append(k)
+            return b""
         self.packets_sent += 1
         return self.codec.send(s)
+
+    def drop_packets(self, n: int) -> None:
+        """Fault side door: the next ``n`` packets are lost on the radio link (their
+        counters are consumed, as when the dongle misses packets)."""
+        self._to_drop += int(n)
 
     def truth(self) -> dict:
         d: dict = {"streaming": self.streaming, "daisy": self.daisy, "gains": self.gains().tolist(),
@@ -259,3 +271,9 @@ def _replace(s: cy.ChannelSettings, **kw: int) -> cy.ChannelSettings:
     f = dict(zip(("channel", "power_down", "gain_code", "input_type", "bias", "srb2", "srb1"), _fields(s)))
     f.update(kw)
     return cy.ChannelSettings(**f)
+
+
+def make(**options: object) -> CytonInterface:
+    """Factory for ``medacq sim cyton`` / the rig (options: :class:`CytonInterface` args:
+    ``seed``, ``daisy``, ``mains_hz``, ``clock_ppm`` and :class:`EEGModel` keywords)."""
+    return CytonInterface(**options)  # type: ignore[arg-type]

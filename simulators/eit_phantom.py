@@ -18,19 +18,31 @@ The phantom is the *model* half of the EIT simulators: physics and state, no byt
 
 Forward solves are exact on a (lung fill × cardiac) grid of 33 × 9 states, computed lazily
 and cached; frames in between are bilinear in the electrode transfer matrix, so a long run
-costs at most 297 sparse solves (``warm()`` does them up front).
+costs at most 297 sparse solves (``warm()`` does them up front, ≈4 s; with ``cache_dir``
+they are stored on disk, keyed by every parameter that changes them, so a restart loads
+them in milliseconds).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols.eit_model import EitMesh, Forward, Pattern, adjacent_pattern, thorax_mesh
 
-__all__ = ["Inclusion", "ThoraxPhantom"]
+__all__ = ["Inclusion", "ThoraxPhantom", "PhantomOptions", "make_phantom", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$MEDACQ_CACHE_DIR`` or ``~/.cache/medacq``."""
+    return Path(os.environ.get("MEDACQ_CACHE_DIR", os.path.expanduser("~/.cache/medacq")))
 
 SIGMA_BACKGROUND = 0.35
 SIGMA_LUNG = 0.20
@@ -131,8 +143,14 @@ class ThoraxPhantom:
     CARDIAC_STEPS = 8
 
     def _state(self, t: float) -> tuple[float, float]:
-        """Continuous grid coordinates (fill × FILL_STEPS, cardiac × CARDIAC_STEPS)."""
-        return self.lung_fill(t) * self.FILL_STEPS, self.cardiac(t) * self.CARDIAC_STEPS
+        """Continuous grid coordinates (fill × FILL_STEPS, cardiac × CARDIAC_STEPS).
+
+        A component with zero amplitude changes nothing, so its coordinate stays 0 (one
+        forward solve serves a still phantom).
+        """
+        f = self.lung_fill(t) * self.FILL_STEPS if self.breathing_amplitude else 0.0
+        c = self.cardiac(t) * self.CARDIAC_STEPS if self.cardiac_amplitude else 0.0
+        return f, c
 
     def conductivity_for_state(self, fill_g: float, card_g: float) -> np.ndarray:
         """Conductivities for grid coordinates (see :meth:`_state`)."""
@@ -176,11 +194,47 @@ class ThoraxPhantom:
                     T += w * self._node(i0 + di, j0 + dj)
         return T
 
-    def warm(self) -> None:
-        """Solve every grid state now (≈300 sparse solves) so streaming never waits."""
-        for i in range(self.FILL_STEPS + 1):
-            for j in range(self.CARDIAC_STEPS + 1):
-                self._node(i, j)
+    def cache_key(self) -> str:
+        """Hash of everything the grid of forward solves depends on (not the noise seed)."""
+        parts = {
+            "v": 1, "mesh": self.mesh.digest(), "grid": [self.FILL_STEPS, self.CARDIAC_STEPS],
+            "tissue": [SIGMA_BACKGROUND, SIGMA_LUNG, SIGMA_HEART, SIGMA_SPINE, self.LUNGS, self.HEART, self.SPINE],
+            "amp": [self.breathing_amplitude, self.cardiac_amplitude], "z": self.z_contact,
+            "thickness": self.thickness_m, "inclusions": [asdict(i) for i in self.inclusions],
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def warm(self, cache_dir: str | os.PathLike | None = None) -> bool:
+        """Solve every grid state now (≈300 sparse solves) so streaming never waits.
+
+        With ``cache_dir`` the solves are loaded from (or saved to) disk. Returns True on a
+        cache hit.
+        """
+        shape = (self.FILL_STEPS + 1, self.CARDIAC_STEPS + 1, self.n_el, self.n_el)
+        path = Path(cache_dir) / f"eit-phantom-{self.cache_key()}.npy" if cache_dir is not None else None
+        if path is not None and path.exists():
+            try:
+                grid = np.load(path, allow_pickle=False)
+                if grid.shape == shape:
+                    for i in range(shape[0]):
+                        for j in range(shape[1]):
+                            self._cache[(i, j)] = grid[i, j]
+                    return True
+            except (OSError, ValueError):
+                pass  # corrupt entry: rebuild it
+        grid = np.empty(shape)
+        for i in range(shape[0]):
+            for j in range(shape[1]):
+                grid[i, j] = self._node(i, j)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, grid)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only cache only costs time
+        return False
 
     def noise_std(self) -> float:
         """Noise std (V) on each potential: rms of the homogeneous adjacent frame / SNR."""
@@ -223,3 +277,49 @@ class ThoraxPhantom:
             "lungs": [list(x) for x in self.LUNGS],
             "heart": list(self.HEART),
         }
+
+
+class PhantomOptions(BaseModel):
+    """Phantom options shared by the EIT simulator factories (``medacq sim sciospec KEY=VALUE``).
+
+    Attributes:
+        seed: noise seed (same seed, same bytes).
+        respiratory_rate_bpm, heart_rate_bpm: breaths / beats per minute.
+        breathing_amplitude: fractional lung conductivity drop at full inspiration.
+        cardiac_amplitude: fractional heart conductivity rise at systole.
+        snr_db: measurement SNR (dB) against the homogeneous frame's rms.
+        n_elements: phantom mesh size (finer than the reconstruction's 3000).
+        inclusions: ``[[x, y, radius, contrast], ...]`` in thorax half-widths.
+        warm: solve the whole breathing/cardiac grid at start (from the disk cache when it
+            is there) so the simulator never stalls while streaming.
+        cache: keep those solves in ``$MEDACQ_CACHE_DIR`` (default ``~/.cache/medacq``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    respiratory_rate_bpm: float = Field(default=15.0, gt=0, le=120)
+    heart_rate_bpm: float = Field(default=72.0, gt=0, le=300)
+    breathing_amplitude: float = Field(default=0.3, ge=0, lt=1)
+    cardiac_amplitude: float = Field(default=0.05, ge=0, lt=1)
+    snr_db: float = Field(default=60.0, gt=0)
+    n_elements: int = Field(default=6000, ge=200, le=50_000)
+    inclusions: list[list[float]] = Field(default_factory=list)
+    warm: bool = True
+    cache: bool = True
+
+
+def make_phantom(n_el: int, opts: PhantomOptions) -> ThoraxPhantom:
+    """Build (and warm, from the disk cache where possible) a phantom from options."""
+    ph = ThoraxPhantom(
+        n_el=n_el, seed=opts.seed, respiratory_rate_bpm=opts.respiratory_rate_bpm,
+        heart_rate_bpm=opts.heart_rate_bpm, breathing_amplitude=opts.breathing_amplitude,
+        cardiac_amplitude=opts.cardiac_amplitude, snr_db=opts.snr_db, n_elements=opts.n_elements,
+    )
+    for inc in opts.inclusions:
+        if len(inc) != 4:
+            raise ValueError("an inclusion is [x, y, radius, contrast]")
+        ph.add_inclusion(*inc)
+    if opts.warm:
+        ph.warm(default_cache_dir() if opts.cache else None)
+    return ph

@@ -60,7 +60,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from ..protocols.scpi import (
     NEED_DATA,
@@ -80,7 +82,7 @@ from ..protocols.scpi import (
 from ._interface import DeviceInterface
 from .xray_model import DetectorConfig, XrayModel
 
-__all__ = ["FlatPanelInterface", "READOUT_S", "FRAME_BUFFER"]
+__all__ = ["FlatPanelInterface", "READOUT_S", "FRAME_BUFFER", "make"]
 
 READOUT_S = {1: 1 / 26, 2: 1 / 70, 4: 1 / 120}
 """Minimum frame period (s) per binning."""
@@ -236,7 +238,7 @@ class FlatPanelInterface(DeviceInterface):
 
     # ----------------------------------------------------------------- execution
     def _run_pending(self) -> bytes:
-        out = bytearray()
+        out: list[bytes] = []
         while self._pending:
             ev = self._pending[0]
             if isinstance(ev, Command):
@@ -256,10 +258,10 @@ class FlatPanelInterface(DeviceInterface):
                 self.errors.push(ScpiError(-102, f"{ev.nbytes} bytes dropped: {ev.reason}"))
             elif isinstance(ev, MessageEnd):
                 if self._units:
-                    out += self.codec.send(Response(tuple(self._units)))
+                    out.append(self.codec.send(Response(tuple(self._units))))
                     self._units = []
             self._pending.popleft()
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     # ----------------------------------------------------------------- command table
     def _build_tree(self) -> None:
@@ -322,9 +324,9 @@ class FlatPanelInterface(DeviceInterface):
 
         t.add("CONFigure:FCOunt", setter(set_fco))
         t.add("CONFigure:FCOunt?", noargs(lambda: str(self.frame_count)))
-        t.add("CONFigure:MODE", setter(lambda c: m.configure(mode={"FLU": "FLUORO"}.get(
+        t.add("CONFigure:MODE", setter(lambda c: m.configure(mode={"FLUO": "FLUORO"}.get(
             s := match_choice(c.args[0], _MODES), s))))
-        t.add("CONFigure:MODE?", noargs(lambda: {"FLUORO": "FLU"}.get(m.config.mode, m.config.mode)))
+        t.add("CONFigure:MODE?", noargs(lambda: {"FLUORO": "FLUO"}.get(m.config.mode, m.config.mode)))
 
         def set_kind(c: Command) -> None:
             self.frame_kind = match_choice(c.args[0], _KINDS)
@@ -385,6 +387,8 @@ class FlatPanelInterface(DeviceInterface):
         self._ready.clear()
         self._soft_queue.clear()
         self._next_soft_free = self._now
+        if self.model.config.mode == "FLUORO":
+            self.model.radiograph_line_integral(1.0)  # build anatomy + vessel caches now, not mid-run
 
     def _cmd_abort(self) -> None:
         self.running = False
@@ -408,7 +412,8 @@ class FlatPanelInterface(DeviceInterface):
         f = self._ready.popleft()
         self._last = f
         data = self.model.frame(f.index, f.kind)  # type: ignore[arg-type]
-        return Block(data.astype("<u2", copy=False).tobytes())
+        # little-endian uint16, C order: hand the array's own buffer to the codec (no copy)
+        return Block(memoryview(np.ascontiguousarray(data.astype("<u2", copy=False))).cast("B"))
 
     def _cmd_meta(self) -> str:
         f = self._last
@@ -416,3 +421,26 @@ class FlatPanelInterface(DeviceInterface):
             return "-1,0.000000E+00,0.000000E+00,NONE"
         return f"{f.index},{f.angle_deg:.6E},{f.t_ready:.6E},{f.kind.upper()}"
 
+
+
+def make(**options: Any) -> FlatPanelInterface:
+    """Factory for ``medacq sim flatpanel`` and the rig.
+
+    Options: ``seed`` (int, default 0), ``noise`` (``fast`` | ``poisson``), ``lag`` (0..0.2),
+    ``ct_radius_mm`` (CT phantom radius, mm), ``error_queue_size`` (int). Acquisition settings
+    (mode, binning, exposure...) are the host's to send over SCPI.
+    """
+    known = {"seed", "noise", "lag", "ct_radius_mm", "error_queue_size"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown flatpanel option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    noise = str(options.get("noise", "fast"))
+    if noise not in ("fast", "poisson"):
+        raise ValueError("flatpanel option noise must be 'fast' or 'poisson'")
+    lag = float(options.get("lag", 0.0))
+    if not 0.0 <= lag <= 0.2:
+        raise ValueError("flatpanel option lag must be in [0, 0.2]")
+    radius = options.get("ct_radius_mm")
+    model = XrayModel(int(options.get("seed", 0)), noise=noise, lag=lag,  # type: ignore[arg-type]
+                      ct_radius_mm=None if radius is None else float(radius))
+    return FlatPanelInterface(model=model, error_queue_size=int(options.get("error_queue_size", 30)))

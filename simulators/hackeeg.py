@@ -18,7 +18,7 @@ from medacq.protocols import hackeeg as he
 from ._interface import DeviceInterface
 from .biosignal_models import DEVICE_LEADS, EKGModel
 
-__all__ = ["HackEEGInterface", "DRIVER_VERSION"]
+__all__ = ["HackEEGInterface", "DRIVER_VERSION", "make"]
 
 DRIVER_VERSION = "v0.4.0"
 _N_REGS = 0x1A
@@ -34,12 +34,16 @@ class HackEEGInterface(DeviceInterface):
         clock_ppm: board oscillator error; conversions every 1/(rate·(1+ppm·1e-6)) s.
         banner_on_connect: print ``Ready`` when a host connects (the firmware prints it at
             boot only; the native USB port does not reset the board on open).
+        usb_frame_s: samples leave in batches at this period (USB transfers data in 1 ms
+            frames; also keeps a paced 16 kSPS simulator from waking 16000 times a second).
     """
 
     def __init__(self, seed: int = 0, rate: int = 500, gain: int = 6,
                  heart_rate_bpm: float = 72.0, clock_ppm: float = 0.0,
-                 banner_on_connect: bool = False, **model_kwargs: object) -> None:
+                 banner_on_connect: bool = False, usb_frame_s: float = 0.001,
+                 **model_kwargs: object) -> None:
         self.seed = seed
+        self.usb_frame_s = usb_frame_s
         self.heart_rate_bpm = heart_rate_bpm
         self.clock_ppm = clock_ppm
         self.banner_on_connect = banner_on_connect
@@ -48,6 +52,8 @@ class HackEEGInterface(DeviceInterface):
         self._init_gain = gain
         self.codec = he.HackEEGDeviceCodec()
         self.samples_sent = 0
+        self.samples_dropped: list[int] = []  # sample numbers never sent
+        self._to_drop = 0
         self._reset_registers()
         self.rdatac = False
         self.sample_number = 0
@@ -169,7 +175,12 @@ class HackEEGInterface(DeviceInterface):
 
     # --------------------------------------------------------------- streaming
     def next_deadline(self) -> float | None:
-        return self._t0 + self._k * self.period if self.rdatac else None
+        if not self.rdatac:
+            return None
+        t = self._t0 + self._k * self.period
+        if self.usb_frame_s > 0:  # the end of the USB frame this sample falls in
+            t = (np.floor(t / self.usb_frame_s + 1e-9) + 1) * self.usb_frame_s
+        return float(t)
 
     def poll(self, t: float) -> bytes:
         if not self.rdatac:
@@ -191,11 +202,19 @@ class HackEEGInterface(DeviceInterface):
             s = he.HackEEGSample(ts_us, self.sample_number & 0xFFFFFFFF, 0xC00000,
                                  tuple(int(v) for v in counts[:, j]))
             self.sample_number += 1
+            if self._to_drop:  # fault side door: the sample never left the board
+                self._to_drop -= 1
+                self.samples_dropped.append(s.sample_number)
+                continue
             out += self.codec.send(s)
         if advance_clock:
             self._k += n
         self.samples_sent += n
         return bytes(out)
+
+    def drop_samples(self, n: int) -> None:
+        """Fault side door: the next ``n`` samples are lost (their sample numbers are consumed)."""
+        self._to_drop += int(n)
 
     def truth(self) -> dict:
         d: dict = {"rdatac": self.rdatac, "mode": self.codec.mode, "rate": self.rate,
@@ -204,3 +223,9 @@ class HackEEGInterface(DeviceInterface):
         if self._model is not None:
             d.update(self._model.truth())
         return d
+
+
+def make(**options: object) -> HackEEGInterface:
+    """Factory for ``medacq sim hackeeg`` / the rig (options: :class:`HackEEGInterface` args:
+    ``seed``, ``rate``, ``gain``, ``heart_rate_bpm``, ``clock_ppm``, ``usb_frame_s`` ...)."""
+    return HackEEGInterface(**options)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from medacq.protocols import quspin as qs
 from ._interface import DeviceInterface
 from .biosignal_models import MEGModel
 
-__all__ = ["QuSpinInterface"]
+__all__ = ["QuSpinInterface", "make"]
 
 _STATUS_PERIOD = 1 / 7.5
 
@@ -155,3 +155,10 @@ class QuSpinInterface(DeviceInterface):
         d = self.model.truth()
         d.update({"streaming": self.streaming, "serial": self.serial, "samples_sent": self.samples_sent})
         return d
+
+
+def make(**options: object) -> QuSpinInterface:
+    """Factory for ``medacq sim quspin`` / the rig: ONE sensor (options: ``seed``, ``sensor``,
+    ``serial``, ``fs``, ``clock_ppm`` and :class:`MEGModel` keywords). A multi-sensor rig
+    serves one simulator per port."""
+    return QuSpinInterface(**options)  # type: ignore[arg-type]

@@ -16,6 +16,13 @@ __all__ = ["SIMULATORS", "make_simulator", "simulator_kinds"]
 
 SIMULATORS: dict[str, str] = {
     "synthetic": "medacq.simulators.synthetic:make",
+    "us": "medacq.simulators.us_scanner:make",
+    "cyton": "medacq.simulators.cyton:make",
+    "hackeeg": "medacq.simulators.hackeeg:make",
+    "quspin": "medacq.simulators.quspin:make",
+    "flatpanel": "medacq.simulators.flatpanel:make",
+    "sciospec": "medacq.simulators.sciospec:make",
+    "openeit": "medacq.simulators.openeit:make",
 }
 
 

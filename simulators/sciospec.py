@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import struct
 
+from typing import Any
+
 import numpy as np
 
 from medacq.protocols import sciospec as sc
 from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.simulators._interface import DeviceInterface
-from medacq.simulators.eit_phantom import ThoraxPhantom
+from medacq.simulators.eit_phantom import PhantomOptions, ThoraxPhantom, make_phantom
 
-__all__ = ["SciospecSimulator"]
+__all__ = ["SciospecSimulator", "make"]
 
 
 class SciospecSimulator(DeviceInterface):
@@ -45,11 +47,17 @@ class SciospecSimulator(DeviceInterface):
         self.codec = sc.SciospecDeviceCodec()
         self.garbage_bytes = 0
         self.frames_sent = 0
+        self.subframes_dropped = 0
+        self._drop = 0
         self._reset_setup()
         self.running = False
         self._t_start = 0.0
         self._frame_index = 0
         self._next_t: float | None = None
+
+    def drop_subframes(self, n: int) -> None:
+        """Fault side door: skip the next ``n`` 140-byte data frames (device FIFO overrun)."""
+        self._drop += int(n)
 
     def _reset_setup(self) -> None:
         self.burst_count = 0
@@ -102,6 +110,7 @@ class SciospecSimulator(DeviceInterface):
             burst_count=self.burst_count,
             pairs=list(self.pairs),
             frames_sent=self.frames_sent,
+            subframes_dropped=self.subframes_dropped,
             garbage_bytes=self.garbage_bytes,
             running=self.running,
         )
@@ -197,9 +206,24 @@ class SciospecSimulator(DeviceInterface):
                 vals = (U[e] * np.exp(1j * phase)).astype(np.complex64)
                 for g in range(n_groups):
                     ts = int(round(1000.0 * (t_rel + k / (n_sub * self.fps))))
+                    k += 1
+                    if self._drop:
+                        self._drop -= 1
+                        self.subframes_dropped += 1
+                        continue
                     out += sc.encode_data_frame(
                         sc.DataFrame(g + 1, inj, gnd, r + 1, ts, vals[16 * g : 16 * (g + 1)])
                     )
-                    k += 1
         self.frames_sent += 1
         return bytes(out)
+
+
+def make(**options: Any) -> SciospecSimulator:
+    """Factory for ``medacq sim sciospec`` / ``medacq up``.
+
+    Options: ``n_el`` (16 or 32) plus every :class:`PhantomOptions` field
+    (``seed``, ``respiratory_rate_bpm``, ``inclusions``, ``snr_db``, ``warm``...).
+    """
+    n_el = int(options.pop("n_el", 16))
+    opts = PhantomOptions.model_validate(options)
+    return SciospecSimulator(make_phantom(n_el, opts), n_el=n_el, seed=opts.seed)

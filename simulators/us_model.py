@@ -30,6 +30,8 @@ Everything is deterministic from ``seed``.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,6 +141,7 @@ class PlaneWaveRFModel:
     motion_amplitude_m: float = 0.0
     motion_period_s: float = 4.0
     n_slabs: int = 4
+    cache_dir: str | None = None  # on-disk cache of rendered base frames (None: off)
 
     def __post_init__(self) -> None:
         self._scat = self.phantom.scatterers(self.seed)
@@ -229,6 +232,15 @@ class PlaneWaveRFModel:
         key = (acq.angles_deg, acq.n_samples, acq.start_time_s)
         if self._frame is not None and self._frame_key == key:
             return self._frame
+        path = self._cache_path()
+        if path is not None and os.path.exists(path):
+            try:
+                cached = np.load(path)
+                if cached.shape == acq.rf_shape and cached.dtype == np.int16:
+                    self._frame, self._frame_key = cached, key
+                    return cached
+            except (OSError, ValueError):
+                pass
         rng = np.random.default_rng([self.seed, 1])
         frame = np.empty(acq.rf_shape, np.int16)
         for i, a in enumerate(acq.angles_deg):
@@ -238,7 +250,22 @@ class PlaneWaveRFModel:
             noisy = rf + self.noise_counts * rng.standard_normal(rf.shape, dtype=np.float32)
             frame[i] = np.clip(np.rint(noisy), -32767, 32767)
         self._frame, self._frame_key = frame, key
+        if path is not None:
+            try:
+                os.makedirs(self.cache_dir, exist_ok=True)  # type: ignore[arg-type]
+                tmp = f"{path}.{os.getpid()}.tmp.npy"
+                np.save(tmp, frame)
+                os.replace(tmp, path)
+            except OSError:
+                pass
         return frame
+
+    def _cache_path(self) -> str | None:
+        if not self.cache_dir:
+            return None
+        doc = repr((self.acquisition.model_dump(mode="json"), self.phantom, self.seed,
+                    self.attenuation_db_cm_mhz, self.tgc, self.noise_counts, self.n_slabs, 1))
+        return os.path.join(self.cache_dir, f"us-rf-{hashlib.sha256(doc.encode()).hexdigest()[:24]}.npy")
 
     def set_acquisition(self, acquisition: PlaneWaveAcquisition) -> None:
         """Change angles/samples; angles rendered before are reused from the cache."""

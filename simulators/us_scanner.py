@@ -25,6 +25,8 @@ unpaced mode they come out as fast as the transport takes them, byte-identical.
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.igtl import (
@@ -38,7 +40,7 @@ from medacq.protocols.us_geometry import PlaneWaveAcquisition, plane_wave_angles
 from medacq.simulators._interface import DeviceInterface
 from medacq.simulators.us_model import PlaneWaveRFModel
 
-__all__ = ["UltrasoundScannerInterface"]
+__all__ = ["UltrasoundScannerInterface", "make"]
 
 
 class UltrasoundScannerInterface(DeviceInterface):
@@ -52,6 +54,18 @@ class UltrasoundScannerInterface(DeviceInterface):
         self._next: float | None = None
         self.bad_messages = 0
         self.garbage_bytes = 0
+        self._corrupt_next = 0
+        self._truncate_next = 0
+        self.faulted_seqs: list[int] = []
+
+    # ---- faults side door (call under SimulatorServer.call) -----------------------------
+    def corrupt_next_frames(self, n: int = 1) -> None:
+        """Flip one pixel byte in each of the next ``n`` frames (header intact: a CRC error)."""
+        self._corrupt_next += n
+
+    def truncate_next_frames(self, n: int = 1) -> None:
+        """Send only the first half of each of the next ``n`` frames (a truncated message)."""
+        self._truncate_next += n
 
     # ---- DeviceInterface ---------------------------------------------------------------
     def on_connect(self, t: float) -> bytes:
@@ -96,7 +110,18 @@ class UltrasoundScannerInterface(DeviceInterface):
         msg = ImageMessage(image=rf, device_name="RF", timestamp=frame_t, header_version=2,
                            message_id=self.seq & 0xFFFFFFFF, metadata={"seq": str(self.seq)})
         self.seq += 1
-        return self.codec.send(msg)
+        wire = self.codec.send(msg)
+        if self._corrupt_next:
+            self._corrupt_next -= 1
+            self.faulted_seqs.append(self.seq - 1)
+            b = bytearray(wire)
+            b[len(b) // 2] ^= 0x5A
+            return bytes(b)
+        if self._truncate_next:
+            self._truncate_next -= 1
+            self.faulted_seqs.append(self.seq - 1)
+            return wire[: len(wire) // 2]
+        return wire
 
     def truth(self) -> dict:
         return {**self.model.truth(), "seq": self.seq, "state": self.state,
@@ -156,3 +181,45 @@ class UltrasoundScannerInterface(DeviceInterface):
         except (ValueError, IndexError) as exc:
             return f"ERR {str(exc).splitlines()[0][:200]}"
         return f"ERR unknown command {words[0]}"
+
+
+def make(**options: Any) -> UltrasoundScannerInterface:
+    """Factory for ``medacq sim us``.
+
+    Options: ``angles`` (1..75, default 3), ``max_angle_deg`` (16), ``samples`` (2048) or
+    ``depth_mm``, ``prf_hz`` (300), ``seed`` (0), ``motion_mm`` (slow axial motion amplitude,
+    0), ``speckle_density_per_mm2`` (20), ``noise_counts`` (3), ``attenuation_db_cm_mhz``
+    (0.5), ``cache`` (True: cache rendered frames under ``$MEDACQ_CACHE_DIR`` or
+    ``~/.cache/medacq``), ``start`` (False: stream without waiting for ``START``).
+    """
+    from medacq.simulators.us_model import Phantom
+
+    known = {"angles", "max_angle_deg", "samples", "depth_mm", "prf_hz", "seed", "motion_mm",
+             "speckle_density_per_mm2", "noise_counts", "attenuation_db_cm_mhz", "cache", "start"}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown us simulator options: {', '.join(sorted(unknown))}")
+    kw: dict[str, Any] = {"prf_hz": float(options.get("prf_hz", 300.0))}
+    if "depth_mm" in options:
+        kw["n_samples"] = PlaneWaveAcquisition.for_depth(float(options["depth_mm"]) * 1e-3).n_samples
+    else:
+        kw["n_samples"] = int(options.get("samples", 2048))
+    acq = PlaneWaveAcquisition.with_angles(int(options.get("angles", 3)),
+                                           float(options.get("max_angle_deg", 16.0)), **kw)
+    phantom = Phantom.picmus_like()
+    if "speckle_density_per_mm2" in options:
+        from dataclasses import replace
+
+        phantom = replace(phantom, speckle_density_per_mm2=float(options["speckle_density_per_mm2"]))
+    cache = None
+    if options.get("cache", True):
+        cache = os.environ.get("MEDACQ_CACHE_DIR", os.path.expanduser("~/.cache/medacq"))
+    model = PlaneWaveRFModel(acq, phantom, seed=int(options.get("seed", 0)),
+                             noise_counts=float(options.get("noise_counts", 3.0)),
+                             attenuation_db_cm_mhz=float(options.get("attenuation_db_cm_mhz", 0.5)),
+                             motion_amplitude_m=float(options.get("motion_mm", 0.0)) * 1e-3,
+                             cache_dir=cache)
+    iface = UltrasoundScannerInterface(model)
+    if options.get("start", False):
+        iface.state, iface._next = "running", 0.0
+    return iface

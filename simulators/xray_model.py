@@ -370,6 +370,12 @@ class XrayModel:
         x = u[None, :].astype(np.float32)
         y = -v[:, None].astype(np.float32)
         mu_s = self.config.source.mu_scale()
+        key = ("rad_base", self.config.binning, mu_s)
+        if key in self._cache:  # the anatomy is static: only the iodine term changes per frame
+            L = self._cache[key].copy()
+            if contrast > 0:
+                L += contrast * mu_s * self._vessels(x, y)
+            return L
         L = np.zeros((len(v), len(u)), dtype=np.float32)
         # (mu 1/mm, a, b, c (depth semi-axis), x0, y0) in mm
         bodies = [
@@ -383,6 +389,7 @@ class XrayModel:
         for mu, a, b, c, x0, y0 in bodies:
             q = ((x - x0) / a) ** 2 + ((y - y0) / b) ** 2
             L += mu * mu_s * 2 * c * np.sqrt(np.maximum(1 - q, 0))
+        self._cache[key] = L.copy()
         if contrast > 0:
             L += contrast * mu_s * self._vessels(x, y)
         return L
@@ -408,10 +415,12 @@ class XrayModel:
                 ri = np.nonzero((ys >= y0) & (ys <= y1))[0]
                 if not len(ci) or not len(ri):
                     continue
-                X = xs[ci][None, :, None]
-                Y = ys[ri][:, None, None]
+                X = xs[ci][None, :]
+                Y = ys[ri][:, None]
                 pts = np.stack([cx, cy])[:, ::4]
-                d2 = ((X - pts[0]) ** 2 + (Y - pts[1]) ** 2).min(axis=2)
+                d2 = np.full((len(ri), len(ci)), np.inf, dtype=np.float32)
+                for px_, py_ in pts.T:  # running minimum: no (rows, cols, points) temporary
+                    np.minimum(d2, (X - np.float32(px_)) ** 2 + (Y - np.float32(py_)) ** 2, out=d2)
                 seg = 2 * np.sqrt(np.maximum(r * r - d2, 0)) * mu_iodine
                 out[np.ix_(ri, ci)] = np.maximum(out[np.ix_(ri, ci)], seg.astype(np.float32))
             self._cache[key] = out

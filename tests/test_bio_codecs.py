@@ -185,17 +185,18 @@ def test_daisy_pairing_and_lost_samples() -> None:
 
     p = cy.DaisyPairer()
     out = []
-    # counters 1..8 then drop 10 (daisy of 9) and 11 (main of 11/12) then 13..14; wrap 255/0
-    for c in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14]:
+    # pairs (even Daisy, odd main): counters 0..8, drop 9 (main of 8) and 10 (Daisy of 10/11),
+    # then 11..13; wrap 255/0
+    for c in [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13]:
         out += p.push(pkt(c, c * 100))
     merged = [o for o in out if isinstance(o, cy.DaisySample)]
     lost = [o for o in out if isinstance(o, cy.LostSample)]
-    assert [m.counter for m in merged] == [1, 3, 5, 7, 13]
-    assert merged[0].channels == tuple(range(100, 108)) + tuple(range(200, 208))
-    assert [l.counter for l in lost] == [9, 11]
+    assert [m.counter for m in merged] == [0, 2, 4, 6, 12]
+    assert merged[0].channels == tuple(range(100, 108)) + tuple(range(0, 8))  # main 1-8, Daisy 9-16
+    assert [l.counter for l in lost] == [8, 10]
     p2 = cy.DaisyPairer()
     res = p2.push(pkt(253, 0)) + p2.push(pkt(254, 0)) + p2.push(pkt(255, 0)) + p2.push(pkt(0, 0)) + p2.push(pkt(1, 0))
-    assert [r.counter for r in res if isinstance(r, cy.DaisySample)] == [253, 255]
+    assert [r.counter for r in res if isinstance(r, cy.DaisySample)] == [254, 0]
     assert not any(isinstance(r, cy.LostSample) for r in res)
 
 

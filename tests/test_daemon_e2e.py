@@ -53,7 +53,7 @@ def test_values_equal_what_the_simulator_sent(endpoints, transport):
             np.testing.assert_array_equal(a, _expect(cfg, h["seq"]))
             assert h["axes"] == ["channel", "sample"] and h["t_device"] is not None
         assert sub.gaps == []
-        assert "syn0" in sub.descriptors
+        assert "raw/syn0" in sub.descriptors
 
 
 def test_device_gap_is_announced_with_exact_range(endpoints):
@@ -85,7 +85,7 @@ def test_pulled_cable_reconnects_with_new_series(endpoints):
             d = AcquisitionDaemon(cfg).start()
             try:
                 list(sub.frames(timeout=5, max_frames=10))
-                first_series = sub.tracks["syn0"].series
+                first_series = sub.tracks["raw/syn0"].series
                 sim.faults.pull_cable(refuse_s=0.5)
                 kinds = []
                 end = time.monotonic() + 10
@@ -103,7 +103,7 @@ def test_pulled_cable_reconnects_with_new_series(endpoints):
         assert ("series_start", None) in kinds
         assert status["reconnects"] >= 1 and status["state"] == "acquiring"
         assert status["last_error"]
-        assert sub.tracks["syn0"].series != first_series
+        assert sub.tracks["raw/syn0"].series != first_series
 
 
 def test_control_plane_survives_malformed_requests_and_configures(endpoints):

@@ -108,12 +108,16 @@ def test_sciospec_32_electrodes_two_groups() -> None:
 
 
 def test_openeit_session() -> None:
+    """Mode letters and texts as in the real firmware (OpenEIT/EIT_Firmware OpenEIT.c)."""
     sim = OpenEITSimulator(fps=10.0, seed=2, phantom_factory=lambda n: ThoraxPhantom(n_el=n, seed=2, n_elements=2000))
     host = oe.OpenEITHostCodec()
+    # the board boots into 16-electrode imaging (mode 4) and streams at once
     assert events(host, sim.on_connect(0.0)) == [oe.TextLine("OpenEIT")]
-    assert sim.next_deadline() is None
-    assert events(host, sim.on_bytes(b"d\n", 0.5)) == [oe.TextLine("mode 3: imaging")]
-    assert sim.on_bytes(b"d\n", 0.6) == b""  # same mode again: ignored
+    assert sim.next_deadline() == 0.0 and sim.truth()["mode"] == 4
+    boot = events(host, sim.poll(0.05))
+    assert len(boot) == 1 and len(boot[0].values) == 192
+    # "d" again re-initialises (the firmware tests mode != 3) and restarts the frame clock
+    assert events(host, sim.on_bytes(b"d\n", 0.5)) == [oe.TextLine("mode 4: 16 electrode imaging")]
     got = events(host, sim.poll(0.65))
     assert len(got) == 2 and all(isinstance(g, oe.Magnitudes) for g in got)  # t = 0.5, 0.6
     assert got[0].n_electrodes == 16 and len(got[0].values) == 192
@@ -121,10 +125,13 @@ def test_openeit_session() -> None:
     expect = np.abs(ph.frame(0.5, em.opposition_pattern(16), noise=False)) / ph.current_a * sim.gain
     assert np.abs(got[0].values - expect).max() < 0.05 * expect.max()
     assert sim.next_deadline() == pytest.approx(0.7)
-    # switch to 8 and 32 electrodes
-    events(host, sim.on_bytes(b"c\n", 1.0))
+    # switch to 8 electrodes; in mode 3 the firmware ignores c/d/e
+    assert events(host, sim.on_bytes(b"c\n", 1.0)) == [oe.TextLine("mode 3: 8 electrode imaging")]
     assert len(events(host, sim.poll(1.0))[0].values) == 32
-    events(host, sim.on_bytes(b"e\n", 2.0))
+    assert sim.on_bytes(b"e\n", 1.5) == b"" and sim.truth()["mode"] == 3
+    # ... so leave it through time series, then 32 electrodes (announced "mode 3", sic)
+    assert events(host, sim.on_bytes(b"a\n", 2.0)) == [oe.TextLine("mode 1: time series")]
+    assert events(host, sim.on_bytes(b"e\n", 2.0)) == [oe.TextLine("mode 3: 32 electrode imaging")]
     assert len(events(host, sim.poll(2.0))[0].values) == 896
     sim.on_bytes(b"\x00zz\n", 2.0)
-    assert sim.truth()["garbage_bytes"] == 4 and sim.truth()["mode"] == "e"
+    assert sim.truth()["garbage_bytes"] == 4 and sim.truth()["mode"] == 5 and sim.truth()["mode_letter"] == "e"

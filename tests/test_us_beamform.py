@@ -46,7 +46,9 @@ def test_sparse_operator_equals_numpy_baseline(scene) -> None:
     assert bf.backend == "sparse" and bf.operator_bytes > 0
     iq = bf.beamform_iq(rf)
     ref = das_numpy(rf, model.acquisition, grid)
-    assert np.abs(iq - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert np.linalg.norm(iq - ref) <= 0.15 * np.linalg.norm(ref)  # nearest vs linear taps (≈10 %)
+    exact = PlaneWaveBeamformer(model.acquisition, grid, backend="sparse", taps=2).beamform_iq(rf)
+    assert np.abs(exact - ref).max() <= 1e-4 * np.abs(ref).max()
     batch = bf.beamform_iq(np.stack([rf, rf]))
     np.testing.assert_allclose(batch[1], iq, rtol=1e-4, atol=1e-3 * np.abs(iq).max())
     bmode = bf(rf)
@@ -71,7 +73,7 @@ def test_wires_where_placed_and_resolution_near_diffraction_limit(scene) -> None
     for x, z in model.truth()["wires"]:
         g = PixelGrid(nx=61, nz=61, x_min=x - 1.5e-3, x_max=x + 1.5e-3,
                       z_min=z - 0.75e-3, z_max=z + 0.75e-3)
-        env = np.abs(PlaneWaveBeamformer(acq, g, backend="sparse", threads=1).beamform_iq(rf))
+        env = np.abs(PlaneWaveBeamformer(acq, g, backend="sparse").beamform_iq(rf))
         iz, ix = np.unravel_index(np.argmax(env), env.shape)
         assert np.hypot(g.x[ix] - x, g.z[iz] - z) < lam0, (x, z)
         lam_c = C / float(model.center_frequency_at(z))

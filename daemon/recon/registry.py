@@ -10,6 +10,13 @@ __all__ = ["RECONSTRUCTORS", "reconstructor_class"]
 
 RECONSTRUCTORS: dict[str, str] = {
     "synthetic": "medacq.daemon.recon.synthetic:RunningMean",
+    "us": "medacq.daemon.recon.ultrasound:BModeReconstructor",
+    "eeg": "medacq.daemon.recon.biosignal_stage:EEGReconstructor",
+    "ekg": "medacq.daemon.recon.biosignal_stage:EKGReconstructor",
+    "meg": "medacq.daemon.recon.biosignal_stage:MEGReconstructor",
+    "xray": "medacq.daemon.recon.xray_stage:XrayReconstructor",
+    "ct": "medacq.daemon.recon.xray_stage:CTReconstructor",
+    "eit": "medacq.daemon.recon.eit_stage:EitImager",
 }
 
 

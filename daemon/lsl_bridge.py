@@ -1,0 +1,123 @@
+"""Republish medacq biosignal streams as Lab Streaming Layer outlets (``medacq[lsl]``).
+
+:func:`run_lsl_bridge` subscribes to ``raw/...`` and/or ``recon/...`` topics and opens one
+pylsl outlet per stream once its descriptor has arrived, so LabRecorder, MNE-LSL and
+OpenViBE see the stream with no medacq code on their side:
+
+* name = the medacq stream (``eeg0``, ``ekg0/hr``), type = modality in capitals
+  (``EEG``, ``EKG``, ``MEG``), ``source_id = medacq:<topic>``;
+* channel format float32; nominal rate = the descriptor's ``sample_rate_hz`` for
+  ``(channel, sample)`` frames, irregular (0) for anything else (heart rate per beat, band
+  power: flattened to one sample per frame);
+* ``desc/channels/channel`` entries with ``label``, ``unit`` and ``type``; ``desc/acquisition``
+  with ``manufacturer=medacq`` and the device string.
+
+Timestamps: the chunk's last sample gets ``t_mono_ns / 1e9 + (n − 1) / fs`` (the fitted
+device clock, on CLOCK_MONOTONIC, which is also LSL's ``local_clock`` on Linux). medacq gap
+messages have no LSL equivalent (LSL carries no sequence numbers): they are counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run_lsl_bridge", "LslBridge"]
+
+
+class LslBridge:
+    """The bridge's state: one outlet per stream. Use :func:`run_lsl_bridge`."""
+
+    def __init__(self, endpoints: str | list[str], topics: str | list[str]) -> None:
+        import pylsl  # noqa: F401 - fail early with ImportError when LSL is absent
+
+        from medacq.client import Subscriber
+
+        self.sub = Subscriber(endpoints, topics, errors="skip")
+        self.outlets: dict[str, Any] = {}
+        self._shape: dict[str, tuple[int, float, bool]] = {}
+        self.samples: dict[str, int] = {}
+        self.gaps: dict[str, int] = {}
+        self.skipped_no_descriptor = 0
+
+    def _outlet(self, topic: str, desc: dict[str, Any]) -> Any:
+        import pylsl
+
+        axes = desc.get("axes") or []
+        shape = desc.get("shape") or []
+        meta = desc.get("meta") or {}
+        names = desc.get("channel_names") or meta.get("channel_names")
+        sampled = len(axes) == 2 and axes[-1] == "sample"
+        if sampled:
+            nch = int(shape[0])
+            rate = float(desc.get("sample_rate_hz") or meta.get("sample_rate_hz") or 0.0)
+        else:
+            nch = int(np.prod([s for s in shape if s > 0])) if shape else 1
+            rate = 0.0
+        info = pylsl.StreamInfo(desc["stream"], str(desc.get("modality", "")).upper() or "MISC", nch, rate,
+                                pylsl.cf_float32, f"medacq:{topic}")
+        chans = info.desc().append_child("channels")
+        unit = str(desc.get("units") or "")
+        for i in range(nch):
+            c = chans.append_child("channel")
+            c.append_child_value("label", str(names[i]) if names and i < len(names) and sampled else f"{i}")
+            c.append_child_value("unit", unit)
+            c.append_child_value("type", str(desc.get("modality", "")).upper())
+        acq = info.desc().append_child("acquisition")
+        acq.append_child_value("manufacturer", "medacq")
+        acq.append_child_value("device", str(desc.get("device", "")))
+        self._shape[topic] = (nch, rate, sampled)
+        return pylsl.StreamOutlet(info, 32, 360)
+
+    def step(self, timeout: float = 0.2) -> None:
+        m = self.sub.recv(timeout=timeout)
+        if m is None:
+            return
+        topic = m.topic
+        if m.kind == "gap":
+            self.gaps[topic] = self.gaps.get(topic, 0) + 1
+            return
+        if m.kind == "descriptor" and topic not in self.outlets:
+            d = m.header.get("descriptor")
+            if d:
+                self.outlets[topic] = self._outlet(topic, d)
+            return
+        if m.array is None:
+            return
+        out = self.outlets.get(topic)
+        if out is None:
+            self.skipped_no_descriptor += 1
+            return
+        nch, rate, sampled = self._shape[topic]
+        t0 = m.header["t_mono_ns"] / 1e9
+        if sampled:
+            x = np.ascontiguousarray(m.array.T, dtype=np.float32)  # (samples, channels)
+            n = x.shape[0]
+            out.push_chunk(x, t0 + (n - 1) / rate if rate else t0)
+        else:
+            n = 1
+            out.push_sample(np.asarray(m.array, dtype=np.float32).ravel().tolist(), t0)
+        self.samples[topic] = self.samples.get(topic, 0) + n
+
+    def close(self) -> None:
+        self.sub.close()
+        self.outlets.clear()
+
+
+def run_lsl_bridge(endpoints: str | list[str], topics: str | list[str] = ("raw/", "recon/"),
+                   duration_s: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Bridge ``topics`` from ``endpoints`` to LSL until ``duration_s`` elapses (``None``:
+    forever) or ``stop`` is set. Returns ``{"samples": {topic: n}, "gaps": {...}, "outlets": [...]}``."""
+    b = LslBridge(endpoints, list(topics) if not isinstance(topics, str) else topics)
+    end = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while (end is None or time.monotonic() < end) and not (stop is not None and stop.is_set()):
+            b.step(0.1)
+    finally:
+        result = {"samples": dict(b.samples), "gaps": dict(b.gaps), "outlets": sorted(b.outlets),
+                  "skipped_no_descriptor": b.skipped_no_descriptor}
+        b.close()
+    return result

@@ -1,0 +1,299 @@
+"""Driver for the OpenBCI Cyton (8 channels, 250 Hz) and Cyton + Daisy (16 channels,
+125 Hz) EEG boards over the USB dongle's serial port (115200 8N1), a pty or ``socket://``.
+
+Open: ``s`` (stop a stream left running), ``v`` (soft reset; the banner tells whether a
+Daisy is fitted), ``c``/``C`` to match ``settings.daisy``, ``d`` (defaults), then one
+``x CH PWR GAIN INPUT BIAS SRB2 SRB1 X`` per channel; a ``Failure`` reply is a
+:class:`~medacq.drivers._base.DeviceError`. ``b``/``s`` start and stop the stream.
+
+Frames: ``(channel, sample)`` float32 µV (counts × 4.5 V / gain / (2^23 − 1)),
+``frame_samples`` samples each. The accelerometer (g, X/Y/Z) is *frame metadata*
+(``meta.accel_g``: the last reading in the frame; the board updates it every 10th packet)
+so the data array stays pure EEG. Packet-counter jumps are reported as gaps with
+``lost_samples``; with a Daisy, a sample whose main or Daisy half is missing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medacq.protocols import cyton as cy
+from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols.stream import StreamDescriptor
+
+from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._clockfit import CounterUnwrapper
+from .bio_common import SampleFramer, default_frame_samples
+from .transports import SerialTransport
+
+__all__ = ["CytonDriver", "CytonSettings", "CYTON_LABELS_16"]
+
+#: Default 10–20 labels of the 16 channels (OpenBCI's suggested montage).
+CYTON_LABELS_16 = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2",
+                   "F7", "F8", "F3", "F4", "T7", "T8", "P3", "P4"]
+_GAIN_TO_CODE = {g: c for c, g in cy.GAIN_CODES.items()}
+
+
+class CytonSettings(BaseModel):
+    """Cyton settings.
+
+    Attributes:
+        daisy: expect a Daisy module (16 channels, 125 Hz); ``False`` uses 8 channels
+            at 250 Hz (and detaches a fitted Daisy).
+        gain: PGA gain of every channel (1, 2, 4, 6, 8, 12, 24).
+        gains: per-channel gains (overrides ``gain``), one per channel.
+        channels_off: 1-based channels to power down (their data read 0 µV).
+        input_type: ADS1299 input mux code for all channels (0 normal, 1 shorted, ... 7).
+        bias, srb2, srb1: include in bias / connect SRB2 / SRB1 (0 or 1).
+        frame_samples: samples per frame (default ≈ 25 frames/s: 10 at 250 Hz, 5 at 125 Hz).
+        labels: channel names (default 10–20 montage).
+        mains_hz: local mains frequency (descriptor hint for the notch filter).
+        timeout_s: reply timeout of configuration commands.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    daisy: bool = True
+    gain: int = 24
+    gains: list[int] | None = None
+    channels_off: list[int] = Field(default_factory=list)
+    input_type: int = Field(default=0, ge=0, le=7)
+    bias: int = Field(default=1, ge=0, le=1)
+    srb2: int = Field(default=1, ge=0, le=1)
+    srb1: int = Field(default=0, ge=0, le=1)
+    frame_samples: int | None = Field(default=None, ge=1, le=1000)
+    labels: list[str] | None = None
+    mains_hz: float = Field(default=50.0, ge=0)
+    timeout_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("gain")
+    @classmethod
+    def _gain(cls, v: int) -> int:
+        if v not in _GAIN_TO_CODE:
+            raise ValueError(f"gain {v} not one of {sorted(_GAIN_TO_CODE)}")
+        return v
+
+    @field_validator("gains")
+    @classmethod
+    def _gains(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            bad = [g for g in v if g not in _GAIN_TO_CODE]
+            if bad:
+                raise ValueError(f"gains {bad} not in {sorted(_GAIN_TO_CODE)}")
+            if len(v) not in (8, 16):
+                raise ValueError("gains needs 8 or 16 entries")
+        return v
+
+    @field_validator("channels_off")
+    @classmethod
+    def _off(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= c <= 16 for c in v):
+            raise ValueError("channels_off entries must be 1..16")
+        return v
+
+
+class CytonDriver(Driver):
+    """OpenBCI Cyton / Cyton + Daisy."""
+
+    kind = "cyton"
+    modality = "eeg"
+    Settings = CytonSettings
+
+    def __init__(self, name: str, address: str, settings: CytonSettings) -> None:
+        super().__init__(name, address, settings)
+        self.settings: CytonSettings = settings
+        self._link: SerialTransport | None = None
+        self._codec = cy.CytonHostCodec()
+        self._banner = ""
+        self._firmware = ""
+        self._daisy = settings.daisy
+        self._gains = np.full(16, 24.0)
+        self._framer: SampleFramer | None = None
+        self._unwrap = CounterUnwrapper(8, 1)
+        self._pairer = cy.DaisyPairer()
+        self._accel: list[float] | None = None
+        self._streaming = False
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def n_channels(self) -> int:
+        return 16 if self._daisy else 8
+
+    @property
+    def sample_rate_hz(self) -> float:
+        return 125.0 if self._daisy else 250.0
+
+    @property
+    def frame_samples(self) -> int:
+        return self.settings.frame_samples or default_frame_samples(self.sample_rate_hz)
+
+    def labels(self) -> list[str]:
+        lab = self.settings.labels or CYTON_LABELS_16
+        if len(lab) < self.n_channels:
+            raise DeviceError(f"{self.name}: {len(lab)} labels for {self.n_channels} channels")
+        return list(lab[: self.n_channels])
+
+    # -- commands --------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        assert self._link is not None
+        self._link.write(data)
+
+    def _reply(self, timeout: float | None = None) -> str:
+        """The next ``$$$``-terminated text reply (samples in between are dropped)."""
+        assert self._link is not None
+        deadline = time.monotonic() + (timeout or self.settings.timeout_s)
+        while time.monotonic() < deadline:
+            while True:
+                ev = self._codec.next_event()
+                if ev is NEED_DATA:
+                    break
+                if isinstance(ev, cy.CytonText):
+                    return ev.text
+                if isinstance(ev, Garbage):
+                    self.count("garbage_bytes", ev.nbytes)
+            data = self._link.read_some(0.05)
+            if data:
+                self._codec.receive_data(data)
+        raise ConnectionLost(f"{self.name}: no reply from the Cyton at {self.address} within "
+                             f"{timeout or self.settings.timeout_s} s (board off or dongle unpaired?)")
+
+    def _command(self, cmd: Any, timeout: float | None = None) -> str:
+        self._write(self._codec.send(cmd))
+        return self._reply(timeout)
+
+    def open(self) -> None:
+        s = self.settings
+        self._link = SerialTransport(self.address, 115200)
+        self._write(b"s")
+        time.sleep(0.05)
+        self._link.reset_input()
+        self._codec = cy.CytonHostCodec()
+        self._banner = self._command(cy.SoftReset())
+        if "OpenBCI" not in self._banner:
+            raise DeviceError(f"{self.name}: {self.address} did not identify as an OpenBCI board "
+                              f"(banner {self._banner[:60]!r})")
+        for line in self._banner.splitlines():
+            if line.startswith("Firmware:"):
+                self._firmware = line.split(":", 1)[1].strip()
+        has_daisy = "Daisy" in self._banner
+        if s.daisy and not has_daisy:
+            r = self._command(cy.DaisyMode(True))
+            if "16" not in r or "no daisy" in r:
+                raise DeviceError(f"{self.name}: settings ask for a Daisy but the board has none ({r!r})")
+        elif not s.daisy and has_daisy:
+            self._command(cy.DaisyMode(False))
+        self._daisy = s.daisy
+        r = self._command(cy.SetDefaultChannels())
+        if "default" not in r:
+            raise DeviceError(f"{self.name}: unexpected reply to 'd': {r!r}")
+        gains = s.gains or [s.gain] * 16
+        if len(gains) < self.n_channels:
+            raise DeviceError(f"{self.name}: {len(gains)} gains for {self.n_channels} channels")
+        for ch in range(1, self.n_channels + 1):
+            cmd = cy.ChannelSettings(ch, int(ch in s.channels_off), _GAIN_TO_CODE[gains[ch - 1]],
+                                     s.input_type, s.bias, s.srb2, s.srb1)
+            r = self._command(cmd)
+            if not r.startswith("Success"):
+                raise DeviceError(f"{self.name}: channel {ch} settings refused: {r!r}")
+            self._gains[ch - 1] = gains[ch - 1]
+        self.labels()  # validate
+
+    def close(self) -> None:
+        if self._link is not None:
+            try:
+                if self._streaming:
+                    self._link.write(b"s")
+            except ConnectionLost:
+                pass
+            self._link.close()
+            self._link = None
+
+    def start(self) -> None:
+        self._framer = SampleFramer(self.n_channels, self.sample_rate_hz, self.frame_samples, self._frame_meta)
+        self._unwrap = CounterUnwrapper(8, 2 if self._daisy else 1)
+        self._pairer = cy.DaisyPairer()
+        self._accel = None
+        self._write(self._codec.send(cy.StartStreaming()))
+        self._streaming = True
+
+    def stop(self) -> None:
+        if self._link is not None:
+            try:
+                self._write(self._codec.send(cy.StopStreaming()))
+            except ConnectionLost:
+                pass
+        self._streaming = False
+
+    def descriptor(self) -> StreamDescriptor:
+        s = self.settings
+        n = self.n_channels
+        return StreamDescriptor(
+            stream=self.name, modality=self.modality,
+            device=f"cyton{'+daisy' if self._daisy else ''} {self._firmware}".strip(),
+            dtype="<f4", shape=[n, -1], axes=["channel", "sample"], units="µV",
+            channel_names=self.labels(), sample_rate_hz=self.sample_rate_hz,
+            frame_rate_hz=self.sample_rate_hz / self.frame_samples,
+            meta={"gains": [int(g) for g in self._gains[:n]], "channels_off": list(s.channels_off),
+                  "frame_samples": self.frame_samples, "mains_hz": s.mains_hz, "firmware": self._firmware,
+                  "accel": "frame meta accel_g = [x, y, z] in g (last reading in the frame)",
+                  "t_device": "device sample index (unwrapped packet counter) of the first sample"},
+        )
+
+    def _frame_meta(self, first: int, n: int) -> dict[str, Any] | None:
+        return {"accel_g": self._accel} if self._accel is not None else None
+
+    # -- streaming -------------------------------------------------------------------
+    def read(self, timeout: float) -> list[Frame | Gap]:
+        assert self._link is not None and self._framer is not None
+        data = self._link.read_some(timeout)
+        t_read = time.monotonic_ns()
+        out: list[Frame | Gap] = []
+        if not data:
+            return out
+        self._codec.receive_data(data)
+        idx: list[int] = []
+        cols: list[tuple[int, ...]] = []
+        daisy = self._daisy
+        codec, pairer, unwrap = self._codec, self._pairer, self._unwrap
+        while True:
+            ev = codec.next_event()
+            if ev is NEED_DATA:
+                break
+            if type(ev) is cy.CytonSample:
+                if daisy:
+                    for p in pairer.push(ev):
+                        if type(p) is cy.DaisySample:
+                            idx.append(unwrap(p.counter))
+                            cols.append(p.channels)
+                            if p.accel is not None and any(p.accel):
+                                self._accel = [float(a) * cy.ACCEL_SCALE_G for a in p.accel]
+                        else:
+                            self.count("daisy_half_lost")
+                else:
+                    idx.append(unwrap(ev.counter))
+                    cols.append(ev.channels)
+                    if ev.accel is not None and any(ev.accel):
+                        self._accel = [float(a) * cy.ACCEL_SCALE_G for a in ev.accel]
+            elif isinstance(ev, Garbage):
+                self.count("garbage_bytes", ev.nbytes)
+            elif isinstance(ev, cy.CytonText):
+                self.count("text_replies")
+        if not idx:
+            return out
+        fr = self._framer
+        fr.observe(idx[-1], t_read)
+        counts = np.array(cols, dtype=np.float64).T  # (channels, n)
+        uv = counts * cy.uv_scale(self._gains[: self.n_channels])[:, None]
+        # split into runs of consecutive indices
+        ia = np.asarray(idx)
+        breaks = np.flatnonzero(np.diff(ia) != 1) + 1
+        start = 0
+        for b in [*breaks.tolist(), len(idx)]:
+            fr.push(int(ia[start]), uv[:, start:b], out,
+                    reason=f"Cyton packet counter jumped (lost {int(ia[start]) - (fr.next_index or 0)} samples)")
+            start = b
+        return out

@@ -1,0 +1,243 @@
+"""Driver for a HackEEG board (Arduino Due + ADS1298 shield, hackeeg-driver-arduino) used
+as an 8-lead ECG front end: leads I, II, V1–V6 on channels 1–8.
+
+Open (whatever mode the board was left in): ``sdatac`` and ``jsonlines`` as text lines
+(the firmware parses a text line in any mode), then JSON Lines commands: ``version``,
+``rreg 0x00`` (ADS129x ID), ``wreg CONFIG1`` (rate), ``wreg CHnSET`` (gain), and
+``messagepack`` when ``settings.mode == "messagepack"``. ``start`` + ``rdatac`` begin the
+stream, ``sdatac`` ends it. A non-200 status is a :class:`~medacq.drivers._base.DeviceError`.
+
+Frames: ``(channel, sample)`` float32 µV (counts × 2.4 V / gain / (2^23 − 1)),
+``frame_samples`` samples each; ``t_device`` = the board's sample number of the first
+sample (unwrapped uint32). Sample-number jumps are reported as gaps with ``lost_samples``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medacq.protocols import hackeeg as he
+from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols.stream import StreamDescriptor
+
+from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._clockfit import CounterUnwrapper
+from .bio_common import SampleFramer, default_frame_samples
+from .transports import SerialTransport
+
+__all__ = ["HackEEGDriver", "HackEEGSettings", "HACKEEG_LEADS", "HACKEEG_RATES"]
+
+#: What the 8 inputs carry in the ECG montage (Einthoven I, II and the precordial leads).
+HACKEEG_LEADS = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+#: Rates the driver accepts (ADS1298 CONFIG1 rates the issue asks for).
+HACKEEG_RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
+
+
+class HackEEGSettings(BaseModel):
+    """HackEEG settings.
+
+    Attributes:
+        rate: samples per second (250, 500, 1000, 2000, 4000, 8000, 16000).
+        gain: ADS1298 PGA gain of every channel (1, 2, 3, 4, 6, 8, 12).
+        mode: sample encoding on the wire: ``messagepack`` (binary, default) or ``jsonlines``.
+        channels_off: 1-based channels to power down (they read 0 µV).
+        frame_samples: samples per frame (default ≈ 25 frames/s, e.g. 20 at 500 SPS, 640 at 16 kSPS).
+        labels: channel names (default I, II, V1–V6).
+        mains_hz: local mains frequency (descriptor hint for the notch filter).
+        timeout_s: reply timeout of configuration commands.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: int = 500
+    gain: int = 6
+    mode: Literal["messagepack", "jsonlines"] = "messagepack"
+    channels_off: list[int] = Field(default_factory=list)
+    frame_samples: int | None = Field(default=None, ge=1, le=100_000)
+    labels: list[str] | None = None
+    mains_hz: float = Field(default=50.0, ge=0)
+    timeout_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: int) -> int:
+        if v not in HACKEEG_RATES:
+            raise ValueError(f"rate {v} SPS not one of {list(HACKEEG_RATES)}")
+        return v
+
+    @field_validator("gain")
+    @classmethod
+    def _gain(cls, v: int) -> int:
+        if v not in he.CODE_FROM_GAIN:
+            raise ValueError(f"gain {v} not one of {sorted(he.CODE_FROM_GAIN)}")
+        return v
+
+    @field_validator("channels_off")
+    @classmethod
+    def _off(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= c <= 8 for c in v):
+            raise ValueError("channels_off entries must be 1..8")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(v) != 8:
+            raise ValueError("labels needs 8 names")
+        return v
+
+
+class HackEEGDriver(Driver):
+    """HackEEG / ADS1298 ECG front end."""
+
+    kind = "hackeeg"
+    modality = "ekg"
+    Settings = HackEEGSettings
+    n_channels = 8
+
+    def __init__(self, name: str, address: str, settings: HackEEGSettings) -> None:
+        super().__init__(name, address, settings)
+        self.settings: HackEEGSettings = settings
+        self._link: SerialTransport | None = None
+        self._codec = he.HackEEGHostCodec()
+        self._version = ""
+        self._chip_id = 0
+        self._framer: SampleFramer | None = None
+        self._unwrap = CounterUnwrapper(32, 1)
+        self._scale = np.ones(8)
+
+    @property
+    def frame_samples(self) -> int:
+        return self.settings.frame_samples or default_frame_samples(self.settings.rate)
+
+    # -- commands --------------------------------------------------------------------
+    def _response(self, timeout: float) -> he.HackEEGResponse:
+        assert self._link is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            while True:
+                ev = self._codec.next_event()
+                if ev is NEED_DATA:
+                    break
+                if isinstance(ev, he.HackEEGResponse):
+                    return ev
+                if isinstance(ev, Garbage):
+                    self.count("garbage_bytes", ev.nbytes)
+            data = self._link.read_some(0.05)
+            if data:
+                self._codec.receive_data(data)
+        raise ConnectionLost(f"{self.name}: no reply from the HackEEG at {self.address} within {timeout} s")
+
+    def _command(self, command: str, *params: int, check: bool = True) -> he.HackEEGResponse:
+        assert self._link is not None
+        self._link.write(self._codec.send(he.HackEEGCommand(command, tuple(params))))
+        r = self._response(self.settings.timeout_s)
+        if check and r.status_code != he.STATUS_OK:
+            raise DeviceError(f"{self.name}: {command} {list(params)} failed: {r.status_code} {r.status_text}")
+        return r
+
+    def open(self) -> None:
+        s = self.settings
+        self._link = SerialTransport(self.address, 115200)
+        # whatever mode the board is in, a text line is understood
+        self._link.write(b"sdatac\n")
+        time.sleep(0.05)
+        self._link.reset_input()
+        self._codec = he.HackEEGHostCodec(he.TEXT)
+        self._command("jsonlines", check=False)
+        # drain: replies/samples that raced the mode switch
+        self._link.reset_input()
+        self._codec = he.HackEEGHostCodec(he.JSONLINES)
+        r = self._command("version")
+        self._version = str(r.data or r.status_text)
+        self._chip_id = int(self._command("rreg", he.REG_ID).data or 0)
+        if self._chip_id & 0xF0 != 0x90:
+            raise DeviceError(f"{self.name}: ADS129x ID register reads {self._chip_id:#04x}, not an ADS129x")
+        self._command("wreg", he.REG_CONFIG1, he.config1_for_rate(s.rate))
+        for ch in range(8):
+            self._command("wreg", he.REG_CHNSET + ch, he.chnset(s.gain, power_down=(ch + 1) in s.channels_off))
+        got = he.rate_from_config1(int(self._command("rreg", he.REG_CONFIG1).data))
+        if got != s.rate:
+            raise DeviceError(f"{self.name}: asked for {s.rate} SPS, board runs {got} SPS")
+        if s.mode == "messagepack":
+            self._command("messagepack")
+        self._scale = he.counts_to_uv(np.ones(8), float(s.gain)) * np.ones(8)
+
+    def close(self) -> None:
+        if self._link is not None:
+            try:
+                self._link.write(self._codec.send(he.HackEEGCommand("sdatac")))
+            except ConnectionLost:
+                pass
+            self._link.close()
+            self._link = None
+
+    def start(self) -> None:
+        self._framer = SampleFramer(8, float(self.settings.rate), self.frame_samples)
+        self._unwrap = CounterUnwrapper(32, 1)
+        self._command("start")
+        assert self._link is not None
+        self._link.write(self._codec.send(he.HackEEGCommand("rdatac")))
+        # the 200 reply comes back among the samples; read() skips responses
+
+    def stop(self) -> None:
+        if self._link is not None:
+            try:
+                self._link.write(self._codec.send(he.HackEEGCommand("sdatac")))
+            except ConnectionLost:
+                pass
+
+    def descriptor(self) -> StreamDescriptor:
+        s = self.settings
+        return StreamDescriptor(
+            stream=self.name, modality=self.modality, device=f"hackeeg ads1298 {self._version}".strip(),
+            dtype="<f4", shape=[8, -1], axes=["channel", "sample"], units="µV",
+            channel_names=list(s.labels or HACKEEG_LEADS), sample_rate_hz=float(s.rate),
+            frame_rate_hz=s.rate / self.frame_samples,
+            meta={"gain": s.gain, "mode": s.mode, "channels_off": list(s.channels_off),
+                  "frame_samples": self.frame_samples, "mains_hz": s.mains_hz, "firmware": self._version,
+                  "chip_id": self._chip_id,
+                  "t_device": "board sample number (unwrapped uint32) of the first sample"},
+        )
+
+    # -- streaming -------------------------------------------------------------------
+    def read(self, timeout: float) -> list[Frame | Gap]:
+        assert self._link is not None and self._framer is not None
+        data = self._link.read_some(timeout)
+        t_read = time.monotonic_ns()
+        out: list[Frame | Gap] = []
+        if not data:
+            return out
+        codec = self._codec
+        codec.receive_data(data)
+        idx: list[int] = []
+        cols: list[tuple[int, ...]] = []
+        unwrap = self._unwrap
+        while True:
+            ev = codec.next_event()
+            if ev is NEED_DATA:
+                break
+            if type(ev) is he.HackEEGSample:
+                idx.append(unwrap(ev.sample_number))
+                cols.append(ev.channels)
+            elif isinstance(ev, Garbage):
+                self.count("garbage_bytes", ev.nbytes)
+            elif isinstance(ev, he.HackEEGResponse):
+                if ev.status_code != he.STATUS_OK:
+                    self.count("error_replies")
+        if not idx:
+            return out
+        fr = self._framer
+        fr.observe(idx[-1], t_read)
+        uv = np.array(cols, dtype=np.float64).T * self._scale[:, None]
+        ia = np.asarray(idx)
+        breaks = np.flatnonzero(np.diff(ia) != 1) + 1
+        start = 0
+        for b in [*breaks.tolist(), len(idx)]:
+            fr.push(int(ia[start]), uv[:, start:b], out, reason="HackEEG sample number jumped")
+            start = b
+        return out

@@ -1,0 +1,234 @@
+"""Driver for a plane-wave research ultrasound scanner on OpenIGTLink (``tcp://host:port``).
+
+Control goes over the same link as STRING messages (header version 2, message id = a
+request counter); each command gets exactly one STRING reply named ``ACK`` echoing the
+message id, starting ``OK`` or ``ERR``. RF frames arrive as IMAGE messages named ``RF``:
+int16 ``(angles, elements, samples)`` with the device's sequence counter in the metadata
+key ``seq`` (and, wrapped to u32, in the message id).
+
+Every frame is CRC64-checked by the codec. A bad CRC, a truncated or unparsable message
+costs the stream that frame: the next good frame's sequence counter shows the hole, and
+the driver reports it as a :class:`~medacq.drivers._base.Gap` (reason names the CRC /
+truncation events seen). The connection is kept.
+
+Acquisition parameters (probe, angles, sampling, samples, PRF, c) are read back from the
+device with ``GET DESCRIPTOR`` and travel in the stream descriptor's ``geometry``
+(:meth:`PlaneWaveAcquisition.to_descriptor` form), so the reconstruction stage needs
+nothing else.
+
+Ingest path: ``recv_into`` a preallocated 8 MiB buffer, handed to the codec as a
+memoryview (one copy into the codec's bounded buffer, one out of it per message).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols.igtl import BadMessage, ConnectionClosed, IgtlConnection, ImageMessage, StringMessage
+from medacq.protocols.stream import StreamDescriptor
+from medacq.protocols.us_geometry import MAX_ANGLE_DEG, MAX_ANGLES, PlaneWaveAcquisition
+
+from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from .transports import TcpTransport
+
+__all__ = ["UltrasoundDriver", "UltrasoundSettings"]
+
+
+class UltrasoundSettings(BaseModel):
+    """Settings sent to the scanner at ``open``.
+
+    Attributes:
+        angles: number of plane-wave angles per frame (1..75), equally spaced.
+        max_angle_deg: steering range ``±max_angle_deg`` (≤ 16°).
+        samples: RF samples per line (64..65535); ``None`` keeps the device's value
+            unless ``depth_mm`` is given.
+        depth_mm: imaging depth (mm); sets ``samples`` on the device (``SET DEPTH``).
+        prf_hz: transmit PRF (Hz); frame rate = prf_hz / angles.
+        check_crc: verify each message's CRC64 (recommended).
+        command_timeout_s: how long to wait for a command reply.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    angles: int = Field(3, ge=1, le=MAX_ANGLES)
+    max_angle_deg: float = Field(MAX_ANGLE_DEG, gt=0, le=MAX_ANGLE_DEG)
+    samples: int | None = Field(None, ge=64, le=65535)
+    depth_mm: float | None = Field(None, gt=0, le=300)
+    prf_hz: float = Field(300.0, gt=0, le=50000)
+    check_crc: bool = True
+    command_timeout_s: float = Field(3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_depth(self) -> "UltrasoundSettings":
+        if self.samples is not None and self.depth_mm is not None:
+            raise ValueError("give samples or depth_mm, not both")
+        return self
+
+
+class UltrasoundDriver(Driver):
+    """OpenIGTLink plane-wave RF driver (kind ``ultrasound``, modality ``us``)."""
+
+    kind = "ultrasound"
+    modality = "us"
+    Settings = UltrasoundSettings
+
+    def __init__(self, name: str, address: str, settings: UltrasoundSettings) -> None:
+        super().__init__(name, address, settings)
+        self.settings: UltrasoundSettings = settings
+        self._link: TcpTransport | None = None
+        self._codec = IgtlConnection(check_crc=settings.check_crc)
+        self._buf = bytearray(8 << 20)
+        self._view = memoryview(self._buf)
+        self._msg_id = 0
+        self._pending: list[ImageMessage] = []
+        self._expected: int | None = None
+        self._lost_reasons: dict[str, int] = {}
+        self.acquisition: PlaneWaveAcquisition | None = None
+
+    # ---- link --------------------------------------------------------------------------
+    def _pump(self, timeout: float) -> bool:
+        assert self._link is not None
+        n = self._link.recv_into(self._view, timeout)
+        if n:
+            self._codec.receive_data(self._view[:n])
+        return n > 0
+
+    def command(self, text: str, timeout: float | None = None) -> str:
+        """Send one STRING command; return the reply text after ``OK`` (DeviceError on ERR)."""
+        if self._link is None:
+            raise ConnectionLost(f"{self.name}: not connected")
+        self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
+        mid = self._msg_id
+        self._link.write(self._codec.send(StringMessage(text=text, device_name="CMD", header_version=2,
+                                                        message_id=mid, timestamp=time.time())))
+        deadline = time.monotonic() + (timeout or self.settings.command_timeout_s)
+        while time.monotonic() < deadline:
+            for ev in self._drain():
+                if isinstance(ev, BadMessage):
+                    self._note_lost(ev)
+                    continue
+                if isinstance(ev, StringMessage):
+                    if ev.message_id != mid:
+                        self.count("stray_replies")
+                        continue
+                    if ev.text.startswith("ERR"):
+                        raise DeviceError(f"{self.name}: device answered {ev.text!r} to {text!r}")
+                    return ev.text[2:].strip()
+                self._pending.append(ev)
+            self._pump(0.05)
+        raise ConnectionLost(f"{self.name}: no reply to {text!r} within {timeout or self.settings.command_timeout_s} s")
+
+    def _drain(self) -> list[Any]:
+        out: list[Any] = []
+        while True:
+            ev = self._codec.next_event()
+            if ev is NEED_DATA:
+                return out
+            if isinstance(ev, Garbage):
+                self.count("garbage_bytes", ev.nbytes)
+            elif isinstance(ev, BadMessage):
+                self.count("bad_messages")
+                out.append(ev)  # ordered with the frames around it
+            elif isinstance(ev, ConnectionClosed):
+                raise ConnectionLost(f"{self.name}: {self.address} closed the connection")
+            elif isinstance(ev, ImageMessage):
+                if ev.device_name == "RF":
+                    out.append(ev)
+                else:
+                    self.count("other_messages")
+            elif isinstance(ev, StringMessage):
+                out.append(ev)
+            else:
+                self.count("other_messages")
+
+    # ---- Driver ------------------------------------------------------------------------
+    def open(self) -> None:
+        s = self.settings
+        self._link = TcpTransport(self.address)
+        self._codec = IgtlConnection(check_crc=s.check_crc)
+        self._pending.clear()
+        self.command("STOP")
+        self._pending.clear()
+        self.command(f"SET ANGLES {s.angles} {s.max_angle_deg:g}")
+        if s.samples is not None:
+            self.command(f"SET SAMPLES {s.samples}")
+        elif s.depth_mm is not None:
+            self.command(f"SET DEPTH {s.depth_mm:g}")
+        self.command(f"SET PRF {s.prf_hz:g}")
+        self.acquisition = PlaneWaveAcquisition.from_descriptor(json.loads(self.command("GET DESCRIPTOR")))
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def start(self) -> None:
+        self._expected = None
+        self._lost_reasons.clear()
+        self.command("START")
+
+    def stop(self) -> None:
+        if self._link is not None:
+            try:
+                self.command("STOP", timeout=1.0)
+            except (DeviceError, ConnectionLost):
+                pass
+
+    def freeze(self, on: bool = True) -> None:
+        """Hold (``FREEZE``) or resume (``UNFREEZE``) the live stream."""
+        self.command("FREEZE" if on else "UNFREEZE")
+
+    def descriptor(self) -> StreamDescriptor:
+        acq = self.acquisition or PlaneWaveAcquisition.with_angles(self.settings.angles)
+        return StreamDescriptor(
+            stream=self.name, modality=self.modality, device=f"igtl:{acq.probe.name}",
+            dtype="<i2", shape=list(acq.rf_shape), axes=["angle", "element", "sample"], units="counts",
+            sample_rate_hz=acq.sampling_frequency_hz, frame_rate_hz=acq.frame_rate_hz,
+            geometry={"acquisition": acq.to_descriptor()},
+            meta={"angles_deg": list(acq.angles_deg), "address": self.address},
+        )
+
+    def _note_lost(self, ev: BadMessage) -> None:
+        reason = ev.reason.split(" (")[0]
+        self._lost_reasons[reason] = self._lost_reasons.get(reason, 0) + 1
+
+    def read(self, timeout: float) -> list[Frame | Gap]:
+        if not self._pending:
+            self._pump(timeout)
+        events = self._pending + self._drain()
+        self._pending = []
+        t_mono, t_host = time.monotonic_ns(), time.time_ns()
+        out: list[Frame | Gap] = []
+        shape = self.acquisition.rf_shape if self.acquisition else None
+        for ev in events:
+            if isinstance(ev, BadMessage):
+                self._note_lost(ev)
+                continue
+            if not isinstance(ev, ImageMessage):
+                self.count("stray_replies")
+                continue
+            try:
+                seq = int(ev.metadata.get("seq", ev.message_id))
+            except ValueError:
+                seq = ev.message_id
+            img = ev.image
+            if shape is not None and img.shape != shape:
+                self.count("bad_shape")
+                continue
+            exp = self._expected
+            if exp is not None and seq != exp:
+                if seq > exp:
+                    why = ", ".join(f"{n}× {r}" for r, n in self._lost_reasons.items()) or "device counter jumped"
+                    out.append(Gap(lost_frames=seq - exp, reason=f"seq {exp}->{seq}: {why}"))
+                else:
+                    self.count("out_of_order")
+            self._lost_reasons.clear()
+            self._expected = seq + 1
+            out.append(Frame(img, t_host, t_mono, t_device=ev.timestamp, meta={"seq": seq}))
+        return out
