@@ -335,6 +335,25 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lsl(args: argparse.Namespace) -> int:
+    try:
+        import pylsl  # noqa: F401
+    except (ImportError, RuntimeError) as exc:
+        raise CliError(f"the LSL bridge needs pylsl (pip install 'medacq[lsl]'): {exc}", 2) from None
+    from .lsl_bridge import run_lsl_bridge
+
+    _, _, data = _endpoints(args)
+    endpoints = [args.endpoint] if args.endpoint else data
+    print(f"medacq lsl: republishing {', '.join(args.topics)} from {', '.join(endpoints)} as LSL outlets "
+          "(Ctrl-C to stop)", flush=True)
+    try:
+        result = run_lsl_bridge(endpoints, args.topics, args.for_s)
+    except KeyboardInterrupt:
+        return 0
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .security import generate_keypair
 
@@ -474,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(fn=cmd_check_config)
+
+    sp = sub.add_parser("lsl", help="republish biosignal streams as Lab Streaming Layer outlets (medacq[lsl])")
+    sp.add_argument("topics", nargs="*", default=["raw/", "recon/"], help="topic prefixes (default raw/ recon/)")
+    sp.add_argument("--for", dest="for_s", type=float)
+    endpoints(sp)
+    sp.set_defaults(fn=cmd_lsl)
 
     sp = sub.add_parser("keys", help="generate CurveZMQ key pairs (NAME.key public, NAME.key_secret)")
     sp.add_argument("action", choices=["generate"])
