@@ -39,6 +39,7 @@ from medacq.protocols.control import READ_ONLY_COMMANDS
 from .config import RigConfig, endpoint_is_local
 from .security import LOCAL_USER, AuditLog, CurveServer, allowed
 from .publisher import Publisher
+from .control_socket import serve_control
 from .sdnotify import Notifier, watchdog_interval_s
 
 __all__ = ["AcquisitionDaemon", "BindError"]
@@ -165,38 +166,10 @@ class AcquisitionDaemon:
 
     # -- control plane ---------------------------------------------------------------
     def _control_loop(self, sock: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        while not self._stop.is_set():
-            if not poller.poll(100):
-                continue
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:
-                self.control_errors += 1
-                continue
-            who = LOCAL_USER
-            if self.curve is not None:
-                try:
-                    who = frames[-1].get("User-Id") or ""
-                except zmq.ZMQError:
-                    who = ""
-            parts = [f.bytes for f in frames]
-            # ROUTER: [identity, (empty delimiter from REQ), body]
-            ident, rest = parts[0], parts[1:]
-            envelope = [ident]
-            if rest and rest[0] == b"":
-                envelope.append(b"")
-                rest = rest[1:]
-            body = rest[0] if len(rest) == 1 else None
-            reply = self.handle_raw(body, who)
-            try:
-                sock.send_multipart([*envelope, reply], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.control_errors += 1
-        sock.close(0)
+        def error() -> None:
+            self.control_errors += 1
+
+        serve_control(sock, self._stop, self.handle_raw, self.curve is not None, error)
 
     def handle_raw(self, body: bytes | None, who: str = LOCAL_USER) -> bytes:
         """One request body in, one reply body out. Never raises.

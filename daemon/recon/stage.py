@@ -38,6 +38,7 @@ from medacq.protocols.stream import MessageKind, SourceRef, StreamDescriptor, St
 
 from ..client import ControlClient, DaemonUnreachable, Message, RequestFailed, Subscriber
 from ..config import RigConfig
+from ..control_socket import serve_control
 from .base import Output, Reconstructor
 from .registry import reconstructor_class
 
@@ -313,32 +314,7 @@ class ReconStage:
 
     # -- control -------------------------------------------------------------------------
     def _control_loop(self) -> None:
-        sock = self._ctl
-        while not self._halt.is_set():
-            if not sock.poll(100):
-                continue
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError:
-                continue
-            who = "local"
-            if self.curve is not None:
-                try:
-                    who = frames[-1].get("User-Id") or ""
-                except zmq.ZMQError:
-                    who = ""
-            parts = [f.bytes for f in frames]
-            envelope = [parts[0]]
-            rest = parts[1:]
-            if rest and rest[0] == b"":
-                envelope.append(b"")
-                rest = rest[1:]
-            reply = self._handle_request(rest[0] if len(rest) == 1 else None, who)
-            try:
-                sock.send_multipart([*envelope, reply], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        sock.close(0)
+        serve_control(self._ctl, self._halt, self._handle_request, self.curve is not None)
 
     def _handle_request(self, body: bytes | None, who: str = "local") -> bytes:
         from ..security import allowed
