@@ -25,6 +25,9 @@ from medacq.simulators.adapters import SimulatorServer
 
 __all__ = ["FaultServer", "apply_fault", "FAULTS"]
 
+#: how each simulator interface names its "lose the next n packets" side door
+_DROP_METHODS = ("drop_frames", "drop_packets", "drop_samples", "drop_subframes", "corrupt_next_frames")
+
 FAULTS = ("pull_cable", "stall", "corrupt", "garbage", "slow_replies", "drop", "device_error")
 
 
@@ -43,7 +46,7 @@ def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> di
         elif fault == "slow_replies":
             f.slow_replies(float(args["delay_s"]))
         elif fault == "drop":
-            fn = getattr(server.interface, "drop_frames", None)
+            fn = next((getattr(server.interface, m) for m in _DROP_METHODS if hasattr(server.interface, m)), None)
             if fn is None:
                 raise ValueError(f"{type(server.interface).__name__} cannot drop packets")
             server.call(fn, int(args.get("n", 1)))

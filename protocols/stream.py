@@ -183,7 +183,7 @@ class HeaderTemplate:
     check this).
     """
 
-    __slots__ = ("stream", "series", "_prefix", "_frame_mid")
+    __slots__ = ("stream", "series", "_prefix", "_mid", "_shape", "_post")
 
     def __init__(
         self,
@@ -205,10 +205,9 @@ class HeaderTemplate:
             b'{"v":1,"stream":' + _dumps(stream) + b',"kind":"frame","series":' + _dumps(series)
             + b',"seq":'
         )
-        self._frame_mid = (
-            b',"dtype":' + _dumps(dtype) + b',"shape":' + _dumps(list(shape))
-            + b',"axes":' + _dumps(list(axes)) + b',"units":' + _dumps(units)
-        )
+        self._mid = b',"dtype":' + _dumps(dtype) + b',"shape":'
+        self._shape = _int_list(shape)
+        self._post = b',"axes":' + _dumps(list(axes)) + b',"units":' + _dumps(units)
 
     def frame(
         self,
@@ -220,17 +219,29 @@ class HeaderTemplate:
         shape: tuple[int, ...] | None = None,
     ) -> bytes:
         """Header bytes for frame ``seq``; ``shape`` overrides the template's (variable-length axes)."""
-        mid = self._frame_mid
-        if shape is not None:
-            i = mid.index(b',"shape":')
-            j = mid.index(b',"axes":')
-            mid = mid[:i] + b',"shape":' + _dumps(list(shape)) + mid[j:]
-        parts = [self._prefix, str(seq).encode(), mid]
-        if t_device is not None:
-            parts.append(b',"t_device":' + _dumps(t_device))
-        parts.append(b',"t_host_ns":%d,"t_mono_ns":%d' % (t_host_ns, t_mono_ns))
-        parts.append(b',"meta":' + _dumps(meta) + b"}" if meta else b',"meta":{}}')
-        return b"".join(parts)
+        if t_device is None:
+            tdev = b""
+        elif type(t_device) is int:
+            tdev = b',"t_device":%d' % t_device
+        else:
+            tdev = b',"t_device":' + _dumps(t_device)
+        return b"".join((
+            self._prefix, b"%d" % seq, self._mid, self._shape if shape is None else _int_list(shape), self._post,
+            tdev, b',"t_host_ns":%d,"t_mono_ns":%d' % (t_host_ns, t_mono_ns),
+            b',"meta":' + _dumps(meta) + b"}" if meta else b',"meta":{}}',
+        ))
+
+
+def _int_list(values: list[int] | tuple[int, ...]) -> bytes:
+    return b"[" + b",".join(b"%d" % v for v in values) + b"]"
+
+
+try:  # orjson parses headers ~4x faster than the stdlib; the stdlib is the fallback
+    from orjson import JSONDecodeError as _JSONError
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+    _JSONError = json.JSONDecodeError
 
 
 _REQUIRED: Final = ("v", "stream", "kind", "series", "seq", "t_host_ns", "t_mono_ns")
@@ -245,8 +256,8 @@ def decode_header(raw: bytes | memoryview, topic: str | None = None, *, strict: 
     :class:`HeaderError` naming the stream (or the topic when the stream is unreadable).
     """
     try:
-        h = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        h = _loads(raw if isinstance(raw, bytes) else bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError, _JSONError) as exc:
         raise HeaderError(f"header is not UTF-8 JSON: {exc}", topic=topic) from None
     if not isinstance(h, dict):
         raise HeaderError("header is not a JSON object", topic=topic)
@@ -277,23 +288,32 @@ def _summarise(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errs[:5])
 
 
+_DTYPES: dict[str, np.dtype] = {}
+
+
 def frame_payload(header: dict[str, Any], buffer: Any) -> np.ndarray:
     """Wrap a frame's payload buffer (part 2) as an ndarray, without copying.
 
     Raises :class:`HeaderError` when the buffer size does not match dtype × shape.
     """
     stream = header.get("stream")
-    try:
-        dtype = np.dtype(header["dtype"])
-    except TypeError:
-        raise HeaderError(f"unknown dtype {header['dtype']!r}", stream) from None
-    shape = tuple(header["shape"])
-    try:
-        n = int(np.prod(shape, dtype=np.int64))
-    except (TypeError, ValueError):
-        raise HeaderError(f"bad shape {header['shape']!r}", stream) from None
+    name = header["dtype"]
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            raise HeaderError(f"unknown dtype {name!r}", stream) from None
+        if len(_DTYPES) < 256:
+            _DTYPES[name] = dtype
+    shape = header["shape"]
+    n = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise HeaderError(f"bad shape {shape!r}", stream)
+        n *= d
     mv = memoryview(buffer)
-    if mv.nbytes != n * dtype.itemsize or any(d < 0 for d in shape):
+    if mv.nbytes != n * dtype.itemsize:
         raise HeaderError(
             f"payload is {mv.nbytes} bytes but dtype {dtype.str} x shape {list(shape)} needs {n * dtype.itemsize}",
             stream,

@@ -118,6 +118,8 @@ class FlatPanelInterface(DeviceInterface):
         self.model = model or XrayModel(seed)
         self.codec = ScpiDevice()
         self.errors = ErrorQueue(error_queue_size)
+        self._inject = 0
+        self._inject_code, self._inject_text = -240, "Hardware error"
         self.tree = CommandTree()
         self._build_tree()
         self._pending: deque = deque()
@@ -162,6 +164,10 @@ class FlatPanelInterface(DeviceInterface):
         self._now = t
         self._pending.clear()
         self._units = []
+
+    def inject_error(self, code: int = -240, message: str = "Hardware error", n: int = 1) -> None:
+        """Fault side door: the next ``n`` commands (not queries) fail with SCPI error ``code``."""
+        self._inject, self._inject_code, self._inject_text = int(n), int(code), str(message)
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
         self._now = t
@@ -243,6 +249,9 @@ class FlatPanelInterface(DeviceInterface):
             ev = self._pending[0]
             if isinstance(ev, Command):
                 try:
+                    if self._inject and not ev.query:  # fault side door: the device refuses a setting
+                        self._inject -= 1
+                        raise ScpiError(self._inject_code, self._inject_text)
                     handler, sfx = self.tree.resolve(ev)
                     result = handler(ev, *sfx)  # type: ignore[operator]
                 except _Deferred:

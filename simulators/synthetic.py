@@ -82,11 +82,17 @@ class SynthInterface(DeviceInterface):
         self.sent = 0
         self.dropped: list[int] = []
         self._cache: tuple[int, np.ndarray] | None = None
+        self._errors_left = 0
+        self._error_text = ""
 
     # -- fault side door -------------------------------------------------------------
     def drop_frames(self, n: int) -> None:
         """Skip the next ``n`` frames (device-side loss)."""
         self._to_drop += int(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1) -> None:
+        """The next ``n`` commands are answered ``ERR <message>`` (a device error code)."""
+        self._errors_left, self._error_text = int(n), str(message)
 
     def truth(self) -> dict[str, Any]:
         return {"running": self._running, "next_seq": self._seq, "sent": self.sent, "dropped": list(self.dropped)}
@@ -113,6 +119,9 @@ class SynthInterface(DeviceInterface):
         return b"".join(self._codec.send(r) for r in out)
 
     def _command(self, verb: str, arg: str, t: float) -> SynthReply:
+        if self._errors_left:
+            self._errors_left -= 1
+            return SynthReply(f"ERR {self._error_text}")
         if verb == "*IDN?":
             return SynthReply(f"MEDACQ,SYNTH,{self.serial},1.0")
         if verb == "CONF?":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
@@ -57,3 +58,56 @@ def test_faults_from_the_cli(endpoints):
         finally:
             d.shutdown()
             fs.stop()
+
+
+def test_control_flood_and_device_errors(endpoints):
+    """Thousands of requests, malformed and valid, from several clients at once: every one is
+    answered, acquisition never stalls; a device error code is reported and survived."""
+    import zmq
+
+    settings = {"shape": [4, 16], "rate_hz": 200.0, "seed": 3}
+    with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
+        cfg = parse_config({**endpoints, "device": [{"name": "syn0", "kind": "synthetic", "address": sim.address,
+                                                     "settings": settings}]})
+        d = AcquisitionDaemon(cfg).start()
+        try:
+            with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub:
+                list(sub.frames(timeout=5, max_frames=5))
+                ctx = zmq.Context.instance()
+                clients = [ctx.socket(zmq.DEALER) for _ in range(4)]
+                bodies = [b"{", b'{"cmd":"status"}', b'{"cmd":"nope"}', b"\xff\xfe", b'{"cmd":"describe","device":1}',
+                          b'{"cmd":"ping"}', b"[]", b'{"cmd":"configure","device":"syn0","settings":{"seed":"x"}}']
+                n = 0
+                for c in clients:
+                    c.setsockopt(zmq.LINGER, 0)
+                    c.connect(cfg.daemon.control_endpoint)
+                for i in range(2000):  # fire without waiting
+                    clients[i % 4].send_multipart([b"", bodies[i % len(bodies)]])
+                    n += 1
+                replies = 0
+                deadline = time.monotonic() + 30
+                while replies < n and time.monotonic() < deadline:
+                    for c in clients:
+                        while c.poll(0):
+                            body = c.recv_multipart()[-1]
+                            assert b'"ok"' in body
+                            replies += 1
+                    time.sleep(0.005)
+                for c in clients:
+                    c.close(0)
+                assert replies == n
+                frames = list(sub.frames(timeout=5, max_frames=200))
+                assert len(frames) == 200 and sub.gaps == []
+                # a device error code: the device refuses the next commands
+                sim.call(sim.interface.inject_error, "overtemperature", 3)  # STOP, STOP (both tolerated), *IDN?
+                with ControlClient(cfg.daemon.control_endpoint, timeout=15) as c:
+                    try:
+                        c.request("configure", device="syn0", settings={"seed": 4})
+                        refused = None
+                    except Exception as exc:  # noqa: BLE001
+                        refused = exc
+                    assert refused is not None and "overtemperature" in str(refused)
+                    wait_for(lambda: c.request("status")["streams"]["syn0"]["state"] == "acquiring", 15)
+                    assert c.request("status")["control"]["errors"] >= 1
+        finally:
+            d.shutdown()
