@@ -9,7 +9,8 @@
 * ``rf_ingest_MBps``, ``rf_gaps``: the array simulator (11 angles × 128 × 2048 int16,
   5.8 MB frames, unpaced, in another process) → OpenIGTLink/TCP → driver → daemon →
   ZeroMQ subscriber; MB/s of RF received by the subscriber and the frames it saw lost.
-* ``pymust``: PyMUST ``dasmtx`` is not run (not installed here).
+* ``pymust_fps_1_angle``: PyMUST's ``dasmtx`` on the same 1-angle geometry, for the record, where
+  PyMUST installs (``pip install pymust``); otherwise ``pymust`` says why it was not run.
 """
 
 from __future__ import annotations
@@ -138,5 +139,30 @@ def bench_ultrasound(args: argparse.Namespace) -> dict[str, Any]:
     res["backend_75_angles"] = bf75.backend
     _log("RF ingest ...")
     res.update(_ingest(max(dur, 3.0)))
-    res["pymust"] = "not run: pymust not installed in this environment"
+    res.update(_pymust(grid, rf_shape=(2048, 128), dur=dur))
     return res
+
+
+def _pymust(grid: Any, rf_shape: tuple[int, int], dur: float) -> dict[str, Any]:
+    """For the record: PyMUST's ``dasmtx`` (a sparse DAS matrix, like ours) on the same 1-angle
+    geometry and grid, where PyMUST installs. Its matrix acts on RF laid out (samples, elements)."""
+    try:
+        import pymust
+    except Exception as exc:  # noqa: BLE001 - optional
+        return {"pymust": f"not run: {type(exc).__name__}: {exc}"}
+    try:
+        param = pymust.getparam("L11-5v")
+        param.fc, param.fs, param.pitch, param.c, param.Nelements = 5.208e6, 20.832e6, 0.3e-3, 1540.0, 128
+        param.fnumber = 1.5
+        delays = pymust.txdelay(param, 0.0)
+        x, z = np.meshgrid(grid.x, grid.z)
+        t0 = time.perf_counter()
+        m = pymust.dasmtx(np.array(rf_shape), x, z, delays, param).tocsr()
+        build = time.perf_counter() - t0
+        rf = np.random.default_rng(1).standard_normal(rf_shape).astype(np.float32)
+        col = rf.flatten(order="F")
+        fps = _fps(lambda: m @ col, 1, dur)
+        return {"pymust_dasmtx_build_s": round(build, 2), "pymust_fps_1_angle": round(fps, 1),
+                "pymust_operator_MB": round((m.data.nbytes + m.indices.nbytes + m.indptr.nbytes) / 1e6, 1)}
+    except Exception as exc:  # noqa: BLE001 - record why, never fail the benchmark
+        return {"pymust": f"failed: {type(exc).__name__}: {exc}"}
