@@ -11,7 +11,7 @@ STDLIB = set(sys.stdlib_module_names)
 
 # (folder, allowed third-party/top modules, allowed medacq subpackages)
 RULES = {
-    "protocols": ({"numpy", "pydantic", "scipy", "msgpack", "fastcrc"}, {"protocols"}),
+    "protocols": ({"numpy", "pydantic", "scipy", "msgpack", "fastcrc", "orjson"}, {"protocols"}),
     "drivers": ({"numpy", "pydantic", "serial", "pyvisa", "pyvisa_py", "scipy"}, {"protocols", "drivers"}),
     "simulators": ({"numpy", "pydantic", "scipy", "skimage", "msgpack"}, {"protocols", "simulators"}),
 }
