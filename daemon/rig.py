@@ -59,8 +59,9 @@ DEFAULT_RIG: list[RigEntry] = [
     RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
              {"rate": 500, "mode": "messagepack"}),
     RigEntry("meg0", "quspin", "quspin", "pty", "serial", {"seed": 13}, {}, ports=3),
-    RigEntry("us0", "us", "ultrasound", "tcp", "tcp", {"angles": 3, "prf_hz": 150.0, "seed": 21},
-             {"angles": 3, "prf_hz": 150.0}),
+    # 3 angles at 20 B-mode frames/s: light enough to beamform live beside the whole rig on a laptop
+    RigEntry("us0", "us", "ultrasound", "tcp", "tcp", {"angles": 3, "prf_hz": 60.0, "seed": 21},
+             {"angles": 3, "prf_hz": 60.0}),
 ]
 
 

@@ -20,8 +20,12 @@ def _fmt_us(v: float | None) -> str:
     return "-" if v is None else (f"{v / 1000:.1f} ms" if v >= 1000 else f"{v:.0f} µs")
 
 
-def status_rows(daemon: dict[str, Any] | None, recon: dict[str, Any] | None) -> list[list[str]]:
-    """Table rows: topic, state, fps, MB/s, drops, latency p50/p99, errors."""
+def status_rows(daemon: dict[str, Any] | None, recon: dict[str, Any] | None,
+                recon_fps: dict[str, float] | None = None) -> list[list[str]]:
+    """Table rows: topic, state, fps, MB/s, drops, latency p50/p99, errors.
+
+    ``recon_fps``: reconstructed frames/s per source stream (from successive polls).
+    """
     rows = []
     for name, s in (daemon or {}).get("streams", {}).items():
         rows.append([s["topic"], s["state"], f"{s['fps']:.1f}", f"{s['mbps']:.2f}",
@@ -29,7 +33,8 @@ def status_rows(daemon: dict[str, Any] | None, recon: dict[str, Any] | None) -> 
                      f"{s['reconnects']}", (s["last_error"] or "")[:60]])
     for name, s in (recon or {}).get("streams", {}).items():
         outs = ", ".join(s.get("outputs_streams") or []) or f"recon/{name}"
-        rows.append([outs, s["reconstructor"] or "(none)", f"{s['frames_done']}", "",
+        fps = (recon_fps or {}).get(name)
+        rows.append([outs, s["reconstructor"] or "(none)", "-" if fps is None else f"{fps:.1f}", "",
                      f"{s['dropped']}", f"{_fmt_us(s['latency_us_p50'])} / {_fmt_us(s['latency_us_p99'])}",
                      f"{s['errors']}", (s["last_error"] or "")[:60]])
     return rows
@@ -44,6 +49,19 @@ class StatusView:
     def __init__(self, config: RigConfig, interactive: bool = True) -> None:
         self.config = config
         self.interactive = interactive
+        self._last: tuple[float, dict[str, int]] | None = None
+        self.recon_fps: dict[str, float] = {}
+
+    def _rates(self, recon: dict | None) -> None:
+        """Reconstructed frames/s from the change in ``frames_done`` between two polls."""
+        if not recon:
+            return
+        now = time.monotonic()
+        done = {n: s["frames_done"] for n, s in recon.get("streams", {}).items()}
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            self.recon_fps = {n: (v - self._last[1].get(n, v)) / dt for n, v in done.items()}
+        self._last = (now, done)
 
     def _poll(self, c: ControlClient, r: ControlClient) -> tuple[dict | None, dict | None]:
         out: list[dict | None] = []
@@ -52,6 +70,7 @@ class StatusView:
                 out.append(client.request("status", timeout=1.0))
             except (DaemonUnreachable, RequestFailed):
                 out.append(None)
+        self._rates(out[1])
         return out[0], out[1]
 
     def run(self, duration: float | None = None) -> None:
@@ -77,7 +96,7 @@ class StatusView:
             t = Table(title="medacq — live status (Ctrl-C to stop)" + ("" if d else "  [daemon not answering]"))
             for h in HEADERS:
                 t.add_column(h)
-            for row in status_rows(d, rc):
+            for row in status_rows(d, rc, self.recon_fps):
                 t.add_row(*row)
             return t
 
@@ -94,9 +113,8 @@ class StatusView:
                 self._print_plain(*self._poll(c, r))
             time.sleep(0.2)
 
-    @staticmethod
-    def _print_plain(d: dict | None, rc: dict | None, final: bool = False) -> None:
+    def _print_plain(self, d: dict | None, rc: dict | None, final: bool = False) -> None:
         if d is None:
             print("daemon not answering", flush=True)
-        for row in status_rows(d, rc):
+        for row in status_rows(d, rc, self.recon_fps):
             print(("final: " if final else "") + "  ".join(f"{h}={v}" for h, v in zip(HEADERS, row) if v), flush=True)
