@@ -302,6 +302,7 @@ class AcquisitionWorker(threading.Thread):
                 self._ensure_open()
             except (ConnectionLost, DeviceError, OSError, ValueError, ValidationError) as exc:
                 result[0] = str(exc)
+                self.stats.error(f"configure refused: {exc}")
                 self.settings = old
                 self._close_driver()
         done.set()

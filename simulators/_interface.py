@@ -52,3 +52,19 @@ class DeviceInterface(ABC):
     def truth(self) -> dict:
         """Ground truth the model can report for tests (positions, rates, ...). Default empty."""
         return {}
+
+    # -- fault side door: device error codes ------------------------------------------------
+    _injected: tuple[int, str, int | None] = (0, "", None)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """The next ``n`` commands are answered with the device's own error reply (``message``,
+        and ``code`` where the protocol has numeric codes) instead of being executed."""
+        self._injected = (int(n), str(message), code)
+
+    def take_injected_error(self) -> tuple[str, int | None] | None:
+        """For interfaces: consume one injected error, if any is pending."""
+        n, message, code = self._injected
+        if n <= 0:
+            return None
+        self._injected = (n - 1, message, code)
+        return message, code

@@ -101,6 +101,10 @@ class CytonInterface(DeviceInterface):
         return b"" if self.streaming else self._say(text)
 
     def _handle(self, ev: object, t: float) -> bytes:
+        if not isinstance(ev, (cy.StartStreaming, cy.StopStreaming)):
+            injected = self.take_injected_error()
+            if injected is not None:  # fault side door: the board answers with a failure
+                return self._say(f"Failure: {injected[0]}")
         if isinstance(ev, cy.SoftReset):
             self._reset()
             lines = [BANNER_HEAD, "On Board ADS1299 Device ID: 0x3E"]

@@ -100,6 +100,9 @@ class HackEEGInterface(DeviceInterface):
         return self.codec.send(he.HackEEGResponse(200, text, data))
 
     def _handle(self, ev: object, t: float) -> bytes:
+        injected = self.take_injected_error() if isinstance(ev, he.HackEEGCommand) else None
+        if injected is not None:  # fault side door: the firmware answers with an error status
+            return self.codec.send(he.HackEEGResponse(injected[1] or 500, injected[0]))
         if isinstance(ev, he.MalformedCommand):
             return self.codec.send(he.HackEEGResponse(400, "Bad request"))
         assert isinstance(ev, he.HackEEGCommand)

@@ -123,6 +123,9 @@ class SciospecSimulator(DeviceInterface):
 
     def _handle(self, ev: sc.SciospecCommand, t: float) -> bytes:
         ACK, NACK = sc.AckCode.ACK, sc.AckCode.NOT_EXECUTED
+        injected = self.take_injected_error()
+        if injected is not None:  # fault side door: the device refuses the command
+            return self._ack(injected[1] if injected[1] is not None else NACK)
         if isinstance(ev, sc.StopMeasurement):
             self.running = False
             self._next_t = None

@@ -81,7 +81,8 @@ class UltrasoundScannerInterface(DeviceInterface):
         out: list[bytes] = []
         while (ev := self.codec.next_event()) is not NEED_DATA:
             if isinstance(ev, StringMessage):
-                reply = self.handle_command(ev.text, t)
+                injected = self.take_injected_error()
+                reply = f"ERR {injected[0]}" if injected is not None else self.handle_command(ev.text, t)
                 out.append(self.codec.send(StringMessage(
                     text=reply, device_name="ACK", header_version=ev.header_version,
                     message_id=ev.message_id, timestamp=t)))

@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from medacq.client import ControlClient, Subscriber
 from medacq.daemon.config import parse_config
@@ -111,3 +112,34 @@ def test_control_flood_and_device_errors(endpoints):
                     assert c.request("status")["control"]["errors"] >= 1
         finally:
             d.shutdown()
+
+
+@pytest.mark.parametrize("name, expect", [("eeg0", "overtemperature"), ("ekg0", "overtemperature"),
+                                          ("eit0", "0x81"), ("us0", "overtemperature"),
+                                          ("xr0", "overtemperature")])
+def test_device_error_codes_from_every_family(name, expect):
+    """The side door makes a device answer with its own error reply; the daemon reports it as a
+    device_error, keeps the old settings and recovers once the device behaves again."""
+    from medacq.client import RequestFailed
+    from medacq.daemon.faults import apply_fault
+    from medacq.daemon.rig import DEFAULT_RIG, SimulatedRig
+
+    rig = SimulatedRig([e for e in DEFAULT_RIG if e.name == name]).start()
+    try:
+        cfg = parse_config(rig.config(free_port()))
+        d = AcquisitionDaemon(cfg).start()
+        try:
+            with ControlClient(cfg.daemon.control_endpoint, timeout=30) as c:
+                state = lambda: c.request("status")["streams"][name]["state"]  # noqa: E731
+                wait_for(lambda: state() == "acquiring", 60)
+                apply_fault(rig.servers[name], "device_error", {"message": "overtemperature", "n": 100})
+                with pytest.raises(RequestFailed) as exc:
+                    c.request("configure", device=name, settings={})
+                assert exc.value.code == "device_error" and expect in str(exc.value)
+                apply_fault(rig.servers[name], "device_error", {"message": "", "n": 0})
+                wait_for(lambda: state() == "acquiring", 60)
+                assert c.request("status")["streams"][name]["last_error"]
+        finally:
+            d.shutdown()
+    finally:
+        rig.stop()
