@@ -98,7 +98,8 @@ class StreamStats:
     bytes_published: int = 0
     gap_frames: int = 0
     lost_samples: int = 0
-    reconnects: int = 0
+    reconnects: int = 0          # connections re-established after a loss
+    connect_failures: int = 0    # failed attempts (each backoff step)
     last_error: str | None = None
     last_error_at: float | None = None
     fps: float = 0.0
@@ -154,6 +155,7 @@ class AcquisitionWorker(threading.Thread):
         self.last_progress = time.monotonic()
         #: the first connection attempt has ended (acquiring, or failed and backing off)
         self.attempted = False
+        self._lost = False  # a connection was lost (or never made) and not yet re-established
         self._rng = random.Random(hash(name))
 
     # -- requests from other threads -------------------------------------------------
@@ -240,6 +242,9 @@ class AcquisitionWorker(threading.Thread):
         drv.start()
         self.stats.state = "acquiring"
         self.attempted = True
+        if self._lost:
+            self.stats.reconnects += 1
+            self._lost = False
         log.info("%s: acquiring (series %s)", self.device, series)
         q, stats = self.queue, self.stats
         while self.want_running.is_set() and not self._shutdown.is_set() and self._reconfig is None:
@@ -276,7 +281,8 @@ class AcquisitionWorker(threading.Thread):
         self.stats.error(msg)
         self._end_series(f"connection lost: {msg}")
         self._close_driver()
-        self.stats.reconnects += 1
+        self.stats.connect_failures += 1
+        self._lost = True
         self.stats.state = "reconnecting"
         log.warning("%s: %s; reconnecting in %.2f s", self.device, msg, backoff)
         # interruptible sleep with jitter; the thread is alive and well meanwhile (watchdog)

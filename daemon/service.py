@@ -273,7 +273,7 @@ class AcquisitionDaemon:
                 "queue_high_water": w.queue.high_water, "queue_capacity": w.queue.depth,
                 "queue_bytes": w.queue.bytes,
                 "latency_us_p50": s.latency_us_p50, "latency_us_p99": s.latency_us_p99,
-                "reconnects": s.reconnects, "last_error": s.last_error, "last_error_at": s.last_error_at,
+                "reconnects": s.reconnects, "connect_failures": s.connect_failures, "last_error": s.last_error, "last_error_at": s.last_error_at,
                 "driver": w.driver_counters(),
             }
         return {
