@@ -285,7 +285,11 @@ class HackEEGHostCodec:
                     except (ValueError, binascii.Error):
                         self.garbage_bytes += nl + 1
                         return Garbage(nl + 1, "bad sample payload")
-                return _response_from_obj(obj)
+                try:
+                    return _response_from_obj(obj)
+                except (ValueError, TypeError):  # e.g. a corrupted "C"/"STATUS_CODE" that is no number
+                    self.garbage_bytes += nl + 1
+                    return Garbage(nl + 1, "malformed reply object")
             try:
                 text = line.decode("ascii")
             except UnicodeDecodeError:
@@ -340,7 +344,10 @@ class HackEEGHostCodec:
                 return decode_record(bytes(d))
             except ValueError:
                 return Garbage(used, "bad sample payload")
-        return _response_from_obj(obj)
+        try:
+            return _response_from_obj(obj)
+        except (ValueError, TypeError):
+            return Garbage(used, "malformed reply object")
 
     def send(self, event: HackEEGCommand) -> bytes:
         """Encode a command in the current mode; mode commands switch :attr:`mode`."""

@@ -7,6 +7,8 @@ decoded again (resynchronisation) where the protocol allows it.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -119,7 +121,9 @@ def _feed(codec, data: bytes, chunk: int) -> list:
     return events
 
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# MEDACQ_FUZZ_EXAMPLES raises the example count for a longer hunt (CI uses the default)
+FUZZ = settings(max_examples=int(os.environ.get("MEDACQ_FUZZ_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("name", sorted(HOST_CODECS))
@@ -167,3 +171,12 @@ def test_host_codecs_resynchronise_after_mutations(name, ops, chunk):
     events = _feed(codec, clean * (3 * SMALL // len(clean) + 2), chunk)
     real = [e for e in events if not isinstance(e, Garbage)]
     assert real, f"{name}: nothing decoded after the mutated stream"
+
+
+def test_hackeeg_reply_with_a_corrupted_status_code_is_garbage_not_a_crash():
+    """Found by the mutation fuzzer: a JSON reply whose "C" is no number."""
+    c = hackeeg.HackEEGHostCodec(mode="jsonlines")
+    c.receive_data(b'{"C":"oA8A","D":5}\n' + _hackeeg())
+    events = _drain(c, 1000)
+    assert isinstance(events[0], Garbage) and events[0].reason == "malformed reply object"
+    assert [type(e) for e in events[1:]] == [hackeeg.HackEEGSample] * 6
