@@ -16,6 +16,10 @@ interface directly in memory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from medacq.protocols._sansio import NEED_DATA, Garbage
 
 __all__ = ["DeviceInterface"]
 
@@ -52,6 +56,25 @@ class DeviceInterface(ABC):
     def truth(self) -> dict:
         """Ground truth the model can report for tests (positions, rates, ...). Default empty."""
         return {}
+
+    # -- helpers for interfaces ----------------------------------------------------------
+    garbage_bytes: int = 0
+
+    def dispatch(self, codec: Any, data: bytes, handle: Callable[[Any], bytes], *,
+                 count_garbage: bool = True) -> bytes:
+        """Feed host bytes to a device-role codec; return ``handle(event)`` of every event, joined.
+
+        With ``count_garbage`` a :class:`Garbage` event is counted in :attr:`garbage_bytes`
+        (and not handed on); otherwise ``handle`` receives it like any other event.
+        """
+        codec.receive_data(data)
+        out = bytearray()
+        while (ev := codec.next_event()) is not NEED_DATA:
+            if count_garbage and isinstance(ev, Garbage):
+                self.garbage_bytes += ev.nbytes
+                continue
+            out += handle(ev)
+        return bytes(out)
 
     # -- fault side door: device error codes ------------------------------------------------
     _injected: tuple[int, str, int | None] = (0, "", None)

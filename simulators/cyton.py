@@ -86,13 +86,7 @@ class CytonInterface(DeviceInterface):
         pass
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out = bytearray()
-        while True:
-            ev = self.codec.next_event()
-            if ev is cy.NEED_DATA:
-                return bytes(out)
-            out += self._handle(ev, t)
+        return self.dispatch(self.codec, data, lambda ev: self._handle(ev, t), count_garbage=False)
 
     def _say(self, text: str) -> bytes:
         return self.codec.send(cy.CytonText(text))

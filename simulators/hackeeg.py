@@ -88,13 +88,7 @@ class HackEEGInterface(DeviceInterface):
         return self.codec.send(he.TextLine("Ready")) if self.banner_on_connect else b""
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out = bytearray()
-        while True:
-            ev = self.codec.next_event()
-            if ev is he.NEED_DATA:
-                return bytes(out)
-            out += self._handle(ev, t)
+        return self.dispatch(self.codec, data, lambda ev: self._handle(ev, t), count_garbage=False)
 
     def _ok(self, text: str = "Ok", data: object = None) -> bytes:
         return self.codec.send(he.HackEEGResponse(200, text, data))

@@ -26,7 +26,6 @@ from typing import Any, Callable
 import numpy as np
 
 from medacq.protocols import openeit as oe
-from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.eit_model import Pattern, opposition_pattern
 from medacq.simulators._interface import DeviceInterface
 from medacq.simulators.eit_phantom import PhantomOptions, ThoraxPhantom, make_phantom
@@ -88,16 +87,7 @@ class OpenEITSimulator(DeviceInterface):
         self._next_t = None
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out = bytearray()
-        while True:
-            ev = self.codec.next_event()
-            if ev is NEED_DATA:
-                return bytes(out)
-            if isinstance(ev, Garbage):
-                self.garbage_bytes += ev.nbytes
-                continue
-            out += self._set_mode(ev.letter, t)
+        return self.dispatch(self.codec, data, lambda ev: self._set_mode(ev.letter, t))
 
     def poll(self, t: float) -> bytes:
         out = bytearray()

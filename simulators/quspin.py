@@ -64,13 +64,8 @@ class QuSpinInterface(DeviceInterface):
         return b""
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out = bytearray(self.poll(t))  # output due before the command takes effect
-        while True:
-            ev = self.codec.next_event()
-            if ev is qs.NEED_DATA:
-                return bytes(out)
-            out += self._handle(ev, t)
+        due = self.poll(t)  # output due before the command takes effect
+        return due + self.dispatch(self.codec, data, lambda ev: self._handle(ev, t), count_garbage=False)
 
     def _msg(self, text: str) -> bytes:
         return self.codec.send(qs.QuSpinMessage(text))

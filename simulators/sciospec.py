@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from medacq.protocols import sciospec as sc
-from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.simulators._interface import DeviceInterface
 from medacq.simulators.eit_phantom import PhantomOptions, ThoraxPhantom, make_phantom
 
@@ -77,16 +76,7 @@ class SciospecSimulator(DeviceInterface):
         self._next_t = None
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out = bytearray()
-        while True:
-            ev = self.codec.next_event()
-            if ev is NEED_DATA:
-                return bytes(out)
-            if isinstance(ev, Garbage):
-                self.garbage_bytes += ev.nbytes
-                continue
-            out += self._handle(ev, t)
+        return self.dispatch(self.codec, data, lambda ev: self._handle(ev, t))
 
     def poll(self, t: float) -> bytes:
         out = bytearray()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import Garbage
 from medacq.protocols.synthetic import SynthDeviceCodec, SynthFrame, SynthReply, check_dtype, check_shape
 
 from ._interface import DeviceInterface
@@ -106,17 +106,12 @@ class SynthInterface(DeviceInterface):
         self._running = False
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        self._codec.receive_data(data)
-        out = []
-        while True:
-            ev = self._codec.next_event()
-            if ev is NEED_DATA:
-                break
+        def handle(ev: Any) -> bytes:
             if isinstance(ev, Garbage):
-                out.append(SynthReply(f"ERR garbage: {ev.reason}"))
-                continue
-            out.append(self._command(ev.verb, ev.argument, t))
-        return b"".join(self._codec.send(r) for r in out)
+                return self._codec.send(SynthReply(f"ERR garbage: {ev.reason}"))
+            return self._codec.send(self._command(ev.verb, ev.argument, t))
+
+        return self.dispatch(self._codec, data, handle, count_garbage=False)
 
     def _command(self, verb: str, arg: str, t: float) -> SynthReply:
         if self._errors_left:
