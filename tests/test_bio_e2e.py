@@ -159,6 +159,37 @@ def test_eeg_packet_loss_is_announced_to_subscribers(endpoints):
     assert len(set(range(idx.min(), idx.max() + 1)) - set(idx.tolist())) == 4
 
 
+def test_eeg_packet_loss_reaches_recon_subscribers_as_a_gap(endpoints):
+    """The filtered stream is computed across the loss; its subscribers are told so (a
+    samples-only gap with the device's lost-sample count), and first_sample skips it."""
+    with SimulatorServer(CytonInterface(seed=3, daisy=False), "pty", paced=True) as sim:
+        cfg = _cfg(endpoints, [{"name": "eeg1", "kind": "cyton", "address": sim.address,
+                                "settings": {"daisy": False}}])
+        stage = ReconStage(cfg).start()
+        try:
+            with Subscriber(cfg.recon.data_endpoint, ["recon/eeg1"]) as sub:
+                sub.wait_connected(1.0)
+                d = AcquisitionDaemon(cfg).start()
+                try:
+                    frames = list(sub.frames(timeout=10, max_frames=5))
+                    sim.call(sim.interface.drop_packets, 4)
+                    frames += list(sub.frames(timeout=10, max_frames=20))
+                finally:
+                    d.shutdown()
+            with ControlClient(cfg.recon.control_endpoint) as c:
+                status = c.request("status")
+        finally:
+            stage.shutdown()
+    filtered = [g for g in sub.gaps if g.topic == "recon/eeg1"]
+    assert [(g.announced, g.count, g.lost_samples) for g in filtered] == [(True, 0, 4)]
+    assert "source eeg1 lost device samples (4 samples)" in filtered[0].reason
+    assert status["streams"]["eeg1"]["gaps_forwarded"] == 1
+    firsts = [h["meta"]["first_sample"] for h, a in frames if h["stream"] == "eeg1"]
+    lens = [a.shape[1] for h, a in frames if h["stream"] == "eeg1"]
+    steps = np.diff(firsts) - np.array(lens[:-1])
+    assert sorted(steps.tolist())[-1] == 4 and np.count_nonzero(steps) == 1
+
+
 def test_default_rig_biosignal_entries_stream_and_reconstruct(endpoints):
     entries = [e for e in DEFAULT_RIG if e.driver_kind in ("cyton", "hackeeg", "quspin")]
     assert {e.name for e in entries} == {"eeg0", "ekg0", "meg0"}

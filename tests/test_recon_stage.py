@@ -97,3 +97,49 @@ def test_stage_survives_malformed_frames(endpoints):
     np.testing.assert_array_equal(outs[2][1], np.full((1, 4), 7, "<f4"))
     assert st["errors"] == 2 and "descriptor says" in st["last_error"]
     assert stage.sub.counters.bad_headers == 1
+
+
+def test_stage_reports_every_source_frame_it_did_not_use(endpoints):
+    """A hole in the source's seq (never announced) and frames the stage drops itself (its
+    queue full) reach recon subscribers as gaps: processed + reported = sent."""
+    cfg = parse_config({**endpoints, "recon": {**endpoints["recon"], "queue_depth": 2}})
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(cfg.daemon.data_endpoint)
+    stage = ReconStage(cfg).start()
+    series = "6f1d4a8e-0d3e-4c1a-9a53-6d1b8e1f0a12"
+    try:
+        with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
+            time.sleep(0.5)
+            d = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=[2, 2], axes=["a", "b"])
+            pub.send_multipart([b"raw/s", encode_header(StreamHeader(
+                stream="s", kind=MessageKind.DESCRIPTOR, series=series, seq=0, t_host_ns=1, t_mono_ns=2,
+                descriptor=d))])
+            time.sleep(0.2)
+            tpl = HeaderTemplate("s", series, "<f4", [2, 2], ["a", "b"], "")
+            one = np.ones((2, 2), "<f4").tobytes()
+            for seq in (0, 1, 5):  # 2..4 never sent, never announced
+                pub.send_multipart([b"raw/s", tpl.frame(seq, 1, 2), one])
+                time.sleep(0.1)
+            for seq in range(6, 2006):  # a burst: a queue of 2 drops some
+                pub.send_multipart([b"raw/s", tpl.frame(seq, 1, 2), one])
+            time.sleep(0.2)
+            pub.send_multipart([b"raw/s", tpl.frame(2006, 1, 2), one])
+            outs: list[int] = []
+            end = time.monotonic() + 20
+            while time.monotonic() < end and (not outs or outs[-1] != 2006):
+                m = rsub.recv(timeout=1.0)
+                if m is not None and m.array is not None:
+                    outs.append(m.header["source"]["seq"])
+            st = stage.status()["streams"]["s"]
+    finally:
+        stage.shutdown()
+        pub.close(0)
+    gaps = [g for g in rsub.gaps if g.topic == "recon/s"]
+    assert all(g.announced and g.count == 0 for g in gaps)  # the recon stream itself lost no frame
+    assert gaps[0].reason == "source s lost frames 2..4: missing seq"
+    full = [g for g in gaps[1:] if g.reason.endswith("reconstruction queue full")]
+    assert len(full) == len(gaps) - 1 and (len(full) > 0) == (st["dropped"] > 0)
+    assert len(outs) + 3 + st["dropped"] == 2007 and outs[-1] == 2006
+    assert st["gaps_forwarded"] == len(gaps)

@@ -36,7 +36,7 @@ from medacq.protocols.control import (
 )
 from medacq.protocols.stream import MessageKind, SourceRef, StreamDescriptor, StreamHeader, encode_header
 
-from ..client import ControlClient, DaemonUnreachable, Message, RequestFailed, Subscriber
+from ..client import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
 from ..config import RigConfig
 from ..control_socket import serve_control
 from .base import Output, Reconstructor
@@ -75,6 +75,14 @@ class _StreamState:
     proc_us: deque = field(default_factory=lambda: deque(maxlen=256))
     latency_us: deque = field(default_factory=lambda: deque(maxlen=256))
     thread: threading.Thread | None = None
+    dropped_run: tuple[int, int] | None = None  # (first seq, count) dropped since the last queued message
+    gaps_forwarded: int = 0
+
+
+def _gap_message(topic: str, stream: str, first_seq: int | None, count: int, reason: str) -> Message:
+    """A ``gap`` message made here, for frames this stage never processed."""
+    return Message(topic, {"stream": stream, "kind": "gap", "seq": first_seq or 0, "gap_frames": count,
+                           "reason": reason, "meta": {}})
 
 
 class ReconStage:
@@ -122,7 +130,7 @@ class ReconStage:
             self.pub.close(0)
             raise
         self.sub = Subscriber(self.config.recon_source, "raw/", errors="skip", context=self.ctx,
-                              curve=self.client_keys)
+                              curve=self.client_keys, on_gap=self._on_source_hole)
         self._rx = threading.Thread(target=self._receive_loop, name="recon-rx", daemon=True)
         self._rx.start()
         self._ctl_thread = threading.Thread(target=self._control_loop, name="recon-ctl", daemon=True)
@@ -158,11 +166,7 @@ class ReconStage:
                 self._descriptor_timers()
                 continue
             stream = msg.header["stream"]
-            st = self.streams.get(stream)
-            if st is None:
-                st = self.streams[stream] = _StreamState(stream)
-                st.thread = threading.Thread(target=self._worker, args=(st,), name=f"recon-{stream}", daemon=True)
-                st.thread.start()
+            st = self._stream_state(stream)
             if msg.kind == "frame":
                 st.frames_in += 1
                 if st.descriptor is None and time.monotonic() - asked.get(stream, 0) > 2.0:
@@ -170,7 +174,13 @@ class ReconStage:
                     threading.Thread(target=self._ask_descriptor, args=(stream,), daemon=True).start()
                 if len(st.queue) >= depth:
                     st.dropped += 1
+                    st.dropped_run = st.dropped_run or (msg.header["seq"], 0)
+                    st.dropped_run = (st.dropped_run[0], st.dropped_run[1] + 1)
                     continue
+            if st.dropped_run is not None:  # frames this stage dropped: a gap, in order
+                first, n = st.dropped_run
+                st.dropped_run = None
+                st.queue.append(_gap_message(msg.topic, stream, first, n, "reconstruction queue full"))
             st.queue.append(msg)
             st.wake.set()
             self._descriptor_timers()
@@ -211,14 +221,49 @@ class ReconStage:
             for name, out in st.outputs.items():
                 self._send_control(st, name, out, MessageKind.SERIES_END, reason="source series ended")
             st.outputs.clear()
-        elif kind == "gap" and st.recon is not None:
-            st.recon.on_gap(h["seq"], int(h.get("gap_frames") or 0))
+        elif kind == "gap":
+            if st.recon is not None:
+                st.recon.on_gap(h["seq"], int(h.get("gap_frames") or 0))
+            self._forward_gap(st, h)
         elif kind == "series_end":
             for name, out in st.outputs.items():
                 self._send_control(st, name, out, MessageKind.SERIES_END, reason=h.get("reason") or "source ended")
             st.outputs.clear()
         elif kind == "frame":
             self._frame(st, h, msg.array)
+
+    def _stream_state(self, stream: str) -> _StreamState:
+        st = self.streams.get(stream)
+        if st is None:
+            st = self.streams[stream] = _StreamState(stream)
+            st.thread = threading.Thread(target=self._worker, args=(st,), name=f"recon-{stream}", daemon=True)
+            st.thread.start()
+        return st
+
+    def _on_source_hole(self, g: GapInfo) -> None:
+        """This stage's subscriber saw a hole in ``seq`` (it fell behind, or the network
+        dropped frames): queue it as a gap ahead of the frame that revealed it."""
+        if not g.announced:  # announced gaps arrive as messages of their own
+            st = self._stream_state(g.stream)
+            st.queue.append(_gap_message(g.topic or f"raw/{g.stream}", g.stream, g.first_seq, g.count, g.reason))
+
+    def _forward_gap(self, st: _StreamState, h: dict[str, Any]) -> None:
+        """A source gap reaches every output of the stream as a samples-only ``gap``
+        (``gap_frames`` 0: no output seq is missing, but what follows was computed across
+        lost input), so recon subscribers see it too; never silently bridged."""
+        n = int(h.get("gap_frames") or 0)
+        lost = (h.get("meta") or {}).get("lost_samples")
+        what = f"frames {h['seq']}..{h['seq'] + n - 1}" if n else "device samples"
+        reason = f"source {st.name} lost {what}" + (f" ({lost} samples)" if lost else "")
+        if h.get("reason"):
+            reason += f": {h['reason']}"
+        meta = {"source_seq": h["seq"], "source_gap_frames": n}
+        if lost is not None:
+            meta["lost_samples"] = lost
+        with self._send_lock:
+            for name, out in st.outputs.items():
+                self._send_control(st, name, out, MessageKind.GAP, gap_frames=0, reason=reason, meta=meta)
+        st.gaps_forwarded += 1
 
     def _ensure_recon(self, st: _StreamState) -> Reconstructor | None:
         if st.descriptor is None:
@@ -359,7 +404,7 @@ class ReconStage:
             out[name] = {
                 "reconstructor": type(st.recon).__name__ if st.recon else None,
                 "frames_in": st.frames_in, "frames_done": st.frames_done, "outputs": st.outputs_sent,
-                "dropped": st.dropped, "errors": st.errors, "last_error": st.last_error, "queue_depth": len(st.queue),
+                "dropped": st.dropped, "gaps_forwarded": st.gaps_forwarded, "errors": st.errors, "last_error": st.last_error, "queue_depth": len(st.queue),
                 "proc_us_p50": float(np.percentile(p, 50)) if p.size else None,
                 "proc_us_p99": float(np.percentile(p, 99)) if p.size else None,
                 "latency_us_p50": float(np.percentile(lat, 50)) if lat.size else None,
