@@ -15,6 +15,12 @@ OpenViBE see the stream with no medacq code on their side:
 Timestamps: the chunk's last sample gets ``t_mono_ns / 1e9 + (n − 1) / fs`` (the fitted
 device clock, on CLOCK_MONOTONIC, which is also LSL's ``local_clock`` on Linux). medacq gap
 messages have no LSL equivalent (LSL carries no sequence numbers): they are counted.
+
+Only biosignal modalities are bridged (``eeg``, ``ekg``, ``meg``, ``emg`` by default): images
+and RF have no place in LSL and are counted as ``skipped_modality``. A descriptor whose
+layout changes (channel count, rate, labels, units: the device was reconfigured) replaces the
+stream's outlet; a frame that does not fit its outlet is counted (``skipped_bad_frame``) and
+the bridge keeps running.
 """
 
 from __future__ import annotations
@@ -25,23 +31,42 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_lsl_bridge", "LslBridge"]
+__all__ = ["run_lsl_bridge", "LslBridge", "BIOSIGNAL_MODALITIES"]
+
+#: Modalities republished by default.
+BIOSIGNAL_MODALITIES = ("eeg", "ekg", "meg", "emg")
 
 
 class LslBridge:
     """The bridge's state: one outlet per stream. Use :func:`run_lsl_bridge`."""
 
-    def __init__(self, endpoints: str | list[str], topics: str | list[str]) -> None:
+    def __init__(self, endpoints: str | list[str], topics: str | list[str],
+                 modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES) -> None:
         import pylsl  # noqa: F401 - fail early with ImportError when LSL is absent
 
         from medacq.client import Subscriber
 
         self.sub = Subscriber(endpoints, topics, errors="skip")
+        self.modalities = tuple(m.lower() for m in modalities)
         self.outlets: dict[str, Any] = {}
         self._shape: dict[str, tuple[int, float, bool]] = {}
+        self._layout: dict[str, tuple[Any, ...]] = {}
+        self._ignored: set[str] = set()
         self.samples: dict[str, int] = {}
         self.gaps: dict[str, int] = {}
+        self.outlets_replaced = 0
         self.skipped_no_descriptor = 0
+        self.skipped_modality = 0
+        self.skipped_bad_frame = 0
+        self.last_error: str | None = None
+
+    @staticmethod
+    def _layout_of(desc: dict[str, Any]) -> tuple[Any, ...]:
+        """What an outlet's StreamInfo is made of; a change needs a new outlet."""
+        meta = desc.get("meta") or {}
+        names = desc.get("channel_names") or meta.get("channel_names")
+        return (desc.get("stream"), desc.get("modality"), tuple(desc.get("shape") or ()), tuple(desc.get("axes") or ()),
+                desc.get("sample_rate_hz") or meta.get("sample_rate_hz"), tuple(names or ()), desc.get("units"))
 
     def _outlet(self, topic: str, desc: dict[str, Any]) -> Any:
         import pylsl
@@ -80,27 +105,47 @@ class LslBridge:
         if m.kind == "gap":
             self.gaps[topic] = self.gaps.get(topic, 0) + 1
             return
-        if m.kind == "descriptor" and topic not in self.outlets:
+        if m.kind == "descriptor":
             d = m.header.get("descriptor")
             if d:
-                self.outlets[topic] = self._outlet(topic, d)
+                self._descriptor(topic, d)
             return
         if m.array is None:
             return
         out = self.outlets.get(topic)
         if out is None:
-            self.skipped_no_descriptor += 1
+            if topic in self._ignored:
+                self.skipped_modality += 1
+            else:
+                self.skipped_no_descriptor += 1
             return
         nch, rate, sampled = self._shape[topic]
         t0 = m.header["t_mono_ns"] / 1e9
-        if sampled:
+        if sampled and m.array.ndim == 2 and m.array.shape[0] == nch:
             x = np.ascontiguousarray(m.array.T, dtype=np.float32)  # (samples, channels)
             n = x.shape[0]
             out.push_chunk(x, t0 + (n - 1) / rate if rate else t0)
-        else:
+        elif not sampled and m.array.size == nch:
             n = 1
             out.push_sample(np.asarray(m.array, dtype=np.float32).ravel().tolist(), t0)
+        else:
+            self.skipped_bad_frame += 1
+            self.last_error = f"{topic}: frame {list(m.array.shape)} does not fit the outlet ({nch} channels)"
+            return
         self.samples[topic] = self.samples.get(topic, 0) + n
+
+    def _descriptor(self, topic: str, d: dict[str, Any]) -> None:
+        if str(d.get("modality", "")).lower() not in self.modalities:
+            self._ignored.add(topic)
+            return
+        layout = self._layout_of(d)
+        if self._layout.get(topic) == layout:
+            return
+        if topic in self.outlets:  # reconfigured: LSL consumers see a new stream (same source_id)
+            self.outlets_replaced += 1
+            del self.outlets[topic]
+        self._layout[topic] = layout
+        self.outlets[topic] = self._outlet(topic, d)
 
     def close(self) -> None:
         self.sub.close()
@@ -108,16 +153,20 @@ class LslBridge:
 
 
 def run_lsl_bridge(endpoints: str | list[str], topics: str | list[str] = ("raw/", "recon/"),
-                   duration_s: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+                   duration_s: float | None = None, stop: threading.Event | None = None,
+                   modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES) -> dict[str, Any]:
     """Bridge ``topics`` from ``endpoints`` to LSL until ``duration_s`` elapses (``None``:
-    forever) or ``stop`` is set. Returns ``{"samples": {topic: n}, "gaps": {...}, "outlets": [...]}``."""
-    b = LslBridge(endpoints, list(topics) if not isinstance(topics, str) else topics)
+    forever) or ``stop`` is set. Returns ``{"samples": {topic: n}, "gaps": {...}, "outlets": [...],
+    ...counters}``."""
+    b = LslBridge(endpoints, list(topics) if not isinstance(topics, str) else topics, modalities)
     end = None if duration_s is None else time.monotonic() + duration_s
     try:
         while (end is None or time.monotonic() < end) and not (stop is not None and stop.is_set()):
             b.step(0.1)
     finally:
         result = {"samples": dict(b.samples), "gaps": dict(b.gaps), "outlets": sorted(b.outlets),
-                  "skipped_no_descriptor": b.skipped_no_descriptor}
+                  "outlets_replaced": b.outlets_replaced, "skipped_no_descriptor": b.skipped_no_descriptor,
+                  "skipped_modality": b.skipped_modality, "skipped_bad_frame": b.skipped_bad_frame,
+                  "last_error": b.last_error}
         b.close()
     return result

@@ -55,3 +55,54 @@ def test_lsl_outlet_carries_labels_units_rate_and_values(endpoints):
     n = min(100, k + 1)
     np.testing.assert_array_equal(lsl[-n:], med[k - n + 1:k + 1])
     assert result["outlets"] == ["raw/eeg0"] and result["samples"]["raw/eeg0"] >= 250
+
+
+def test_lsl_bridge_bridges_biosignals_only_and_survives_reconfiguration(endpoints):
+    """A non-biosignal stream gets no outlet; a descriptor that changes the channel count
+    replaces the outlet; a frame that fits no outlet is counted, not fatal."""
+    import time
+
+    import zmq
+
+    from medacq.daemon.lsl_bridge import LslBridge
+    from medacq.protocols.stream import HeaderTemplate, MessageKind, StreamDescriptor, StreamHeader, encode_header
+
+    ep = parse_config({**endpoints}).daemon.data_endpoint
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(ep)
+    series = "3c1d4a8e-0d3e-4c1a-9a53-6d1b8e1f0a13"
+
+    def desc(stream, modality, nch, rate=250.0):
+        d = StreamDescriptor(stream=stream, modality=modality, dtype="<f4", shape=[nch, -1],
+                             axes=["channel", "sample"], units="µV", sample_rate_hz=rate,
+                             channel_names=[f"C{i}" for i in range(nch)])
+        return encode_header(StreamHeader(stream=stream, kind=MessageKind.DESCRIPTOR, series=series, seq=0,
+                                          t_host_ns=1, t_mono_ns=2, descriptor=d))
+
+    def frame(stream, seq, nch, n=10):
+        tpl = HeaderTemplate(stream, series, "<f4", [nch, n], ["channel", "sample"], "µV")
+        return [f"raw/{stream}".encode(), tpl.frame(seq, time.time_ns(), time.monotonic_ns()),
+                np.full((nch, n), seq, "<f4").tobytes()]
+
+    bridge = LslBridge(ep, "raw/")
+    try:
+        time.sleep(0.5)
+        msgs = [[b"raw/eeg9", desc("eeg9", "eeg", 2)], frame("eeg9", 0, 2),
+                [b"raw/us9", desc("us9", "ultrasound", 4)], frame("us9", 0, 4),
+                frame("eeg9", 1, 3),                                  # does not fit: counted
+                [b"raw/eeg9", desc("eeg9", "eeg", 3)], frame("eeg9", 2, 3),
+                [b"raw/eeg9", desc("eeg9", "eeg", 3)]]                # unchanged: same outlet
+        for m in msgs:
+            pub.send_multipart(m)
+        for _ in range(len(msgs)):
+            bridge.step(2.0)
+        info = bridge.outlets["raw/eeg9"].get_info()
+        assert sorted(bridge.outlets) == ["raw/eeg9"] and info.channel_count() == 3
+        assert info.desc().child("channels").child("channel").next_sibling().next_sibling().child_value(
+            "label") == "C2"
+        assert bridge.outlets_replaced == 1 and bridge.skipped_modality == 1
+        assert bridge.skipped_bad_frame == 1 and "does not fit" in bridge.last_error
+        assert bridge.samples == {"raw/eeg9": 20}
+    finally:
+        bridge.close()
+        pub.close(0)
