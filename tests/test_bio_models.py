@@ -120,3 +120,55 @@ def test_meg_cardiac_artefact_visible_in_average() -> None:
     idx = (bt * 200).round().astype(int)
     avg = np.mean([x[k - 20 : k + 20] for k in idx], axis=0)
     assert avg[20] - np.median(avg) > 1.0  # R-locked bump of order pT
+
+
+def _loglog_slope(f: np.ndarray, p: np.ndarray, keep: np.ndarray) -> float:
+    return float(np.polyfit(np.log10(f[keep]), np.log10(p[keep]), 1)[0])
+
+
+def test_eeg_background_is_one_over_f() -> None:
+    m = EEGModel(seed=6, blink_rate_hz=0.0)
+    x = m.generate(250 * 120)
+    f, p = welch(x[EEG_LABELS_16.index("C3")], fs=250, nperseg=1000)
+    keep = (f >= 1) & (f <= 40) & ((f < 6) | (f > 15))  # away from alpha (and far from mains)
+    assert -1.4 < _loglog_slope(f, p, keep) < -0.6
+
+
+def test_ekg_baseline_wander_at_the_breathing_rate() -> None:
+    """Same seed with and without wander: the difference is a breathing-rate sinusoid in
+    every lead (tens of µV in most: each electrode wanders with its own gain and phase), and
+    nothing else."""
+    kw = dict(seed=3, heart_rate_bpm=70.0, resp_hz=0.25, noise_uv=0.0)
+    with_w = EKGModel(wander_uv=80.0, **kw).generate(500 * 60)  # I, II, V1-V6
+    without = EKGModel(wander_uv=0.0, **kw).generate(500 * 60)
+    t = np.arange(with_w.shape[1]) / 500.0
+    basis = np.stack([np.sin(2 * np.pi * 0.25 * t), np.cos(2 * np.pi * 0.25 * t)], axis=1)
+    amp = []
+    for d in with_w - without:
+        coef, *_ = np.linalg.lstsq(basis, d, rcond=None)
+        np.testing.assert_allclose(basis @ coef, d, atol=1e-6)
+        amp.append(np.hypot(*coef))
+    assert np.median(amp) > 20.0 and min(amp) > 1.0  # µV
+
+
+def test_meg_noise_is_one_over_f_and_drift_wanders() -> None:
+    quiet = dict(background_pt=0.0, cardiac_pt=0.0, alpha_pt=0.0)
+    x = MEGModel(seed=7, drift_pt_per_s=0.0, noise_pt=1.0, **quiet).generate(200 * 300)
+    f, p = welch(x, fs=200, nperseg=2000)
+    assert -1.4 < _loglog_slope(f, p, (f >= 0.5) & (f <= 50)) < -0.6
+    fs, minutes = 200, 10
+    drifting = MEGModel(seed=7, drift_pt_per_s=0.5, **quiet).generate(fs * 60 * minutes)
+    still = MEGModel(seed=7, drift_pt_per_s=0.0, **quiet).generate(fs * 60 * minutes)
+    block = lambda v: v.reshape(-1, fs * 10).mean(axis=1)  # noqa: E731 - 10 s means
+    assert block(drifting).std() > 10 * block(still).std()
+    assert 1.0 < np.abs(block(drifting) - block(drifting)[0]).max() < 100.0  # pT over 10 min
+
+
+def test_meg_calibration_scales_the_measured_field() -> None:
+    kw = dict(seed=9, background_pt=0.0, drift_pt_per_s=0.0)
+    raw = MEGModel(**kw)
+    cal = MEGModel(**kw)
+    cal.calibrate()
+    a, b = raw.generate(2000), cal.generate(2000)
+    assert abs(raw.gain_error - 1.0) > 0.005
+    np.testing.assert_allclose(a, raw.gain_error * b, rtol=1e-9, atol=1e-9)
