@@ -23,7 +23,16 @@ __all__ = ["DeviceClock", "CounterUnwrapper"]
 class CounterUnwrapper:
     """Unwrap a ``bits``-bit wrapping counter (e.g. Cyton's 8-bit packet counter) into a
     monotonically increasing index. A jump forward of ``d`` (mod 2^bits) is ``d`` samples;
-    the caller sees gaps as index jumps (``gap`` holds the last number of missing samples)."""
+    the caller sees gaps as index jumps (``gap`` holds the last number of missing samples).
+
+    A counter alone cannot tell ``d`` lost packets from ``d`` + whole wraps of them (an
+    8-bit counter at 250 Hz wraps every 1.024 s of dropout), nor a repeated packet from a
+    full wrap. Pass ``elapsed_counts`` -- the counter steps the arrival clock says have
+    passed since the previous call (``Δt × rate × step``) -- and the number of wraps is the
+    one that best explains it, and a repeat that arrives within half a wrap is reported as a
+    duplicate (``duplicate`` True, index unchanged, not a gap). Without it a repeat counts as
+    one full wrap.
+    """
 
     def __init__(self, bits: int = 8, step: int = 1) -> None:
         self.mod = 1 << bits
@@ -31,12 +40,21 @@ class CounterUnwrapper:
         self.index: int | None = None
         self._last: int | None = None
         self.gap = 0
+        self.duplicate = False
+        self.duplicates = 0
 
-    def __call__(self, counter: int) -> int:
+    def __call__(self, counter: int, elapsed_counts: float | None = None) -> int:
+        self.duplicate = False
         if self._last is None or self.index is None:
             self._last, self.index, self.gap = counter, 0, 0
             return 0
         d = (counter - self._last) % self.mod
+        if elapsed_counts is not None:
+            if d == 0 and elapsed_counts < self.mod / 2:
+                self.duplicate, self.gap = True, 0
+                self.duplicates += 1
+                return self.index
+            d += self.mod * max(0, int(round((elapsed_counts - d) / self.mod)))
         if d == 0:
             d = self.mod  # a full wrap of lost packets is indistinguishable; assume one wrap
         self.gap = d // self.step - 1

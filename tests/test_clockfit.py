@@ -65,3 +65,21 @@ def test_counter_unwrapper_reports_gaps() -> None:
     out = [u(c) for c in seq]
     assert out == [0, 1, 2, 5, 6, 7, 11]
     assert u.gap == 3
+
+
+def test_counter_unwrapper_uses_arrival_time_for_wraps_and_repeats() -> None:
+    u = CounterUnwrapper(bits=8)
+    assert u(10) == 0
+    assert u(11, elapsed_counts=1.2) == 1 and u.gap == 0
+    # 600 packets lost (2 wraps + 88): the counter says 89 steps, the clock says ~601
+    assert u((11 + 601) % 256, elapsed_counts=598.0) == 602 and u.gap == 600
+    # the same packet again, 3 ms later: a duplicate, not 255 lost packets
+    last = (11 + 601) % 256
+    assert u(last, elapsed_counts=0.8) == 602 and u.duplicate and u.gap == 0 and u.duplicates == 1
+    assert u((last + 1) % 256, elapsed_counts=1.0) == 603 and not u.duplicate
+    # a repeat after a whole wrap of silence is a wrap
+    assert u((last + 1) % 256, elapsed_counts=255.0) == 603 + 256 and u.gap == 255
+    # without a clock, the old rule: a repeat is one full wrap
+    v = CounterUnwrapper(bits=8)
+    v(5)
+    assert v(5) == 256 and v.gap == 255
