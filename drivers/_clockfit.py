@@ -27,11 +27,12 @@ class CounterUnwrapper:
 
     A counter alone cannot tell ``d`` lost packets from ``d`` + whole wraps of them (an
     8-bit counter at 250 Hz wraps every 1.024 s of dropout), nor a repeated packet from a
-    full wrap. Pass ``elapsed_counts`` -- the counter steps the arrival clock says have
-    passed since the previous call (``Δt × rate × step``) -- and the number of wraps is the
-    one that best explains it, and a repeat that arrives within half a wrap is reported as a
-    duplicate (``duplicate`` True, index unchanged, not a gap). Without it a repeat counts as
-    one full wrap.
+    full wrap. Pass ``elapsed_counts`` -- the counter steps a *device* clock says have passed
+    since the previous call (``Δt × rate``; e.g. the Cyton's board milliseconds) -- and the
+    number of wraps is the one that best explains it, and a repeat within half a wrap is a
+    duplicate (``duplicate`` True, index unchanged, not a gap). Host arrival times will not
+    do: a host stall delivers buffered packets late with consecutive counters. Without it a
+    repeat counts as one full wrap.
     """
 
     def __init__(self, bits: int = 8, step: int = 1) -> None:

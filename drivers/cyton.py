@@ -2,15 +2,22 @@
 125 Hz) EEG boards over the USB dongle's serial port (115200 8N1), a pty or ``socket://``.
 
 Open: ``s`` (stop a stream left running), ``v`` (soft reset; the banner tells whether a
-Daisy is fitted), ``c``/``C`` to match ``settings.daisy``, ``d`` (defaults), then one
+Daisy is fitted), on firmware v3 ``~~`` and, if an earlier session left the ADS at another
+rate, ``~6`` (250 SPS: the firmware would force it at ``b`` anyway and wipe the channel
+settings doing so), ``c``/``C`` to match ``settings.daisy``, ``d`` (defaults), then one
 ``x CH PWR GAIN INPUT BIAS SRB2 SRB1 X`` per channel; a ``Failure`` reply is a
 :class:`~medacq.drivers._base.DeviceError`. ``b``/``s`` start and stop the stream.
 
+Rate: over the dongle the firmware streams at 250 Hz only (125 Hz per 16-channel sample
+with a Daisy); ``settings.sample_rate_hz`` accepts that rate and refuses any other.
+
 Frames: ``(channel, sample)`` float32 µV (counts × 4.5 V / gain / (2^23 − 1)),
 ``frame_samples`` samples each. The accelerometer (g, X/Y/Z) is *frame metadata*
-(``meta.accel_g``: the last reading in the frame; the board updates it every 10th packet)
-so the data array stays pure EEG. Packet-counter jumps are reported as gaps with
-``lost_samples``; with a Daisy, a sample whose main or Daisy half is missing is lost.
+(``meta.accel_g``: the latest value of each axis when the frame was cut) so the data array
+stays pure EEG. Standard packets (``0xC0``) bring all three axes every 10th packet;
+time-stamped packets (``0xC3``/``0xC4``, after ``<``) one axis each, on counters ending in
+7, 8, 9 (X, Y, Z). Packet-counter jumps are reported as gaps with ``lost_samples``; with a
+Daisy, a sample whose main or Daisy half is missing is lost.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medacq.protocols import cyton as cy
 from medacq.protocols._sansio import NEED_DATA, Garbage
@@ -30,7 +37,7 @@ from ._clockfit import CounterUnwrapper
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
 
-__all__ = ["CytonDriver", "CytonSettings", "CYTON_LABELS_16"]
+__all__ = ["CytonDriver", "CytonSettings", "CYTON_LABELS_16", "dongle_rate_hz"]
 
 #: Default 10–20 labels of the 16 channels (OpenBCI's suggested montage).
 CYTON_LABELS_16 = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2",
@@ -49,6 +56,9 @@ class CytonSettings(BaseModel):
         channels_off: 1-based channels to power down (their data read 0 µV).
         input_type: ADS1299 input mux code for all channels (0 normal, 1 shorted, ... 7).
         bias, srb2, srb1: include in bias / connect SRB2 / SRB1 (0 or 1).
+        sample_rate_hz: the rate to stream at, in samples per second per channel. Over the
+            USB dongle the firmware delivers exactly one: 250 Hz (8 channels) or 125 Hz (with
+            a Daisy); ``None`` (default) means that rate, any other value is refused.
         frame_samples: samples per frame (default ≈ 25 frames/s: 10 at 250 Hz, 5 at 125 Hz).
         labels: channel names (default 10–20 montage).
         mains_hz: local mains frequency (descriptor hint for the notch filter).
@@ -65,6 +75,7 @@ class CytonSettings(BaseModel):
     bias: int = Field(default=1, ge=0, le=1)
     srb2: int = Field(default=1, ge=0, le=1)
     srb1: int = Field(default=0, ge=0, le=1)
+    sample_rate_hz: float | None = Field(default=None, gt=0)
     frame_samples: int | None = Field(default=None, ge=1, le=1000)
     labels: list[str] | None = None
     mains_hz: float = Field(default=50.0, ge=0)
@@ -95,6 +106,26 @@ class CytonSettings(BaseModel):
             raise ValueError("channels_off entries must be 1..16")
         return v
 
+    @model_validator(mode="after")
+    def _rate(self) -> "CytonSettings":
+        v = self.sample_rate_hz
+        rate = dongle_rate_hz(self.daisy)
+        if v is not None and v != rate:
+            daisy = (" with a Daisy each 16-channel sample takes two 250 Hz packets, so the rate is "
+                     "125 Hz;" if self.daisy else "")
+            raise ValueError(
+                f"sample_rate_hz={v:g} cannot be delivered over the Cyton's USB dongle: the firmware "
+                f"(v3 processChar 'b') sets the ADS1299 back to 250 SPS whenever streaming starts "
+                f"without the WiFi shield, because the RFduino radio cannot carry more;{daisy} "
+                f"use sample_rate_hz={rate} (or leave it unset). Rates up to 16 kHz (~0..~5) need "
+                f"the WiFi shield, which this driver does not support.")
+        return self
+
+
+def dongle_rate_hz(daisy: bool) -> int:
+    """Samples per second per channel that stream over the dongle (250, or 125 with a Daisy)."""
+    return cy.DONGLE_SAMPLE_RATE_HZ // (2 if daisy else 1)
+
 
 class CytonDriver(Driver):
     """OpenBCI Cyton / Cyton + Daisy."""
@@ -116,6 +147,9 @@ class CytonDriver(Driver):
         self._unwrap = CounterUnwrapper(8, 1)
         self._pairer = cy.DaisyPairer()
         self._accel: list[float] | None = None
+        self._accel_counts: list[int | None] = [None, None, None]
+        self._board_rate_hz: int | None = None
+        self._last_board_ms: int | None = None
         self._streaming = False
 
     # -- properties ------------------------------------------------------------------
@@ -125,7 +159,7 @@ class CytonDriver(Driver):
 
     @property
     def sample_rate_hz(self) -> float:
-        return 125.0 if self._daisy else 250.0
+        return float(dongle_rate_hz(self._daisy))
 
     @property
     def frame_samples(self) -> int:
@@ -179,6 +213,7 @@ class CytonDriver(Driver):
         for line in self._banner.splitlines():
             if line.startswith("Firmware:"):
                 self._firmware = line.split(":", 1)[1].strip()
+        self._ensure_dongle_rate()
         has_daisy = "Daisy" in self._banner
         if s.daisy and not has_daisy:
             r = self._command(cy.DaisyMode(True))
@@ -202,6 +237,24 @@ class CytonDriver(Driver):
             self._gains[ch - 1] = gains[ch - 1]
         self.labels()  # validate
 
+    def _ensure_dongle_rate(self) -> None:
+        """Firmware v3 keeps a ``~n`` rate across ``v``; ``b`` would then reset the ADS to
+        250 SPS and wipe the channel settings made below. Put it back to 250 SPS first."""
+        if not self._firmware.startswith("v") or not self._firmware[1:2].isdigit() or int(self._firmware[1]) < 3:
+            self._board_rate_hz = cy.DONGLE_SAMPLE_RATE_HZ  # v1/v2 firmware: fixed 250 SPS, no '~'
+            return
+        r = self._command(cy.QuerySampleRate())
+        rate = cy.parse_sample_rate_reply(r)
+        if rate is None:
+            raise DeviceError(f"{self.name}: unexpected reply to '~~': {r!r}")
+        if rate != cy.DONGLE_SAMPLE_RATE_HZ:
+            r = self._command(cy.SetSampleRate(cy.DONGLE_SAMPLE_RATE_CODE))
+            rate = cy.parse_sample_rate_reply(r)
+            if rate != cy.DONGLE_SAMPLE_RATE_HZ:
+                raise DeviceError(f"{self.name}: could not set the Cyton to 250 SPS: {r!r}")
+            self.count("rate_reset")
+        self._board_rate_hz = rate
+
     def close(self) -> None:
         if self._link is not None:
             try:
@@ -217,6 +270,8 @@ class CytonDriver(Driver):
         self._unwrap = CounterUnwrapper(8, 2 if self._daisy else 1)
         self._pairer = cy.DaisyPairer()
         self._accel = None
+        self._accel_counts = [None, None, None]
+        self._last_board_ms = None
         self._write(self._codec.send(cy.StartStreaming()))
         self._streaming = True
 
@@ -239,9 +294,34 @@ class CytonDriver(Driver):
             frame_rate_hz=self.sample_rate_hz / self.frame_samples,
             meta={"gains": [int(g) for g in self._gains[:n]], "channels_off": list(s.channels_off),
                   "frame_samples": self.frame_samples, "mains_hz": s.mains_hz, "firmware": self._firmware,
-                  "accel": "frame meta accel_g = [x, y, z] in g (last reading in the frame)",
+                  "board_sample_rate_hz": self._board_rate_hz,
+                  "accel": "frame meta accel_g = [x, y, z] in g (latest reading of each axis)",
                   "t_device": "device sample index (unwrapped packet counter) of the first sample"},
         )
+
+    def _unwrap_counter(self, counter: int, timestamp_ms: int | None) -> int | None:
+        """Device sample index of a packet (``None``: a repeated packet, dropped and counted).
+        Time-stamped packets carry the board's clock, which tells a dropout of whole counter
+        wraps (> 1.02 s at 250 packets/s) from a short one and a repeat from a wrap; arrival
+        times cannot (a host stall delivers buffered packets late with consecutive counters)."""
+        elapsed = None
+        if timestamp_ms is not None:
+            if self._last_board_ms is not None:
+                elapsed = ((timestamp_ms - self._last_board_ms) % (1 << 32)) * cy.DONGLE_SAMPLE_RATE_HZ / 1000.0
+            self._last_board_ms = timestamp_ms
+        i = self._unwrap(counter, elapsed)
+        if self._unwrap.duplicate:
+            self.count("duplicate_packets")
+            return None
+        return i
+
+    def _take_accel(self, readings: tuple[cy.AccelAxisReading, ...]) -> None:
+        """One path for every packet type: 0xC0 brings X, Y, Z at once, 0xC3/0xC4 one axis."""
+        ac = self._accel_counts
+        for r in readings:
+            ac[r.axis] = r.counts
+        if ac[0] is not None and ac[1] is not None and ac[2] is not None:
+            self._accel = [float(a) * cy.ACCEL_SCALE_G for a in ac]  # type: ignore[arg-type]
 
     def _frame_meta(self, first: int, n: int) -> dict[str, Any] | None:
         return {"accel_g": self._accel} if self._accel is not None else None
@@ -258,7 +338,7 @@ class CytonDriver(Driver):
         idx: list[int] = []
         cols: list[tuple[int, ...]] = []
         daisy = self._daisy
-        codec, pairer, unwrap = self._codec, self._pairer, self._unwrap
+        codec, pairer = self._codec, self._pairer
         while True:
             ev = codec.next_event()
             if ev is NEED_DATA:
@@ -267,17 +347,24 @@ class CytonDriver(Driver):
                 if daisy:
                     for p in pairer.push(ev):
                         if type(p) is cy.DaisySample:
-                            idx.append(unwrap(p.counter))
+                            i = self._unwrap_counter(p.counter, p.timestamp_ms)
+                            if i is None:
+                                continue
+                            idx.append(i)
                             cols.append(p.channels)
-                            if p.accel is not None and any(p.accel):
-                                self._accel = [float(a) * cy.ACCEL_SCALE_G for a in p.accel]
+                            if p.accel_readings:
+                                self._take_accel(p.accel_readings)
                         else:
                             self.count("daisy_half_lost")
                 else:
-                    idx.append(unwrap(ev.counter))
+                    i = self._unwrap_counter(ev.counter, ev.timestamp_ms)
+                    if i is None:
+                        continue
+                    idx.append(i)
                     cols.append(ev.channels)
-                    if ev.accel is not None and any(ev.accel):
-                        self._accel = [float(a) * cy.ACCEL_SCALE_G for a in ev.accel]
+                    readings = ev.accel_readings
+                    if readings:
+                        self._take_accel(readings)
             elif isinstance(ev, Garbage):
                 self.count("garbage_bytes", ev.nbytes)
             elif isinstance(ev, cy.CytonText):

@@ -6,10 +6,15 @@ v3.1.2 ``processChar``, BrainFlow ``src/board_controller/openbci/cyton*.cpp``):
 * 115200 8N1. Device → host is a mix of ``$$$``-terminated ASCII replies (when idle) and
   33-byte binary packets (when streaming): ``0xA0``, counter (0–255), 8 × int24 big-endian
   channel counts, 6 aux bytes, stop byte ``0xC0``–``0xC6``.
-* Stop byte ``0xC0``: aux = accelerometer X, Y, Z as int16 big-endian.
-  ``0xC1`` raw aux, ``0xC2`` user defined. ``0xC3``–``0xC6`` time-stamped variants: aux
-  bytes 26–27 (0-based in the packet) carry 2 bytes of aux, bytes 28–31 a uint32
-  big-endian board time in ms.
+* Stop byte ``0xC0``: aux = accelerometer X, Y, Z as int16 big-endian (all zero on the
+  packets without a new LIS3DH reading: the firmware zeroes them after every ``0xC0``).
+  ``0xC1`` raw aux, ``0xC2`` user defined. ``0xC3``–``0xC6`` time-stamped variants (after
+  ``<``): bytes 26–27 (0-based in the packet) carry 2 bytes of aux, bytes 28–31 a uint32
+  big-endian board time in ms. The first packet after ``<`` has ``0xC3`` ("time set",
+  accelerometer on) / ``0xC5`` (raw aux); every later one ``0xC4`` / ``0xC6`` ("synced").
+* In ``0xC3``/``0xC4`` packets bytes 26–27 carry ONE accelerometer axis chosen by the
+  packet counter: ``counter % 10`` = 7 → X, 8 → Y, 9 → Z, else ``0x0000``
+  (:func:`timestamp_accel_axis`, :attr:`CytonSample.accel_axis`).
 * Host → device: single ASCII characters, plus the multi-character commands
   ``x CH PWR GAIN INPUT BIAS SRB2 SRB1 X``, ``z CH P N Z``, ``~n``, ``/n`` and a ``\\``` marker.
 
@@ -28,6 +33,7 @@ and even (Daisy) counters into 16-channel samples at half the packet rate (pairs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Final, Union
 
 import numpy as np
@@ -41,8 +47,16 @@ __all__ = [
     "EOT",
     "GAIN_CODES",
     "SAMPLE_RATE_CODES",
+    "DONGLE_SAMPLE_RATE_HZ",
+    "DONGLE_SAMPLE_RATE_CODE",
+    "parse_sample_rate_reply",
     "BOARD_MODES",
     "DAISY_CHANNEL_CHARS",
+    "TIMESTAMP_STOP_BYTES",
+    "TIMESTAMP_ACCEL_STOP_BYTES",
+    "AccelAxis",
+    "AccelAxisReading",
+    "timestamp_accel_axis",
     "CytonSample",
     "CytonText",
     "SoftReset",
@@ -89,8 +103,16 @@ STOP_BYTES: Final = frozenset(range(0xC0, 0xC7))
 EOT: Final = b"$$$"
 #: GAIN digit of the ``x`` command → PGA gain.
 GAIN_CODES: Final = {0: 1, 1: 2, 2: 4, 3: 6, 4: 8, 5: 12, 6: 24}
-#: ``~n`` digit → sample rate in Hz (the dongle only carries 250 Hz).
+#: ``~n`` digit → ADS1299 sample rate in Hz.
 SAMPLE_RATE_CODES: Final = {0: 16000, 1: 8000, 2: 4000, 3: 2000, 4: 1000, 5: 500, 6: 250}
+#: The only rate that streams over the USB dongle. Firmware v3 (OpenBCI/OpenBCI_Cyton_Library,
+#: OpenBCI_32bit_Library.cpp, ``processChar`` case ``OPENBCI_STREAM_START``): a ``b`` that
+#: does not come from the WiFi shield sets the ADS1299 back to 250 SPS (``~6``, which also
+#: re-initialises the ADS: channel settings return to defaults) before streaming, "to not
+#: break the RFduino system that can't handle above 250SPS". With a Daisy, pairs of packets
+#: make one 16-channel sample: 125 Hz.
+DONGLE_SAMPLE_RATE_HZ: Final = 250
+DONGLE_SAMPLE_RATE_CODE: Final = 6
 #: ``/n`` digit → board mode name.
 BOARD_MODES: Final = {0: "default", 1: "debug", 2: "analog", 3: "digital", 4: "marker"}
 #: Channel characters of the ``x``/``z`` commands for channels 9–16 (Daisy).
@@ -100,6 +122,41 @@ _ON_CHARS: Final = "!@#$%^&*QWERTYUI"
 _TEST_CHARS: Final = "0-=p[]"
 ACCEL_SCALE_G: Final = 0.002 / 16.0
 _TEXT_MAX: Final = 8192
+#: Stop bytes of time-stamped packets (uint32 board ms in bytes 28–31).
+TIMESTAMP_STOP_BYTES: Final = frozenset(range(0xC3, 0xC7))
+#: Time-stamped packets whose bytes 26–27 carry one accelerometer axis: ``0xC3`` = first
+#: packet after ``<`` ("time set"), ``0xC4`` = every later one ("time synced").
+TIMESTAMP_ACCEL_STOP_BYTES: Final = frozenset({0xC3, 0xC4})
+
+
+class AccelAxis(IntEnum):
+    """LIS3DH axis; the value is the index into an ``(x, y, z)`` triple."""
+
+    X = 0
+    Y = 1
+    Z = 2
+
+
+# Firmware v3 (OpenBCI/OpenBCI_Cyton_Library, OpenBCI_32bit_Library.cpp,
+# ``sendTimeWithAccelSerial``; axis constants ``ACCEL_AXIS_X/Y/Z`` = 7/8/9 in
+# OpenBCI_32bit_Library_Definitions.h): in a 0xC3/0xC4 packet the 2 aux bytes are axis
+# ``sampleCounter % 10`` (7 → X, 8 → Y, 9 → Z) of the last LIS3DH reading, 0x0000 for every
+# other counter. ``sampleCounter`` is the 8-bit packet counter, so the rule applies to the
+# wrapped 0–255 value.
+_TS_AXIS_BY_COUNTER_MOD10: Final = {7: AccelAxis.X, 8: AccelAxis.Y, 9: AccelAxis.Z}
+
+
+def timestamp_accel_axis(counter: int) -> AccelAxis | None:
+    """The accelerometer axis a ``0xC3``/``0xC4`` packet with this counter carries, or ``None``."""
+    return _TS_AXIS_BY_COUNTER_MOD10.get(counter % 10)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelAxisReading:
+    """One accelerometer axis: raw int16 counts (× :data:`ACCEL_SCALE_G` → g)."""
+
+    axis: AccelAxis
+    counts: int
 
 
 # --------------------------------------------------------------------------- events
@@ -114,6 +171,8 @@ class CytonSample:
         aux: the 6 raw aux bytes.
         accel: accelerometer X, Y, Z raw int16 counts (stop byte ``0xC0``), else ``None``.
         timestamp_ms: board time in ms (stop bytes ``0xC3``–``0xC6``), else ``None``.
+        accel_axis: the one accelerometer axis a time-stamped packet carries (stop byte
+            ``0xC3``/``0xC4`` and ``counter % 10`` in 7, 8, 9), else ``None``.
     """
 
     counter: int
@@ -122,6 +181,21 @@ class CytonSample:
     aux: bytes = b"\x00" * 6
     accel: tuple[int, int, int] | None = None
     timestamp_ms: int | None = None
+    accel_axis: AccelAxisReading | None = None
+
+    @property
+    def accel_readings(self) -> tuple[AccelAxisReading, ...]:
+        """The new accelerometer information in this packet, whatever its type: X, Y, Z of a
+        ``0xC0`` packet that carries a reading (an all-zero triple means "no new reading":
+        the firmware zeroes the axes after every ``0xC0`` packet), the one axis of a
+        ``0xC3``/``0xC4`` packet, else ``()``."""
+        if self.accel_axis is not None:
+            return (self.accel_axis,)
+        a = self.accel
+        if a is not None and (a[0] or a[1] or a[2]):
+            return (AccelAxisReading(AccelAxis.X, a[0]), AccelAxisReading(AccelAxis.Y, a[1]),
+                    AccelAxisReading(AccelAxis.Z, a[2]))
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +386,16 @@ _SIMPLE: Final[dict[type, bytes]] = {
 }
 
 
+def parse_sample_rate_reply(text: str) -> int | None:
+    """The rate in Hz of a ``~n`` / ``~~`` reply (``Success: Sample rate is 250Hz``), else ``None``."""
+    head = "Success: Sample rate is "
+    t = text.strip()
+    if not (t.startswith(head) and t.endswith("Hz")):
+        return None
+    num = t[len(head):-2]
+    return int(num) if num.isdigit() else None
+
+
 # ------------------------------------------------------------------------- scaling
 def uv_scale(gain: int | np.ndarray = 24) -> float | np.ndarray:
     """µV per count at PGA ``gain``: 4.5 V / gain / (2^23 − 1) × 1e6."""
@@ -347,6 +431,7 @@ def _parse_packet(p: bytes) -> CytonSample:
     aux = bytes(p[26:32])
     accel = None
     ts = None
+    axis_reading = None
     if stop == 0xC0:
         accel = (
             int.from_bytes(aux[0:2], "big", signed=True),
@@ -355,12 +440,18 @@ def _parse_packet(p: bytes) -> CytonSample:
         )
     elif stop >= 0xC3:
         ts = int.from_bytes(aux[2:6], "big", signed=False)
-    return CytonSample(p[1], chans, stop, aux, accel, ts)
+        if stop <= 0xC4:
+            axis = _TS_AXIS_BY_COUNTER_MOD10.get(p[1] % 10)
+            if axis is not None:
+                axis_reading = AccelAxisReading(axis, int.from_bytes(aux[0:2], "big", signed=True))
+    return CytonSample(p[1], chans, stop, aux, accel, ts, axis_reading)
 
 
 def encode_packet(sample: CytonSample) -> bytes:
-    """33 bytes for one sample. ``accel`` / ``timestamp_ms``, when given, overwrite the aux
-    bytes they live in (accel → all 6 for ``0xC0``; timestamp → bytes 28–31 for ``0xC3``+)."""
+    """33 bytes for one sample. ``accel`` / ``timestamp_ms`` / ``accel_axis``, when given,
+    overwrite the aux bytes they live in (accel → all 6 for ``0xC0``; timestamp → bytes
+    28–31 for ``0xC3``+; accel_axis → bytes 26–27 for ``0xC3``/``0xC4``, and only on the
+    counter that carries that axis: :func:`timestamp_accel_axis`)."""
     if not 0 <= sample.counter <= 255:
         raise LocalProtocolError(f"counter {sample.counter} not in 0..255")
     if sample.stop_byte not in STOP_BYTES:
@@ -375,6 +466,19 @@ def encode_packet(sample: CytonSample) -> bytes:
             raise LocalProtocolError(f"channel {k + 1} value {v} exceeds int24")
         out[2 + 3 * k : 5 + 3 * k] = (v & 0xFFFFFF).to_bytes(3, "big")
     aux = bytearray(sample.aux.ljust(6, b"\x00")[:6])
+    ar = sample.accel_axis
+    if ar is not None:
+        if sample.stop_byte not in TIMESTAMP_ACCEL_STOP_BYTES:
+            raise LocalProtocolError(f"a single accelerometer axis rides only in 0xC3/0xC4 packets, "
+                                     f"not {sample.stop_byte:#x}")
+        want = _TS_AXIS_BY_COUNTER_MOD10.get(sample.counter % 10)
+        if ar.axis != want:
+            raise LocalProtocolError(
+                f"counter {sample.counter} carries accelerometer axis "
+                f"{want.name if want is not None else 'none'}, not {AccelAxis(ar.axis).name}")
+        if not -0x8000 <= ar.counts <= 0x7FFF:
+            raise LocalProtocolError(f"accelerometer value {ar.counts} exceeds int16")
+        aux[0:2] = int(ar.counts).to_bytes(2, "big", signed=True)
     if sample.stop_byte == 0xC0 and sample.accel is not None:
         for k, a in enumerate(sample.accel):
             aux[2 * k : 2 * k + 2] = int(a).to_bytes(2, "big", signed=True)
@@ -700,13 +804,16 @@ class DaisySample:
 
     ``counter`` is the Daisy packet's (even) counter; ``channels`` are raw counts 1..16
     (main board 1–8 then Daisy 9–16); ``accel`` is whichever packet carried a non-zero
-    reading (else the main packet's); stop byte and timestamp are the main packet's."""
+    reading (else the main packet's); stop byte and timestamp are the main packet's;
+    ``accel_readings`` are both halves' :attr:`CytonSample.accel_readings` (Daisy half
+    first), so a time-stamped pair can carry two axes (counters 8 and 9: Y then Z)."""
 
     counter: int
     channels: tuple[int, ...]
     stop_byte: int
     accel: tuple[int, int, int] | None
     timestamp_ms: int | None
+    accel_readings: tuple[AccelAxisReading, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,7 +863,8 @@ class DaisyPairer:
         if d is not None and (d.counter + 1) % 256 == c:
             accel = s.accel if s.accel is not None and any(s.accel) else (d.accel if d.accel is not None and any(d.accel) else s.accel)
             out.append(DaisySample(d.counter, s.channels + d.channels, s.stop_byte, accel,
-                                   s.timestamp_ms if s.timestamp_ms is not None else d.timestamp_ms))
+                                   s.timestamp_ms if s.timestamp_ms is not None else d.timestamp_ms,
+                                   d.accel_readings + s.accel_readings))
             return out
         if d is not None:
             out.append(LostSample(d.counter))

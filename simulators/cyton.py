@@ -1,14 +1,30 @@
 """Simulated OpenBCI Cyton (+ Daisy) board: firmware v3.1.2 state machine over the
 :mod:`medacq.protocols.cyton` device codec and :class:`EEGModel`.
 
-Faithful to what hosts rely on (BrainFlow ``OpenBCISerialBoard``, OpenBCI GUI): opening
-the port sends nothing; ``v`` prints the banner ending ``$$$``; ``d`` answers
-``updating channel settings to default$$$``; ``b``/``s`` start/stop 33-byte packets at
-250 Hz (the dongle rate; the firmware forces 250 Hz when streaming over the dongle);
-replies to ``x``/``~``/``/``/``z`` are only sent while idle, as the firmware does.
-With ``daisy=True`` each 16-channel sample (125 Hz) is sent as two packets: first the
-even counter = Daisy channels 9–16, then the odd counter = main board channels 1–8 (the
-order BrainFlow 5.x's ``CYTON_DAISY_BOARD`` and the OpenBCI GUI pair them in).
+Behaviour follows the firmware source (OpenBCI/OpenBCI_Cyton_Library,
+``OpenBCI_32bit_Library.cpp``: ``processChar`` and the functions it calls), as seen
+through the USB dongle, which is what hosts rely on (BrainFlow ``OpenBCISerialBoard``,
+the OpenBCI GUI):
+
+* Opening the port sends nothing; ``v`` re-initialises the ADS1299(s), re-detects the
+  Daisy and prints the banner ending ``$$$``. It keeps the sample-rate code, the board mode
+  and the time-stamp mode, as the firmware does.
+* ``b``/``s`` start/stop 33-byte packets at 250 Hz. If ``~n`` left the ADS at another
+  rate, ``b`` first puts it back to 250 SPS, which re-initialises the ADS (channel and
+  lead-off settings return to defaults). With ``daisy=True`` each 16-channel sample
+  (125 Hz) is two packets: the even counter carries Daisy channels 9–16, the next (odd)
+  counter main board channels 1–8 (the order BrainFlow 5.x's ``CYTON_DAISY_BOARD`` and the
+  OpenBCI GUI pair them in).
+* A settings command while streaming (channel on/off, ``x``, ``z``, ``d``, ``~n``, test
+  signals) stops and restarts the ADS, which restarts the packet counter at 0.
+* Packet types follow ``setCurPacketType``: ``0xC0`` (accelerometer), ``0xC1`` (raw aux,
+  board modes analog/digital/marker), ``0xC3``/``0xC4`` (after ``<``: time stamp + one
+  accelerometer axis per packet), ``0xC5``/``0xC6`` (time stamp + raw aux).
+* Replies are sent as the firmware sends them: most only while idle; ``/n``, ``//``,
+  ``~~``, ``V``, ``D`` and ``C`` also while streaming.
+
+Not modelled: the waveforms of the internal test signals and of the lead-off (impedance)
+current, analog/digital pin readings (they read 0), WiFi and BLE, SD-card commands.
 """
 
 from __future__ import annotations
@@ -26,6 +42,22 @@ FIRMWARE_VERSION = "v3.1.2"
 BANNER_HEAD = "OpenBCI V3 8-16 channel"
 _PACKET_RATE = 250.0
 _DEFAULT = cy.ChannelSettings(1, 0, 6, 0, 1, 1, 0)
+# Firmware PACKET_TYPE enum (stop byte = 0xC0 | type).
+_ACCEL, _RAW_AUX, _ACCEL_TIME_SET, _ACCEL_TIME_SYNC, _RAW_AUX_TIME_SET, _RAW_AUX_TIME_SYNC = 0, 1, 3, 4, 5, 6
+# ADS1299 register values the firmware leaves as they are after a reset.
+_CONFIG2_RESET = 0xC0
+_CONFIG3 = 0xEC  # written by initialize_ads
+_LOFF_AFTER_BOOT = 0x02  # configureLeadOffDetection(LOFF_MAG_6NA, LOFF_FREQ_31p2HZ) in boardReset
+_GPIO_RESET = 0x0F
+# Test-signal commands: input mux code for all channels, CONFIG2 value (None = unchanged).
+_TEST_SIGNALS = {"0": (1, None), "-": (5, 0xD0), "=": (5, 0xD1), "p": (5, 0xD7),
+                 "[": (5, 0xD4), "]": (5, 0xD5)}
+# LIS3DH registers printed by ``?`` (LIS3DH_readAllRegs), with the values an idle board shows.
+_LIS3DH_GROUPS = (range(0x07, 0x10), range(0x1F, 0x34), range(0x38, 0x3E))
+_LIS3DH_VALUES = {0x0F: 0x33, 0x20: 0x08, 0x23: 0x18}  # WHO_AM_I, CTRL_REG1 (off), CTRL_REG4 (±4 g)
+_ADS_REGISTER_NAMES = ("ADS_ID", "CONFIG1", "CONFIG2", "CONFIG3", "LOFF", *(f"CH{k}SET" for k in range(1, 9)),
+                       "BIAS_SENSP", "BIAS_SENSN", "LOFF_SENSP", "LOFF_SENSN", "LOFF_FLIP", "LOFF_STATP",
+                       "LOFF_STATN", "GPIO", "MISC1", "MISC2", "CONFIG4")
 
 
 class CytonInterface(DeviceInterface):
@@ -36,36 +68,70 @@ class CytonInterface(DeviceInterface):
         daisy: a Daisy module is fitted (16 channels).
         mains_hz: mains frequency in the EEG model (50 or 60).
         clock_ppm: board crystal error; packets come every 1/(250·(1+ppm·1e-6)) s.
+        accel_g: the board's orientation: gravity seen by the LIS3DH as (x, y, z) in g
+            (default lying flat: +1 g on Z). Read at 25 Hz, i.e. on every 10th packet.
         model_kwargs: passed to :class:`EEGModel`.
     """
 
     def __init__(self, seed: int = 0, daisy: bool = False, mains_hz: float = 50.0,
-                 clock_ppm: float = 0.0, **model_kwargs: object) -> None:
+                 clock_ppm: float = 0.0, accel_g: tuple[float, float, float] = (0.0, 0.0, 1.0),
+                 **model_kwargs: object) -> None:
         self.seed = seed
         self.daisy_fitted = daisy
         self.mains_hz = mains_hz
         self.clock_ppm = clock_ppm
+        self.accel_counts = tuple(int(np.clip(round(float(g) / cy.ACCEL_SCALE_G), -32768, 32767))
+                                  for g in accel_g)
         self._model_kwargs = model_kwargs
         self.codec = cy.CytonDeviceCodec()
         self.packets_sent = 0
         self.packets_dropped: list[int] = []  # stream packet numbers k never sent
         self._to_drop = 0
+        # firmware state that survives a soft reset ('v')
+        self.sample_rate_code = cy.DONGLE_SAMPLE_RATE_CODE
+        self.board_mode = 0
+        self.accel_on = True
+        self.time_stamping = False
+        self.packet_type = _ACCEL
+        self.streaming = False
+        self._model: EEGModel | None = None
         self._reset()
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
-        self.daisy = self.daisy_fitted
+        """``v`` (boardReset): ADS(s) and accelerometer re-initialised, Daisy re-detected."""
         self.streaming = False
-        self.settings = [cy.ChannelSettings(ch, *_fields(_DEFAULT)[1:]) for ch in range(1, 17)]
-        self.sample_rate_code = 6
-        self.board_mode = 0
-        self.time_stamping = False
-        self._ts_first = False
+        self._init_ads()
+        self._loff_reg = _LOFF_AFTER_BOOT
         self._counter = 0
         self._stream_t0 = 0.0
         self._stream_k = 0
-        self._model: EEGModel | None = None
-        self._pending: np.ndarray | None = None  # (16, m) µV samples for the Daisy pair
+        self._model = None
+        self._pending: np.ndarray | None = None  # (16,) counts of the Daisy pair in flight
+        self._axis_data = [0, 0, 0]
+        self._aux_data = [0, 0, 0]
+        self._marker: int | None = None
+
+    def _init_ads(self) -> None:
+        """Firmware ``initialize_ads``: reset the ADS(s), detect the Daisy, default channel
+        settings, lead-off off. Called by ``v`` and by every sample-rate change."""
+        self.daisy = self.daisy_fitted
+        self._set_defaults()
+        self._config2 = _CONFIG2_RESET
+        self._loff_reg = 0x00
+
+    def _set_defaults(self) -> None:
+        self.settings = [cy.ChannelSettings(ch, *_fields(_DEFAULT)[1:]) for ch in range(1, 17)]
+        self._use_bias = [True] * 16  # firmware useInBias / useSRB2: restored by channel on
+        self._use_srb2 = [True] * 16
+        self.leadoff = [(0, 0)] * 16  # (P, N) lead-off current per channel
+
+    def _set_packet_type(self) -> None:
+        """Firmware ``setCurPacketType``."""
+        if self.time_stamping:
+            self.packet_type = _ACCEL_TIME_SET if self.accel_on else _RAW_AUX_TIME_SET
+        else:
+            self.packet_type = _ACCEL if self.accel_on else _RAW_AUX
 
     @property
     def n_channels(self) -> int:
@@ -74,6 +140,11 @@ class CytonInterface(DeviceInterface):
     @property
     def packet_period(self) -> float:
         return 1.0 / (_PACKET_RATE * (1.0 + self.clock_ppm * 1e-6))
+
+    @property
+    def sample_rate_hz(self) -> int:
+        """The ADS1299 rate (``~~``); streaming over the dongle is always at 250 Hz."""
+        return cy.SAMPLE_RATE_CODES[self.sample_rate_code]
 
     def gains(self) -> np.ndarray:
         return np.array([s.gain for s in self.settings[: self.n_channels]])
@@ -94,6 +165,13 @@ class CytonInterface(DeviceInterface):
     def _idle_say(self, text: str) -> bytes:
         return b"" if self.streaming else self._say(text)
 
+    def _restart_stream(self) -> None:
+        """A ``streamSafe...`` command while streaming: the ADS stops and starts again,
+        and ``startADS`` sets the packet counter back to 0."""
+        if self.streaming:
+            self._counter = 0
+            self._pending = None
+
     def _handle(self, ev: object, t: float) -> bytes:
         if not isinstance(ev, (cy.StartStreaming, cy.StopStreaming)):
             injected = self.take_injected_error()
@@ -105,86 +183,170 @@ class CytonInterface(DeviceInterface):
             if self.daisy:
                 lines.append("On Daisy ADS1299 Device ID: 0x3E")
             lines += ["LIS3DH Device ID: 0x33", f"Firmware: {FIRMWARE_VERSION}"]
-            return self._say("\r\n".join(lines) + "\r\n")
+            return self._say("\n".join(lines) + "\n")
         if isinstance(ev, cy.StartStreaming):
-            if not self.streaming:
-                self.streaming = True
-                self.sample_rate_code = 6  # dongle: firmware drops to 250 Hz
-                self._stream_t0 = t
-                self._stream_k = 0
-                self._counter = 0
-                self._model = EEGModel(self.seed, fs=_PACKET_RATE / (2 if self.daisy else 1),
-                                       labels=EEG_LABELS_16[: self.n_channels],
-                                       mains_hz=self.mains_hz, **self._model_kwargs)  # type: ignore[arg-type]
-                self._pending = None
-            return b""
+            return self._start(t)
         if isinstance(ev, cy.StopStreaming):
             self.streaming = False
             return b""
-        if isinstance(ev, (cy.ChannelOff, cy.ChannelOn)):
-            s = self.settings[ev.channel - 1]
-            self.settings[ev.channel - 1] = _replace(s, power_down=int(isinstance(ev, cy.ChannelOff)))
+        if isinstance(ev, cy.ChannelOff):  # deactivateChannel: PD set, SRB2 and bias cleared
+            if ev.channel <= self.n_channels:
+                i = ev.channel - 1
+                self.settings[i] = _replace(self.settings[i], power_down=1, srb2=0, bias=0)
+                self.leadoff[i] = (0, 0)
+            self._restart_stream()
+            return b""
+        if isinstance(ev, cy.ChannelOn):  # activateChannel: SRB2 and bias as remembered
+            if ev.channel <= self.n_channels:
+                i = ev.channel - 1
+                self.settings[i] = _replace(self.settings[i], power_down=0, srb2=int(self._use_srb2[i]),
+                                            bias=int(self._use_bias[i]))
+            self._restart_stream()
             return b""
         if isinstance(ev, cy.ChannelSettings):
-            if ev.channel > self.n_channels:
-                return self._idle_say("Failure: daisy not attached")  # modelled text
-            self.settings[ev.channel - 1] = ev
+            # the firmware answers Success before it looks for the Daisy, and then does not
+            # touch a Daisy channel that is not there
+            if ev.channel <= self.n_channels:
+                self._apply_settings(ev)
+            self._restart_stream()
             return self._idle_say(f"Success: Channel set for {ev.channel}")
-        if isinstance(ev, (cy.ChannelSettingsError, cy.LeadOffError, cy.SampleRateError,
-                           cy.BoardModeError)):
+        if isinstance(ev, (cy.ChannelSettingsError, cy.LeadOffError)):
             return self._idle_say(f"Failure: {ev.reason}")
+        if isinstance(ev, (cy.SampleRateError, cy.BoardModeError)):
+            # board-mode errors are printed even while streaming; sample-rate ones only idle
+            say = self._say if isinstance(ev, cy.BoardModeError) else self._idle_say
+            return say(f"Failure: {ev.reason}")
         if isinstance(ev, cy.LeadOffSettings):
+            if ev.channel <= self.n_channels:
+                self.leadoff[ev.channel - 1] = (ev.pchan, ev.nchan)
+            self._restart_stream()
             return self._idle_say(f"Success: Lead off set for {ev.channel}")
         if isinstance(ev, cy.SetDefaultChannels):
-            self.settings = [cy.ChannelSettings(ch, *_fields(_DEFAULT)[1:]) for ch in range(1, 17)]
-            return self._idle_say("updating channel settings to default")
+            reply = self._idle_say("updating channel settings to default")
+            self._set_defaults()
+            self._restart_stream()
+            return reply
         if isinstance(ev, cy.ReportDefaultChannels):
             return self._say("060110")
         if isinstance(ev, cy.SetSampleRate):
-            self.sample_rate_code = ev.code
+            self._set_sample_rate(ev.code)
             return self._idle_say(f"Success: Sample rate is {ev.rate_hz}Hz")
         if isinstance(ev, cy.QuerySampleRate):
-            return self._idle_say(f"Success: Sample rate is {cy.SAMPLE_RATE_CODES[self.sample_rate_code]}Hz")
+            return self._say(f"Success: Sample rate is {self.sample_rate_hz}Hz")
         if isinstance(ev, cy.SetBoardMode):
-            self.board_mode = ev.code
-            return self._idle_say(f"Success: {cy.BOARD_MODES[ev.code]}")
+            if ev.code != self.board_mode:  # setBoardMode returns early for the same mode
+                self.board_mode = ev.code
+                if ev.code in (2, 3, 4):  # analog, digital, marker: accelerometer off
+                    self.accel_on = False
+                elif ev.code == 0:
+                    self.accel_on = True
+                self._set_packet_type()
+            return self._say(f"Success: {cy.BOARD_MODES[self.board_mode]}")
         if isinstance(ev, cy.QueryBoardMode):
-            return self._idle_say(f"Board mode is {cy.BOARD_MODES[self.board_mode]}")
+            return self._say(f"Success: {cy.BOARD_MODES[self.board_mode]}")
         if isinstance(ev, cy.DaisyMode):
             if not ev.enabled:
                 if self.daisy:
                     self.daisy = False
-                    return self._say("daisy removed")
+                    return self._idle_say("daisy removed")
                 return b""
-            if self.daisy:
-                return self._say("16")
-            if self.daisy_fitted:
-                self.daisy = True
-                return self._say("daisy attached16")
-            return self._say("no daisy to attach!8")
+            prefix = ""
+            if not self.daisy:
+                self.daisy = self.daisy_fitted
+                if not self.streaming:
+                    prefix = "daisy attached" if self.daisy else "no daisy to attach!"
+            return self._say(prefix + ("16" if self.daisy else "8"))
         if isinstance(ev, cy.QueryRegisters):
-            return b"" if self.streaming else self._say(self._register_dump())
+            return self._idle_say(self._register_dump())
         if isinstance(ev, cy.QueryVersion):
             return self._say(FIRMWARE_VERSION)
         if isinstance(ev, cy.TimeStamping):
             self.time_stamping = ev.enabled
-            self._ts_first = ev.enabled
+            self._set_packet_type()
             return self._idle_say("Time stamp ON" if ev.enabled else "Time stamp OFF")
-        return b""  # markers, test signals, unknown bytes: no serial reply
+        if isinstance(ev, cy.TestSignal):
+            mux, config2 = _TEST_SIGNALS[ev.code]
+            if config2 is not None:
+                self._config2 = config2
+            for i in range(self.n_channels):
+                self.settings[i] = _replace(self.settings[i], input_type=mux)
+            self._restart_stream()
+            return self._idle_say("Success: Configured internal test signal.")
+        if isinstance(ev, cy.InsertMarker):
+            self._marker = ord(ev.marker) & 0xFF
+            return b""
+        return b""  # unknown bytes: no serial reply
+
+    def _apply_settings(self, ev: cy.ChannelSettings) -> None:
+        """Firmware ``writeChannelSettings(N)``: SRB1 is one switch per ADS, so it follows
+        the last ``x`` command for every channel of that ADS."""
+        i = ev.channel - 1
+        self.settings[i] = cy.ChannelSettings(*_fields(ev))
+        self._use_bias[i] = bool(ev.bias)
+        self._use_srb2[i] = bool(ev.srb2)
+        first = 0 if i < 8 else 8
+        for j in range(first, first + 8):
+            if self.settings[j].srb1 != ev.srb1:
+                self.settings[j] = _replace(self.settings[j], srb1=ev.srb1)
+
+    def _set_sample_rate(self, code: int) -> None:
+        """Firmware ``setSampleRate``: the new rate, then ``initialize_ads`` (defaults)."""
+        self.sample_rate_code = code
+        self._init_ads()
+        self._restart_stream()
+
+    def _start(self, t: float) -> bytes:
+        if self.streaming:  # firmware restarts the ADS; the stream just goes on here
+            self._counter = 0
+            self._pending = None
+            return b""
+        if self.sample_rate_code != cy.DONGLE_SAMPLE_RATE_CODE:
+            # not from the WiFi shield: the radio cannot carry more than 250 SPS
+            self._set_sample_rate(cy.DONGLE_SAMPLE_RATE_CODE)
+        self.streaming = True
+        self._stream_t0 = t
+        self._stream_k = 0
+        self._counter = 0
+        self._model = EEGModel(self.seed, fs=_PACKET_RATE / (2 if self.daisy else 1),
+                               labels=EEG_LABELS_16[: self.n_channels],
+                               mains_hz=self.mains_hz, **self._model_kwargs)  # type: ignore[arg-type]
+        self._model_daisy = self.daisy
+        self._pending = None
+        if self.accel_on:
+            self._axis_data = [0, 0, 0]  # enable_accel clears the axis data
+        return b""
+
+    # --------------------------------------------------------------- registers
+    def _ads_registers(self, board: int) -> list[int]:
+        chans = self.settings[8 * board: 8 * board + 8]
+        clk_out = board == 0 and self.daisy  # the main ADS drives the Daisy's clock
+        regs = [0x3E, (0xB0 if clk_out else 0x90) | self.sample_rate_code, self._config2, _CONFIG3,
+                self._loff_reg]
+        regs += [(s.power_down << 7) | (s.gain_code << 4) | (s.srb2 << 3) | s.input_type for s in chans]
+        bias = sum(s.bias << k for k, s in enumerate(chans))
+        loffp = sum(self.leadoff[8 * board + k][0] << k for k in range(8))
+        loffn = sum(self.leadoff[8 * board + k][1] << k for k in range(8))
+        regs += [bias, bias, loffp, loffn, 0x00, 0x00, 0x00, _GPIO_RESET,
+                 0x20 if any(s.srb1 for s in chans) else 0x00, 0x00, 0x00]
+        return regs
 
     def _register_dump(self) -> str:
-        def ads(name: str, chans: list[cy.ChannelSettings]) -> list[str]:
-            rows = [name, "ADS_ID, 00, 3E, 0, 0, 1, 1, 1, 1, 1, 0",
-                    "CONFIG1, 01, 96, 1, 0, 0, 1, 0, 1, 1, 0"]
-            for k, s in enumerate(chans, start=1):
-                v = (s.power_down << 7) | (s.gain_code << 4) | (s.srb2 << 3) | s.input_type
-                rows.append(f"CH{k}SET, {4 + k:02X}, {v:02X}, " + ", ".join(f"{(v >> b) & 1}" for b in range(7, -1, -1)))
+        """``?`` (printAllRegisters): every ADS1299 register as ``NAME, addr, value, bits``,
+        then the LIS3DH registers as ``0xAA VV``."""
+        def ads(title: str, board: int) -> list[str]:
+            rows = [title]
+            for addr, (name, v) in enumerate(zip(_ADS_REGISTER_NAMES, self._ads_registers(board))):
+                rows.append(f"{name}, {addr:02X}, {v:02X}, " + ", ".join(str((v >> b) & 1) for b in range(7, -1, -1)))
             return rows
-        lines = [""] + ads("Board ADS Registers", self.settings[:8])
+        lines = [""] + ads("Board ADS Registers", 0)
         if self.daisy:
-            lines += [""] + ads("Daisy ADS Registers", self.settings[8:16])
-        lines += ["", "LIS3DH Registers", "WHO_AM_I, 0F, 33"]
-        return "\r\n".join(lines) + "\r\n"
+            lines += [""] + ads("Daisy ADS Registers", 1)
+        lines += ["", "LIS3DH Registers"]
+        for g, group in enumerate(_LIS3DH_GROUPS):
+            lines += [f"0x{r:02X} {_LIS3DH_VALUES.get(r, 0):02X}" for r in group]
+            if g < len(_LIS3DH_GROUPS) - 1:
+                lines.append("")
+        return "\n".join(lines) + "\n"
 
     # --------------------------------------------------------------- streaming
     def next_deadline(self) -> float | None:
@@ -203,44 +365,74 @@ class CytonInterface(DeviceInterface):
 
     def _packets(self, n: int) -> bytes:
         assert self._model is not None
-        nch = self.n_channels
-        ks = range(self._stream_k, self._stream_k + n)
-        n_new = sum(1 for k in ks if k % 2 == 0) if self.daisy else n
-        scale = cy.uv_scale(self.gains().astype(float))
-        uv = self._model.generate(n_new) if n_new else np.zeros((nch, 0))
-        counts = np.clip(np.round(uv / scale[:, None]), -(2**23), 2**23 - 1).astype(np.int64)
-        pd = np.array([s.power_down == 1 or s.input_type == 1 for s in self.settings[:nch]])
-        counts[pd] = 0
+        daisy = self._model_daisy
+        nch = 16 if daisy else 8
+        # which packets open a new sample (with a Daisy: the even counters); the counter
+        # only jumps between calls (settings commands), so it can be walked ahead here
+        opens = []
+        c, pending = self._counter, self._pending is not None
+        for _ in range(n):
+            new = not (daisy and c % 2 == 1 and pending)
+            opens.append(new)
+            pending = daisy and new
+            c = (c + 1) % 256
+        n_new = sum(opens)
+        counts = np.zeros((nch, 0), dtype=np.int64)
+        if n_new:
+            chans = self.settings[:nch]
+            scale = cy.uv_scale(np.array([s.gain for s in chans], dtype=float))
+            uv = self._model.generate(n_new)
+            counts = np.clip(np.round(uv / scale[:, None]), -(2**23), 2**23 - 1).astype(np.int64)
+            # a powered-down or shorted input reads 0 (ADS1299 output code of a shorted input)
+            counts[np.array([s.power_down == 1 or s.input_type == 1 for s in chans])] = 0
         out = bytearray()
         col = 0
-        for k in ks:
-            if not self.daisy:
+        for k, new in zip(range(self._stream_k, self._stream_k + n), opens):
+            if not daisy:
                 half = counts[:, col]
                 col += 1
-            elif k % 2 == 0:  # Daisy half (even counter) opens a new 16-channel sample
+            elif new:  # Daisy half (even counter) opens a new 16-channel sample
                 self._pending = counts[:, col]
                 col += 1
                 half = self._pending[8:16]
             else:  # main board half (odd counter) completes it
                 assert self._pending is not None
                 half = self._pending[:8]
+                self._pending = None
             out += self._encode(tuple(int(v) for v in half), k)
         self._stream_k += n
         return bytes(out)
 
     def _encode(self, chans: tuple[int, ...], k: int) -> bytes:
-        accel: tuple[int, int, int] | None = None
-        if k % 10 == 0:
-            accel = (0, 0, int(round(1.0 / cy.ACCEL_SCALE_G)))  # board flat: +1 g on Z
-        if self.time_stamping:
-            stop = 0xC3 if self._ts_first else 0xC4
-            self._ts_first = False
-            ts = int((self._stream_t0 + k * self.packet_period) * 1000) & 0xFFFFFFFF
-            aux = (accel[k % 3] if accel else 0).to_bytes(2, "big", signed=True) + b"\x00" * 4
-            s = cy.CytonSample(self._counter, chans, stop, aux, None, ts)
+        c = self._counter
+        if self.accel_on and k % 10 == 0:  # LIS3DH at 25 Hz: a new reading every 10th packet
+            self._axis_data = list(self.accel_counts)
+        if self._marker is not None and self.board_mode == 4:  # marker mode: into auxData[0]
+            self._aux_data[0] = self._marker
+            self._marker = None
+        pt = self.packet_type
+        ts = None
+        if pt in (_ACCEL_TIME_SET, _ACCEL_TIME_SYNC, _RAW_AUX_TIME_SET, _RAW_AUX_TIME_SYNC):
+            # millis() when the sample was read (lastSampleTime); 1e-6 keeps float error out of the floor
+            ts = int(np.floor((self._stream_t0 + k * self.packet_period) * 1000 + 1e-6)) & 0xFFFFFFFF
+        if pt == _ACCEL:
+            s = cy.CytonSample(c, chans, 0xC0, b"\x00" * 6, tuple(self._axis_data), None)  # type: ignore[arg-type]
+            self._axis_data = [0, 0, 0]  # LIS3DH_zeroAxisData after every 0xC0 packet
+        elif pt in (_ACCEL_TIME_SET, _ACCEL_TIME_SYNC):
+            axis = cy.timestamp_accel_axis(c)
+            reading = None if axis is None else cy.AccelAxisReading(axis, self._axis_data[axis])
+            s = cy.CytonSample(c, chans, 0xC0 | pt, b"\x00" * 6, None, ts, reading)
+            self.packet_type = _ACCEL_TIME_SYNC
         else:
-            s = cy.CytonSample(self._counter, chans, 0xC0, b"\x00" * 6, accel or (0, 0, 0), None)
-        self._counter = (self._counter + 1) % 256
+            if pt == _RAW_AUX:
+                aux = b"".join(int(v).to_bytes(2, "big", signed=True) for v in self._aux_data)
+            else:
+                aux = int(self._aux_data[0]).to_bytes(2, "big", signed=True) + b"\x00" * 4
+            s = cy.CytonSample(c, chans, 0xC0 | pt, aux, None, ts)
+            self._aux_data = [0, 0, 0]  # zeroAuxData after every raw-aux packet
+            if pt == _RAW_AUX_TIME_SET:
+                self.packet_type = _RAW_AUX_TIME_SYNC
+        self._counter = (c + 1) % 256
         if self._to_drop:  # fault side door: the radio lost this packet
             self._to_drop -= 1
             self.packets_dropped.append(k)
@@ -255,7 +447,11 @@ class CytonInterface(DeviceInterface):
 
     def truth(self) -> dict:
         d: dict = {"streaming": self.streaming, "daisy": self.daisy, "gains": self.gains().tolist(),
-                   "packets_sent": self.packets_sent, "packet_rate_hz": 1 / self.packet_period}
+                   "packets_sent": self.packets_sent, "packet_rate_hz": 1 / self.packet_period,
+                   "ads_sample_rate_hz": self.sample_rate_hz, "board_mode": cy.BOARD_MODES[self.board_mode],
+                   "time_stamping": self.time_stamping,
+                   "accel_g": [a * cy.ACCEL_SCALE_G for a in self.accel_counts],
+                   "lead_off": [list(p) for p in self.leadoff[: self.n_channels]]}
         if self._model is not None:
             d.update(self._model.truth())
         return d
@@ -273,5 +469,5 @@ def _replace(s: cy.ChannelSettings, **kw: int) -> cy.ChannelSettings:
 
 def make(**options: object) -> CytonInterface:
     """Factory for ``medacq sim cyton`` / the rig (options: :class:`CytonInterface` args:
-    ``seed``, ``daisy``, ``mains_hz``, ``clock_ppm`` and :class:`EEGModel` keywords)."""
+    ``seed``, ``daisy``, ``mains_hz``, ``clock_ppm``, ``accel_g`` and :class:`EEGModel` keywords)."""
     return CytonInterface(**options)  # type: ignore[arg-type]
