@@ -1,15 +1,26 @@
 """Driver for a HackEEG board (Arduino Due + ADS1298 shield, hackeeg-driver-arduino) used
 as an 8-lead ECG front end: leads I, II, V1–V6 on channels 1–8.
 
-Open (whatever mode the board was left in): ``sdatac`` and ``jsonlines`` as text lines
-(the firmware parses a text line in any mode), then JSON Lines commands: ``version``,
-``rreg 0x00`` (ADS129x ID), ``wreg CONFIG1`` (rate), ``wreg CHnSET`` (gain), and
-``messagepack`` when ``settings.mode == "messagepack"``. ``start`` + ``rdatac`` begin the
-stream, ``sdatac`` ends it. A non-200 status is a :class:`~medacq.drivers._base.DeviceError`.
+Open, from whatever mode the board was left in and even if it is still streaming (as
+hackeeg-client-python ``HackEEGBoard.connect``/``_sense_protocol_mode``/
+``stop_and_sdatac_messagepack`` do): JSON ``stop``, ``sdatac`` and ``nop``, which end a JSON
+Lines or MessagePack stream (in those modes the firmware runs only its JSON parser, so a
+text line would just get ``400 Bad Request``). The first reply tells the mode: a JSON reply
+means JSON Lines or MessagePack, so JSON ``jsonlines`` follows; the text reply ``406 Error:
+Unrecognized command.`` means text mode, so text ``sdatac`` and ``jsonlines`` follow (then a
+JSON ``jsonlines``, harmless once in JSON Lines). Then
+JSON ``rreg 0x00`` (ADS129x ID): nothing sent before it is answered with data, so its reply
+marks the end of whatever was in flight; everything before it is discarded. Then JSON Lines
+commands: ``status`` (firmware version: the firmware has no JSON ``version``), ``wreg
+CONFIG1`` (rate), ``wreg CHnSET`` (gain), ``rreg CONFIG1`` (check), and ``messagepack``
+when ``settings.mode == "messagepack"``. ``start`` + ``rdatac`` begin the stream,
+``sdatac`` ends it. A non-200 status is a :class:`~medacq.drivers._base.DeviceError`.
 
 Frames: ``(channel, sample)`` float32 µV (counts × 2.4 V / gain / (2^23 − 1)),
-``frame_samples`` samples each; ``t_device`` = the board's sample number of the first
-sample (unwrapped uint32). Sample-number jumps are reported as gaps with ``lost_samples``.
+``frame_samples`` samples each; ``t_device`` = the index of the frame's first sample counted
+from the first sample received after :meth:`HackEEGDriver.start` (index 0), advanced by the
+board's uint32 sample-number differences (unwrapped), so lost samples keep their place.
+Sample-number jumps are reported as gaps with ``lost_samples``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ __all__ = ["HackEEGDriver", "HackEEGSettings", "HACKEEG_LEADS", "HACKEEG_RATES"]
 
 #: What the 8 inputs carry in the ECG montage (Einthoven I, II and the precordial leads).
 HACKEEG_LEADS = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+#: The text parser's reply to a line it does not know (hackeeg_driver.ino ``unrecognized``).
+_TEXT_UNRECOGNIZED = "406 Error: Unrecognized command."
 #: Rates the driver accepts (ADS1298 CONFIG1 rates the issue asks for).
 HACKEEG_RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
 
@@ -140,23 +153,73 @@ class HackEEGDriver(Driver):
             raise DeviceError(f"{self.name}: {command} {list(params)} failed: {r.status_code} {r.status_text}")
         return r
 
+    def _json(self, command: str, *params: int) -> bytes:
+        return he.encode_command(he.HackEEGCommand(command, tuple(params)), he.JSONLINES)
+
+    def _sync(self) -> int:
+        """Bring the board, whatever its mode and even if streaming, to idle JSON Lines mode
+        with nothing of an earlier session left in flight. Returns the ADS129x ID register.
+
+        Model: hackeeg-client-python ``HackEEGBoard.connect`` (``_sense_protocol_mode`` sends
+        JSON ``stop``, ``sdatac``, ``nop`` and takes a JSON reply for JSON mode, anything else
+        for text mode, where it sends the text ``jsonlines``)."""
+        link = self._link
+        assert link is not None
+        timeout = self.settings.timeout_s
+        # text mode: stop and switch with the text parser; the JSON 'jsonlines' after them is
+        # understood once they have run (and would still switch a JSON/MessagePack board)
+        text_switch = (he.encode_command(he.HackEEGCommand("sdatac"), he.TEXT)
+                       + he.encode_command(he.HackEEGCommand("jsonlines"), he.TEXT) + self._json("jsonlines"))
+        marker = self._json("rreg", he.REG_ID)  # nothing sent before it is answered with data
+        link.reset_input()
+        # a TEXT-mode host codec decodes JSON lines, text lines and MessagePack records alike
+        sniff = he.HackEEGHostCodec(he.TEXT)
+        link.write(self._json("stop") + self._json("sdatac") + self._json("nop"))
+        mode: str | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = link.read_some(0.05)
+            if data:
+                sniff.receive_data(data)
+            while (ev := sniff.next_event()) is not NEED_DATA:
+                if isinstance(ev, he.HackEEGSample):  # a stream left running
+                    self.count("open_discarded_samples")
+                elif isinstance(ev, he.TextLine) and ev.text == _TEXT_UNRECOGNIZED and mode != he.TEXT:
+                    # the text parser did not know our JSON line: text mode (also when an
+                    # earlier JSON reply was a stale one)
+                    mode = he.TEXT
+                    link.write(text_switch + marker)
+                    deadline = time.monotonic() + timeout
+                elif isinstance(ev, he.HackEEGResponse):
+                    if mode is None:  # JSON Lines or MessagePack mode: replies are JSON in both
+                        mode = he.JSONLINES
+                        link.write(self._json("jsonlines") + marker)
+                        deadline = time.monotonic() + timeout
+                    elif isinstance(ev.data, int) and not isinstance(ev.data, bool):
+                        return self._sync_done(ev.data)
+        if mode is None:
+            raise ConnectionLost(f"{self.name}: no reply from the HackEEG at {self.address} within {timeout} s")
+        raise ConnectionLost(f"{self.name}: the HackEEG at {self.address} did not enter JSON Lines mode "
+                             f"within {timeout} s")
+
+    def _sync_done(self, chip_id: int) -> int:
+        assert self._link is not None
+        # stragglers (a stale reply of an earlier session could have looked like the marker)
+        end = time.monotonic() + self.settings.timeout_s
+        while time.monotonic() < end and self._link.read_some(0.05):
+            pass
+        self._codec = he.HackEEGHostCodec(he.JSONLINES)
+        return chip_id
+
     def open(self) -> None:
         s = self.settings
         self._link = SerialTransport(self.address, 115200)
-        # whatever mode the board is in, a text line is understood
-        self._link.write(b"sdatac\n")
-        time.sleep(0.05)
-        self._link.reset_input()
-        self._codec = he.HackEEGHostCodec(he.TEXT)
-        self._command("jsonlines", check=False)
-        # drain: replies/samples that raced the mode switch
-        self._link.reset_input()
-        self._codec = he.HackEEGHostCodec(he.JSONLINES)
-        r = self._command("version")
-        self._version = str(r.data or r.status_text)
-        self._chip_id = int(self._command("rreg", he.REG_ID).data or 0)
+        self._chip_id = self._sync()
         if self._chip_id & 0xF0 != 0x90:
             raise DeviceError(f"{self.name}: ADS129x ID register reads {self._chip_id:#04x}, not an ADS129x")
+        r = self._command("status", check=False)
+        info = r.data if r.status_code == he.STATUS_OK and isinstance(r.data, dict) else {}
+        self._version = str(info.get("driver_version", ""))
         self._command("wreg", he.REG_CONFIG1, he.config1_for_rate(s.rate))
         for ch in range(8):
             self._command("wreg", he.REG_CHNSET + ch, he.chnset(s.gain, power_down=(ch + 1) in s.channels_off))
@@ -201,7 +264,8 @@ class HackEEGDriver(Driver):
             meta={"gain": s.gain, "mode": s.mode, "channels_off": list(s.channels_off),
                   "frame_samples": self.frame_samples, "mains_hz": s.mains_hz, "firmware": self._version,
                   "chip_id": self._chip_id,
-                  "t_device": "board sample number (unwrapped uint32) of the first sample"},
+                  "t_device": "index of the first sample since the run started (first received "
+                              "sample = 0; advanced by the board's unwrapped uint32 sample number)"},
         )
 
     # -- streaming -------------------------------------------------------------------

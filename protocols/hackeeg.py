@@ -1,15 +1,26 @@
 """HackEEG protocol (Starcat hackeeg-driver-arduino), sans-I/O, both roles.
 
-Wire facts (hackeeg-driver-arduino ``hackeeg_driver.ino``, hackeeg-client-python
-``hackeeg/driver.py``):
+Wire facts, from the upstream sources (starcat-io/hackeeg-driver-arduino
+``hackeeg_driver/hackeeg_driver.ino``, ``hackeeg_driver/JsonCommand.cpp``, ``README.md``;
+starcat-io/hackeeg-client-python ``hackeeg/driver.py``):
 
 * The board boots in **text mode** and prints ``Ready``. Text commands are lines
-  ``name [hexarg ...]``; replies are lines like ``200 Ok``.
+  ``name [hexarg ...]`` ended by LF; the text parser lower-cases every character, keeps
+  only printable ones and splits on spaces. Replies are lines like ``200 Ok``; an unknown
+  command is answered ``406 Error: Unrecognized command.`` and a blank line.
 * ``jsonlines`` switches to **JSON Lines**: commands ``{"COMMAND": "rreg",
   "PARAMETERS": [1]}``, replies ``{"STATUS_CODE": 200, "STATUS_TEXT": "Ok", "DATA": ...}``.
-* ``messagepack`` switches to **MessagePack** for *samples only*; command replies stay
-  JSON Lines. A sample is the fixmap ``{"C": 200, "D": <bin8 record>}`` (header bytes
-  ``82 a1 43 cc c8 a1 44 c4 LEN``); in JSON Lines it is ``{"C":200,"D":"<base64>"}``.
+* ``messagepack`` switches to **MessagePack** for *samples only*: commands are still JSON
+  Lines and so are all replies. A sample is the fixmap ``{"C": 200, "D": <bin8 record>}``
+  (header bytes ``82 a1 43 cc c8 a1 44 c4 LEN``); in JSON Lines it is
+  ``{"C":200,"D":"<base64>"}``.
+* **Mode rules.** The firmware's ``loop()`` runs only the text parser in text mode and only
+  the JSON parser in JSON Lines *and* MessagePack modes. So a text line sent in JSON or
+  MessagePack mode is not understood: ArduinoJson fails on it and the board answers
+  ``{"STATUS_CODE":400,"STATUS_TEXT":"Bad Request"}``; valid JSON without a ``COMMAND`` (or
+  with an unknown one; names are matched case-sensitively) gets
+  ``{"STATUS_CODE":406,"STATUS_TEXT":"Unrecognized command"}``. A JSON line sent in text
+  mode is a text command named ``{"command":`` and gets the text ``406`` reply.
 * A sample record is ``timestamp`` uint32 LE (µs), ``sample_number`` uint32 LE, 3 ADS
   status bytes, then 3 bytes int24 big-endian per channel (35 bytes for 8 channels).
 * Mode switching takes effect before the reply: ``jsonlines`` sent in text mode is
@@ -25,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Union
 
@@ -55,6 +67,12 @@ __all__ = [
     "HackEEGSample",
     "TextLine",
     "MalformedCommand",
+    "MalformedReason",
+    "BAD_JSON",
+    "NO_COMMAND",
+    "NOT_A_COMMAND",
+    "BAD_ARGUMENT",
+    "encode_command",
     "encode_record",
     "decode_record",
     "HackEEGHostCodec",
@@ -164,11 +182,33 @@ class TextLine:
     text: str
 
 
+MalformedReason = Literal["bad json", "no command", "not a command", "bad argument"]
+#: JSON/MessagePack mode: the line does not deserialize (firmware: 400 "Bad Request").
+BAD_JSON: Final = "bad json"
+#: JSON/MessagePack mode: valid JSON but no string ``COMMAND`` (firmware: 406).
+NO_COMMAND: Final = "no command"
+#: Text mode: the first word cannot be a command name, e.g. a JSON object (firmware: 406).
+NOT_A_COMMAND: Final = "not a command"
+#: Text mode: an argument is not hexadecimal (firmware: 402 from ``rreg``/``wreg``; other
+#: commands ignore their arguments).
+BAD_ARGUMENT: Final = "bad argument"
+
+
 @dataclass(frozen=True, slots=True)
 class MalformedCommand:
-    """Device role: a host line that is not a command (bad JSON, missing COMMAND)."""
+    """Device role: a host line that is not a command in the current mode.
+
+    Attributes:
+        line: the line, stripped of white space at both ends.
+        reason: why (``BAD_JSON``, ``NO_COMMAND``, ``NOT_A_COMMAND``, ``BAD_ARGUMENT``), so
+            a simulator can give the firmware's own reply. Not part of equality.
+        command: the (lower-cased) command word in text mode, ``""`` otherwise. Not part
+            of equality.
+    """
 
     line: bytes
+    reason: MalformedReason = field(default="bad json", compare=False)
+    command: str = field(default="", compare=False)
 
 
 HostEvent = Union[HackEEGResponse, HackEEGSample, TextLine, Garbage]
@@ -206,6 +246,24 @@ def _response_from_obj(obj: dict) -> HostEvent:
         return HackEEGResponse(int(obj["STATUS_CODE"]), str(obj.get("STATUS_TEXT", "")),
                                obj.get("DATA"))
     return HackEEGResponse(int(obj.get("C", 0)), str(obj.get("T", "")), obj.get("D"))
+
+
+def encode_command(event: HackEEGCommand, mode: Mode) -> bytes:
+    """``event`` as the line the board's parser for ``mode`` reads: ``name HH HH\\n`` in
+    text mode, ``{"COMMAND": name, "PARAMETERS": [...]}\\n`` in JSON Lines *and*
+    MessagePack modes (commands are JSON in both)."""
+    if not isinstance(event, HackEEGCommand):
+        raise LocalProtocolError(f"host cannot send {event!r}")
+    if not event.command or any(c.isspace() for c in event.command):
+        raise LocalProtocolError(f"bad command name {event.command!r}")
+    for p in event.parameters:
+        if not 0 <= int(p) <= 255:
+            raise LocalProtocolError(f"parameter {p} not a byte")
+    if mode == TEXT:
+        out = " ".join([event.command] + [f"{int(p):02X}" for p in event.parameters])
+        return (out + "\n").encode()
+    return (json.dumps({"COMMAND": event.command,
+                        "PARAMETERS": [int(p) for p in event.parameters]}) + "\n").encode()
 
 
 # ------------------------------------------------------------------------ host role
@@ -276,7 +334,7 @@ class HackEEGHostCodec:
                     obj = json.loads(line)
                     if not isinstance(obj, dict):
                         raise ValueError
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting too
                     return self._garbage(min(self._resync_len(), nl + 1), "bad json line")
                 buf.skip(nl + 1)
                 if "D" in obj and "C" in obj and isinstance(obj["D"], str):
@@ -293,7 +351,8 @@ class HackEEGHostCodec:
             try:
                 text = line.decode("ascii")
             except UnicodeDecodeError:
-                return self._garbage(nl + 1, "non-ascii text line")
+                # resync at a JSON line or MessagePack record inside it, if there is one
+                return self._garbage(self._resync_len(), "non-ascii text line")
             buf.skip(nl + 1)
             if len(text) in (48,) and not text.startswith(("Ready", "200")):
                 try:
@@ -307,10 +366,12 @@ class HackEEGHostCodec:
         buf = self._buf
         hl = len(_MP_HEADER)
         if n < hl + 1:
-            head = buf.peek(n)
+            head = buf.peek(min(n, hl))
             if _MP_HEADER.startswith(head):
                 return NEED_DATA
-            return self._garbage(self._resync_len(), "bad messagepack header")
+            # not the sample header: the generic path, as when more bytes had come at once
+            # (the outcome must not depend on how the bytes were chunked)
+            return self._generic_messagepack(n)
         head = buf.peek(hl + 1)
         if head[:hl] != _MP_HEADER:
             return self._generic_messagepack(n)
@@ -343,41 +404,43 @@ class HackEEGHostCodec:
             try:
                 return decode_record(bytes(d))
             except ValueError:
+                self.garbage_bytes += used
                 return Garbage(used, "bad sample payload")
         try:
             return _response_from_obj(obj)
         except (ValueError, TypeError):
+            self.garbage_bytes += used
             return Garbage(used, "malformed reply object")
 
     def send(self, event: HackEEGCommand) -> bytes:
         """Encode a command in the current mode; mode commands switch :attr:`mode`."""
-        if not isinstance(event, HackEEGCommand):
-            raise LocalProtocolError(f"host cannot send {event!r}")
-        if not event.command or any(c.isspace() for c in event.command):
-            raise LocalProtocolError(f"bad command name {event.command!r}")
-        for p in event.parameters:
-            if not 0 <= int(p) <= 255:
-                raise LocalProtocolError(f"parameter {p} not a byte")
-        if self.mode == TEXT:
-            out = " ".join([event.command] + [f"{int(p):02X}" for p in event.parameters])
-            raw = (out + "\n").encode()
-        else:
-            raw = (json.dumps({"COMMAND": event.command,
-                               "PARAMETERS": [int(p) for p in event.parameters]}) + "\n").encode()
+        raw = encode_command(event, self.mode)
         if event.command in (TEXT, JSONLINES, MESSAGEPACK):
             self.mode = event.command  # type: ignore[assignment]
         return raw
 
 
 # ---------------------------------------------------------------------- device role
+_COMMAND_WORD: Final = re.compile(r"[a-z0-9_]+")
+_HEX_ARG: Final = re.compile(r"(0x)?[0-9a-f]+")
+_JSON: Final = json.JSONDecoder()
+
+
 @dataclass
 class HackEEGDeviceCodec:
     """Device role. Host lines → :class:`HackEEGCommand` / :class:`MalformedCommand`;
     responses, samples and text lines → bytes in the current :attr:`mode`.
 
+    Parsing follows the firmware's mode rules (``hackeeg_driver.ino`` ``loop()``): in text
+    mode only the text parser runs (a JSON line is just an unknown text command), in JSON
+    Lines and MessagePack modes only the JSON parser (a text line is bad JSON). Text mode:
+    lower-cased, non-printable bytes dropped, blank lines ignored, hexadecimal arguments.
+    JSON modes: the first JSON value of the line (ArduinoJson ignores what follows), the
+    ``COMMAND`` name kept as sent (the firmware matches it case-sensitively), integer
+    ``PARAMETERS``; an empty line is bad JSON too (the firmware answers it with 400).
+
     Like the firmware, a mode command switches :attr:`mode` as soon as it is parsed, so
-    the reply the device then sends is already in the new mode. Text-mode arguments are
-    hexadecimal, JSON ``PARAMETERS`` integers.
+    the reply the device then sends is already in the new mode.
     """
 
     mode: Mode = TEXT
@@ -393,32 +456,55 @@ class HackEEGDeviceCodec:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 return NEED_DATA
-            line = bytes(self._buf[:nl]).strip()
+            raw = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
-            if not line:
+            ev = self._parse_text(raw) if self.mode == TEXT else self._parse_json(raw)
+            if ev is None:
                 continue
-            ev = self._parse(line)
             if isinstance(ev, HackEEGCommand) and ev.command in (TEXT, JSONLINES, MESSAGEPACK):
                 self.mode = ev.command  # type: ignore[assignment]
             return ev
 
     @staticmethod
-    def _parse(line: bytes) -> HackEEGCommand | MalformedCommand:
-        if line.startswith(b"{"):
-            try:
-                obj = json.loads(line)
-                cmd = obj["COMMAND"]
-                params = obj.get("PARAMETERS") or []
-                if not isinstance(cmd, str) or not isinstance(params, list):
-                    raise ValueError
-                return HackEEGCommand(cmd.lower(), tuple(int(p) for p in params))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                return MalformedCommand(line)
+    def _parse_text(raw: bytes) -> HackEEGCommand | MalformedCommand | None:
+        # SerialCommand (hackeeg_driver): tolower() on every byte, printable ones kept,
+        # strtok on " ", command word looked up first, then hex arguments (hex_to_long).
+        text = bytes(b for b in raw.lower() if 0x20 <= b < 0x7F).decode("ascii")
+        words = text.split(" ")
+        words = [w for w in words if w]
+        line = raw.strip()
+        if not words:
+            return None  # the firmware ignores a blank line in text mode
+        name = words[0]
+        if not _COMMAND_WORD.fullmatch(name):
+            return MalformedCommand(line, NOT_A_COMMAND, name)
+        params = []
+        for w in words[1:]:
+            if not _HEX_ARG.fullmatch(w):
+                return MalformedCommand(line, BAD_ARGUMENT, name)
+            params.append(int(w, 16))
+        return HackEEGCommand(name, tuple(params))
+
+    @staticmethod
+    def _parse_json(raw: bytes) -> HackEEGCommand | MalformedCommand:
+        # JsonCommand::readSerial: deserializeJson error → 400; no COMMAND → 406 (default
+        # handler); PARAMETERS read only when it is an array.
+        line = raw.strip()
         try:
-            parts = line.decode("ascii").split()
-            return HackEEGCommand(parts[0].lower(), tuple(int(p, 16) for p in parts[1:]))
-        except (ValueError, UnicodeDecodeError, IndexError):
-            return MalformedCommand(line)
+            obj, _ = _JSON.raw_decode(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):  # ArduinoJson limits nesting too
+            return MalformedCommand(line, BAD_JSON)
+        cmd = obj.get("COMMAND") if isinstance(obj, dict) else None
+        if not isinstance(cmd, str):
+            return MalformedCommand(line, NO_COMMAND)
+        params = obj.get("PARAMETERS")
+        if not isinstance(params, list):
+            params = []
+        try:
+            return HackEEGCommand(cmd, tuple(int(p) for p in params))
+        except (ValueError, TypeError):
+            # e.g. a string parameter; the firmware converts it with ArduinoJson (not modelled)
+            return MalformedCommand(line, BAD_JSON)
 
     def send(self, event: HackEEGResponse | HackEEGSample | TextLine) -> bytes:
         if isinstance(event, HackEEGSample):

@@ -6,7 +6,16 @@ State machine as in the firmware: text mode at power-up; ``jsonlines``/``message
 per conversion, ``sdatac`` stops; ``start`` resets the sample number; ``rreg``/``wreg``
 access an ADS1298 register file (CONFIG1 sets the rate, CHnSET gain / mux / power-down).
 The ADC converts continuously from power-up (the firmware sets START high), so samples
-flow as soon as ``rdatac`` is on.
+flow as soon as ``rdatac`` is on; ``stop`` is answered but not modelled.
+
+Mode rules and command tables as in starcat-io/hackeeg-driver-arduino
+``hackeeg_driver/hackeeg_driver.ino`` (``setup()`` registrations, ``loop()``) and
+``hackeeg_driver/JsonCommand.cpp`` (``readSerial``): text commands are understood only in
+text mode, JSON commands only in JSON Lines and MessagePack modes. A line the JSON parser
+cannot read is answered ``{"STATUS_CODE":400,"STATUS_TEXT":"Bad Request"}``; JSON without a
+known ``COMMAND`` gets ``406 Unrecognized command`` (JSON), and so does ``version``, which
+the firmware registers for the text parser only (use ``status`` in JSON modes). Every such
+line is counted in :attr:`HackEEGInterface.malformed_commands`.
 """
 
 from __future__ import annotations
@@ -22,6 +31,18 @@ __all__ = ["HackEEGInterface", "DRIVER_VERSION", "make"]
 
 DRIVER_VERSION = "v0.4.0"
 _N_REGS = 0x1A
+#: Commands the firmware's text parser knows (``serialCommand.addCommand`` in ``setup()``).
+TEXT_COMMANDS = frozenset({
+    "nop", "micros", "version", "status", "serialnumber", "text", "jsonlines", "messagepack",
+    "ledon", "ledoff", "boardledoff", "boardledon", "wakeup", "standby", "reset", "start", "stop",
+    "rdatac", "sdatac", "rdata", "rreg", "wreg", "base64", "hex", "help"})
+#: Commands the firmware's JSON parser knows (``jsonCommand.addCommand``): no ``version``,
+#: ``wakeup``, ``standby``, ``base64``, ``hex`` or ``help``.
+JSON_COMMANDS = frozenset({
+    "nop", "micros", "ledon", "ledoff", "boardledoff", "boardledon", "status", "reset", "start",
+    "stop", "rdatac", "sdatac", "serialnumber", "text", "jsonlines", "messagepack", "rreg", "wreg",
+    "rdata"})
+_TEXT_UNRECOGNIZED = b"406 Error: Unrecognized command.\r\n\r\n"
 
 
 class HackEEGInterface(DeviceInterface):
@@ -52,6 +73,7 @@ class HackEEGInterface(DeviceInterface):
         self._init_gain = gain
         self.codec = he.HackEEGDeviceCodec()
         self.samples_sent = 0
+        self.malformed_commands = 0  # host lines the firmware's parser rejected (400/402/406)
         self.samples_dropped: list[int] = []  # sample numbers never sent
         self._to_drop = 0
         self._reset_registers()
@@ -79,6 +101,11 @@ class HackEEGInterface(DeviceInterface):
     def gains(self) -> np.ndarray:
         return np.array([he.gain_from_chnset(self.regs[he.REG_CHNSET + c]) for c in range(8)])
 
+    def _new_model(self) -> EKGModel:
+        """The physiology at the current rate, with the constructor's model arguments."""
+        return EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm,
+                        **self._model_kwargs)  # type: ignore[arg-type]
+
     def _active(self) -> np.ndarray:
         return np.array([(self.regs[he.REG_CHNSET + c] & 0x07) != he.MUX_SHORTED
                          and not self.regs[he.REG_CHNSET + c] & 0x80 for c in range(8)])
@@ -93,15 +120,40 @@ class HackEEGInterface(DeviceInterface):
     def _ok(self, text: str = "Ok", data: object = None) -> bytes:
         return self.codec.send(he.HackEEGResponse(200, text, data))
 
+    def _error(self, code: int, text: str) -> bytes:
+        return self.codec.send(he.HackEEGResponse(code, text))
+
+    def _malformed(self, ev: he.MalformedCommand, t: float) -> bytes:
+        """The firmware's answer to a line its current parser cannot use (counted in
+        :attr:`malformed_commands` unless the firmware runs it after all)."""
+        if self.codec.mode != he.TEXT:
+            self.malformed_commands += 1
+            if ev.reason == he.NO_COMMAND:  # JsonCommand: defaultHandler("")
+                return self._error(406, "Unrecognized command")
+            return self._error(400, "Bad Request")  # JsonCommand: deserializeJson failed
+        if ev.command not in TEXT_COMMANDS:
+            self.malformed_commands += 1
+            return _TEXT_UNRECOGNIZED
+        if ev.command in ("rreg", "wreg"):  # hex_to_long failed
+            self.malformed_commands += 1
+            return b"402 Error: expected hexidecimal digits.\r\n\r\n"
+        if ev.command in (he.TEXT, he.JSONLINES, he.MESSAGEPACK):
+            self.codec.mode = ev.command  # type: ignore[assignment]
+        return self._handle(he.HackEEGCommand(ev.command), t)  # other commands ignore arguments
+
     def _handle(self, ev: object, t: float) -> bytes:
         injected = self.take_injected_error() if isinstance(ev, he.HackEEGCommand) else None
         if injected is not None:  # fault side door: the firmware answers with an error status
             return self.codec.send(he.HackEEGResponse(injected[1] or 500, injected[0]))
         if isinstance(ev, he.MalformedCommand):
-            return self.codec.send(he.HackEEGResponse(400, "Bad request"))
+            return self._malformed(ev, t)
         assert isinstance(ev, he.HackEEGCommand)
-        c, p = ev.command, ev.parameters
         text = self.codec.mode == he.TEXT
+        if ev.command not in (TEXT_COMMANDS if text else JSON_COMMANDS):
+            if text:
+                return _TEXT_UNRECOGNIZED
+            return self._error(406, "Unrecognized command")  # unrecognizedJsonLines()
+        c, p = ev.command, ev.parameters
         if c in ("nop", "text", "jsonlines", "messagepack", "ledon", "ledoff", "boardledon",
                  "boardledoff", "wakeup", "standby", "stop"):
             return self._ok()
@@ -135,15 +187,14 @@ class HackEEGInterface(DeviceInterface):
                 self.rdatac = True
                 self._t0 = t
                 self._k = 0
-                self._model = EKGModel(self.seed, fs=float(self.rate),
-                                       heart_rate_bpm=self.heart_rate_bpm, **self._model_kwargs)  # type: ignore[arg-type]
+                self._model = self._new_model()
             return self._ok()
         if c == "sdatac":
             self.rdatac = False
             return self._ok()
         if c == "rdata":
             if self._model is None:
-                self._model = EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm)
+                self._model = self._new_model()
             return (self._ok() if text else b"") + self._samples(1, t, advance_clock=False)
         if c == "rreg":
             if len(p) != 1 or not 0 <= p[0] < _N_REGS:
@@ -161,14 +212,15 @@ class HackEEGInterface(DeviceInterface):
             self.regs[reg] = val
             if reg == he.REG_CONFIG1 and self._model is not None:
                 # rate change: restart the physiology at the new rate from now
-                self._model = EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm)
+                self._model = self._new_model()
                 self._t0, self._k = t, 0
             if text:
                 return f"200 Ok (Write Register {reg:02X} {val:02X}) \r\n\r\n".encode()
             return self._ok()
+        # known to the firmware but not modelled here (base64, hex, help)
         if text:
-            return b"406 Error: Unrecognized command.\r\n\r\n"
-        return self.codec.send(he.HackEEGResponse(406, "Unrecognized command"))
+            return _TEXT_UNRECOGNIZED
+        return self._error(406, "Unrecognized command")
 
     # --------------------------------------------------------------- streaming
     def next_deadline(self) -> float | None:
@@ -216,6 +268,7 @@ class HackEEGInterface(DeviceInterface):
     def truth(self) -> dict:
         d: dict = {"rdatac": self.rdatac, "mode": self.codec.mode, "rate": self.rate,
                    "gains": self.gains().tolist(), "samples_sent": self.samples_sent,
+                   "malformed_commands": self.malformed_commands,
                    "leads": DEVICE_LEADS}
         if self._model is not None:
             d.update(self._model.truth())
