@@ -1265,10 +1265,12 @@ def add_record_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--endpoint", action="append", help="data endpoint(s) to subscribe to (repeatable); "
                                                         "with start/stop/status: the control endpoint")
     sp.add_argument("--timeout", type=float, default=5.0)
+    sp.add_argument("--keys", help="CurveZMQ: this client's NAME.key_secret")
+    sp.add_argument("--server-key", help="CurveZMQ: the daemon's public key file (NAME.key)")
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from .cli import CliError, _endpoints, _load
+    from .cli import CliError, _client_curve, _endpoints, _load
 
     if args.check:
         if not os.path.exists(args.check):
@@ -1287,7 +1289,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             if args.out:
                 fields["path"] = args.out
         try:
-            with ControlClient(endpoint, timeout=args.timeout) as c:
+            with ControlClient(endpoint, timeout=args.timeout, curve=_client_curve(args)) as c:
                 result = c.request("record", **fields)
         except DaemonUnreachable:
             raise CliError(f"no medacq daemon answers at {endpoint}", 3) from None
@@ -1314,6 +1316,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         settle = edf_settle_s(interval)
     rec = Recorder(args.endpoint or data, args.topics, args.out, flush_s=args.flush, fmt=args.format,
                    durable=not args.no_fsync, on_checkpoint=progress, settle_s=settle)
+    rec.curve = _client_curve(args)
     rec.start()
     rec.ready.wait(10)
     if rec.state == "failed":

@@ -72,6 +72,15 @@ def test_rights_and_audit(keys, endpoints):
             r = run_medacq("ctl", "status", "--endpoint", ep, "--keys", str(keys / "k" / "bob.key_secret"),
                            "--server-key", server_pub)
             assert r.returncode == 0 and "s0" in r.stdout
+            # medacq record subscribes with keys: a reader records, no keys records nothing
+            out = keys / "rec.h5"
+            r = run_medacq("record", "--endpoint", cfg.daemon.data_endpoint, "--out", str(out), "--for", "1.5",
+                           "--keys", str(keys / "k" / "bob.key_secret"), "--server-key", server_pub)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stderr.strip().splitlines()[-1])["frames_recorded"] > 0
+            r = run_medacq("record", "--endpoint", cfg.daemon.data_endpoint, "--out", str(keys / "no.h5"),
+                           "--for", "1.0")
+            assert json.loads(r.stderr.strip().splitlines()[-1])["frames_recorded"] == 0
         finally:
             d.shutdown()
     records = [json.loads(l) for l in audit.read_text().splitlines()]
