@@ -1,4 +1,4 @@
-"""Shared fixtures: free ports, in-process simulators, a running daemon."""
+"""Shared fixtures and helpers: free ports, endpoints, the CLI, codec drains, unpaced simulators."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from medacq.protocols._sansio import NEED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -68,3 +70,29 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05):
 def artifacts() -> Iterator[Path]:
     ARTIFACTS.mkdir(exist_ok=True)
     yield ARTIFACTS
+
+
+# -- sans-I/O helpers ---------------------------------------------------------------------
+def drain(codec) -> list:
+    """Every event the codec has ready (until NEED_DATA)."""
+    out = []
+    while (ev := codec.next_event()) is not NEED_DATA:
+        out.append(ev)
+    return out
+
+
+def feed_bytewise(codec, data: bytes) -> list:
+    """Feed ``data`` one byte at a time, draining after each; all events in order."""
+    out = []
+    for i in range(len(data)):
+        codec.receive_data(data[i : i + 1])
+        out += drain(codec)
+    return out
+
+
+def run_unpaced(dev, t_end: float) -> bytes:
+    """What a simulator interface writes up to device time ``t_end`` (s), as fast as it goes."""
+    out = bytearray()
+    while (d := dev.next_deadline()) is not None and d <= t_end:
+        out += dev.poll(d)
+    return bytes(out)

@@ -12,24 +12,9 @@ import pytest
 from medacq.protocols import cyton as cy
 from medacq.protocols import hackeeg as he
 from medacq.protocols import quspin as qs
-from medacq.protocols._sansio import NEED_DATA, Garbage, LocalProtocolError
+from medacq.protocols._sansio import Garbage, LocalProtocolError
 
-
-def drain(codec) -> list:
-    out = []
-    while True:
-        ev = codec.next_event()
-        if ev is NEED_DATA:
-            return out
-        out.append(ev)
-
-
-def feed_bytewise(codec, data: bytes) -> list:
-    out = []
-    for i in range(len(data)):
-        codec.receive_data(data[i : i + 1])
-        out += drain(codec)
-    return out
+from conftest import drain, feed_bytewise
 
 
 # ------------------------------------------------------------------------- Cyton

@@ -12,7 +12,6 @@ SPS (re-initialising the ADS) unless the command came from the WiFi shield.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -21,35 +20,15 @@ from pydantic import ValidationError
 from medacq.drivers._base import Frame, Gap
 from medacq.drivers.cyton import CytonDriver, CytonSettings
 from medacq.protocols import cyton as cy
-from medacq.protocols._sansio import NEED_DATA, LocalProtocolError
+from medacq.protocols._sansio import LocalProtocolError
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.cyton import CytonInterface
 
 from test_bio_drivers import assemble, collect, cyton_expected
 
+from conftest import drain, feed_bytewise, run_unpaced
+
 X, Y, Z = cy.AccelAxis.X, cy.AccelAxis.Y, cy.AccelAxis.Z
-
-
-def drain(codec) -> list:
-    out = []
-    while (ev := codec.next_event()) is not NEED_DATA:
-        out.append(ev)
-    return out
-
-
-def feed_bytewise(codec, data: bytes) -> list:
-    out = []
-    for i in range(len(data)):
-        codec.receive_data(data[i:i + 1])
-        out += drain(codec)
-    return out
-
-
-def run_unpaced(dev, t_end: float) -> bytes:
-    out = bytearray()
-    while (d := dev.next_deadline()) is not None and d <= t_end:
-        out += dev.poll(d)
-    return bytes(out)
 
 
 def ts_sample(counter: int, stop: int = 0xC4, accel=(100, -200, 8000), ts: int = 1000) -> cy.CytonSample:

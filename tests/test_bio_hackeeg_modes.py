@@ -21,29 +21,16 @@ import pytest
 from medacq.drivers._base import Frame, Gap
 from medacq.drivers.hackeeg import HackEEGDriver, HackEEGSettings
 from medacq.protocols import hackeeg as he
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import Garbage
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.biosignal_models import DEVICE_LEADS, EKGModel
 from medacq.simulators.hackeeg import HackEEGInterface
 
+from conftest import drain, feed_bytewise
+
 JSON_400 = b'{"STATUS_CODE":400,"STATUS_TEXT":"Bad Request"}\r\n'
 JSON_406 = b'{"STATUS_CODE":406,"STATUS_TEXT":"Unrecognized command"}\r\n'
 TEXT_406 = b"406 Error: Unrecognized command.\r\n\r\n"
-
-
-def drain(codec) -> list:
-    out = []
-    while (ev := codec.next_event()) is not NEED_DATA:
-        out.append(ev)
-    return out
-
-
-def feed_bytewise(codec, data: bytes) -> list:
-    out = []
-    for i in range(len(data)):
-        codec.receive_data(data[i : i + 1])
-        out += drain(codec)
-    return out
 
 
 def jcmd(name: str, *params: int) -> bytes:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from medacq.protocols import cyton as cy
 from medacq.protocols import hackeeg as he
 from medacq.protocols import quspin as qs
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import NEED_DATA
 from medacq.simulators.biosignal_models import EEGModel, EKGModel
 from medacq.simulators.cyton import CytonInterface
 from medacq.simulators.hackeeg import HackEEGInterface
 from medacq.simulators.quspin import QuSpinInterface
+
+from conftest import run_unpaced
 
 
 def events(codec, data: bytes) -> list:
@@ -21,13 +22,6 @@ def events(codec, data: bytes) -> list:
     while (ev := codec.next_event()) is not NEED_DATA:
         out.append(ev)
     return out
-
-
-def run_unpaced(dev, t_end: float) -> bytes:
-    out = bytearray()
-    while (d := dev.next_deadline()) is not None and d <= t_end:
-        out += dev.poll(d)
-    return bytes(out)
 
 
 # ------------------------------------------------------------------------- Cyton

@@ -9,24 +9,9 @@ import pytest
 
 from medacq.protocols import openeit as oe
 from medacq.protocols import sciospec as sc
-from medacq.protocols._sansio import NEED_DATA, Garbage, LocalProtocolError
+from medacq.protocols._sansio import Garbage, LocalProtocolError
 
-
-def drain(codec) -> list:
-    out = []
-    while True:
-        ev = codec.next_event()
-        if ev is NEED_DATA:
-            return out
-        out.append(ev)
-
-
-def feed_bytewise(codec, data: bytes) -> list:
-    out = []
-    for i in range(len(data)):
-        codec.receive_data(data[i : i + 1])
-        out.extend(drain(codec))
-    return out
+from conftest import drain, feed_bytewise
 
 
 # ----------------------------------------------------------------------------- Sciospec

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from medacq.protocols.scpi import (
-    NEED_DATA,
     Block,
     Command,
     CommandTree,
@@ -29,20 +28,7 @@ from medacq.protocols.scpi import (
     split_values,
 )
 
-
-def drain(codec) -> list:
-    out = []
-    while (ev := codec.next_event()) is not NEED_DATA:
-        out.append(ev)
-    return out
-
-
-def feed_bytewise(codec, data: bytes) -> list:
-    out = []
-    for i in range(len(data)):
-        codec.receive_data(data[i : i + 1])
-        out.extend(drain(codec))
-    return out
+from conftest import drain, feed_bytewise
 
 
 # ---------------------------------------------------------------- blocks, host role
