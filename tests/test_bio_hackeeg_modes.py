@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from medacq.drivers._base import Frame, Gap
+from medacq.drivers._base import Gap
 from medacq.drivers.hackeeg import HackEEGDriver, HackEEGSettings
 from medacq.protocols import hackeeg as he
 from medacq.protocols._sansio import Garbage
@@ -27,6 +27,7 @@ from medacq.simulators.biosignal_models import DEVICE_LEADS, EKGModel
 from medacq.simulators.hackeeg import HackEEGInterface
 
 from conftest import drain, feed_bytewise
+from test_bio_drivers import assemble, collect, hackeeg_expected
 
 JSON_400 = b'{"STATUS_CODE":400,"STATUS_TEXT":"Bad Request"}\r\n'
 JSON_406 = b'{"STATUS_CODE":406,"STATUS_TEXT":"Unrecognized command"}\r\n'
@@ -254,31 +255,6 @@ def test_open_sequence_sends_only_what_the_mode_understands(mode: str) -> None:
 
 
 # -------------------------------------------------------------- driver over real ptys
-def hackeeg_expected(seed: int, rate: int, n: int, gain: int = 6) -> np.ndarray:
-    m = EKGModel(seed, fs=float(rate), heart_rate_bpm=72.0)
-    scale = 2.4e6 / gain / (2**23 - 1)
-    return np.clip(np.round(m.generate(n, DEVICE_LEADS) / scale), -(2**23), 2**23 - 1) * scale
-
-
-def collect(driver, n_samples: int, timeout: float = 20.0) -> list[Frame | Gap]:
-    items: list[Frame | Gap] = []
-    got = 0
-    end = time.monotonic() + timeout
-    while got < n_samples and time.monotonic() < end:
-        for it in driver.read(0.2):
-            items.append(it)
-            if isinstance(it, Frame):
-                got += it.data.shape[1]
-    assert got >= n_samples, f"only {got} samples in {timeout} s"
-    return items
-
-
-def assemble(items: list[Frame | Gap]) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.concatenate([f.t_device + np.arange(f.data.shape[1]) for f in items if isinstance(f, Frame)])
-    vals = np.concatenate([f.data for f in items if isinstance(f, Frame)], axis=1)
-    return idx, vals
-
-
 def leave_board(address: str, mode: str, streaming: bool, settle_s: float = 0.3) -> None:
     """Another program's session: put the board in ``mode`` (from text mode, as it boots),
     maybe start it streaming, and go away without stopping it."""
