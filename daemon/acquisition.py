@@ -126,6 +126,10 @@ class AcquisitionWorker(threading.Thread):
         reconnect_max_s: backoff cap.
     """
 
+    #: how often (s) a running driver's ``descriptor()`` is re-read; a changed one (e.g. a
+    #: device status in its meta) is republished at once, not at the next descriptor timer
+    descriptor_check_s: float = 1.0
+
     def __init__(
         self,
         name: str,
@@ -186,9 +190,17 @@ class AcquisitionWorker(threading.Thread):
             return "device did not apply the settings in time (still reconnecting?)"
         return result[0]
 
-    def driver_counters(self) -> dict[str, int]:
+    def driver_counters(self) -> dict[str, Any]:
+        """The driver's counters, plus its ``status_extra`` snapshot when it keeps one (a
+        dict it replaces, never mutates: e.g. per-sensor state of a multi-sensor rig)."""
         d = self.driver
-        return dict(d.counters) if d is not None else {}
+        if d is None:
+            return {}
+        out: dict[str, Any] = dict(d.counters)
+        extra = getattr(d, "status_extra", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        return out
 
     # -- the thread ------------------------------------------------------------------
     def run(self) -> None:
@@ -247,6 +259,7 @@ class AcquisitionWorker(threading.Thread):
             self._lost = False
         log.info("%s: acquiring (series %s)", self.device, series)
         q, stats = self.queue, self.stats
+        next_descriptor_check = time.monotonic() + self.descriptor_check_s
         while self.want_running.is_set() and not self._shutdown.is_set() and self._reconfig is None:
             for item in drv.read(0.2):
                 if type(item) is Frame:
@@ -260,11 +273,25 @@ class AcquisitionWorker(threading.Thread):
                 elif isinstance(item, Gap):
                     q.put_control(("gap", self._seq, item.lost_frames, item.lost_samples, item.reason))
                     self._seq += item.lost_frames
-            self.last_progress = time.monotonic()
+            self.last_progress = now = time.monotonic()
+            if now >= next_descriptor_check:
+                next_descriptor_check = now + self.descriptor_check_s
+                self._refresh_descriptor(drv)
         try:
             drv.stop()
         finally:
             self._end_series("stopped" if not self._shutdown.is_set() else "daemon shutdown")
+
+    def _refresh_descriptor(self, drv: Driver) -> None:
+        """Re-read the running driver's descriptor; a changed one is republished at once."""
+        try:
+            desc = drv.descriptor()
+        except Exception:  # noqa: BLE001 - keep streaming with the descriptor we have
+            log.exception("%s: descriptor() failed while acquiring", self.device)
+            return
+        if desc != self.descriptor:
+            self.descriptor = desc
+            self.queue.put_control(("descriptor", desc))
 
     def _end_series(self, reason: str) -> None:
         if self._series_open:

@@ -6,7 +6,15 @@ idle, the sensor prints status blocks (``~04``/``~05``/``~07``/``~08``/``~09`` a
 ``|1``…``|5`` LED lines) at 7.5 Hz; ``>`` auto-starts (laser on at once, cell-temperature
 lock after 2 s, laser lock after 3 s); ``7`` starts ``!<int>`` samples at 200 Hz and prints a
 ``#`` message, ``8`` stops them; ``D``/``E`` field zeroing on/off; ``9`` calibrates (only
-once field-zeroed); ``V`` field reset; ``e`` reboot.
+once field-zeroed); ``V`` field reset; ``e`` reboot. While streaming, an LED that changes
+(e.g. laser lock reached after the stream started) is reported at once as a ``|<led><0|1>``
+line between samples (our choice: the host codec and driver read them mid-stream).
+
+Stream sample index: samples are numbered from 0 at each ``7`` (:attr:`QuSpinInterface.stream_index`);
+the first streamed sample is model sample :attr:`QuSpinInterface.stream_start`, so a test can
+regenerate what was sent with :class:`MEGModel`. Fault side door: :meth:`QuSpinInterface.drop_samples`
+(samples never leave the sensor, their slot in time passes: a loss with no backlog, unlike an
+adapter ``stall``, after which the backlog arrives late).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class QuSpinInterface(DeviceInterface):
         self._model_kwargs = model_kwargs
         self.codec = qs.QuSpinDeviceCodec()
         self.samples_sent = 0
+        self.samples_dropped: list[int] = []  # stream indices never sent (side door)
+        self._drops: list[tuple[int, int]] = []  # pending [first, end) stream-index ranges to drop
         self._boot(0.0)
 
     def _boot(self, t: float) -> None:
@@ -49,6 +59,9 @@ class QuSpinInterface(DeviceInterface):
         self._t0 = t
         self._k = 0          # samples consumed from the model (sample clock)
         self._status_t = t   # next status block
+        self.stream_start = 0  # model sample index of stream sample 0 (set by ``7``)
+        self.stream_index = 0  # index of the next stream sample (sent or dropped)
+        self._led_sent: dict[int, bool] = {}
 
     @property
     def period(self) -> float:
@@ -79,6 +92,8 @@ class QuSpinInterface(DeviceInterface):
         if c == qs.STREAM_ON:
             if not self.streaming:
                 self.streaming = True
+                self.stream_start, self.stream_index = self._k, 0
+                self._led_sent = self.leds(t)
             return self._msg("Data stream on")
         if c == qs.STREAM_OFF:
             self.streaming = False
@@ -121,11 +136,34 @@ class QuSpinInterface(DeviceInterface):
             return self._t0 + self._k * self.period
         return self._status_t
 
+    def drop_samples(self, n: int, at: int | None = None) -> None:
+        """Fault side door: stream samples ``at .. at + n - 1`` (default: the next ``n``) are
+        never sent; the sensor's sample clock runs on (no backlog follows)."""
+        first = self.stream_index if at is None else int(at)
+        self._drops.append((first, first + int(n)))
+
+    def _dropped(self, i: int) -> bool:
+        self._drops = drops = [(a, b) for a, b in self._drops if b > i]
+        return any(a <= i for a, _ in drops)
+
     def poll(self, t: float) -> bytes:
         x = self._advance(t)
         if self.streaming:
-            self.samples_sent += x.size
-            return b"".join(self.codec.send(qs.QuSpinSample(qs.pt_to_counts(v))) for v in x)
+            send = self.codec.send
+            out = bytearray()
+            for v in x:
+                i = self.stream_index
+                self.stream_index = i + 1
+                if self._drops and self._dropped(i):
+                    self.samples_dropped.append(i)
+                    continue
+                out += send(qs.QuSpinSample(qs.pt_to_counts(v)))
+                self.samples_sent += 1
+            leds = self.leds(t)
+            if leds != self._led_sent:  # report a changed LED between samples
+                out += b"".join(send(qs.QuSpinLed(k, v)) for k, v in leds.items() if self._led_sent.get(k) != v)
+                self._led_sent = leds
+            return bytes(out)
         out = bytearray()
         while self._status_t <= t:
             out += self._status_block(self._status_t)
@@ -148,7 +186,9 @@ class QuSpinInterface(DeviceInterface):
 
     def truth(self) -> dict:
         d = self.model.truth()
-        d.update({"streaming": self.streaming, "serial": self.serial, "samples_sent": self.samples_sent})
+        d.update({"streaming": self.streaming, "serial": self.serial, "samples_sent": self.samples_sent,
+                  "stream_start": self.stream_start, "stream_index": self.stream_index,
+                  "samples_dropped": list(self.samples_dropped)})
         return d
 
 

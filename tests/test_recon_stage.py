@@ -143,3 +143,40 @@ def test_stage_reports_every_source_frame_it_did_not_use(endpoints):
     assert len(full) == len(gaps) - 1 and (len(full) > 0) == (st["dropped"] > 0)
     assert len(outs) + 3 + st["dropped"] == 2007 and outs[-1] == 2006
     assert st["gaps_forwarded"] == len(gaps)
+
+
+def test_live_device_state_in_the_descriptor_keeps_the_reconstructor(endpoints):
+    """A descriptor change confined to ``meta.live`` keys (device status) keeps the running
+    mean; any other change rebuilds it."""
+    cfg = parse_config({**endpoints, "recon": {**endpoints["recon"], "settings": {"synthetic": {"alpha": 0.5}}}})
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(cfg.daemon.data_endpoint)
+    stage = ReconStage(cfg).start()
+    series = "7a1d4a8e-0d3e-4c1a-9a53-6d1b8e1f0a14"
+
+    def desc(**meta):
+        d = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=[1, 2], axes=["a", "b"],
+                             meta={"live": ["leds"], **meta})
+        return [b"raw/s", encode_header(StreamHeader(stream="s", kind=MessageKind.DESCRIPTOR, series=series, seq=0,
+                                                     t_host_ns=1, t_mono_ns=2, descriptor=d))]
+
+    tpl = HeaderTemplate("s", series, "<f4", [1, 2], ["a", "b"], "")
+    try:
+        with Subscriber(cfg.recon.data_endpoint, "recon/") as rsub:
+            time.sleep(0.5)
+            steps = [desc(leds="off", gain=1), 0.0, desc(leds="on", gain=1), 4.0, desc(leds="on", gain=2), 8.0]
+            seq = 0
+            for st in steps:
+                if isinstance(st, float):
+                    pub.send_multipart([b"raw/s", tpl.frame(seq, 1, 2), np.full((1, 2), st, "<f4").tobytes()])
+                    seq += 1
+                else:
+                    pub.send_multipart(st)
+                time.sleep(0.2)
+            outs = list(rsub.frames(timeout=3, max_frames=3))
+    finally:
+        stage.shutdown()
+        pub.close(0)
+    # 0 -> (LEDs changed: kept) 0 + 0.5 * (4 - 0) = 2 -> (gain changed: rebuilt) 8
+    assert [float(o[1][0, 0]) for o in outs] == [0.0, 2.0, 8.0]

@@ -79,6 +79,17 @@ class _StreamState:
     gaps_forwarded: int = 0
 
 
+def _processing_view(desc: dict[str, Any]) -> dict[str, Any]:
+    """The descriptor without the ``meta`` keys it names in ``meta.live`` (device state that
+    changes while streaming, e.g. a sensor's status LEDs): a change there does not change how
+    frames are to be read, so the reconstructor (and its filter state) is kept."""
+    meta = desc.get("meta") or {}
+    live = meta.get("live") or []
+    if not live:
+        return desc
+    return {**desc, "meta": {k: v for k, v in meta.items() if k not in live}}
+
+
 def _gap_message(topic: str, stream: str, first_seq: int | None, count: int, reason: str) -> Message:
     """A ``gap`` message made here, for frames this stage never processed."""
     return Message(topic, {"stream": stream, "kind": "gap", "seq": first_seq or 0, "gap_frames": count,
@@ -268,8 +279,9 @@ class ReconStage:
     def _ensure_recon(self, st: _StreamState) -> Reconstructor | None:
         if st.descriptor is None:
             return None
-        if st.recon is not None and st.recon_descriptor == st.descriptor:
-            return st.recon
+        if st.recon is not None and st.recon_descriptor is not None and (
+                _processing_view(st.recon_descriptor) == _processing_view(st.descriptor)):
+            return st.recon  # unchanged, or only live device state in meta changed
         desc = StreamDescriptor.model_validate(st.descriptor)
         cls = reconstructor_class(desc.modality)
         st.recon_descriptor = st.descriptor
