@@ -190,6 +190,9 @@ class HackEEGDriver(Driver):
                     mode = he.TEXT
                     link.write(text_switch + marker)
                     deadline = time.monotonic() + timeout
+                elif isinstance(ev, he.HackEEGResponse) and ev.status_code >= 500:
+                    # the board itself refuses (not a parse error of our probes): say what it said
+                    raise DeviceError(f"{self.name}: the HackEEG answered {ev.status_code} {ev.status_text}")
                 elif isinstance(ev, he.HackEEGResponse):
                     if mode is None:  # JSON Lines or MessagePack mode: replies are JSON in both
                         mode = he.JSONLINES
