@@ -393,7 +393,7 @@ def parse_sample_rate_reply(text: str) -> int | None:
     if not (t.startswith(head) and t.endswith("Hz")):
         return None
     num = t[len(head):-2]
-    return int(num) if num.isdigit() else None
+    return int(num) if num.isascii() and num.isdigit() else None
 
 
 # ------------------------------------------------------------------------- scaling
@@ -730,7 +730,7 @@ class CytonDeviceCodec:
             if m == "~":
                 if ch == "~":
                     return QuerySampleRate()
-                if ch.isdigit():
+                if "0" <= ch <= "9":
                     d = int(ch)
                     return SetSampleRate(d) if d in SAMPLE_RATE_CODES else SampleRateError(
                         "sample value out of bounds"
@@ -739,7 +739,7 @@ class CytonDeviceCodec:
             if m == "/":
                 if ch == "/":
                     return QueryBoardMode()
-                if ch.isdigit():
+                if "0" <= ch <= "9":
                     d = int(ch)
                     return SetBoardMode(d) if d in BOARD_MODES else BoardModeError(
                         "board mode value out of bounds."
@@ -790,7 +790,7 @@ def _parse_settings(s: str) -> ChannelSettings | ChannelSettingsError:
     # s = CH PWR GAIN INPUT BIAS SRB2 SRB1 X
     ch = _parse_channel_char(s[0])
     digits = s[1:7]
-    if ch is None or not digits.isdigit():
+    if ch is None or not (digits.isascii() and digits.isdigit()):
         return ChannelSettingsError("invalid channel setting")
     ev = ChannelSettings(ch, *(int(d) for d in digits))
     return ChannelSettingsError("invalid channel setting") if _validate_settings(ev) else ev

@@ -147,13 +147,13 @@ def _parse_line(line: bytes) -> DeviceLine | None:
         return None
     head, rest = s[0], s[1:]
     if head == "!":
-        return QuSpinSample(int(rest)) if rest.isdigit() and len(rest) <= 8 else None
+        return QuSpinSample(int(rest)) if rest.isascii() and rest.isdigit() and len(rest) <= 8 else None
     if head == "~":
-        if len(rest) >= 2 and rest[:2].isdigit():
+        if len(rest) >= 2 and rest[:2].isascii() and rest[:2].isdigit():
             return QuSpinStatus(int(rest[:2]), rest[2:])
         return None
     if head == "|":
-        if len(rest) == 2 and rest[0].isdigit() and rest[1] in "01":
+        if len(rest) == 2 and rest[0] in "0123456789" and rest[1] in "01":
             return QuSpinLed(int(rest[0]), rest[1] == "1")
         return None
     if head == "#":

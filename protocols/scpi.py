@@ -762,7 +762,7 @@ class ScpiHost:
                 if n < 2:
                     return NEED_DATA
                 d = self._buf.peek(2)[1:2]
-                if d.isdigit():
+                if d.isascii() and d.isdigit():
                     ev = self._parse_block_header()
                     if ev is NEED_DATA:
                         return NEED_DATA
@@ -808,7 +808,7 @@ class ScpiHost:
         if len(self._buf) < 2 + nd:
             return NEED_DATA
         digits = self._buf.peek(2 + nd)[2:]
-        if not digits.isdigit():
+        if not (digits.isascii() and digits.isdigit()):
             # Malformed header: drop through the end of the line.
             i = self._buf.find(b"\n")
             if i < 0:

@@ -319,3 +319,11 @@ def test_quspin_garbage_resync() -> None:
     host3.receive_data(b"x" * 1000)
     g = drain(host3)
     assert g and sum(x.nbytes for x in g) >= 999 and len(host3._buf) <= 256
+
+
+def test_cyton_non_ascii_digits_are_errors_not_crashes() -> None:
+    """Found by the fuzzer: latin-1 '¹' and '²' pass str.isdigit() but are no digits."""
+    dev = cy.CytonDeviceCodec()
+    evs = feed_bytewise(dev, b"/\xb9~\xb2")
+    assert [type(e).__name__ for e in evs] == ["BoardModeError", "SampleRateError"]
+    assert cy.parse_sample_rate_reply("Success: Sample rate is \u00b250Hz") is None
