@@ -26,6 +26,8 @@ from medacq.protocols.stream import HeaderError, decode_header, frame_payload
 
 from .security import ClientKeys
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
 __all__ = [
     "Subscriber",
     "Message",
@@ -142,6 +144,7 @@ class Subscriber:
         self.counters = _Counters()
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
+        self._topic_names: dict[bytes, str] = {}
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> "Subscriber":
@@ -169,17 +172,32 @@ class Subscriber:
     # -- receiving ----------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Message | None:
         """Next message of any kind, or ``None`` after ``timeout`` seconds (None: wait forever)."""
+        recv = self.sock.recv
         while True:
-            if timeout is not None and not self._poller.poll(int(timeout * 1000)):
-                return None
-            parts = self.sock.recv_multipart(copy=False)
+            # a queued message is taken without a poll; parts are zmq.Frames (zero-copy), and
+            # Frame.more is read without pyzmq's per-part getsockopt(RCVMORE) of recv_multipart
+            try:
+                f = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                if timeout is not None and not self._poller.poll(int(timeout * 1000)):
+                    return None
+                f = recv(copy=False)
+            parts = [f]
+            while f.more:
+                f = recv(copy=False)
+                parts.append(f)
             msg = self._decode(parts)
             if msg is not None:
                 return msg
 
     def _decode(self, parts: list[zmq.Frame]) -> Message | None:
         self.counters.messages += 1
-        topic = bytes(parts[0].buffer).decode("utf-8", "replace")
+        raw_topic = parts[0].bytes
+        topic = self._topic_names.get(raw_topic)
+        if topic is None:
+            topic = raw_topic.decode("utf-8", "replace")
+            if len(self._topic_names) < 4096:
+                self._topic_names[raw_topic] = topic
         try:
             if len(parts) < 2:
                 raise HeaderError("message has no header part", topic=topic)

@@ -239,9 +239,12 @@ def _int_list(values: list[int] | tuple[int, ...]) -> bytes:
 try:  # orjson parses headers ~4x faster than the stdlib; the stdlib is the fallback
     from orjson import JSONDecodeError as _JSONError
     from orjson import loads as _loads
+
+    _LOADS_BUFFERS = True  # orjson parses a memoryview in place
 except ImportError:  # pragma: no cover
     _loads = json.loads
     _JSONError = json.JSONDecodeError
+    _LOADS_BUFFERS = False
 
 
 _REQUIRED: Final = ("v", "stream", "kind", "series", "seq", "t_host_ns", "t_mono_ns")
@@ -256,7 +259,7 @@ def decode_header(raw: bytes | memoryview, topic: str | None = None, *, strict: 
     :class:`HeaderError` naming the stream (or the topic when the stream is unreadable).
     """
     try:
-        h = _loads(raw if isinstance(raw, bytes) else bytes(raw))
+        h = _loads(raw if _LOADS_BUFFERS or isinstance(raw, bytes) else bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError, _JSONError) as exc:
         raise HeaderError(f"header is not UTF-8 JSON: {exc}", topic=topic) from None
     if not isinstance(h, dict):
