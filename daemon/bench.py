@@ -47,7 +47,7 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--duration", type=float, default=2.0, help="seconds per measured case (default %(default)s)")
     sp.add_argument("--sizes", default=",".join(SIZES), help="transport: comma-separated frame sizes")
-    sp.add_argument("--repeat", type=int, default=3, help="transport: interleaved repeats per size (median)")
+    sp.add_argument("--repeat", type=int, default=3, help="transport, biosignal capacity: interleaved repeats (median)")
     sp.add_argument("--minutes", type=float, default=10.0, help="soak: duration in minutes")
     sp.add_argument("--e2e-s", type=float, default=20.0, help="detector: end-to-end seconds (default %(default)s)")
     sp.add_argument("--frames", type=int, default=40, help="detector: full frames per read measurement")
