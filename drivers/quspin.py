@@ -52,7 +52,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +69,7 @@ __all__ = ["QuSpinDriver", "QuSpinSettings", "parse_ports"]
 
 log = logging.getLogger("medacq.drivers.quspin")
 
+_AXIS_COMMANDS = {"x": "G", "y": "@", "z": "?"}  # read axis (QZFM command list)
 _LED_NAMES = {1: "laser_on", 2: "cell_temp_lock", 3: "laser_lock", 4: "field_zeroed", 5: "master"}
 _RATE = 200.0
 _WARMUP_S = 1.0          # per sensor: learn its lateness on the rig clock before judging it
@@ -93,6 +94,10 @@ class QuSpinSettings(BaseModel):
         auto_start: send ``>`` at open when the laser is off.
         field_zero: enable on-sensor field zeroing (``D``) at open.
         calibrate: run the calibration (``9``) at open (after zeroing).
+        axis: the axis the digital output reads (``x``/``y``/``z``: ``G``/``@``/``?``), set at
+            open before zeroing; ``None`` leaves the sensor's own choice. The serial output rate
+            is the sensor's fixed 200 Hz, and the analog gain keys act on the analog output only,
+            so neither is a setting of this (digital) driver.
         frame_samples: samples per frame (default 8 = 40 ms at 200 Hz).
         stall_s: a sensor that sends no samples this long while the others stream is NaN-filled.
         loss_tolerance_s: a sensor this far behind the rig clock (beyond its usual lateness)
@@ -112,6 +117,7 @@ class QuSpinSettings(BaseModel):
     auto_start: bool = True
     field_zero: bool = True
     calibrate: bool = True
+    axis: Literal["x", "y", "z"] | None = None
     frame_samples: int | None = Field(default=None, ge=1, le=10_000)
     stall_s: float = Field(default=0.5, gt=0)
     loss_tolerance_s: float = Field(default=0.025, ge=0.005)
@@ -295,6 +301,11 @@ class QuSpinDriver(Driver):
                     self._send(s, qs.AUTO_START)
                     self._wait_message(s, qs.AUTO_START, st.timeout_s)
                     s.leds["laser_on"] = True
+                if st.axis is not None:
+                    self._send(s, _AXIS_COMMANDS[st.axis])
+                    msg = self._wait_message(s, _AXIS_COMMANDS[st.axis], st.timeout_s)
+                    if not msg.lower().endswith(f"axis {st.axis}"):
+                        raise DeviceError(f"{self.name}: {s.address} answered {msg!r} to the read-axis-{st.axis} command")
                 if st.field_zero:
                     self._send(s, qs.FIELD_ZERO_ON)
                     self._wait_message(s, qs.FIELD_ZERO_ON, st.timeout_s)
@@ -352,7 +363,7 @@ class QuSpinDriver(Driver):
             channel_names=self.labels(), sample_rate_hz=_RATE, frame_rate_hz=_RATE / self.frame_samples,
             meta={"sensors": [s.describe() for s in self._sensors], "ports": list(self.ports),
                   "frame_samples": self.frame_samples, "mains_hz": st.mains_hz,
-                  "field_zero": st.field_zero, "calibrated": st.calibrate,
+                  "field_zero": st.field_zero, "calibrated": st.calibrate, "axis": st.axis,
                   "t_device": "slot of the first sample on the rig timeline (jumps where no sensor delivered)",
                   "frame_meta": "per channel: sensor_state, nan_filled (this frame), lost_samples (so far), leds",
                   "live": ["sensors"]},

@@ -211,11 +211,12 @@ def test_quspin_rig_merges_sensors_into_one_stream():
                 for i in range(3)]
         addr = ",".join(s.address for s in sims)
         assert parse_ports(addr) == [s.address for s in sims]
-        d = QuSpinDriver("meg0", addr, QuSpinSettings(labels=["MEG1", "MEG2", "MEG3"]))
+        d = QuSpinDriver("meg0", addr, QuSpinSettings(labels=["MEG1", "MEG2", "MEG3"], axis="y"))
         d.open()
         try:
             desc = d.descriptor()
             assert desc.shape == [3, -1] and desc.units == "pT" and desc.channel_names == ["MEG1", "MEG2", "MEG3"]
+            assert desc.meta["axis"] == "y" and [s.interface.axis for s in sims] == ["y"] * 3
             assert [s["field_zeroed"] for s in desc.meta["sensors"]] == [True] * 3
             assert all(s.interface.model.calibrated and s.interface.model.zeroing for s in sims)
             d.start()
