@@ -31,6 +31,14 @@ from typing import Any
 __all__ = ["bench_soak"]
 
 
+def _half_growth(series: list[float]) -> float | None:
+    """RSS growth (%) over the second half of the run: near 0 when the first half was warm-up."""
+    if len(series) < 3:
+        return None
+    mid = series[len(series) // 2]
+    return round(100 * (series[-1] - mid) / mid, 2) if mid else None
+
+
 def _rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -132,6 +140,8 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
         names = sorted(rig.servers)
         injected: list[dict[str, Any]] = []
         t0 = time.monotonic()
+        rss_series = [rss_start]  # once a minute: warm-up levels off, a leak keeps climbing
+        next_rss = t0 + 60.0
         next_fault = t0 + 3.0
         k = 0
         fault_end = t0 + max(0.0, duration - 10.0)  # the last seconds run clean, so every series can settle
@@ -140,6 +150,9 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
             if msg is not None:
                 ledger.see(msg.topic, msg.header)
             now = time.monotonic()
+            if now >= next_rss:
+                rss_series.append(_rss_mb(procs["daemon"].pid))
+                next_rss += 60.0
             if now >= next_fault and now < fault_end and names:
                 sim = names[k % len(names)]
                 fault, fargs = faults[(k // len(names)) % len(faults)]
@@ -182,6 +195,8 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
         return {"benchmark": "soak", "minutes": minutes, **total, "rss_start_mb": round(rss_start, 1),
                 "rss_end_mb": round(rss_end, 1),
                 "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else None,
+                "rss_series_mb": [round(v, 1) for v in [*rss_series, rss_end]],
+                "rss_growth_second_half_pct": _half_growth([*rss_series, rss_end]),
                 "faults_injected": len(injected), "recording_problems": recorded["problems"],
                 "recorded_equals_delivered": total["recorded"] == total["delivered"],
                 "streams": per, "faults": injected[-20:], "workdir": str(work)}
