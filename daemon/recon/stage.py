@@ -280,8 +280,10 @@ class ReconStage:
         if st.descriptor is None:
             return None
         if st.recon is not None and st.recon_descriptor is not None and (
-                _processing_view(st.recon_descriptor) == _processing_view(st.descriptor)):
-            return st.recon  # unchanged, or only live device state in meta changed
+                st.recon_descriptor is st.descriptor  # the per-frame case: nothing new arrived
+                or _processing_view(st.recon_descriptor) == _processing_view(st.descriptor)):
+            st.recon_descriptor = st.descriptor  # only live device state in meta changed
+            return st.recon
         desc = StreamDescriptor.model_validate(st.descriptor)
         cls = reconstructor_class(desc.modality)
         st.recon_descriptor = st.descriptor
