@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols import openeit as oe
 from medacq.protocols._sansio import NEED_DATA, Garbage
-from medacq.protocols.eit_model import Pattern, opposition_pattern
+from medacq.protocols.eit_pattern import Pattern, opposition_pattern
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import DeviceError, Driver, Frame, Gap

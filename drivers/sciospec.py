@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols import sciospec as sc
 from medacq.protocols._sansio import NEED_DATA, Garbage
-from medacq.protocols.eit_model import Pattern, adjacent_pattern
+from medacq.protocols.eit_pattern import Pattern, adjacent_pattern
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap

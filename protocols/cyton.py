@@ -760,12 +760,13 @@ class CytonDeviceCodec:
             return ChannelOn(i + 1)
         if ch in _TEST_CHARS:
             return TestSignal(ch)
-        simple = {
+        simple_commands: dict[str, CytonCommand] = {
             "v": SoftReset(), "b": StartStreaming(), "s": StopStreaming(),
             "d": SetDefaultChannels(), "D": ReportDefaultChannels(), "?": QueryRegisters(),
             "V": QueryVersion(), "c": DaisyMode(False), "C": DaisyMode(True),
             "<": TimeStamping(True), ">": TimeStamping(False),
-        }.get(ch)
+        }
+        simple = simple_commands.get(ch)
         if simple is not None:
             return simple
         return UnknownCommand(ord(ch))

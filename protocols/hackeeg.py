@@ -241,7 +241,7 @@ def decode_record(data: bytes) -> HackEEGSample:
     return HackEEGSample(ts, sn, st, chans)
 
 
-def _response_from_obj(obj: dict) -> HostEvent:
+def _response_from_obj(obj: dict[str, Any]) -> HostEvent:
     if "STATUS_CODE" in obj:
         return HackEEGResponse(int(obj["STATUS_CODE"]), str(obj.get("STATUS_TEXT", "")),
                                obj.get("DATA"))

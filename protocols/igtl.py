@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
 import numpy as np
 
@@ -153,10 +153,13 @@ def _shift_table(nbytes: int) -> np.ndarray:
     return t
 
 
+_fast_ecma_182: Callable[[bytes | bytearray | memoryview, int], int] | None
 try:  # fastcrc (Rust, SIMD): ~25 GB/s, two orders of magnitude faster than the numpy path
     from fastcrc import crc64 as _fastcrc64
+
+    _fast_ecma_182 = _fastcrc64.ecma_182
 except ImportError:  # pragma: no cover - the numpy path below is the fallback
-    _fastcrc64 = None
+    _fast_ecma_182 = None
 
 
 def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
@@ -165,8 +168,8 @@ def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     Uses the ``fastcrc`` package when installed (a dependency of medacq; ~0.25 ms for 6 MB),
     else :func:`crc64_numpy`. ``crc`` continues a running CRC: ``crc64(b, crc64(a)) == crc64(a + b)``.
     """
-    if _fastcrc64 is not None and len(data) >= 64:
-        return _fastcrc64.ecma_182(data, crc)
+    if _fast_ecma_182 is not None and len(data) >= 64:
+        return _fast_ecma_182(data, crc)
     return crc64_numpy(data, crc)
 
 
@@ -272,6 +275,16 @@ class _Common:
     header_version: int = 1
     message_id: int = 0
     metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+class _CommonFields(TypedDict):
+    """:class:`_Common`'s fields as keyword arguments (what the decoder passes on)."""
+
+    device_name: str
+    timestamp: float
+    header_version: int
+    message_id: int
+    metadata: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -469,12 +482,12 @@ class IgtlConnection:
             del view, body
             buf.skip(total)
             try:
-                ev = self._decode(version, type_name, device_name, ts, body_bytes)
+                msg = self._decode(version, type_name, device_name, ts, body_bytes)
             except (ValueError, struct.error, UnicodeDecodeError, LookupError) as exc:
                 self.messages_lost += 1
                 return BadMessage(type_name, device_name, body_size, f"bad {type_name} body: {exc}")
             self.messages_received += 1
-            return ev
+            return msg
 
     def _garbage(self, n: int, reason: str) -> Garbage:
         self.garbage_bytes += n
@@ -521,7 +534,7 @@ class IgtlConnection:
     def _decode(self, version: int, type_name: str, device_name: str, ts: int,
                 body: bytes) -> IgtlMessage:
         message_id = 0
-        metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+        metadata: Mapping[str, str] = _EMPTY
         content = memoryview(body)
         if version >= 2:
             ext_size, meta_hsize, meta_size, message_id = _EXT_HEADER.unpack_from(body, 0)
@@ -532,8 +545,8 @@ class IgtlConnection:
                 metadata = MappingProxyType(_decode_metadata(content[len(body) - meta_total:],
                                                              meta_hsize))
             content = content[ext_size:len(body) - meta_total]
-        common = dict(device_name=device_name, timestamp=decode_timestamp(ts),
-                      header_version=version, message_id=message_id, metadata=metadata)
+        common = _CommonFields(device_name=device_name, timestamp=decode_timestamp(ts),
+                               header_version=version, message_id=message_id, metadata=metadata)
         if type_name == "IMAGE":
             return _decode_image(content, common)
         if type_name == "STRING":
@@ -553,6 +566,7 @@ class IgtlConnection:
 
     def send_parts(self, event: IgtlMessage) -> list[bytes | memoryview]:
         """Like :meth:`send` but returns buffers for ``socket.sendmsg`` (pixels not copied)."""
+        parts: list[bytes | memoryview]
         if isinstance(event, RawMessage):
             type_name, parts = event.type_name, [event.content]
         elif isinstance(event, ImageMessage):
@@ -670,15 +684,15 @@ def _encode_image(ev: ImageMessage) -> list[bytes | memoryview]:
         *m[:3, 0], *m[:3, 1], *m[:3, 2], *center[:3],
         *ev.subvolume_index, size_i, size_j, size_k,
     )
-    return [head, memoryview(img).cast("B")]
+    return [head, img.data.cast("B")]
 
 
-def _decode_image(content: memoryview, common: dict) -> ImageMessage:
+def _decode_image(content: memoryview, common: _CommonFields) -> ImageMessage:
     v = _IMAGE_HEADER.unpack_from(content, 0)
     comps, code, endian, coord = v[1], v[2], v[3], v[4]
-    full = tuple(int(x) for x in v[5:8])
-    start = tuple(int(x) for x in v[20:23])
-    sub = tuple(int(x) for x in v[23:26])
+    full = (int(v[5]), int(v[6]), int(v[7]))
+    start = (int(v[20]), int(v[21]), int(v[22]))
+    sub = (int(v[23]), int(v[24]), int(v[25]))
     dtype = _SCALAR_TYPES[code].newbyteorder(">" if endian == 1 else "<")
     if comps < 1:
         raise ValueError("zero components")
@@ -707,10 +721,10 @@ def _encode_ndarray(ev: NdArrayMessage) -> list[bytes | memoryview]:
         raise LocalProtocolError(f"NDARRAY shape {arr.shape} out of range")
     big = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder(">"))
     head = struct.pack(f">BB{arr.ndim}H", code, arr.ndim, *arr.shape)
-    return [head, memoryview(big.reshape(-1).view(np.uint8))]
+    return [head, big.reshape(-1).view(np.uint8).data]
 
 
-def _decode_ndarray(content: memoryview, common: dict) -> NdArrayMessage:
+def _decode_ndarray(content: memoryview, common: _CommonFields) -> NdArrayMessage:
     code, ndim = struct.unpack_from(">BB", content, 0)
     shape = struct.unpack_from(f">{ndim}H", content, 2)
     dtype = _NDARRAY_TYPES[code].newbyteorder(">")

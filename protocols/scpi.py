@@ -41,7 +41,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from ._sansio import (
     NEED_DATA,
@@ -50,6 +51,9 @@ from ._sansio import (
     NeedData,
     ReceiveBuffer,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Command",
@@ -64,6 +68,7 @@ __all__ = [
     "ScpiErrorCode",
     "ErrorQueue",
     "CommandTree",
+    "ScpiHandler",
     "Mnemonic",
     "encode_block",
     "block_header",
@@ -285,7 +290,7 @@ class Block:
     data: bytes | bytearray | memoryview
     ndigits: int = 0
 
-    def as_array(self, dtype: str = "<u2", shape: tuple[int, ...] | None = None):  # noqa: ANN201
+    def as_array(self, dtype: str = "<u2", shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The payload as a numpy array (little-endian uint16 by default), no copy."""
         import numpy as np
 
@@ -522,11 +527,17 @@ def match_choice(arg: str | bytes, choices: Sequence[str]) -> str:
     )
 
 
+ScpiHandler = Callable[..., object]
+"""A :class:`CommandTree` handler: called by the device model as it chooses (typically
+``handler(command, *suffixes)``)."""
+_H = TypeVar("_H", bound=ScpiHandler)
+
+
 @dataclass(slots=True)
 class _Pattern:
     nodes: list[tuple[Mnemonic, bool]]  # (mnemonic, optional)
     query: str  # "no" | "yes" | "both"
-    handler: object
+    handler: ScpiHandler
     text: str
 
 
@@ -544,7 +555,7 @@ class CommandTree:
     def __init__(self) -> None:
         self._patterns: list[_Pattern] = []
 
-    def add(self, pattern: str, handler: object, *, query: str | None = None) -> None:
+    def add(self, pattern: str, handler: ScpiHandler, *, query: str | None = None) -> None:
         """Register ``pattern``; ``query`` is ``"no"``, ``"yes"`` or ``"both"``
         (default: ``"yes"`` if the pattern ends with ``?`` else ``"no"``)."""
         text = pattern.strip()
@@ -560,16 +571,16 @@ class CommandTree:
                 nodes.append((Mnemonic(m.group(2)), False))
         self._patterns.append(_Pattern(nodes, q, handler, pattern))
 
-    def command(self, pattern: str, *, query: str | None = None):  # noqa: ANN201
+    def command(self, pattern: str, *, query: str | None = None) -> Callable[[_H], _H]:
         """Decorator form of :meth:`add`."""
 
-        def deco(fn):  # noqa: ANN001, ANN202
+        def deco(fn: _H) -> _H:
             self.add(pattern, fn, query=query)
             return fn
 
         return deco
 
-    def resolve(self, cmd: Command) -> tuple[object, tuple[int, ...]]:
+    def resolve(self, cmd: Command) -> tuple[ScpiHandler, tuple[int, ...]]:
         words = list(cmd.nodes)
         for p in self._patterns:
             if cmd.query and p.query == "no" or not cmd.query and p.query == "yes":
@@ -630,7 +641,7 @@ class ScpiHost:
         self._skip_total = 0
         self._indef: bytearray | None = None
         self._after_block = False
-        self._events: deque = deque()
+        self._events: deque[Reply | Block | Garbage] = deque()
         self._eof = False
         self._discarding = False  # inside an over-long line: drop through its newline
         self._discarded = 0
@@ -690,7 +701,7 @@ class ScpiHost:
         self._pump()
 
     def _pump(self) -> None:
-        while (ev := self._parse()) is not NEED_DATA:
+        while not isinstance(ev := self._parse(), NeedData):
             self._events.append(ev)
 
     def end_of_message(self) -> None:
@@ -859,7 +870,7 @@ class ScpiDevice:
         self.max_block = max_block
         self._scan = 0  # bytes of the current message already scanned
         self._quote = 0
-        self._events: deque = deque()
+        self._events: deque[Command | ParseError | MessageEnd | Garbage] = deque()
         self._path: tuple[str, ...] = ()
         self._discarding = False
         self._discarded = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -236,13 +237,20 @@ def _int_list(values: list[int] | tuple[int, ...]) -> bytes:
     return b"[" + b",".join(b"%d" % v for v in values) + b"]"
 
 
+_loads: Callable[[bytes | memoryview], Any]  # JSON text -> the parsed (dynamic) value
+_JSONError: type[ValueError]
 try:  # orjson parses headers ~4x faster than the stdlib; the stdlib is the fallback
-    from orjson import JSONDecodeError as _JSONError
-    from orjson import loads as _loads
+    from orjson import JSONDecodeError as _OrjsonDecodeError
+    from orjson import loads as _orjson_loads
 
+    _loads, _JSONError = _orjson_loads, _OrjsonDecodeError
     _LOADS_BUFFERS = True  # orjson parses a memoryview in place
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+
+    def _stdlib_loads(s: bytes | memoryview) -> Any:
+        return json.loads(bytes(s))
+
+    _loads = _stdlib_loads
     _JSONError = json.JSONDecodeError
     _LOADS_BUFFERS = False
 

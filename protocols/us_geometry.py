@@ -127,7 +127,8 @@ class PlaneWaveAcquisition(BaseModel):
 
     @property
     def angles_rad(self) -> np.ndarray:
-        return np.radians(np.asarray(self.angles_deg))
+        rad: np.ndarray = np.radians(np.asarray(self.angles_deg))
+        return rad
 
     @property
     def rf_shape(self) -> tuple[int, int, int]:

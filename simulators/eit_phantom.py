@@ -2,7 +2,7 @@
 
 The phantom is the *model* half of the EIT simulators: physics and state, no bytes.
 
-* Geometry: the thorax outline of :mod:`medacq.protocols.eit_model`, meshed finer than the
+* Geometry: the thorax outline of :mod:`medacq.protocols.models.eit_fem`, meshed finer than the
   reconstruction (default 6000 elements vs 3000) and solved with the complete electrode
   model (finite electrodes, contact impedance) while the reconstruction uses point
   electrodes: no inverse crime.
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medacq.protocols.eit_model import EitMesh, Forward, Pattern, adjacent_pattern, thorax_mesh
+from medacq.protocols.models.eit_fem import EitMesh, Forward, Pattern, adjacent_pattern, thorax_mesh
 
 __all__ = ["Inclusion", "ThoraxPhantom", "PhantomOptions", "make_phantom", "default_cache_dir"]
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medacq.protocols import openeit as oe
-from medacq.protocols.eit_model import Pattern, opposition_pattern
+from medacq.protocols.eit_pattern import Pattern, opposition_pattern
 from medacq.simulators._interface import DeviceInterface
 from medacq.simulators.eit_phantom import PhantomOptions, ThoraxPhantom, make_phantom
 

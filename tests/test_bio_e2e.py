@@ -13,11 +13,11 @@ import pytest
 from scipy import signal
 
 from medacq.client import ControlClient, Subscriber
-from medacq.daemon.config import parse_config
-from medacq.daemon.recon.biosignal import design_sos
+from medacq.daemon.common.config import parse_config
+from medacq.daemon.recon.algorithms.biosignal import design_sos
 from medacq.daemon.recon.stage import ReconStage
-from medacq.daemon.rig import DEFAULT_RIG, SimulatedRig
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.simulators.rig import DEFAULT_RIG, SimulatedRig
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.biosignal_models import EEG_LABELS_16, EKG_LEADS, EEGModel, EKGModel
 from medacq.simulators.cyton import CytonInterface

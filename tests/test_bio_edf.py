@@ -8,7 +8,7 @@ import pytest
 
 pyedflib = pytest.importorskip("pyedflib")
 
-from medacq.daemon.record_edf import EdfRecorder  # noqa: E402
+from medacq.daemon.recording.edf import EdfRecorder  # noqa: E402
 from medacq.simulators.biosignal_models import DEVICE_LEADS, EEG_LABELS_16, EEGModel, EKGModel  # noqa: E402
 
 EEG_DESC = {"stream": "eeg0", "shape": [16, -1], "channel_names": list(EEG_LABELS_16), "sample_rate_hz": 125.0,

@@ -11,9 +11,9 @@ import pytest
 pylsl = pytest.importorskip("pylsl", reason="pylsl is not installed (medacq[lsl])")
 
 from medacq.client import Subscriber  # noqa: E402
-from medacq.daemon.config import parse_config  # noqa: E402
-from medacq.daemon.lsl_bridge import run_lsl_bridge  # noqa: E402
-from medacq.daemon.service import AcquisitionDaemon  # noqa: E402
+from medacq.daemon.common.config import parse_config  # noqa: E402
+from medacq.daemon.bridges.lsl import run_lsl_bridge  # noqa: E402
+from medacq.daemon.acquisition.service import AcquisitionDaemon  # noqa: E402
 from medacq.simulators.adapters import SimulatorServer  # noqa: E402
 from medacq.simulators.cyton import CytonInterface  # noqa: E402
 
@@ -64,7 +64,7 @@ def test_lsl_bridge_bridges_biosignals_only_and_survives_reconfiguration(endpoin
 
     import zmq
 
-    from medacq.daemon.lsl_bridge import LslBridge
+    from medacq.daemon.bridges.lsl import LslBridge
     from medacq.protocols.stream import HeaderTemplate, MessageKind, StreamDescriptor, StreamHeader, encode_header
 
     ep = parse_config({**endpoints}).daemon.data_endpoint

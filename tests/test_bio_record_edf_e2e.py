@@ -28,10 +28,10 @@ pyedflib = pytest.importorskip("pyedflib")
 mne = pytest.importorskip("mne", reason="mne is not installed (test-only dependency)")
 
 from medacq.client import ControlClient, Subscriber  # noqa: E402
-from medacq.daemon import record_edf  # noqa: E402
+from medacq.daemon.recording import edf as record_edf  # noqa: E402
 from medacq.daemon.recon.stage import ReconStage  # noqa: E402
-from medacq.daemon.recorder import Recorder  # noqa: E402
-from medacq.daemon.service import AcquisitionDaemon  # noqa: E402
+from medacq.daemon.recording.recorder import Recorder  # noqa: E402
+from medacq.daemon.acquisition.service import AcquisitionDaemon  # noqa: E402
 from medacq.protocols.stream import MessageKind, StreamDescriptor, StreamHeader, encode_header  # noqa: E402
 from medacq.simulators.adapters import SimulatorServer  # noqa: E402
 from medacq.simulators.cyton import CytonInterface  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from medacq.daemon.config import dump_config
+from medacq.daemon.common.config import dump_config
 
 from conftest import free_port, medacq_cmd, run_medacq
 
@@ -91,3 +91,26 @@ def test_up_runs_the_whole_rig(tmp_path):
     final = [l for l in r.stdout.splitlines() if l.startswith("final: ")]
     assert any("stream=raw/synth0" in l and "state=acquiring" in l for l in final), r.stdout
     assert any("recon/synth0" in l for l in final), r.stdout
+
+
+def test_record_to_an_existing_file_exits_2_with_one_line(tmp_path):
+    """Regression: the recorder imported the CLI back, so under ``python -m`` a second copy of the
+    CLI module raised a CliError that main() did not catch ("unexpected error", exit 1)."""
+    out = tmp_path / "taken.h5"
+    out.write_bytes(b"keep me")
+    r = run_medacq("record", "--topics", "raw/", "--out", str(out), "--base-port", str(free_port()))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"medacq record: {out} exists; choose a new file"
+    assert out.read_bytes() == b"keep me"
+
+
+def test_no_module_imports_the_cli():
+    """The CLI sits on top: loading any service module never loads ``medacq.daemon.cli``."""
+    import sys as _sys
+
+    code = ("import sys, medacq.daemon.acquisition.service, medacq.daemon.recon.stage, "
+            "medacq.daemon.recording.recorder, medacq.daemon.bridges.lsl, medacq.client; "
+            "print(sorted(m for m in sys.modules if m == 'medacq.daemon.cli' or m.startswith('medacq.daemon.cli.')))")
+    r = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

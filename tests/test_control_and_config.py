@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from medacq.daemon.config import ConfigError, dump_config, load_config, parse_config
+from medacq.daemon.acquisition.devices import parse_rig_config
+from medacq.daemon.common.config import ConfigError, dump_config, load_config, parse_config
 from medacq.protocols.control import ControlError, parse_request
 
 
@@ -45,7 +46,7 @@ def test_config_reports_every_problem_with_location(tmp_path):
         ],
     }
     with pytest.raises(ConfigError) as exc:
-        parse_config(doc, "rig.toml")
+        parse_rig_config(doc, "rig.toml")
     locs = dict(exc.value.problems)
     assert "daemon.data_endpoint" in locs and "CurveZMQ" in locs["daemon.data_endpoint"]
     assert "daemon.queue_depth" in locs

@@ -12,10 +12,11 @@ import pytest
 import zmq
 
 from medacq.client import ControlClient, RequestFailed, Subscriber
-from medacq.daemon.acquisition import FrameQueue, StreamStats
-from medacq.daemon.config import dump_config, parse_config
-from medacq.daemon.publisher import Publisher
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.acquisition.queue import FrameItem, FrameQueue, SeriesStart
+from medacq.daemon.acquisition.worker import StreamStats
+from medacq.daemon.common.config import dump_config, parse_config
+from medacq.daemon.acquisition.publisher import Publisher
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.drivers._base import Frame
 from medacq.protocols.stream import StreamDescriptor, new_series_id
 from medacq.simulators.adapters import SimulatorServer
@@ -158,12 +159,12 @@ def test_queue_overflow_is_announced_as_gap():
         p = Publisher(pub, wake)
         p.add_stream("s", q, StreamStats())
         desc = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=[2], axes=["x"])
-        q.put_control(("series_start", new_series_id(), desc))
-        accepted = [q.put_frame(("frame", i, Frame(np.full(2, i, "<f4"), 0, time.monotonic_ns()))) for i in range(10)]
+        q.put_control(SeriesStart(new_series_id(), desc))
+        accepted = [q.put_frame(FrameItem(i, Frame(np.full(2, i, "<f4"), 0, time.monotonic_ns()))) for i in range(10)]
         assert accepted == [True] * 2 + [False] * 8  # one slot held the series_start
         p.start()
         wait_for(lambda: len(q) == 0, 5)
-        assert q.put_frame(("frame", 10, Frame(np.full(2, 10, "<f4"), 0, time.monotonic_ns())))
+        assert q.put_frame(FrameItem(10, Frame(np.full(2, 10, "<f4"), 0, time.monotonic_ns())))
         got = list(sub.frames(timeout=2, max_frames=3))
         p.stop()
         p.join(2)

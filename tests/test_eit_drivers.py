@@ -8,7 +8,7 @@ import pytest
 from medacq.drivers._base import DeviceError, Frame, Gap
 from medacq.drivers.openeit import OpenEITDriver, OpenEITSettings
 from medacq.drivers.sciospec import FrameAssembler, SciospecDriver, SciospecSettings
-from medacq.protocols import eit_model as em
+from medacq.protocols.models import eit_fem as em
 from medacq.protocols import openeit as oe
 from medacq.protocols import sciospec as sc
 from medacq.protocols._sansio import NEED_DATA

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from medacq.client import ControlClient, Subscriber
-from medacq.daemon.config import parse_config
-from medacq.daemon.recon.eit import image_centroid
+from medacq.daemon.common.config import parse_config
+from medacq.daemon.recon.algorithms.eit import image_centroid
 from medacq.daemon.recon.stage import ReconStage
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.eit_phantom import ThoraxPhantom
 from medacq.simulators.sciospec import SciospecSimulator

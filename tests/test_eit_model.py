@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from medacq.protocols import eit_model as em
+from medacq.protocols.models import eit_fem as em
 from medacq.protocols.openeit import MEASUREMENTS_PER_FRAME
 
 

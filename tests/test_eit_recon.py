@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medacq.daemon.recon import eit as rc
-from medacq.protocols import eit_model as em
+from medacq.daemon.recon.algorithms import eit as rc
+from medacq.protocols.models import eit_fem as em
 from medacq.simulators.eit_phantom import ThoraxPhantom
 
 

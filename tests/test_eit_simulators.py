@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medacq.protocols import eit_model as em
+from medacq.protocols.models import eit_fem as em
 from medacq.protocols import openeit as oe
 from medacq.protocols import sciospec as sc
 from medacq.protocols._sansio import NEED_DATA

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medacq.client import ControlClient, Subscriber
-from medacq.daemon.config import parse_config
-from medacq.daemon.faults import FaultServer
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.common.config import parse_config
+from medacq.simulators.faults import FaultServer
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.synthetic import SynthConfig, SynthInterface, synth_frame
 
@@ -121,8 +121,8 @@ def test_device_error_codes_from_every_family(name, expect):
     """The side door makes a device answer with its own error reply; the daemon reports it as a
     device_error, keeps the old settings and recovers once the device behaves again."""
     from medacq.client import RequestFailed
-    from medacq.daemon.faults import apply_fault
-    from medacq.daemon.rig import DEFAULT_RIG, SimulatedRig
+    from medacq.simulators.faults import apply_fault
+    from medacq.simulators.rig import DEFAULT_RIG, SimulatedRig
 
     rig = SimulatedRig([e for e in DEFAULT_RIG if e.name == name]).start()
     try:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from medacq.client import ControlClient
-from medacq.daemon.config import dump_config
+from medacq.daemon.common.config import dump_config
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.synthetic import SynthInterface
 

@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -17,19 +16,13 @@ import numpy as np
 import pytest
 import zmq
 
-import medacq.daemon.recorder as recorder_mod
+import medacq.daemon.recording.wal as wal_mod
 from medacq.client import ControlClient, RequestFailed
-from medacq.daemon.config import dump_config, parse_config
-from medacq.daemon.recorder import (
-    CheckpointedFile,
-    Hdf5RecordingWriter,
-    Recorder,
-    check_recording,
-    open_recording,
-    recover,
-    wal_path,
-)
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.common.config import dump_config, parse_config
+from medacq.daemon.recording.hdf5 import Hdf5RecordingWriter, check_recording, open_recording
+from medacq.daemon.recording.recorder import Recorder
+from medacq.daemon.recording.wal import CheckpointedFile, recover, wal_path
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.protocols.stream import MessageKind, StreamHeader, encode_header
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.synthetic import SynthConfig, SynthInterface, synth_frame
@@ -89,7 +82,7 @@ class _Crash(Exception):
 
 def test_a_crash_at_every_write_of_a_commit_leaves_old_or_new_content(tmp_path, monkeypatch):
     """Interrupt commit() at each of its writes in turn: recovery yields exactly the old or the new file."""
-    real = recorder_mod._pwrite_all
+    real = wal_mod._pwrite_all
     outcomes = set()
     for crash_at in range(0, 400):
         rng = random.Random(5)  # the same mutations each time; the crash moves through the commit
@@ -111,13 +104,13 @@ def test_a_crash_at_every_write_of_a_commit_leaves_old_or_new_content(tmp_path, 
             calls[0] += 1
             real(fd, data, offset)
 
-        monkeypatch.setattr(recorder_mod, "_pwrite_all", crashing)
+        monkeypatch.setattr(wal_mod, "_pwrite_all", crashing)
         try:
             f.commit(durable=False)
             crashed = False
         except _Crash:
             crashed = True
-        monkeypatch.setattr(recorder_mod, "_pwrite_all", real)
+        monkeypatch.setattr(wal_mod, "_pwrite_all", real)
         os.close(f._fd)  # the process is gone: its lock goes with it
         io.RawIOBase.close(f)  # (and the object must not close the fd number again)
         result = recover(p)

@@ -8,9 +8,9 @@ import numpy as np
 import zmq
 
 from medacq.client import ControlClient, RequestFailed, Subscriber
-from medacq.daemon.config import parse_config
+from medacq.daemon.common.config import parse_config
 from medacq.daemon.recon.stage import ReconStage
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.protocols.stream import HeaderTemplate, MessageKind, StreamDescriptor, StreamHeader, encode_header
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.synthetic import SynthConfig, SynthInterface, synth_frame

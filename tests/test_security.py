@@ -7,9 +7,9 @@ import json
 import pytest
 
 from medacq.client import ControlClient, DaemonUnreachable, RequestFailed, Subscriber
-from medacq.daemon.config import ConfigError, parse_config
-from medacq.daemon.security import load_client_keys
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.common.config import ConfigError, parse_config
+from medacq.daemon.common.security import load_client_keys
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.synthetic import SynthInterface
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medacq.daemon.recon.beamform import PlaneWaveBeamformer, das_numpy, plane_wave_delays
+from medacq.daemon.recon.algorithms.beamform import PlaneWaveBeamformer, das_numpy, plane_wave_delays
 from medacq.protocols.us_geometry import PixelGrid, PlaneWaveAcquisition
 from medacq.simulators.us_model import PlaneWaveRFModel
 

@@ -15,10 +15,10 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="the live view needs aiohttp (pip install aiohttp)")
 
 from medacq.client import ControlClient  # noqa: E402
-from medacq.daemon.config import parse_config  # noqa: E402
+from medacq.daemon.common.config import parse_config  # noqa: E402
 from medacq.daemon.recon.stage import ReconStage  # noqa: E402
-from medacq.daemon.service import AcquisitionDaemon  # noqa: E402
-from medacq.daemon.view import (  # noqa: E402
+from medacq.daemon.acquisition.service import AcquisitionDaemon  # noqa: E402
+from medacq.daemon.bridges.view import (  # noqa: E402
     TraceBuffer,
     ViewServer,
     ViewSettings,

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("aiohttp", reason="the live view needs aiohttp (pip install aiohttp)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install playwright)")
 
-from medacq.daemon.bench_view import VIEW_RIG, ViewRig, browser_args, chromium_path  # noqa: E402
+from medacq.daemon.bench.view import VIEW_RIG, ViewRig, browser_args, chromium_path  # noqa: E402
 
 from conftest import wait_for  # noqa: E402
 
@@ -113,7 +113,7 @@ def rate_of(name: str) -> float:
 @pytest.mark.slow
 def test_default_rig_every_family_gets_a_panel(browser, artifacts):
     """`medacq up`'s rig (whatever families are in the tree): every acquiring stream gets a panel."""
-    from medacq.daemon.rig import DEFAULT_RIG
+    from medacq.simulators.rig import DEFAULT_RIG
 
     with ViewRig(DEFAULT_RIG) as rig:
         page = browser.new_page(viewport={"width": 1500, "height": 2400})

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from medacq.client import ControlClient, Subscriber
-from medacq.daemon.config import parse_config
+from medacq.daemon.common.config import parse_config
 from medacq.daemon.recon.stage import ReconStage
-from medacq.daemon.recon.xray import FlatFieldCorrector
-from medacq.daemon.recon.xray_stage import XrayReconstructor, calibration_path
-from medacq.daemon.service import AcquisitionDaemon
+from medacq.daemon.recon.algorithms.xray import FlatFieldCorrector
+from medacq.daemon.recon.modalities.xray import XrayReconstructor, calibration_path
+from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.protocols.stream import StreamDescriptor
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.flatpanel import make

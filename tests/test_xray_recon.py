@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from medacq.daemon.recon.xray import DSA, CalibrationCapture, FlatFieldCorrector, StreamingFBP, fbp
+from medacq.daemon.recon.algorithms.xray import DSA, CalibrationCapture, FlatFieldCorrector, StreamingFBP, fbp
 from medacq.simulators.xray_model import (
     SHEPP_LOGAN,
     DetectorConfig,

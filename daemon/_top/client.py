@@ -1,10 +1,10 @@
 """Subscribe to medacq streams and talk to the daemon (public entry point).
 
 See :class:`Subscriber` and :class:`ControlClient`; the implementation lives in
-:mod:`medacq.daemon.client`.
+:mod:`medacq.daemon.client.api`.
 """
 
-from medacq.daemon.client import (
+from medacq.daemon.client.api import (
     ControlClient,
     DaemonUnreachable,
     GapInfo,

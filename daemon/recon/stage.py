@@ -31,16 +31,15 @@ from medacq.protocols.control import (
     ListRequest,
     PingRequest,
     StatusRequest,
-    encode_reply,
-    parse_request,
 )
 from medacq.protocols.stream import MessageKind, SourceRef, StreamDescriptor, StreamHeader, encode_header
 
-from ..client import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
-from ..config import RigConfig
-from ..control_socket import serve_control
-from .base import Output, Reconstructor
-from .registry import reconstructor_class
+from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
+from medacq.daemon.common.config import RigConfig
+from medacq.daemon.acquisition.control import ControlServer
+from medacq.daemon.common.binding import bind
+from medacq.daemon.recon.base import Output, Reconstructor
+from medacq.daemon.recon.registry import reconstructor_class
 
 __all__ = ["ReconStage"]
 
@@ -104,9 +103,10 @@ class ReconStage:
         self.ctx = zmq.Context() if config.security.curve else (context or zmq.Context.instance())
         self.curve = None
         self.client_keys = None
-        from ..security import AuditLog
+        from medacq.daemon.common.security import AuditLog
 
         self.audit = AuditLog(config.security.audit_log)
+        self.control = ControlServer(self._dispatch, None, self.audit)
         self.streams: dict[str, _StreamState] = {}
         self._send_lock = threading.Lock()
         self._halt = threading.Event()
@@ -116,27 +116,26 @@ class ReconStage:
 
     # -- sockets -------------------------------------------------------------------------
     def start(self) -> "ReconStage":
-        from ..service import bind
-
         rc = self.config.recon
         if self.config.security.curve:
-            from ..security import CurveServer
+            from medacq.daemon.common.security import CurveServer
 
             self.curve = CurveServer(self.config.security, self.ctx)
             self.client_keys = self.curve.client_keys()
+            self.control.curve = self.curve
         self.pub = self.ctx.socket(zmq.PUB)
         if self.curve is not None:
             self.curve.serve(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, self.config.daemon.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 200)
-        bind(self.pub, rc.data_endpoint, "recon data")
+        bind(self.pub, rc.data_endpoint, "recon data", self.curve is not None)
         self._ctl = self.ctx.socket(zmq.ROUTER)
         self._ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES + 1024)
         self._ctl.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.serve(self._ctl)
         try:
-            bind(self._ctl, rc.control_endpoint, "recon control")
+            bind(self._ctl, rc.control_endpoint, "recon control", self.curve is not None)
         except Exception:
             self.pub.close(0)
             raise
@@ -156,6 +155,8 @@ class ReconStage:
         deadline = time.monotonic() + timeout
         for t in [self._rx, self._ctl_thread, *(s.thread for s in self.streams.values() if s.thread)]:
             t.join(max(0.05, deadline - time.monotonic()))
+        for st in self.streams.values():
+            self._drop_recon(st)
         with self._send_lock:
             for st in self.streams.values():
                 for name, out in st.outputs.items():
@@ -290,13 +291,28 @@ class ReconStage:
         if cls is None:
             if not st.no_recon:
                 log.info("%s: no reconstructor for modality %r; not reconstructed", st.name, desc.modality)
-            st.no_recon, st.recon = True, None
+            st.no_recon = True
+            self._drop_recon(st)
             return None
         t0 = time.perf_counter()
-        st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
+        old = st.recon
+        try:
+            st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
+        except Exception:
+            st.recon = None  # never feed the new descriptor's frames to the old reconstructor
+            raise
+        finally:  # closed after its replacement is built, so shared resources (a port) carry over
+            if old is not None:
+                _close_recon(old, st.name)
         st.no_recon = False
         log.info("%s: %s ready in %.3f s", st.name, cls.__name__, time.perf_counter() - t0)
         return st.recon
+
+    def _drop_recon(self, st: _StreamState) -> None:
+        """Stop using the stream's reconstructor and close it."""
+        old, st.recon = st.recon, None
+        if old is not None:
+            _close_recon(old, st.name)
 
     def _frame(self, st: _StreamState, h: dict[str, Any], frame: np.ndarray | None) -> None:
         recon = self._ensure_recon(st)
@@ -373,42 +389,29 @@ class ReconStage:
 
     # -- control -------------------------------------------------------------------------
     def _control_loop(self) -> None:
-        serve_control(self._ctl, self._halt, self._handle_request, self.curve is not None)
+        self.control.serve(self._ctl, self._halt)
 
     def _handle_request(self, body: bytes | None, who: str = "local") -> bytes:
-        from ..security import allowed
+        """One request body in, one reply body out (rights and audit: :class:`ControlServer`). Never raises."""
+        return self.control.handle_raw(body, who)
 
-        rid = None
-        try:
-            if body is None:
-                raise ControlError("bad_request", "a request is exactly one message part")
-            req = parse_request(body)
-            rid = req.id
-            rights = "operator" if self.curve is None else self.curve.rights(who)
-            if rights is None or not allowed(req.cmd, rights):
-                raise ControlError("forbidden", f"{req.cmd} needs operator rights")
-            if isinstance(req, PingRequest):
-                return encode_reply(rid, {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns()})
-            if isinstance(req, StatusRequest):
-                return encode_reply(rid, self.status())
-            if isinstance(req, ListRequest):
-                return encode_reply(rid, {"streams": sorted(self.streams)})
-            if isinstance(req, ActionRequest):
-                st = self.streams.get(req.target)
-                if st is None or st.recon is None:
-                    raise ControlError("unknown_stream", f"no reconstructor is running for stream {req.target!r}")
-                try:
-                    result = st.recon.control(req.action, req.args)
-                except Exception as exc:  # noqa: BLE001
-                    self.audit.record(who, "action", req.model_dump(exclude_none=True), False, str(exc))
-                    raise ControlError("bad_request", f"{req.target}: {exc}") from None
-                self.audit.record(who, "action", req.model_dump(exclude_none=True), True)
-                return encode_reply(rid, result)
-            raise ControlError("unknown_command", f"the reconstruction stage does not handle {req.cmd!r}")
-        except ControlError as exc:
-            return encode_reply(rid if rid is not None else exc.request_id, error=exc)
-        except Exception as exc:  # noqa: BLE001
-            return encode_reply(rid, error=ControlError("internal", f"{type(exc).__name__}: {exc}"))
+    def _dispatch(self, req: Any) -> Any:
+        """The stage's answer to one authorised request (ping, status, list, action)."""
+        if isinstance(req, PingRequest):
+            return {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns()}
+        if isinstance(req, StatusRequest):
+            return self.status()
+        if isinstance(req, ListRequest):
+            return {"streams": sorted(self.streams)}
+        if isinstance(req, ActionRequest):
+            st = self.streams.get(req.target)
+            if st is None or st.recon is None:
+                raise ControlError("unknown_stream", f"no reconstructor is running for stream {req.target!r}")
+            try:
+                return st.recon.control(req.action, req.args)
+            except Exception as exc:  # noqa: BLE001 - a reconstructor's refusal is the client's error
+                raise ControlError("bad_request", f"{req.target}: {exc}") from None
+        raise ControlError("unknown_command", f"the reconstruction stage does not handle {req.cmd!r}")
 
     def status(self) -> dict[str, Any]:
         out = {}
@@ -433,7 +436,7 @@ class ReconStage:
 
         stop = threading.Event()
         old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-        from ..sdnotify import Notifier, watchdog_interval_s
+        from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
 
         n = Notifier()
         n.notify("READY=1", "STATUS=reconstructing")
@@ -449,6 +452,14 @@ class ReconStage:
             self.shutdown()
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _close_recon(recon: Reconstructor, stream: str) -> None:
+    """:meth:`Reconstructor.close`, logged, never raising (a bad close must not stop the stream or the stage)."""
+    try:
+        recon.close()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s: closing %s failed: %s: %s", stream, type(recon).__name__, type(exc).__name__, exc)
 
 
 def _is_uuid(s: str) -> bool:

@@ -1,0 +1,227 @@
+"""The publisher: drains every device queue onto one ZeroMQ PUB socket.
+
+It owns the PUB socket (ZeroMQ sockets are not thread-safe) and each stream's outgoing
+state: series, next sequence number, header template, descriptor timers. Frames go out
+zero-copy as ``[topic, header, payload]``. A hole in the sequence numbers (a frame the
+queue dropped) becomes a ``gap`` message before the next frame, so subscribers learn
+exactly what was lost and why. Heartbeats and descriptors go out on timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from medacq.protocols.stream import (
+    HeaderTemplate,
+    MessageKind,
+    StreamDescriptor,
+    StreamHeader,
+    encode_header,
+)
+
+from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameItem, FrameQueue, GapItem, QueueItem, SeriesEnd, SeriesStart
+from medacq.daemon.acquisition.worker import StreamStats
+
+__all__ = ["Publisher", "StreamChannel", "topic_for"]
+
+_SNDMORE = int(zmq.SNDMORE)
+
+log = logging.getLogger("medacq.daemon.acquisition.publisher")
+
+
+def topic_for(stream: str, prefix: str = "raw") -> bytes:
+    return f"{prefix}/{stream}".encode()
+
+
+@dataclass
+class StreamChannel:
+    """Outgoing state of one stream (touched only by the publisher thread)."""
+
+    name: str
+    queue: FrameQueue
+    stats: StreamStats
+    topic: bytes
+    series: str | None = None
+    next_seq: int = 0
+    descriptor: StreamDescriptor | None = None
+    template: HeaderTemplate | None = None
+    last_descriptor: float = 0.0
+    last_heartbeat: float = 0.0
+    _rate_t: float = field(default_factory=time.monotonic)
+    _rate_frames: int = 0
+    _rate_bytes: int = 0
+
+
+class Publisher(threading.Thread):
+    """Publisher thread.
+
+    Args:
+        socket: a bound PUB socket (owned from now on by this thread).
+        wake: event set by queues when they have items.
+        heartbeat_s, descriptor_interval_s: timers.
+    """
+
+    def __init__(self, socket: zmq.Socket, wake: threading.Event, heartbeat_s: float = 1.0,
+                 descriptor_interval_s: float = 3.0, prefix: str = "raw") -> None:
+        super().__init__(name="publisher", daemon=True)
+        self.sock = socket
+        self.wake = wake
+        self.heartbeat_s = heartbeat_s
+        self.descriptor_interval_s = descriptor_interval_s
+        self.prefix = prefix
+        self.channels: dict[str, StreamChannel] = {}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self.last_progress = time.monotonic()
+        self.errors = 0
+
+    def add_stream(self, name: str, queue: FrameQueue, stats: StreamStats) -> StreamChannel:
+        ch = StreamChannel(name, queue, stats, topic_for(name, self.prefix))
+        with self._lock:
+            self.channels[name] = ch
+        return ch
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.wake.set()
+
+    # -- thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.wake.wait(0.1)
+            self.wake.clear()
+            self._drain_all()
+            self._timers()
+            self.last_progress = time.monotonic()
+        self._drain_all()  # series_end messages queued by shutting-down workers
+
+    def _drain_all(self) -> None:
+        with self._lock:
+            channels = list(self.channels.values())
+        busy = True
+        while busy:
+            busy = False
+            for ch in channels:
+                for _ in range(64):
+                    item = ch.queue.pop()
+                    if item is None:
+                        break
+                    busy = True
+                    try:
+                        self._send(ch, item)
+                    except zmq.ZMQError as exc:
+                        if exc.errno == zmq.ETERM:
+                            return
+                        self.errors += 1
+                        ch.stats.error(f"publish failed: {exc}")
+                    except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the stream
+                        self.errors += 1
+                        ch.stats.error(f"publish failed: {type(exc).__name__}: {exc}")
+                        log.exception("%s: cannot publish item %s", ch.name, type(item).__name__)
+
+    def _send(self, ch: StreamChannel, item: QueueItem) -> None:
+        cls = type(item)
+        if cls is FrameItem:
+            assert isinstance(item, FrameItem)
+            seq, frame = item.seq, item.frame
+            if seq != ch.next_seq:
+                lost = seq - ch.next_seq
+                self._control(ch, MessageKind.GAP, gap_frames=lost, reason="queue overflow (publisher behind)",
+                              seq=ch.next_seq)
+                ch.stats.gap_frames += lost
+            data: np.ndarray = frame.data
+            assert ch.template is not None
+            shape = data.shape if ch.descriptor is not None and -1 in ch.descriptor.shape else None
+            header = ch.template.frame(seq, frame.t_host_ns, frame.t_mono_ns, frame.t_device, frame.meta, shape)
+            # three plain sends: send_multipart's per-part checks and enum flags cost more than
+            # the send itself for small frames; the payload goes zero-copy (pyzmq copies below
+            # its copy_threshold, where copying is cheaper)
+            send = self.sock.send
+            send(ch.topic, _SNDMORE)
+            send(header, _SNDMORE)
+            send(data, 0, copy=False)
+            ch.next_seq = seq + 1
+            st = ch.stats
+            st.frames_published += 1
+            st.bytes_published += data.nbytes
+            st.latencies_us.append((time.monotonic_ns() - frame.t_mono_ns) / 1000.0)
+        elif cls is GapItem:
+            assert isinstance(item, GapItem)
+            seq, frames, samples, reason = item.seq, item.frames, item.samples, item.reason
+            if seq != ch.next_seq:  # frames before the gap were dropped by the queue
+                lost = seq - ch.next_seq
+                self._control(ch, MessageKind.GAP, gap_frames=lost, reason="queue overflow (publisher behind)")
+                ch.stats.gap_frames += lost
+            meta = {"lost_samples": samples} if samples is not None else {}
+            self._control(ch, MessageKind.GAP, gap_frames=frames, reason=reason, meta=meta, seq=seq)
+            ch.next_seq = seq + frames
+            ch.stats.gap_frames += frames
+            ch.stats.lost_samples += samples or 0
+        elif cls is SeriesStart:
+            assert isinstance(item, SeriesStart)
+            ch.series = item.series
+            desc = item.descriptor
+            ch.next_seq = 0
+            self._set_descriptor(ch, desc)
+            self._control(ch, MessageKind.SERIES_START)
+            self._descriptor(ch)
+        elif cls is SeriesEnd:
+            assert isinstance(item, SeriesEnd)
+            if ch.series is not None:
+                self._control(ch, MessageKind.SERIES_END, reason=item.reason)
+            ch.series = None
+        elif cls is DescriptorUpdate:
+            assert isinstance(item, DescriptorUpdate)
+            if item.descriptor is not None:
+                self._set_descriptor(ch, item.descriptor)
+            if ch.series is not None:
+                self._descriptor(ch)
+
+    def _set_descriptor(self, ch: StreamChannel, desc: StreamDescriptor) -> None:
+        ch.descriptor = desc
+        assert ch.series is not None
+        ch.template = HeaderTemplate(ch.name, ch.series, desc.dtype, desc.shape, desc.axes, desc.units)
+
+    def _control(self, ch: StreamChannel, kind: MessageKind, seq: int | None = None, **fields) -> None:
+        now_ns = time.time_ns()
+        h = StreamHeader(stream=ch.name, kind=kind, series=ch.series or "", seq=ch.next_seq if seq is None else seq,
+                         t_host_ns=now_ns, t_mono_ns=time.monotonic_ns(), **fields)
+        self.sock.send_multipart((ch.topic, encode_header(h)))
+
+    def _descriptor(self, ch: StreamChannel) -> None:
+        d = ch.descriptor
+        if d is None:
+            return
+        self._control(ch, MessageKind.DESCRIPTOR, descriptor=d, dtype=d.dtype, shape=d.shape, axes=d.axes,
+                      units=d.units)
+        ch.last_descriptor = ch.last_heartbeat = time.monotonic()
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            channels = list(self.channels.values())
+        for ch in channels:
+            if ch.series is not None:
+                try:
+                    if now - ch.last_descriptor >= self.descriptor_interval_s:
+                        self._descriptor(ch)
+                    elif now - ch.last_heartbeat >= self.heartbeat_s:
+                        self._control(ch, MessageKind.HEARTBEAT)
+                        ch.last_heartbeat = now
+                except zmq.ZMQError:
+                    self.errors += 1
+            dt = now - ch._rate_t
+            if dt >= 1.0:
+                st = ch.stats
+                st.fps = (st.frames_published - ch._rate_frames) / dt
+                st.mbps = (st.bytes_published - ch._rate_bytes) / dt / 1e6
+                ch._rate_t, ch._rate_frames, ch._rate_bytes = now, st.frames_published, st.bytes_published
+                lat = np.fromiter(st.latencies_us, float) if st.latencies_us else None
+                if lat is not None and lat.size:
+                    st.latency_us_p50, st.latency_us_p99 = (float(x) for x in np.percentile(lat, [50, 99]))

@@ -1,0 +1,1 @@
+"""Every ``medacq bench NAME`` benchmark (``runner`` dispatches). Only the CLI imports this package."""

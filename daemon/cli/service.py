@@ -1,0 +1,67 @@
+"""``medacq run``, ``medacq recon``, ``medacq check-config``: the services and their config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from medacq.daemon.cli._common import CliError, load_rig
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from medacq.daemon.acquisition.devices import known_kinds
+
+    cfg = load_rig(args.file)
+    print(f"{args.file}: OK — {len(cfg.device)} device(s): "
+          + (", ".join(f"{d.name} ({d.kind} at {d.address})" for d in cfg.device) or "none"))
+    print(f"  data {cfg.daemon.data_endpoint}, control {cfg.daemon.control_endpoint}, "
+          f"recon {cfg.recon.data_endpoint}")
+    if args.verbose:
+        print(f"  known device kinds: {', '.join(known_kinds())}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medacq.daemon.acquisition.service import AcquisitionDaemon, BindError
+
+    cfg = load_rig(args.config)
+    try:
+        d = AcquisitionDaemon(cfg).start()
+    except BindError as exc:
+        raise CliError(str(exc)) from None
+    print(f"medacq daemon: data {cfg.daemon.data_endpoint}, control {cfg.daemon.control_endpoint}", flush=True)
+    d.run_forever(args.for_s)
+    return 0
+
+
+def cmd_recon(args: argparse.Namespace) -> int:
+    from medacq.daemon.recon.stage import ReconStage
+    from medacq.daemon.acquisition.service import BindError
+
+    cfg = load_rig(args.config)
+    try:
+        stage = ReconStage(cfg).start()
+    except BindError as exc:
+        raise CliError(str(exc)) from None
+    print(f"medacq recon: {cfg.recon_source} -> {cfg.recon.data_endpoint}", flush=True)
+    stage.run_forever(args.for_s)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands to the ``medacq`` parser."""
+    sp = sub.add_parser("run", help="run the acquisition daemon")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("recon", help="run the reconstruction stage")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
+    sp.set_defaults(fn=cmd_recon)
+
+    sp = sub.add_parser("check-config", help="validate a rig config file")
+    sp.add_argument("file")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp.set_defaults(fn=cmd_check_config)
+

@@ -1,0 +1,10 @@
+"""The public subscriber and control client (also importable as :mod:`medacq.client`).
+
+Imports only :mod:`medacq.protocols` (``tests/test_layering.py``), so a scientist's script on
+another machine needs neither drivers nor the daemon's services.
+"""
+
+from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
+from medacq.daemon.client.keys import ClientKeys
+
+__all__ = ["ClientKeys", "ControlClient", "DaemonUnreachable", "GapInfo", "Message", "RequestFailed", "Subscriber"]

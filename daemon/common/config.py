@@ -1,0 +1,332 @@
+"""Rig configuration: one TOML file, validated by pydantic before anything starts.
+
+Every error names the file, the field (``device[1].settings.rate_hz``) and what was
+expected; nothing starts half-configured. See the README's configuration reference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medacq.protocols.qos import QosPolicy
+
+
+__all__ = [
+    "Check",
+    "ConfigError",
+    "DaemonSection",
+    "DeviceSection",
+    "ReconSection",
+    "SecuritySection",
+    "RigConfig",
+    "load_config",
+    "parse_config",
+    "validation_problems",
+    "endpoint_is_local",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration. ``problems`` lists ``(location, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) in the configuration"]
+        lines += [f"  {loc}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """True for ``ipc://``/``inproc://`` and TCP on a loopback address."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_endpoint(v: str) -> str:
+    if not v.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError("expected a ZeroMQ endpoint: tcp://HOST:PORT or ipc:///path")
+    return v
+
+
+class SecuritySection(BaseModel):
+    """``[security]``: CurveZMQ authentication, rights and the audit log.
+
+    Without ``server_secret_key`` every socket binds loopback/ipc only and every local client
+    has operator rights. With it, every socket (data, control, reconstruction) is a CurveZMQ
+    server; only clients whose public key is in ``readers`` (subscribe, ``status``, ``list``,
+    ``describe``, ``ping``, ``descriptor``) or ``operators`` (everything) may connect, and
+    non-loopback endpoints are allowed.
+
+    Attributes:
+        server_secret_key: the daemon's key pair (``medacq keys generate``: NAME.key_secret).
+        readers: folder of client public keys (``*.key``) with read-only rights.
+        operators: folder of client public keys with operator rights (configure, start/stop, record).
+        client_secret_key: the key pair the reconstruction stage and local tools connect with
+            (default: the server's own, which always has operator rights).
+        audit_log: file the audit records (JSON lines) are appended to; empty: the
+            ``medacq.audit`` logger only (the journal under systemd).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    server_secret_key: str | None = None
+    readers: str | None = None
+    operators: str | None = None
+    client_secret_key: str | None = None
+    audit_log: str = ""
+
+    @property
+    def curve(self) -> bool:
+        return bool(self.server_secret_key)
+
+    @model_validator(mode="after")
+    def _files(self) -> "SecuritySection":
+        if self.curve:
+            for label, path, is_dir in (("server_secret_key", self.server_secret_key, False),
+                                        ("readers", self.readers, True), ("operators", self.operators, True),
+                                        ("client_secret_key", self.client_secret_key, False)):
+                if path and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
+                    raise ValueError(f"{label}: {path} does not exist")
+            if not (self.readers or self.operators):
+                raise ValueError("CurveZMQ needs an allow-list: set readers and/or operators (folders of public keys)")
+        return self
+
+
+class DaemonSection(BaseModel):
+    """``[daemon]``: sockets, queues and timers of the acquisition daemon.
+
+    Attributes:
+        data_endpoint: PUB socket the frames go out on.
+        control_endpoint: ROUTER socket for control requests.
+        queue_depth: frames buffered per device between driver and publisher; a full
+            queue drops (and counts) rather than grows.
+        queue_mb: the same bound in payload megabytes (whichever is reached first).
+        sndhwm: ZeroMQ send high-water mark per subscriber (messages).
+        heartbeat_s: per-stream heartbeat interval.
+        descriptor_interval_s: descriptor re-publication interval.
+        watchdog_stall_s: a device thread silent for longer is "unhealthy" (systemd watchdog).
+        reconnect_max_s: cap of the exponential reconnect backoff.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_endpoint: str = "tcp://127.0.0.1:5555"
+    control_endpoint: str = "tcp://127.0.0.1:5556"
+    queue_depth: int = Field(default=256, ge=1, le=1_000_000)
+    queue_mb: float = Field(default=64.0, gt=0)
+    sndhwm: int = Field(default=1000, ge=1)
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    descriptor_interval_s: float = Field(default=3.0, gt=0)
+    watchdog_stall_s: float = Field(default=10.0, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+
+    _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class DeviceSection(BaseModel):
+    """``[[device]]``: one instrument.
+
+    Attributes:
+        name: stream name (topic ``raw/<name>``); letters, digits, ``_`` and ``-``.
+        kind: driver kind (``synthetic``, ...; ``medacq check-config`` lists them).
+        address: transport address: serial path, ``socket://h:p``, ``tcp://h:p``, VISA resource.
+        autostart: start acquiring when the daemon starts.
+        settings: device settings, validated by the driver's settings model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    address: str = Field(min_length=1)
+    autostart: bool = True
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    kind: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ReconSection(BaseModel):
+    """``[recon]``: the reconstruction stage (``medacq recon``).
+
+    Attributes:
+        enabled: ``medacq up`` starts it.
+        data_endpoint: PUB socket of the ``recon/...`` results.
+        control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests.
+        subscribe: where raw frames come from (default: the daemon's data endpoint).
+        queue_depth: frames buffered per stream before the stage drops (and counts).
+        settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
+        qos: per-stream queue policy overriding the reconstructor's default, e.g.
+            ``[recon.qos.us0] policy = "latest"`` (:class:`medacq.protocols.qos.QosPolicy`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    data_endpoint: str = "tcp://127.0.0.1:5557"
+    control_endpoint: str = "tcp://127.0.0.1:5558"
+    subscribe: str | None = None
+    queue_depth: int = Field(default=64, ge=1)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    qos: dict[str, QosPolicy] = Field(default_factory=dict)
+
+    _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class RigConfig(BaseModel):
+    """A whole rig: ``[daemon]``, ``[[device]]`` tables and ``[recon]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    device: list[DeviceSection] = Field(default_factory=list)
+    recon: ReconSection = Field(default_factory=ReconSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RigConfig":
+        names = [d.name for d in self.device]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(dup)}")
+        eps = [self.daemon.data_endpoint, self.daemon.control_endpoint, self.recon.data_endpoint,
+               self.recon.control_endpoint]
+        if len(set(eps)) != len(eps):
+            raise ValueError("the daemon's and the reconstruction stage's endpoints must all differ")
+        return self
+
+    @property
+    def recon_source(self) -> str:
+        return self.recon.subscribe or self.daemon.data_endpoint
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def validation_problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    out = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] != "missing" and "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        out.append((_loc(prefix + tuple(e["loc"])), msg))
+    return out
+
+
+Check = Callable[[dict[str, Any]], list[tuple[str, str]]]
+"""A check of one part of a parsed config document: ``(location, problem)`` pairs, empty if fine.
+
+The services that own a section's meaning supply them, so this module needs neither the
+drivers nor the reconstructors: ``medacq.daemon.acquisition.devices.check_devices`` (device kinds
+and each driver's settings model), ``medacq.daemon.recon.registry.check_recon_settings``.
+"""
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", checks: Sequence[Check] = ()) -> RigConfig:
+    """Validate a parsed TOML document: its structure here, each section's meaning by ``checks``.
+
+    Raises :class:`ConfigError` listing every problem found, not just the first.
+    """
+    problems: list[tuple[str, str]] = []
+    cfg: RigConfig | None = None
+    try:
+        cfg = RigConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_problems(exc)
+    if isinstance(data, dict):
+        for check in checks:
+            problems += check(data)
+    problems += _remote_problems(data)
+    if problems or cfg is None:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _remote_problems(data: Any) -> list[tuple[str, str]]:
+    """Non-loopback endpoints without CurveZMQ, located by field."""
+    if not isinstance(data, dict):
+        return []
+    sec = data.get("security")
+    if isinstance(sec, dict) and sec.get("server_secret_key"):
+        return []
+    out = []
+    for section in ("daemon", "recon"):
+        body = data.get(section)
+        for key in ("data_endpoint", "control_endpoint"):
+            v = body.get(key) if isinstance(body, dict) else None
+            if isinstance(v, str) and v.startswith("tcp://") and not endpoint_is_local(v):
+                out.append((f"{section}.{key}", f"binding to a non-loopback address ({v}) requires CurveZMQ: set "
+                            "[security] server_secret_key and an allow-list (readers/operators); see `medacq keys`"))
+    return out
+
+
+def load_config(path: str | Path, checks: Sequence[Check] = ()) -> RigConfig:
+    """Read and validate a TOML rig config file (``checks``: see :data:`Check`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), [("(file)", "no such file")]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [("(syntax)", f"not valid TOML: {exc}")]) from None
+    return parse_config(data, str(p), checks)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def dump_config(data: dict[str, Any]) -> str:
+    """Write a rig config document (as :func:`parse_config` takes it) as TOML text."""
+    lines: list[str] = []
+    for section in ("daemon", "recon"):
+        body = data.get(section)
+        if body:
+            lines.append(f"[{section}]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items()]
+            lines.append("")
+    for dev in data.get("device", []):
+        lines.append("[[device]]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in dev.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Device physics shared by simulators and reconstruction (the EIT FEM). Drivers never import it."""

@@ -1,0 +1,123 @@
+"""The built-in simulated rig that ``medacq up`` runs: every simulator that exists.
+
+:data:`DEFAULT_RIG` lists one entry per simulated instrument: which simulator to serve
+(and how), which driver reads it, with which settings. A device family adds its entry
+here. :class:`SimulatedRig` starts the simulators in this process and writes the rig
+config the daemon and the reconstruction stage are then started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medacq.simulators.adapters import SimulatorServer
+from medacq.simulators.registry import make_simulator
+
+__all__ = ["RigEntry", "DEFAULT_RIG", "SimulatedRig", "endpoints_for"]
+
+
+@dataclass(frozen=True)
+class RigEntry:
+    """One simulated instrument of the default rig.
+
+    Attributes:
+        name: stream name.
+        sim_kind: simulator kind (:mod:`medacq.simulators.registry`).
+        driver_kind: driver kind (:mod:`medacq.drivers.registry`).
+        transport: how the simulator is served: ``pty`` or ``tcp``.
+        address: which address form the driver takes: ``serial`` (pty path or
+            ``socket://``), ``tcp`` (``tcp://h:p``) or ``visa`` (``TCPIP::h::p::SOCKET``).
+        sim_options: simulator options; settings: driver settings.
+        ports: simulators served for this one instrument (e.g. one OPM sensor per serial
+            port); with more than one, simulator ``i`` gets option ``sensor=i``, is served as
+            ``<name>-<i>`` (``i`` ≥ 1) and the driver's address lists them comma-separated.
+    """
+
+    name: str
+    sim_kind: str
+    driver_kind: str
+    transport: Literal["pty", "tcp"] = "pty"
+    address: Literal["serial", "tcp", "visa"] = "serial"
+    sim_options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    ports: int = 1
+
+
+DEFAULT_RIG: list[RigEntry] = [
+    RigEntry("synth0", "synthetic", "synthetic", "pty", "serial", {"seed": 1},
+             {"shape": [8, 64], "dtype": "<f4", "rate_hz": 50.0, "seed": 1}),
+    # X-ray: a fluoroscopy panel (2x2 binned, 10 fps) and a CT panel (4x4, 20 projections/s)
+    RigEntry("xr0", "flatpanel", "flatpanel", "tcp", "visa", {"seed": 31},
+             {"mode": "FLUORO", "binning": 2, "exposure_s": 0.1}),
+    RigEntry("ct0", "flatpanel", "flatpanel", "tcp", "visa", {"seed": 32},
+             {"mode": "CT", "binning": 4, "exposure_s": 0.05, "ct_projections": 180}),
+    RigEntry("eit0", "sciospec", "sciospec", "pty", "serial", {"n_el": 16, "seed": 2},
+             {"n_el": 16, "fps": 20.0, "frequency_hz": 50e3, "amplitude_a": 1e-3}),
+    RigEntry("eit1", "openeit", "openeit", "pty", "serial", {"fps": 4.0, "seed": 3}, {"n_el": 16, "fps": 4.0}),
+    RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True}, {"daisy": True}),
+    RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
+             {"rate": 500, "mode": "messagepack"}),
+    RigEntry("meg0", "quspin", "quspin", "pty", "serial", {"seed": 13}, {}, ports=3),
+    # 3 angles at 20 B-mode frames/s: light enough to beamform live beside the whole rig on a laptop
+    RigEntry("us0", "us", "ultrasound", "tcp", "tcp", {"angles": 3, "prf_hz": 60.0, "seed": 21},
+             {"angles": 3, "prf_hz": 60.0}),
+]
+
+
+def endpoints_for(base_port: int) -> dict[str, dict[str, str]]:
+    """The four loopback endpoints of a rig, on consecutive ports from ``base_port``."""
+    ep = lambda i: f"tcp://127.0.0.1:{base_port + i}"  # noqa: E731
+    return {
+        "daemon": {"data_endpoint": ep(0), "control_endpoint": ep(1)},
+        "recon": {"data_endpoint": ep(2), "control_endpoint": ep(3)},
+    }
+
+
+class SimulatedRig:
+    """Serve every simulator of a rig in this process and describe the rig as a config."""
+
+    def __init__(self, entries: list[RigEntry] | None = None, paced: bool = True) -> None:
+        self.entries = list(DEFAULT_RIG if entries is None else entries)
+        self.paced = paced
+        self.servers: dict[str, SimulatorServer] = {}
+
+    def start(self) -> "SimulatedRig":
+        try:
+            for e in self.entries:
+                for i in range(e.ports):
+                    opts = {**e.sim_options, "sensor": i} if e.ports > 1 else e.sim_options
+                    name = e.name if i == 0 else f"{e.name}-{i}"
+                    iface = make_simulator(e.sim_kind, **opts)
+                    self.servers[name] = SimulatorServer(iface, e.transport, paced=self.paced, name=name).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for s in self.servers.values():
+            s.stop()
+        self.servers.clear()
+
+    def address(self, e: RigEntry) -> str:
+        if e.ports > 1:
+            return ",".join(self.address(RigEntry(n, e.sim_kind, e.driver_kind, e.transport, e.address))
+                            for n in [e.name, *(f"{e.name}-{i}" for i in range(1, e.ports))])
+        s = self.servers[e.name]
+        if e.address == "tcp":
+            return s.tcp_address
+        if e.address == "visa":
+            return f"TCPIP::{s.host}::{s.port}::SOCKET"
+        return s.address
+
+    def config(self, base_port: int = 5555, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The rig config document (see :func:`medacq.daemon.common.config.parse_config`)."""
+        doc: dict[str, Any] = endpoints_for(base_port)
+        doc["device"] = [
+            {"name": e.name, "kind": e.driver_kind, "address": self.address(e), "settings": dict(e.settings)}
+            for e in self.entries
+        ]
+        for k, v in (extra or {}).items():
+            doc.setdefault(k, {}).update(v)
+        return doc
