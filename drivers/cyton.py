@@ -29,10 +29,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medacq.protocols import cyton as cy
-from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import CounterUnwrapper
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
@@ -127,7 +126,7 @@ def dongle_rate_hz(daisy: bool) -> int:
     return cy.DONGLE_SAMPLE_RATE_HZ // (2 if daisy else 1)
 
 
-class CytonDriver(Driver):
+class CytonDriver(CodecDriver):
     """OpenBCI Cyton / Cyton + Daisy."""
 
     kind = "cyton"
@@ -137,7 +136,6 @@ class CytonDriver(Driver):
     def __init__(self, name: str, address: str, settings: CytonSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: CytonSettings = settings
-        self._link: SerialTransport | None = None
         self._codec = cy.CytonHostCodec()
         self._banner = ""
         self._firmware = ""
@@ -172,39 +170,23 @@ class CytonDriver(Driver):
         return list(lab[: self.n_channels])
 
     # -- commands --------------------------------------------------------------------
-    def _write(self, data: bytes) -> None:
-        assert self._link is not None
-        self._link.write(data)
-
-    def _reply(self, timeout: float | None = None) -> str:
-        """The next ``$$$``-terminated text reply (samples in between are dropped)."""
-        assert self._link is not None
-        deadline = time.monotonic() + (timeout or self.settings.timeout_s)
-        while time.monotonic() < deadline:
-            while True:
-                ev = self._codec.next_event()
-                if ev is NEED_DATA:
-                    break
-                if isinstance(ev, cy.CytonText):
-                    return ev.text
-                if isinstance(ev, Garbage):
-                    self.count("garbage_bytes", ev.nbytes)
-            data = self._link.read_some(0.05)
-            if data:
-                self._codec.receive_data(data)
-        raise ConnectionLost(f"{self.name}: no reply from the Cyton at {self.address} within "
-                             f"{timeout or self.settings.timeout_s} s (board off or dongle unpaired?)")
+    def _hold(self, ev: Any) -> None:
+        """Commands are sent only while not streaming: samples left over from before are dropped."""
 
     def _command(self, cmd: Any, timeout: float | None = None) -> str:
-        self._write(self._codec.send(cmd))
-        return self._reply(timeout)
+        """Send ``cmd``; the next ``$$$``-terminated text reply."""
+        t = timeout or self.settings.timeout_s
+        r = self._request(self._codec.send(cmd), lambda ev: isinstance(ev, cy.CytonText), t,
+                          f"no reply from the Cyton at {self.address} within {t} s "
+                          f"(board off or dongle unpaired?)")
+        return r.text
 
     def open(self) -> None:
         s = self.settings
-        self._link = SerialTransport(self.address, 115200)
+        self._link = link = SerialTransport(self.address, 115200)
         self._write(b"s")
         time.sleep(0.05)
-        self._link.reset_input()
+        link.reset_input()
         self._codec = cy.CytonHostCodec()
         self._banner = self._command(cy.SoftReset())
         if "OpenBCI" not in self._banner:
@@ -256,14 +238,12 @@ class CytonDriver(Driver):
         self._board_rate_hz = rate
 
     def close(self) -> None:
-        if self._link is not None:
+        if self._link is not None and self._streaming:
             try:
-                if self._streaming:
-                    self._link.write(b"s")
+                self._link.write(b"s")
             except ConnectionLost:
                 pass
-            self._link.close()
-            self._link = None
+        super().close()
 
     def start(self) -> None:
         self._framer = SampleFramer(self.n_channels, self.sample_rate_hz, self.frame_samples, self._frame_meta)
@@ -272,13 +252,13 @@ class CytonDriver(Driver):
         self._accel = None
         self._accel_counts = [None, None, None]
         self._last_board_ms = None
-        self._write(self._codec.send(cy.StartStreaming()))
+        self._send(cy.StartStreaming())
         self._streaming = True
 
     def stop(self) -> None:
         if self._link is not None:
             try:
-                self._write(self._codec.send(cy.StopStreaming()))
+                self._send(cy.StopStreaming())
             except ConnectionLost:
                 pass
         self._streaming = False
@@ -328,21 +308,17 @@ class CytonDriver(Driver):
 
     # -- streaming -------------------------------------------------------------------
     def read(self, timeout: float) -> list[Frame | Gap]:
-        assert self._link is not None and self._framer is not None
-        data = self._link.read_some(timeout)
-        t_read = time.monotonic_ns()
+        assert self._framer is not None
+        events = self._receive(timeout)
+        t_read = self._t_in_ns
         out: list[Frame | Gap] = []
-        if not data:
+        if not events:
             return out
-        self._codec.receive_data(data)
         idx: list[int] = []
         cols: list[tuple[int, ...]] = []
         daisy = self._daisy
-        codec, pairer = self._codec, self._pairer
-        while True:
-            ev = codec.next_event()
-            if ev is NEED_DATA:
-                break
+        pairer = self._pairer
+        for ev in events:
             if type(ev) is cy.CytonSample:
                 if daisy:
                     for p in pairer.push(ev):
@@ -365,8 +341,6 @@ class CytonDriver(Driver):
                     readings = ev.accel_readings
                     if readings:
                         self._take_accel(readings)
-            elif isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
             elif isinstance(ev, cy.CytonText):
                 self.count("text_replies")
         if not idx:

@@ -19,6 +19,14 @@ pyvisa-py's TCPIP SOCKET session, drains the session's pending buffer and pulls 
 with ``recv_into`` from the session's own socket into a preallocated frame array (one copy).
 Any other backend gets the portable path: termination off, ``read_bytes(n, chunk_size=n)``.
 
+Source: :meth:`FlatPanelDriver.start` enables the tube output (``SOUR:OUTP ON``; OFF for
+``frame_type = "dark"``) before ``INIT``; nothing else turns it on. Safe state
+(:meth:`FlatPanelDriver.enter_safe_state`): ``ABOR;:SOUR:OUTP OFF`` (exposure aborted, output
+off), the reply of a ``FETC?`` in flight drained, then ``SOUR:OUTP?;:ACQ:STAT?`` must answer
+``0;IDLE``. The same message, with no reply to wait for, is this driver's
+:meth:`~FlatPanelDriver.cut_output`: any thread may send it at once (writes go through one lock),
+so a safe state does not wait for an exposure or a ``configure`` in progress.
+
 Frames: ``uint16`` ``(row, col)`` ADU, ``(1536, 1944) // binning``, row 0 at the top.
 Per-frame meta: ``frame_index`` (device counter), ``frame_type`` (image/dark/flat),
 ``angle_deg`` (CT gantry angle; 0 otherwise), ``projection`` and ``rotation`` in CT.
@@ -30,13 +38,14 @@ import math
 import re
 import select
 import socket
+import threading
 import time
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medacq.protocols.scpi import split_values
+from medacq.protocols.scpi import split_units, split_values
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import ConnectionLost, DeviceError, DeviceNotFound, Driver, Frame, Gap
@@ -70,10 +79,13 @@ class FlatPanelSettings(BaseModel):
             ``SOFT`` (the driver triggers each frame with ``*TRG``).
         trigger_period_s: EXT pulse period, s.
         frame_count: frames per acquisition, 0 = until stopped.
-        kvp: tube voltage, kV. ma: tube current, mA.
+        kvp: tube voltage, kV (40–150). ma: tube current, mA (0.1–500). ``kvp``, ``ma`` and
+            ``exposure_s`` are *limited*: ``configure`` keeps them inside the config file's
+            ``[device.limits]``.
         ct_projections: projections per rotation. ct_geometry: ``PARALLEL`` or ``FAN``.
         ct_range: ``FULL`` (360°) or ``SHORT`` (180° + fan angle).
-        visa_library: pyvisa backend (``@py`` = pyvisa-py; ``""`` = pyvisa's default).
+        visa_library: pyvisa backend (``@py`` = pyvisa-py; ``""`` = pyvisa's default; a path
+            is a VISA shared library). *Config-only*: ``configure`` cannot change it.
         timeout_s: I/O timeout for replies and block transfers, s.
         fast_read: use the socket fast path on pyvisa-py (False: the portable pyvisa path).
     """
@@ -82,18 +94,21 @@ class FlatPanelSettings(BaseModel):
 
     mode: Literal["RAD", "FLUORO", "CT"] = "FLUORO"
     binning: Literal[1, 2, 4] = 1
-    exposure_s: float = Field(default=0.03, gt=0)
+    exposure_s: float = Field(default=0.03, gt=0, json_schema_extra={"limited": True})
     gain: Literal["HIGH", "LOW"] = "HIGH"
     frame_type: Literal["image", "dark", "flat"] = "image"
     trigger: Literal["INT", "EXT", "SOFT"] = "INT"
     trigger_period_s: float | None = Field(default=None, gt=0)
     frame_count: int = Field(default=0, ge=0)
-    kvp: float = Field(default=70.0, gt=0)
-    ma: float = Field(default=10.0, gt=0)
+    # physical output: a control-plane configure keeps them inside the config file's
+    # [device.limits] (else inside these, the tube's own range)
+    kvp: float = Field(default=70.0, ge=40.0, le=150.0, json_schema_extra={"limited": True})
+    ma: float = Field(default=10.0, ge=0.1, le=500.0, json_schema_extra={"limited": True})
     ct_projections: int = Field(default=720, ge=2)
     ct_geometry: Literal["PARALLEL", "FAN"] = "PARALLEL"
     ct_range: Literal["FULL", "SHORT"] = "FULL"
-    visa_library: str = "@py"
+    # names a shared library pyvisa loads (ctypes): code, so the config file alone sets it
+    visa_library: str = Field(default="@py", json_schema_extra={"config_only": True})
     timeout_s: float = Field(default=5.0, gt=0)
     fast_read: bool = True
 
@@ -141,6 +156,21 @@ class _SocketLink(_Link):
             return True
         r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
         return bool(r)
+
+    def drain(self, quiet_s: float = 0.1) -> None:
+        """Device clear for a raw socket: drop what a previous session left in flight. Ours, not
+        pyvisa-py's ``clear()``, which spins forever on a socket the peer has closed."""
+        del self._pending()[:]
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            r, _, _ = select.select([self.sock], [], [], quiet_s)
+            if not r:
+                return
+            try:
+                if not self.sock.recv(65536):
+                    raise ConnectionLost("the detector closed the connection")
+            except OSError as exc:
+                raise ConnectionLost(f"socket read failed: {exc}") from None
 
     def _read_into(self, mv: memoryview) -> None:
         pb = self._pending()
@@ -282,6 +312,8 @@ class FlatPanelDriver(Driver):
         self._finished = False
         self._next_index: int | None = None
         self.fast_path = False
+        # every write (and query) to the instrument, so that cut_output() may write from another thread
+        self._wlock = threading.RLock()
 
     # -- plumbing -----------------------------------------------------------------------
     def _open_visa(self) -> None:
@@ -336,7 +368,14 @@ class FlatPanelDriver(Driver):
     def query(self, text: str) -> str:
         """One text query through pyvisa (``*IDN?``, ``CONF:BINN?``...)."""
         assert self._link is not None, "open() first"
-        return self._io(self._link.query, text)
+        with self._wlock:
+            return self._io(self._link.query, text)
+
+    def _write(self, text: str) -> None:
+        link = self._link
+        assert link is not None, "open() first"
+        with self._wlock:
+            self._io(link.write, text)
 
     def command(self, text: str) -> None:
         """Send ``text`` and check the error queue: DeviceError with the SCPI message if the
@@ -359,15 +398,19 @@ class FlatPanelDriver(Driver):
     # -- Driver ---------------------------------------------------------------------------
     def open(self) -> None:
         self._open_visa()
-        try:
-            self._inst.clear()  # device clear: drop replies a previous session left in flight
-        except Exception:  # noqa: BLE001 - not every backend/resource supports it
-            pass
+        with self._wlock:
+            if isinstance(self._link, _SocketLink):
+                self._link.drain()  # device clear: drop replies a previous session left in flight
+            else:
+                try:
+                    self._inst.clear()
+                except Exception:  # noqa: BLE001 - not every backend/resource supports it
+                    pass
         self._idn = self.query("*IDN?")
         parts = split_values(self._idn)
         if len(parts) < 4 or not parts[0]:
             raise DeviceError(f"{self.name}: {self.address} did not identify (IDN {self._idn!r})")
-        self._io(self._link.write, "ABOR;*RST;*CLS")  # type: ignore[union-attr]
+        self._write("ABOR;*RST;*CLS")
         self.query("*OPC?")
         s = self.settings
         cmds = [
@@ -395,6 +438,10 @@ class FlatPanelDriver(Driver):
         self._geometry = geo
 
     def close(self) -> None:
+        with self._wlock:
+            self._close()
+
+    def _close(self) -> None:
         try:
             if self._inst is not None:
                 self._inst.close()
@@ -408,10 +455,50 @@ class FlatPanelDriver(Driver):
         self._inst = self._rm = self._link = None
 
     def start(self) -> None:
+        """Enable the source (the only place that does: the operator's start) and ``INIT``."""
         self._outstanding = False
         self._finished = False
         self._next_index = None
+        self.command("SOUR:OUTP OFF" if self.settings.frame_type == "dark" else "SOUR:OUTP ON")
         self.command("INIT")
+
+    _SAFE = "ABOR;:SOUR:OUTP OFF"
+
+    def cut_output(self) -> str:
+        """Any thread: send ``ABOR;:SOUR:OUTP OFF`` now (no reply to wait for; a ``FETC?`` in
+        flight then answers an empty block, which the acquisition thread reads)."""
+        with self._wlock:
+            if self._link is None:
+                raise ConnectionLost(f"{self.name}: not connected")
+            self._write(self._SAFE)
+        return f"sent {self._SAFE} (exposure aborted, source output off; unconfirmed)"
+
+    def enter_safe_state(self) -> str:
+        """Abort the exposure and switch the source output off; confirmed by the device."""
+        link = self._link
+        if link is None:
+            raise ConnectionLost(f"{self.name}: not connected")
+        self._write(self._SAFE)
+        if self._outstanding:  # the FETC? in flight answers now: an empty block (or a ready frame)
+            if self._io(link.wait_reply, self.settings.timeout_s):
+                self._read_reply()
+            self._outstanding = False
+        self._finished = True  # nothing more to fetch until start()
+        reply = self.query("SOUR:OUTP?;:ACQ:STAT?")
+        errors = []
+        for _ in range(32):  # the queue: -230 from the aborted FETC? is expected, anything else is said
+            err = self.query("SYST:ERR?")
+            code = split_values(err)[0] if err else "0"
+            if code in ("0", "+0"):
+                break
+            if not code.lstrip("+").startswith("-230"):
+                errors.append(err)
+        parts = split_units(reply)
+        if len(parts) < 2 or parts[0] not in ("0", "OFF") or parts[1].upper() != "IDLE":
+            raise DeviceError(f"{self.name}: after {self._SAFE} the detector reports SOUR:OUTP?;:ACQ:STAT? = "
+                              f"{reply!r}{' (errors: ' + '; '.join(errors) + ')' if errors else ''}")
+        return (f"{self._SAFE}: exposure aborted, X-ray source output off (device reports output 0, "
+                f"acquisition IDLE)" + (f"; device errors: {'; '.join(errors)}" if errors else ""))
 
     def stop(self) -> None:
         if self._link is None:
@@ -460,7 +547,7 @@ class FlatPanelDriver(Driver):
             return []
         if not self._outstanding:
             q = "FETC?;:FETC:META?"
-            self._io(link.write, ("*TRG;:" + q) if self.settings.trigger == "SOFT" else q)
+            self._write(("*TRG;:" + q) if self.settings.trigger == "SOFT" else q)
             self._outstanding = True
         if not self._io(link.wait_reply, timeout):
             return []

@@ -26,16 +26,16 @@ Sample-number jumps are reported as gaps with ``lost_samples``.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medacq.protocols import hackeeg as he
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import Garbage
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import CounterUnwrapper
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
@@ -104,7 +104,7 @@ class HackEEGSettings(BaseModel):
         return v
 
 
-class HackEEGDriver(Driver):
+class HackEEGDriver(CodecDriver):
     """HackEEG / ADS1298 ECG front end."""
 
     kind = "hackeeg"
@@ -115,8 +115,8 @@ class HackEEGDriver(Driver):
     def __init__(self, name: str, address: str, settings: HackEEGSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: HackEEGSettings = settings
-        self._link: SerialTransport | None = None
         self._codec = he.HackEEGHostCodec()
+        self._syncing = False
         self._version = ""
         self._chip_id = 0
         self._framer: SampleFramer | None = None
@@ -128,27 +128,24 @@ class HackEEGDriver(Driver):
         return self.settings.frame_samples or default_frame_samples(self.settings.rate)
 
     # -- commands --------------------------------------------------------------------
-    def _response(self, timeout: float) -> he.HackEEGResponse:
-        assert self._link is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            while True:
-                ev = self._codec.next_event()
-                if ev is NEED_DATA:
-                    break
-                if isinstance(ev, he.HackEEGResponse):
-                    return ev
-                if isinstance(ev, Garbage):
-                    self.count("garbage_bytes", ev.nbytes)
-            data = self._link.read_some(0.05)
-            if data:
-                self._codec.receive_data(data)
-        raise ConnectionLost(f"{self.name}: no reply from the HackEEG at {self.address} within {timeout} s")
+    def _hold(self, ev: Any) -> None:
+        """Commands are sent only while not streaming: samples still on their way from an
+        earlier session are counted (``open_discarded_samples``) and dropped, as is the rest."""
+        if isinstance(ev, he.HackEEGSample):
+            self.count("open_discarded_samples")
+
+    def _garbage(self, ev: Garbage) -> None:
+        if self._syncing:  # the cut-off tail of whatever an earlier session left in flight
+            self.count("open_discarded_bytes", ev.nbytes)
+        else:
+            super()._garbage(ev)
 
     def _command(self, command: str, *params: int, check: bool = True) -> he.HackEEGResponse:
-        assert self._link is not None
-        self._link.write(self._codec.send(he.HackEEGCommand(command, tuple(params))))
-        r = self._response(self.settings.timeout_s)
+        """Send one command in the current mode; its response (non-200 → DeviceError if ``check``)."""
+        t = self.settings.timeout_s
+        r = self._request(self._codec.send(he.HackEEGCommand(command, tuple(params))),
+                          lambda ev: isinstance(ev, he.HackEEGResponse), t,
+                          f"no reply from the HackEEG at {self.address} within {t} s")
         if check and r.status_code != he.STATUS_OK:
             raise DeviceError(f"{self.name}: {command} {list(params)} failed: {r.status_code} {r.status_text}")
         return r
@@ -163,53 +160,53 @@ class HackEEGDriver(Driver):
         Model: hackeeg-client-python ``HackEEGBoard.connect`` (``_sense_protocol_mode`` sends
         JSON ``stop``, ``sdatac``, ``nop`` and takes a JSON reply for JSON mode, anything else
         for text mode, where it sends the text ``jsonlines``)."""
-        link = self._link
-        assert link is not None
         timeout = self.settings.timeout_s
         # text mode: stop and switch with the text parser; the JSON 'jsonlines' after them is
         # understood once they have run (and would still switch a JSON/MessagePack board)
         text_switch = (he.encode_command(he.HackEEGCommand("sdatac"), he.TEXT)
                        + he.encode_command(he.HackEEGCommand("jsonlines"), he.TEXT) + self._json("jsonlines"))
         marker = self._json("rreg", he.REG_ID)  # nothing sent before it is answered with data
-        link.reset_input()
+        self._connected().reset_input()
         # a TEXT-mode host codec decodes JSON lines, text lines and MessagePack records alike
-        sniff = he.HackEEGHostCodec(he.TEXT)
-        link.write(self._json("stop") + self._json("sdatac") + self._json("nop"))
+        self._codec = he.HackEEGHostCodec(he.TEXT)
         mode: str | None = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = link.read_some(0.05)
-            if data:
-                sniff.receive_data(data)
-            while (ev := sniff.next_event()) is not NEED_DATA:
-                if isinstance(ev, he.HackEEGSample):  # a stream left running
-                    self.count("open_discarded_samples")
-                elif isinstance(ev, he.TextLine) and ev.text == _TEXT_UNRECOGNIZED and mode != he.TEXT:
-                    # the text parser did not know our JSON line: text mode (also when an
-                    # earlier JSON reply was a stale one)
-                    mode = he.TEXT
-                    link.write(text_switch + marker)
-                    deadline = time.monotonic() + timeout
-                elif isinstance(ev, he.HackEEGResponse) and ev.status_code >= 500:
-                    # the board itself refuses (not a parse error of our probes): say what it said
+
+        def telling(ev: Any) -> bool:
+            """Replies that move the sequence on (samples of a stream left running go to _hold)."""
+            if isinstance(ev, he.TextLine):
+                # the text parser did not know our JSON line: text mode (also when an earlier
+                # JSON reply was a stale one)
+                return ev.text == _TEXT_UNRECOGNIZED and mode != he.TEXT
+            if isinstance(ev, he.HackEEGResponse):
+                # >= 500: the board itself refuses; first reply: JSON Lines or MessagePack mode
+                # (replies are JSON in both); an integer: the marker's answer
+                return (ev.status_code >= 500 or mode is None
+                        or (isinstance(ev.data, int) and not isinstance(ev.data, bool)))
+            return False
+
+        self._syncing = True
+        try:
+            send = self._json("stop") + self._json("sdatac") + self._json("nop")
+            silence = f"no reply from the HackEEG at {self.address} within {timeout} s"
+            while True:
+                ev = self._request(send, telling, timeout, silence)
+                if isinstance(ev, he.TextLine):
+                    mode, send = he.TEXT, text_switch + marker
+                elif ev.status_code >= 500:  # not a parse error of our probes: say what it said
                     raise DeviceError(f"{self.name}: the HackEEG answered {ev.status_code} {ev.status_text}")
-                elif isinstance(ev, he.HackEEGResponse):
-                    if mode is None:  # JSON Lines or MessagePack mode: replies are JSON in both
-                        mode = he.JSONLINES
-                        link.write(self._json("jsonlines") + marker)
-                        deadline = time.monotonic() + timeout
-                    elif isinstance(ev.data, int) and not isinstance(ev.data, bool):
-                        return self._sync_done(ev.data)
-        if mode is None:
-            raise ConnectionLost(f"{self.name}: no reply from the HackEEG at {self.address} within {timeout} s")
-        raise ConnectionLost(f"{self.name}: the HackEEG at {self.address} did not enter JSON Lines mode "
-                             f"within {timeout} s")
+                elif mode is None:
+                    mode, send = he.JSONLINES, self._json("jsonlines") + marker
+                else:
+                    return self._sync_done(ev.data)
+                silence = f"the HackEEG at {self.address} did not enter JSON Lines mode within {timeout} s"
+        finally:
+            self._syncing = False
 
     def _sync_done(self, chip_id: int) -> int:
-        assert self._link is not None
+        link = self._connected()
         # stragglers (a stale reply of an earlier session could have looked like the marker)
         end = time.monotonic() + self.settings.timeout_s
-        while time.monotonic() < end and self._link.read_some(0.05):
+        while time.monotonic() < end and link.read_some(0.05):
             pass
         self._codec = he.HackEEGHostCodec(he.JSONLINES)
         return chip_id
@@ -234,26 +231,20 @@ class HackEEGDriver(Driver):
         self._scale = he.counts_to_uv(np.ones(8), float(s.gain)) * np.ones(8)
 
     def close(self) -> None:
-        if self._link is not None:
-            try:
-                self._link.write(self._codec.send(he.HackEEGCommand("sdatac")))
-            except ConnectionLost:
-                pass
-            self._link.close()
-            self._link = None
+        self.stop()
+        super().close()
 
     def start(self) -> None:
         self._framer = SampleFramer(8, float(self.settings.rate), self.frame_samples)
         self._unwrap = CounterUnwrapper(32, 1)
         self._command("start")
-        assert self._link is not None
-        self._link.write(self._codec.send(he.HackEEGCommand("rdatac")))
+        self._send(he.HackEEGCommand("rdatac"))
         # the 200 reply comes back among the samples; read() skips responses
 
     def stop(self) -> None:
         if self._link is not None:
             try:
-                self._link.write(self._codec.send(he.HackEEGCommand("sdatac")))
+                self._send(he.HackEEGCommand("sdatac"))
             except ConnectionLost:
                 pass
 
@@ -273,26 +264,19 @@ class HackEEGDriver(Driver):
 
     # -- streaming -------------------------------------------------------------------
     def read(self, timeout: float) -> list[Frame | Gap]:
-        assert self._link is not None and self._framer is not None
-        data = self._link.read_some(timeout)
-        t_read = time.monotonic_ns()
+        assert self._framer is not None
+        events = self._receive(timeout)
+        t_read = self._t_in_ns
         out: list[Frame | Gap] = []
-        if not data:
+        if not events:
             return out
-        codec = self._codec
-        codec.receive_data(data)
         idx: list[int] = []
         cols: list[tuple[int, ...]] = []
         unwrap = self._unwrap
-        while True:
-            ev = codec.next_event()
-            if ev is NEED_DATA:
-                break
+        for ev in events:
             if type(ev) is he.HackEEGSample:
                 idx.append(unwrap(ev.sample_number))
                 cols.append(ev.channels)
-            elif isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
             elif isinstance(ev, he.HackEEGResponse):
                 if ev.status_code != he.STATUS_OK:
                     self.count("error_replies")

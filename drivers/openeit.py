@@ -15,22 +15,26 @@ current electrode skipped (the pattern is in the descriptor geometry). The proto
 frame counter: a corrupted or truncated imaging line (a magnitudes line with the wrong
 count, or a garbled line while streaming) is reported as a one-frame :class:`Gap`.
 ``stop()`` only stops publishing (the board keeps streaming).
+
+Safe state: not possible. The firmware has no command that stops current injection (every
+mode -- time series, spectroscopy, imaging -- drives current, and there is no idle mode), so
+:meth:`OpenEITDriver.enter_safe_state` sends nothing and raises :class:`DeviceError` saying so:
+the daemon reports the safe state as *failed* and keeps publishing what the board measures. A
+rig that needs a safe state must cut the board's power (or the electrode leads) in hardware.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols import openeit as oe
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import Garbage
 from medacq.protocols.eit_pattern import Pattern, opposition_pattern
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, DeviceError, Frame, Gap
 from .transports import SerialTransport
 
 __all__ = ["OpenEITDriver", "OpenEITSettings", "MODE_LETTER"]
@@ -56,54 +60,50 @@ class OpenEITSettings(BaseModel):
     mode_timeout_s: float = Field(default=3.0, gt=0, le=60)
 
 
-class OpenEITDriver(Driver):
-    """OpenEIT over a serial link (115200 8N1); one stream frame per ``magnitudes:`` line."""
+class OpenEITDriver(CodecDriver):
+    """OpenEIT over a serial link (115200 8N1); one stream frame per ``magnitudes:`` line.
+
+    Garbage is counted and handed on (:attr:`pass_garbage`): a garbled imaging line costs a frame.
+    """
 
     kind = "openeit"
     modality = "eit"
     Settings = OpenEITSettings
+    pass_garbage = True
 
     def __init__(self, name: str, address: str, settings: OpenEITSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: OpenEITSettings = settings
-        self._link: SerialTransport | None = None
         self._codec = oe.OpenEITHostCodec()
         self.pattern: Pattern = opposition_pattern(settings.n_el)
         self._n = self.pattern.n_total
         self._running = False
-        self._pending: list[np.ndarray] = []
         self._banner = ""
 
-    def _drain(self) -> list[oe.Magnitudes | oe.TextLine | Garbage]:
-        out = []
-        while True:
-            ev = self._codec.next_event()
-            if ev is NEED_DATA:
-                return out
-            out.append(ev)
+    def _hold(self, ev: Any) -> None:
+        """The board streams all the time: what comes while selecting a mode is not published."""
 
-    def _select_mode(self, letter: str, deadline: float) -> bool:
-        """Send the letter; True once a magnitudes line of the right length arrives."""
-        assert self._link is not None
-        self._link.write(f"{letter}\n".encode("ascii"))
+    def _select_mode(self, letter: str, timeout: float) -> bool:
+        """Send the letter; True once two magnitudes lines of the right length arrive within
+        ``timeout`` s."""
         good = 0
-        while time.monotonic() < deadline:
-            data = self._link.read_some(0.05)
-            if data:
-                self._codec.receive_data(data)
-            for ev in self._drain():
-                if isinstance(ev, oe.TextLine):
-                    if ev.text.startswith("OpenEIT"):
-                        self._banner = ev.text
-                    elif ev.text.startswith("mode"):
-                        self._banner = self._banner or "OpenEIT"
-                        self.counters["mode_text"] = 1
-                        good = 0  # lines before the announcement belong to the old mode
-                elif isinstance(ev, oe.Magnitudes) and len(ev.values) == self._n:
-                    good += 1
-                    if good >= 2:  # the first one may have been measured before the switch
-                        return True
-        return False
+
+        def switched(ev: Any) -> bool:
+            nonlocal good
+            if isinstance(ev, oe.TextLine):
+                if ev.text.startswith("OpenEIT"):
+                    self._banner = ev.text
+                elif ev.text.startswith("mode"):
+                    self._banner = self._banner or "OpenEIT"
+                    self.counters["mode_text"] = 1
+                    good = 0  # lines before the announcement belong to the old mode
+            elif isinstance(ev, oe.Magnitudes) and len(ev.values) == self._n:
+                good += 1
+                return good >= 2  # the first one may have been measured before the switch
+            return False
+
+        self._write(f"{letter}\n".encode("ascii"))
+        return self._await(switched, timeout) is not None
 
     def open(self) -> None:
         self._link = SerialTransport(self.address, baudrate=115200)
@@ -111,29 +111,32 @@ class OpenEITDriver(Driver):
         self._running = False
         letter = MODE_LETTER[self.settings.n_el]
         t = self.settings.mode_timeout_s
-        if self._select_mode(letter, time.monotonic() + t):
+        if self._select_mode(letter, t):
             return
         # stuck in 8-electrode imaging (firmware ignores c/d/e in mode 3): go via time series
-        self._select_mode("a", time.monotonic() + 0.3)
-        if not self._select_mode(letter, time.monotonic() + t):
+        self._select_mode("a", 0.3)
+        if not self._select_mode(letter, t):
             raise DeviceError(f"{self.name}: no {self._n}-value magnitudes lines after mode {letter!r} "
                               f"within {t} s (not an OpenEIT board, or wrong electrode count?)")
 
     def close(self) -> None:
         self._running = False
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        super().close()
 
     def start(self) -> None:
-        assert self._link is not None
-        self._link.reset_input()
+        self._connected().reset_input()
         self._codec = oe.OpenEITHostCodec()
         self._first = True
         self._running = True
 
     def stop(self) -> None:
         self._running = False
+
+    def enter_safe_state(self) -> str:
+        """Impossible on this board: raises :class:`DeviceError` saying why (nothing is sent)."""
+        raise DeviceError(f"{self.name}: the OpenEIT firmware has no command that stops current injection "
+                          "(it injects in every mode for as long as it is powered); nothing was sent: cut the "
+                          "board's power or disconnect the electrodes to make it safe")
 
     def descriptor(self) -> StreamDescriptor:
         s = self.settings
@@ -151,14 +154,10 @@ class OpenEITDriver(Driver):
         )
 
     def read(self, timeout: float) -> list[Frame | Gap]:
-        assert self._link is not None
-        data = self._link.read_some(timeout)
-        if data:
-            self._codec.receive_data(data)
-        t_mono = time.monotonic_ns()
-        t_host = time.time_ns()
+        events = self._receive(timeout)
+        t_mono, t_host = self._arrival()
         out: list[Frame | Gap] = []
-        for ev in self._drain():
+        for ev in events:
             if not self._running:
                 continue
             if isinstance(ev, oe.Magnitudes):
@@ -169,8 +168,7 @@ class OpenEITDriver(Driver):
                     self.count("bad_lines")
                     out.append(Gap(lost_frames=1, reason=f"magnitudes line with {len(ev.values)} values, "
                                                          f"expected {self._n}"))
-            elif isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
+            elif isinstance(ev, Garbage):  # counted in garbage_bytes by the drain
                 if not self._first and ev.nbytes >= 32:
                     out.append(Gap(lost_frames=1, reason=f"corrupted imaging line ({ev.reason})"))
             elif isinstance(ev, oe.TextLine):

@@ -61,7 +61,7 @@ from medacq.protocols import quspin as qs
 from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import ConnectionLost, DeviceError, Driver, DriverStatus, Frame, Gap, SensorStatus
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
 
@@ -218,9 +218,9 @@ class QuSpinDriver(Driver):
         self._gap_reason = ""
         self._status_t = 0.0
         self._streaming = False
-        #: per-sensor status snapshot for ``status`` (rebuilt by the acquisition thread,
+        #: per-sensor status snapshot for :meth:`status` (rebuilt by the acquisition thread,
         #: read by others: replaced, never mutated)
-        self.status_extra: dict[str, Any] = {}
+        self._sensor_status: list[SensorStatus] = []
 
     @property
     def n_channels(self) -> int:
@@ -681,16 +681,21 @@ class QuSpinDriver(Driver):
                 f"(samples {h.start}..{h.end - 1 if h.end is not None else '?'}){late}; "
                 f"the other channels have data, no stream samples lost")
 
+    def status(self) -> DriverStatus:
+        """Counters, and ``sensors``: one :class:`~medacq.drivers._base.SensorStatus` per port
+        (a snapshot at most 0.2 s old while streaming)."""
+        return {"counters": dict(self.counters), "sensors": self._sensor_status}
+
     def _snapshot(self, now: float, force: bool = False) -> None:
         if not force and now - self._status_t < 0.2:
             return
         self._status_t = now
         stall_s = self.settings.stall_s
         streaming = self._streaming
-        self.status_extra = {"sensors": [
-            {"label": s.label, "address": s.address,
-             "state": ("stalled" if s.state == "stalled" or (streaming and now - s.last_sample > stall_s)
-                       else "ok"),
-             "lost_samples": s.lost, "late_samples_dropped": s.late_dropped, **s.leds,
-             "last_message": s.stream_message or s.last_message}
-            for s in self._sensors]}
+        self._sensor_status = [
+            SensorStatus(label=s.label, address=s.address,
+                         state=("stalled" if s.state == "stalled" or (streaming and now - s.last_sample > stall_s)
+                                else "ok"),
+                         lost_samples=s.lost, late_samples_dropped=s.late_dropped, leds=dict(s.leds),
+                         last_message=s.stream_message or s.last_message)
+            for s in self._sensors]

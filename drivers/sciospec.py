@@ -14,6 +14,10 @@ do not touch a current electrode). An EIT frame with a missing, duplicated or co
 sub-frame is never published: it becomes a :class:`Gap` (as do whole frames skipped, found
 from the device timestamps), so subscribers see exactly which frames are missing.
 
+Safe state (:meth:`SciospecDriver.enter_safe_state`): stop measurement (``B4 01 00 B4``),
+which ends current injection; its acknowledge is the confirmation (the protocol has no status
+query for it). Only ``start()`` starts a measurement again.
+
 Stream frame: ``float32 (measurement,)``, V. ``quantity = "real"`` (default) publishes the
 in-phase (real) part of each differential voltage, ``"magnitude"`` its modulus. 16
 electrodes → 208 values, 32 → 928. The descriptor's ``geometry`` carries the pattern
@@ -23,18 +27,17 @@ electrodes → 208 values, 32 → 928. The descriptor's ``geometry`` carries the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols import sciospec as sc
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import Garbage
 from medacq.protocols.eit_pattern import Pattern, adjacent_pattern
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import DeviceClock
 from .transports import SerialTransport
 
@@ -48,7 +51,9 @@ class SciospecSettings(BaseModel):
         n_el: electrodes, 16 or 32 (adjacent drive, adjacent measurement).
         fps: EIT frames per second, 1..50.
         frequency_hz: excitation frequency (Hz).
-        amplitude_a: excitation current amplitude (A), up to 10 mA.
+        amplitude_a: excitation current amplitude (A), up to 10 mA. ``amplitude_a`` and
+            ``frequency_hz`` are *limited*: ``configure`` keeps them inside the config file's
+            ``[device.limits]``.
         burst_count: frames per start, 0 = until stopped.
         quantity: ``real`` (in-phase part of each differential voltage) or ``magnitude``.
         baudrate: serial line rate (ignored on ptys and sockets).
@@ -58,8 +63,10 @@ class SciospecSettings(BaseModel):
 
     n_el: Literal[16, 32] = 16
     fps: float = Field(default=20.0, ge=1.0, le=50.0)
-    frequency_hz: float = Field(default=50e3, gt=0, le=10e6)
-    amplitude_a: float = Field(default=1e-3, gt=0, le=0.01)
+    # current injected into the patient: a control-plane configure keeps both inside the
+    # config file's [device.limits] (the permitted current depends on the frequency)
+    frequency_hz: float = Field(default=50e3, gt=0, le=10e6, json_schema_extra={"limited": True})
+    amplitude_a: float = Field(default=1e-3, gt=0, le=0.01, json_schema_extra={"limited": True})
     burst_count: int = Field(default=0, ge=0, le=65535)
     quantity: Literal["real", "magnitude"] = "real"
     baudrate: int = 921600
@@ -154,7 +161,11 @@ class FrameAssembler:
         return out
 
 
-class SciospecDriver(Driver):
+#: acknowledge codes that end a command (DATA_HOLDUP is a streaming notice, not an answer)
+_FINAL_ACKS = (sc.AckCode.ACK, sc.AckCode.NOT_EXECUTED, sc.AckCode.NOT_RECOGNISED)
+
+
+class SciospecDriver(CodecDriver):
     """Sciospec-style EIT16/32 over a serial link; one stream frame per complete EIT frame."""
 
     kind = "sciospec"
@@ -164,57 +175,45 @@ class SciospecDriver(Driver):
     def __init__(self, name: str, address: str, settings: SciospecSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: SciospecSettings = settings
-        self._link: SerialTransport | None = None
         self._codec = sc.SciospecHostCodec()
         self._idn = ""
         self.pattern: Pattern = adjacent_pattern(settings.n_el)
         self._pairs = [(int(a) + 1, int(b) + 1) for a, b in self.pattern.ex_mat]
         self._asm = FrameAssembler(settings.n_el, self._pairs, settings.fps)
-        self._pending: list[sc.SciospecReply] = []
         self._running = False
         self._clock = DeviceClock(settings.fps)
         self._k = np.arange(self.pattern.n_exc)[:, None]
 
     # -- command/ack ---------------------------------------------------------------------
-    def _events(self) -> Iterator[sc.SciospecReply]:
-        while True:
-            ev = self._codec.next_event()
-            if ev is NEED_DATA:
-                return
-            if isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
-                self._asm.lost(f"{ev.nbytes} garbage byte(s): {ev.reason}")
-                continue
-            yield ev
+    def _garbage(self, ev: Garbage) -> None:
+        super()._garbage(ev)
+        self._asm.lost(f"{ev.nbytes} garbage byte(s): {ev.reason}")
+
+    def _hold(self, ev: Any) -> None:
+        """Data frames that race an ack are kept while measuring; other replies are dropped."""
+        if self._running and isinstance(ev, sc.DataFrame):
+            self._pending.append(ev)
 
     def _command(self, cmd: sc.SciospecCommand, timeout: float = 2.0) -> list[sc.SciospecReply]:
         """Send ``cmd``; return the replies up to and including its ack. NACK → DeviceError."""
-        assert self._link is not None
-        self._link.write(self._codec.send(cmd))
         got: list[sc.SciospecReply] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self._link.read_some(0.05)
-            if data:
-                self._codec.receive_data(data)
-            for ev in self._events():
-                if isinstance(ev, sc.DataFrame):
-                    if self._running:
-                        self._pending.append(ev)
-                    continue
-                got.append(ev)
-                if isinstance(ev, sc.Ack) and ev.code in (sc.AckCode.ACK, sc.AckCode.NOT_EXECUTED,
-                                                          sc.AckCode.NOT_RECOGNISED):
-                    if not ev.ok:
-                        raise DeviceError(f"{self.name}: device refused {type(cmd).__name__} "
-                                          f"(status 0x{ev.code:02X})")
-                    return got
-        raise ConnectionLost(f"{self.name}: no acknowledge to {type(cmd).__name__} within {timeout} s")
+
+        def ends(ev: Any) -> bool:
+            if isinstance(ev, sc.DataFrame):
+                return False
+            got.append(ev)
+            return isinstance(ev, sc.Ack) and ev.code in _FINAL_ACKS
+
+        name = type(cmd).__name__
+        ack = self._request(self._codec.send(cmd), ends, timeout, f"no acknowledge to {name} within {timeout} s")
+        if not ack.ok:
+            raise DeviceError(f"{self.name}: device refused {name} (status 0x{ack.code:02X})")
+        return got
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> None:
         s = self.settings
-        self._link = SerialTransport(self.address, baudrate=s.baudrate)
+        self._link = link = SerialTransport(self.address, baudrate=s.baudrate)
         self._codec = sc.SciospecHostCodec()
         self._running = False
         try:
@@ -222,7 +221,7 @@ class SciospecDriver(Driver):
         except DeviceError:
             pass
         time.sleep(0.02)
-        self._link.reset_input()
+        link.reset_input()
         self._codec = sc.SciospecHostCodec()
         info = self._command(sc.GetDeviceInfo())
         self._idn = next((r.payload.decode("ascii", "replace") for r in info if isinstance(r, sc.DeviceInfo)), "")
@@ -236,9 +235,7 @@ class SciospecDriver(Driver):
 
     def close(self) -> None:
         self._running = False
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        super().close()
 
     def start(self) -> None:
         self._asm = FrameAssembler(self.settings.n_el, self._pairs, self.settings.fps)
@@ -259,6 +256,13 @@ class SciospecDriver(Driver):
             except (DeviceError, ConnectionLost):
                 pass
         self._pending.clear()
+
+    def enter_safe_state(self) -> str:
+        """Stop the measurement (and with it the current injection); the acknowledge confirms it."""
+        self._running = False
+        self._command(sc.StopMeasurement(), timeout=1.0)
+        self._pending.clear()
+        return "stop measurement (B4 01 00 B4) acknowledged: current injection stopped"
 
     def descriptor(self) -> StreamDescriptor:
         s = self.settings
@@ -283,15 +287,9 @@ class SciospecDriver(Driver):
         return np.ascontiguousarray(v.reshape(-1), dtype="<f4")
 
     def read(self, timeout: float) -> list[Frame | Gap]:
-        assert self._link is not None
-        if not self._pending:
-            data = self._link.read_some(timeout)
-            if data:
-                self._codec.receive_data(data)
-        t_mono = time.monotonic_ns()
-        off = time.time_ns() - t_mono
-        events = self._pending + list(self._events())
-        self._pending = []
+        events = self._receive(timeout)
+        t_mono, t_host = self._arrival()
+        off = t_host - t_mono
         out: list[Frame | Gap] = []
         if not self._running:
             return out

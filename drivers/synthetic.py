@@ -7,16 +7,12 @@ frames that never came, so subscribers see exactly which sequence numbers are mi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.stream import StreamDescriptor
-from medacq.protocols.synthetic import SynthCommand, SynthFrame, SynthHostCodec, SynthReply, check_dtype, check_shape, config_json
+from medacq.protocols.synthetic import SynthCommand, SynthHostCodec, SynthReply, check_dtype, check_shape, config_json
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from .transports import SerialTransport
 
 __all__ = ["SyntheticDriver", "SyntheticSettings"]
@@ -47,8 +43,9 @@ class SyntheticSettings(BaseModel):
     _dtype = field_validator("dtype")(classmethod(lambda cls, v: check_dtype(v)))
 
 
-class SyntheticDriver(Driver):
-    """Synthetic device over a serial link (pty or ``socket://``)."""
+class SyntheticDriver(CodecDriver):
+    """Synthetic device over a serial link (pty or ``socket://``). Frames that race a command's
+    reply are kept for :meth:`read` (the :class:`CodecDriver` default)."""
 
     kind = "synthetic"
     modality = "synthetic"
@@ -57,46 +54,26 @@ class SyntheticDriver(Driver):
     def __init__(self, name: str, address: str, settings: SyntheticSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: SyntheticSettings = settings
-        self._link: SerialTransport | None = None
         self._codec = SynthHostCodec()
         self._idn = ""
         self._next_counter: int | None = None
-        self._pending: list[SynthFrame] = []
 
     def _command(self, verb: str, arg: str = "", timeout: float = 2.0) -> str:
-        assert self._link is not None
-        self._link.write(self._codec.send(SynthCommand(verb, arg)))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self._link.read_some(0.05)
-            if data:
-                self._codec.receive_data(data)
-            for ev in self._drain():
-                if isinstance(ev, SynthReply):
-                    if ev.text.startswith("ERR"):
-                        raise DeviceError(f"{self.name}: device answered {ev.text!r} to {verb}")
-                    return ev.text
-                self._pending.append(ev)  # frames that raced the reply
-        raise ConnectionLost(f"{self.name}: no reply to {verb} within {timeout} s")
-
-    def _drain(self) -> Iterator[SynthFrame | SynthReply]:
-        while True:
-            ev = self._codec.next_event()
-            if ev is NEED_DATA:
-                return
-            if isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
-                continue
-            yield ev
+        """Send ``verb arg``; the reply text. ``ERR ...`` → :class:`DeviceError`."""
+        r = self._request(self._codec.send(SynthCommand(verb, arg)), lambda ev: isinstance(ev, SynthReply),
+                          timeout, f"no reply to {verb} within {timeout} s")
+        if r.text.startswith("ERR"):
+            raise DeviceError(f"{self.name}: device answered {r.text!r} to {verb}")
+        return r.text
 
     def open(self) -> None:
-        self._link = SerialTransport(self.address)
+        self._link = link = SerialTransport(self.address)
         self._codec = SynthHostCodec()
         try:
             self._command("STOP")
         except DeviceError:
             pass
-        self._link.reset_input()
+        link.reset_input()
         self._codec = SynthHostCodec()
         self._pending.clear()
         self._idn = self._command("*IDN?")
@@ -104,11 +81,6 @@ class SyntheticDriver(Driver):
             raise DeviceError(f"{self.name}: {self.address} is not a synthetic device (IDN {self._idn!r})")
         s = self.settings
         self._command("CONF", config_json({"shape": s.shape, "dtype": s.dtype, "rate_hz": s.rate_hz, "seed": s.seed}))
-
-    def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
-            self._link = None
 
     def start(self) -> None:
         self._next_counter = None
@@ -132,16 +104,9 @@ class SyntheticDriver(Driver):
         )
 
     def read(self, timeout: float) -> list[Frame | Gap]:
-        assert self._link is not None
-        if not self._pending:
-            data = self._link.read_some(timeout)
-            if data:
-                self._codec.receive_data(data)
-        t_mono = time.monotonic_ns()
-        t_host = time.time_ns()
+        events = self._receive(timeout)
+        t_mono, t_host = self._arrival()
         out: list[Frame | Gap] = []
-        events = self._pending + list(self._drain())
-        self._pending = []
         for ev in events:
             if isinstance(ev, SynthReply):
                 continue

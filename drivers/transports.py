@@ -121,6 +121,22 @@ class TcpTransport:
             raise ConnectionLost(f"{self.address} closed the connection")
         return data
 
+    def reset_input(self) -> None:
+        """Discard whatever has been received and not yet read (never waits)."""
+        try:
+            self._sock.setblocking(False)
+            while self._sock.recv(1 << 20):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            raise ConnectionLost(f"read from {self.address} failed: {exc}") from None
+        finally:
+            try:
+                self._sock.setblocking(True)
+            except OSError:
+                pass
+
     def recv_into(self, buf: memoryview, timeout: float) -> int:
         """Read into ``buf``; returns bytes read (0 on timeout)."""
         try:

@@ -16,6 +16,11 @@ device with ``GET DESCRIPTOR`` and travel in the stream descriptor's ``geometry`
 (:meth:`PlaneWaveAcquisition.to_descriptor` form), so the reconstruction stage needs
 nothing else.
 
+Safe state (:meth:`UltrasoundDriver.enter_safe_state`): ``STOP`` -- not ``FREEZE``, which on
+this scanner keeps the sequence armed for ``UNFREEZE`` and is refused unless running -- then
+``GET STATUS`` must report ``state=stopped`` (no acoustic output). Only ``start()`` sends
+``START`` again.
+
 Ingest path: ``recv_into`` a preallocated 8 MiB buffer, handed to the codec as a
 memoryview (one copy into the codec's bounded buffer, one out of it per message).
 """
@@ -24,17 +29,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.igtl import BadMessage, ConnectionClosed, IgtlConnection, ImageMessage, StringMessage
 from medacq.protocols.stream import StreamDescriptor
 from medacq.protocols.us_geometry import MAX_ANGLE_DEG, MAX_ANGLES, PlaneWaveAcquisition
 
-from ._base import ConnectionLost, DeviceError, Driver, Frame, Gap
+from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from .transports import TcpTransport
 
 __all__ = ["UltrasoundDriver", "UltrasoundSettings"]
@@ -49,7 +54,9 @@ class UltrasoundSettings(BaseModel):
         samples: RF samples per line (64..65535); ``None`` keeps the device's value
             unless ``depth_mm`` is given.
         depth_mm: imaging depth (mm); sets ``samples`` on the device (``SET DEPTH``).
-        prf_hz: transmit PRF (Hz); frame rate = prf_hz / angles.
+        prf_hz: transmit PRF (Hz); frame rate = prf_hz / angles. *Limited*: ``configure``
+            keeps it inside the config file's ``[device.limits]``. (The scanner's transmit
+            voltage is not a setting of this driver.)
         check_crc: verify each message's CRC64 (recommended).
         command_timeout_s: how long to wait for a command reply.
     """
@@ -60,7 +67,9 @@ class UltrasoundSettings(BaseModel):
     max_angle_deg: float = Field(MAX_ANGLE_DEG, gt=0, le=MAX_ANGLE_DEG)
     samples: int | None = Field(None, ge=64, le=65535)
     depth_mm: float | None = Field(None, gt=0, le=300)
-    prf_hz: float = Field(300.0, gt=0, le=50000)
+    # transmit rate: acoustic output (time-averaged intensity, heating) scales with it, so a
+    # control-plane configure keeps it inside the config file's [device.limits]
+    prf_hz: float = Field(300.0, gt=0, le=50000, json_schema_extra={"limited": True})
     check_crc: bool = True
     command_timeout_s: float = Field(3.0, gt=0)
 
@@ -71,8 +80,12 @@ class UltrasoundSettings(BaseModel):
         return self
 
 
-class UltrasoundDriver(Driver):
-    """OpenIGTLink plane-wave RF driver (kind ``ultrasound``, modality ``us``)."""
+class UltrasoundDriver(CodecDriver):
+    """OpenIGTLink plane-wave RF driver (kind ``ultrasound``, modality ``us``).
+
+    RF frames that race a command's reply are kept for :meth:`read`; a bad message is noted
+    for the next gap's reason; a reply to another message id is counted (``stray_replies``).
+    """
 
     kind = "ultrasound"
     modality = "us"
@@ -81,76 +94,66 @@ class UltrasoundDriver(Driver):
     def __init__(self, name: str, address: str, settings: UltrasoundSettings) -> None:
         super().__init__(name, address, settings)
         self.settings: UltrasoundSettings = settings
-        self._link: TcpTransport | None = None
+        self._tcp: TcpTransport | None = None
         self._codec = IgtlConnection(check_crc=settings.check_crc)
         self._buf = bytearray(8 << 20)
         self._view = memoryview(self._buf)
         self._msg_id = 0
-        self._pending: list[ImageMessage] = []
         self._expected: int | None = None
         self._lost_reasons: dict[str, int] = {}
         self.acquisition: PlaneWaveAcquisition | None = None
 
     # ---- link --------------------------------------------------------------------------
     def _pump(self, timeout: float) -> bool:
-        assert self._link is not None
-        n = self._link.recv_into(self._view, timeout)
-        if n:
-            self._codec.receive_data(self._view[:n])
-        return n > 0
+        """``recv_into`` the preallocated buffer, handed to the codec as a memoryview."""
+        tcp = self._tcp
+        if tcp is None:
+            raise ConnectionLost(f"{self.name}: not connected")
+        n = tcp.recv_into(self._view, timeout)
+        if not n:
+            return False
+        self._t_in_ns = time.monotonic_ns()
+        self._codec.receive_data(self._view[:n])
+        return True
+
+    def _events(self) -> Iterator[Any]:
+        """RF images, bad messages (counted, ordered with the frames around them) and replies."""
+        for ev in super()._events():
+            if isinstance(ev, BadMessage):
+                self.count("bad_messages")
+                yield ev
+            elif isinstance(ev, ConnectionClosed):
+                raise ConnectionLost(f"{self.name}: {self.address} closed the connection")
+            elif isinstance(ev, StringMessage) or (isinstance(ev, ImageMessage) and ev.device_name == "RF"):
+                yield ev
+            else:
+                self.count("other_messages")
+
+    def _hold(self, ev: Any) -> None:
+        """While a command waits: RF frames are kept for :meth:`read`, a bad message is noted
+        for the next gap's reason, a reply to another message id is counted."""
+        if isinstance(ev, BadMessage):
+            self._note_lost(ev)
+        elif isinstance(ev, StringMessage):
+            self.count("stray_replies")
+        else:
+            self._pending.append(ev)
 
     def command(self, text: str, timeout: float | None = None) -> str:
         """Send one STRING command; return the reply text after ``OK`` (DeviceError on ERR)."""
-        if self._link is None:
-            raise ConnectionLost(f"{self.name}: not connected")
-        self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
-        mid = self._msg_id
-        self._link.write(self._codec.send(StringMessage(text=text, device_name="CMD", header_version=2,
-                                                        message_id=mid, timestamp=time.time())))
-        deadline = time.monotonic() + (timeout or self.settings.command_timeout_s)
-        while time.monotonic() < deadline:
-            for ev in self._drain():
-                if isinstance(ev, BadMessage):
-                    self._note_lost(ev)
-                    continue
-                if isinstance(ev, StringMessage):
-                    if ev.message_id != mid:
-                        self.count("stray_replies")
-                        continue
-                    if ev.text.startswith("ERR"):
-                        raise DeviceError(f"{self.name}: device answered {ev.text!r} to {text!r}")
-                    return ev.text[2:].strip()
-                self._pending.append(ev)
-            self._pump(0.05)
-        raise ConnectionLost(f"{self.name}: no reply to {text!r} within {timeout or self.settings.command_timeout_s} s")
-
-    def _drain(self) -> list[Any]:
-        out: list[Any] = []
-        while True:
-            ev = self._codec.next_event()
-            if ev is NEED_DATA:
-                return out
-            if isinstance(ev, Garbage):
-                self.count("garbage_bytes", ev.nbytes)
-            elif isinstance(ev, BadMessage):
-                self.count("bad_messages")
-                out.append(ev)  # ordered with the frames around it
-            elif isinstance(ev, ConnectionClosed):
-                raise ConnectionLost(f"{self.name}: {self.address} closed the connection")
-            elif isinstance(ev, ImageMessage):
-                if ev.device_name == "RF":
-                    out.append(ev)
-                else:
-                    self.count("other_messages")
-            elif isinstance(ev, StringMessage):
-                out.append(ev)
-            else:
-                self.count("other_messages")
+        self._msg_id = mid = (self._msg_id + 1) & 0xFFFFFFFF
+        t = timeout or self.settings.command_timeout_s
+        msg = StringMessage(text=text, device_name="CMD", header_version=2, message_id=mid, timestamp=time.time())
+        r = self._request(self._codec.send(msg), lambda ev: isinstance(ev, StringMessage) and ev.message_id == mid,
+                          t, f"no reply to {text!r} within {t} s")
+        if r.text.startswith("ERR"):
+            raise DeviceError(f"{self.name}: device answered {r.text!r} to {text!r}")
+        return r.text[2:].strip()
 
     # ---- Driver ------------------------------------------------------------------------
     def open(self) -> None:
         s = self.settings
-        self._link = TcpTransport(self.address)
+        self._link = self._tcp = TcpTransport(self.address)
         self._codec = IgtlConnection(check_crc=s.check_crc)
         self._pending.clear()
         self.command("STOP")
@@ -164,9 +167,8 @@ class UltrasoundDriver(Driver):
         self.acquisition = PlaneWaveAcquisition.from_descriptor(json.loads(self.command("GET DESCRIPTOR")))
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        self._tcp = None
+        super().close()
 
     def start(self) -> None:
         self._expected = None
@@ -179,6 +181,16 @@ class UltrasoundDriver(Driver):
                 self.command("STOP", timeout=1.0)
             except (DeviceError, ConnectionLost):
                 pass
+
+    def enter_safe_state(self) -> str:
+        """Stop transmitting (``STOP``) and check that the scanner reports ``state=stopped``."""
+        self.command("STOP")
+        status = self.command("GET STATUS")
+        self._pending.clear()  # RF frames that raced the STOP belong to the series that ends here
+        state = next((w.split("=", 1)[1] for w in status.split() if w.startswith("state=")), "?")
+        if state != "stopped":
+            raise DeviceError(f"{self.name}: after STOP the scanner reports state={state} ({status!r})")
+        return "STOP: transmit stopped (scanner reports state=stopped: no acoustic output)"
 
     def freeze(self, on: bool = True) -> None:
         """Hold (``FREEZE``) or resume (``UNFREEZE``) the live stream."""
@@ -199,11 +211,8 @@ class UltrasoundDriver(Driver):
         self._lost_reasons[reason] = self._lost_reasons.get(reason, 0) + 1
 
     def read(self, timeout: float) -> list[Frame | Gap]:
-        if not self._pending:
-            self._pump(timeout)
-        events = self._pending + self._drain()
-        self._pending = []
-        t_mono, t_host = time.monotonic_ns(), time.time_ns()
+        events = self._receive(timeout)
+        t_mono, t_host = self._arrival()
         out: list[Frame | Gap] = []
         shape = self.acquisition.rf_shape if self.acquisition else None
         for ev in events:

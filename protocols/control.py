@@ -38,6 +38,7 @@ __all__ = [
     "DescriptorRequest",
     "ActionRequest",
     "RecordRequest",
+    "SafeStateRequest",
     "ControlReply",
     "ControlError",
     "ErrorCode",
@@ -62,6 +63,7 @@ ErrorCode = Literal[
     "device_error",
     "forbidden",
     "busy",
+    "timeout",
     "too_large",
     "internal",
 ]
@@ -157,6 +159,24 @@ class RecordRequest(_Req):
     format: Literal["hdf5", "edf", "bdf"] = "hdf5"
 
 
+class SafeStateRequest(_Req):
+    """Put one device, or every device when ``device`` is omitted, in its safe state now:
+    X-ray source off and exposure aborted, ultrasound transmit stopped, EIT current injection
+    stopped; biosignal amplifiers have nothing to make safe and keep acquiring.
+
+    Served ahead of any ``configure`` waiting for the device. The reply gives, per device,
+    ``state`` (``safe``, ``not_applicable``, ``pending``: not reachable now, entered at
+    reconnect; ``requested``: its thread is busy, entered at its next opportunity; ``failed``),
+    ``detail`` (what was done) and ``verified`` (the device confirmed it). The device stays
+    stopped until a ``start``. ``reason`` (free text) goes into the audit log and the
+    ``safety/<device>`` message.
+    """
+
+    cmd: Literal["safe_state"]
+    device: str | None = None
+    reason: str | None = Field(default=None, max_length=200)
+
+
 ControlRequest = Annotated[
     Union[
         RecordRequest,
@@ -169,6 +189,7 @@ ControlRequest = Annotated[
         PingRequest,
         DescriptorRequest,
         ActionRequest,
+        SafeStateRequest,
     ],
     Field(discriminator="cmd"),
 ]
@@ -178,7 +199,7 @@ READ_ONLY_COMMANDS = frozenset({"list", "describe", "status", "ping", "descripto
 
 _REQUEST = TypeAdapter(ControlRequest)
 _COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action",
-             "record")
+             "record", "safe_state")
 
 
 class ControlError(Exception):

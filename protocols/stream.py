@@ -4,9 +4,14 @@ One message = one ZeroMQ multipart message on a PUB socket:
 
 * part 0 -- topic, UTF-8 (``raw/eeg0``, ``recon/us0``, ``recon/ekg0/hr``);
 * part 1 -- header, UTF-8 JSON (:class:`StreamHeader`);
-* parts 2.. -- payload buffers. For ``kind == "frame"`` part 2 is the frame's array,
-  C order, described by the header's ``dtype``/``shape``/``axes``. Other kinds carry
-  no payload.
+* part 2 -- ``kind == "frame"`` only: the frame's array, C order, described by the
+  header's ``dtype``/``shape``/``axes``. Other kinds carry no payload: a frame has exactly
+  three parts, every other message exactly two.
+
+Decoding never fails in more than one way: every problem with a message -- its part count,
+its size, its JSON, a header field, a non-numeric ``dtype``, a payload whose size does not
+match ``dtype`` x ``shape`` -- raises :class:`StreamDecodeError` (a :class:`HeaderError`), so
+a consumer catches one exception, counts the message and goes on.
 
 Nothing here needs more than a ZeroMQ library and a JSON parser to decode; see
 ``docs/stream-protocol.md`` for the language-neutral reference, and
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -33,15 +38,23 @@ __all__ = [
     "StreamDescriptor",
     "StreamHeader",
     "HeaderError",
+    "StreamDecodeError",
+    "MAX_HEADER_BYTES",
     "new_series_id",
     "HeaderTemplate",
     "encode_header",
     "decode_header",
     "frame_payload",
+    "decode_message",
+    "frame_nbytes",
+    "message_hwm",
     "header_json_schema",
 ]
 
 PROTOCOL_VERSION: Final = 1
+
+MAX_HEADER_BYTES: Final = 1 << 20
+"""Largest header (part 1) a decoder accepts, bytes; real headers, descriptors included, are a few KiB."""
 
 _U64_MAX: Final = (1 << 64) - 1
 
@@ -55,6 +68,7 @@ class MessageKind(StrEnum):
     SERIES_START = "series_start"
     SERIES_END = "series_end"
     GAP = "gap"
+    SAFETY = "safety"
 
 
 class SourceRef(BaseModel):
@@ -156,8 +170,20 @@ class HeaderError(ValueError):
     def __init__(self, message: str, stream: str | None = None, topic: str | None = None):
         self.stream = stream
         self.topic = topic
-        where = f"stream {stream!r}" if stream else (f"topic {topic!r}" if topic else "unknown stream")
+        self.reason = message
+        where = f"stream {stream!r:.80}" if stream else (f"topic {topic!r:.80}" if topic else "unknown stream")
         super().__init__(f"{where}: {message}")
+
+
+class StreamDecodeError(HeaderError):
+    """A message of the stream protocol could not be decoded: the one error every decoding
+    problem raises (:func:`decode_header`, :func:`frame_payload`, :func:`decode_message`).
+
+    Attributes:
+        stream: the header's ``stream`` when it could be read, else ``None``.
+        topic: the message's topic when the caller passed it, else ``None``.
+        reason: what was wrong, without the stream/topic prefix.
+    """
 
 
 def new_series_id() -> str:
@@ -257,40 +283,60 @@ except ImportError:  # pragma: no cover
 
 _REQUIRED: Final = ("v", "stream", "kind", "series", "seq", "t_host_ns", "t_mono_ns")
 _KINDS: Final = frozenset(k.value for k in MessageKind)
+_EMPTY: Final[dict[str, Any]] = {}
+_EMPTY_LIST: Final[list[Any]] = []
+_LIST_OR_NONE: Final = frozenset((list, type(None)))
+_NUMBER_OR_NONE: Final = frozenset((int, float, type(None)))
 
 
 def decode_header(raw: bytes | memoryview, topic: str | None = None, *, strict: bool = False) -> dict[str, Any]:
     """Parse part 1 into a plain dict, checking the fields every consumer relies on.
 
-    The fast path checks presence and types of the required fields; ``strict=True`` (and
-    every non-frame message) validates the full :class:`StreamHeader` model. Raises
-    :class:`HeaderError` naming the stream (or the topic when the stream is unreadable).
+    The fast path (frames) checks presence and JSON types of the required fields and of
+    ``dtype``, ``shape``, ``axes``, ``t_device`` and ``meta``; ``strict=True`` (and every
+    non-frame message) also validates the full :class:`StreamHeader` model. Raises
+    :class:`StreamDecodeError` naming the stream (or the topic when the stream is unreadable).
     """
     try:
         h = _loads(raw if _LOADS_BUFFERS or isinstance(raw, bytes) else bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError, _JSONError) as exc:
-        raise HeaderError(f"header is not UTF-8 JSON: {exc}", topic=topic) from None
-    if not isinstance(h, dict):
-        raise HeaderError("header is not a JSON object", topic=topic)
-    stream = h.get("stream") if isinstance(h.get("stream"), str) else None
-    for key in _REQUIRED:
-        if key not in h:
-            raise HeaderError(f"header lacks required field {key!r}", stream=stream, topic=topic)
-    if h["v"] != PROTOCOL_VERSION:
-        raise HeaderError(f"unsupported protocol version {h['v']!r} (this client speaks v1)", stream, topic)
-    kind = h["kind"]
-    if kind not in _KINDS:
-        raise HeaderError(f"unknown message kind {kind!r}", stream, topic)
-    seq = h["seq"]
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        raise StreamDecodeError(f"header is not UTF-8 JSON: {exc}", topic=topic) from None
+    if type(h) is not dict:
+        raise StreamDecodeError("header is not a JSON object", topic=topic)
+    try:  # one lookup per required field (_REQUIRED), in the order the errors name them
+        stream, v, kind, series = h["stream"], h["v"], h["kind"], h["series"]
+        seq, t_host, t_mono = h["seq"], h["t_host_ns"], h["t_mono_ns"]
+    except KeyError as exc:
+        raise StreamDecodeError(f"header lacks required field {exc.args[0]!r}", _stream_of(h), topic) from None
+    if type(stream) is not str:
+        stream = None
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise StreamDecodeError(f"unsupported protocol version {v!r:.40} (this client speaks v1)", stream, topic)
+    if type(kind) is not str or kind not in _KINDS:
+        raise StreamDecodeError(f"unknown message kind {kind!r:.60}", stream, topic)
     if type(seq) is not int or seq < 0 or seq > _U64_MAX:
-        raise HeaderError(f"seq must be an unsigned 64-bit integer, got {seq!r}", stream, topic)
+        raise StreamDecodeError(f"seq must be an unsigned 64-bit integer, got {seq!r:.40}", stream, topic)
+    if stream is None or type(series) is not str:
+        raise StreamDecodeError("'stream' and 'series' must be strings", stream, topic)
+    if type(t_host) is not int or type(t_mono) is not int:
+        raise StreamDecodeError("'t_host_ns' and 't_mono_ns' must be integers (ns)", stream, topic)
     if strict or kind != "frame":
         try:
             StreamHeader.model_validate(h)
         except ValidationError as exc:
-            raise HeaderError(_summarise(exc), stream, topic) from None
-    elif not (isinstance(h.get("dtype"), str) and isinstance(h.get("shape"), list)):
-        raise HeaderError("frame header needs 'dtype' (string) and 'shape' (list)", stream, topic)
+            raise StreamDecodeError(_summarise(exc), stream, topic) from None
+        if kind == "gap" and h.get("gap_frames") is not None and type(h["gap_frames"]) is not int:
+            raise StreamDecodeError("'gap_frames' must be an integer", stream, topic)
+        return h
+    get = h.get
+    if type(get("dtype")) is not str or type(get("shape")) is not list:
+        raise StreamDecodeError("frame header needs 'dtype' (string) and 'shape' (list)", stream, topic)
+    if type(get("meta", _EMPTY)) is not dict:
+        raise StreamDecodeError("'meta' must be a JSON object", stream, topic)
+    if type(get("axes", _EMPTY_LIST)) not in _LIST_OR_NONE:
+        raise StreamDecodeError("'axes' must be a list", stream, topic)
+    if type(get("t_device")) not in _NUMBER_OR_NONE:
+        raise StreamDecodeError(f"'t_device' must be a number, got {get('t_device')!r:.40}", stream, topic)
     return h
 
 
@@ -300,36 +346,138 @@ def _summarise(exc: ValidationError) -> str:
 
 
 _DTYPES: dict[str, np.dtype] = {}
+_MAX_NDIM: Final = 32
+_MAX_DTYPE_CHARS: Final = 32
+
+
+def _numeric_dtype(name: Any, stream: str | None) -> np.dtype:
+    """The numpy dtype a header names, if it is numeric and portable; else :class:`StreamDecodeError`.
+
+    Accepted: bool (``|b1``), signed and unsigned integers (``<i2``, ``|u1``, ``>u4``...),
+    floats up to 64 bits (``<f2``, ``<f4``, ``<f8``) and complex up to 128 bits
+    (``<c8``, ``<c16``), in any spelling numpy parses (``float32`` too). Refused: objects,
+    strings, bytes, void/structured and sub-array dtypes (``(2,)f4``), datetimes, and the
+    platform-dependent long double.
+    """
+    if type(name) is not str or not 0 < len(name) <= _MAX_DTYPE_CHARS:
+        raise StreamDecodeError(f"dtype must be a short string, got {name!r:.60}", stream)
+    try:
+        dtype = np.dtype(name)
+    except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError, SyntaxError, warnings-as-errors
+        raise StreamDecodeError(f"unknown dtype {name!r:.40}", stream) from None
+    kind, size = dtype.kind, dtype.itemsize
+    if (kind not in "biufc" or dtype.subdtype is not None or dtype.fields is not None or size == 0
+            or (kind == "f" and size > 8) or (kind == "c" and size > 16)):
+        raise StreamDecodeError(
+            f"dtype {name!r} is not a numeric dtype (bool, int, uint, float <= 64 bit, complex <= 128 bit)", stream)
+    if len(_DTYPES) < 256:
+        _DTYPES[name] = dtype
+    return dtype
 
 
 def frame_payload(header: dict[str, Any], buffer: Any) -> np.ndarray:
     """Wrap a frame's payload buffer (part 2) as an ndarray, without copying.
 
-    Raises :class:`HeaderError` when the buffer size does not match dtype × shape.
+    Raises :class:`StreamDecodeError` when ``dtype`` is not numeric (bool, int, uint, float up
+    to 64 bit, complex up to 128 bit), ``shape`` is not a list of at most 32 non-negative
+    integers, or the buffer size does not match dtype × shape.
     """
-    stream = header.get("stream")
-    name = header["dtype"]
-    dtype = _DTYPES.get(name)
+    name = header.get("dtype")
+    dtype = _DTYPES.get(name) if type(name) is str else None
     if dtype is None:
-        try:
-            dtype = np.dtype(name)
-        except TypeError:
-            raise HeaderError(f"unknown dtype {name!r}", stream) from None
-        if len(_DTYPES) < 256:
-            _DTYPES[name] = dtype
-    shape = header["shape"]
+        dtype = _numeric_dtype(name, _stream_of(header))
+    shape = header.get("shape")
+    if type(shape) is not list or len(shape) > _MAX_NDIM:
+        raise StreamDecodeError(f"shape must be a list of at most {_MAX_NDIM} sizes, got {shape!r:.80}",
+                                _stream_of(header))
     n = 1
     for d in shape:
         if type(d) is not int or d < 0:
-            raise HeaderError(f"bad shape {shape!r}", stream)
+            raise StreamDecodeError(f"bad shape {shape!r:.80}", _stream_of(header))
         n *= d
-    mv = memoryview(buffer)
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise StreamDecodeError(f"payload is not a buffer ({type(buffer).__name__})", _stream_of(header)) from None
     if mv.nbytes != n * dtype.itemsize:
-        raise HeaderError(
-            f"payload is {mv.nbytes} bytes but dtype {dtype.str} x shape {list(shape)} needs {n * dtype.itemsize}",
-            stream,
+        raise StreamDecodeError(
+            f"payload is {mv.nbytes} bytes but dtype {dtype.str} x shape {shape!r:.80} needs {n * dtype.itemsize}",
+            _stream_of(header),
         )
     return np.frombuffer(mv, dtype=dtype).reshape(shape)
+
+
+def _stream_of(header: dict[str, Any]) -> str | None:
+    stream = header.get("stream")
+    return stream if type(stream) is str else None
+
+
+def decode_message(parts: Sequence[Any], topic: str | None = None, *,
+                   max_payload_bytes: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Decode one whole multipart message: ``(header, array)``, ``array`` ``None`` unless a frame.
+
+    Args:
+        parts: the message's parts as buffers (``bytes``, ``memoryview``, ``zmq.Frame.buffer``),
+            part 0 the topic. A frame has exactly 3 parts, every other kind exactly 2.
+        topic: part 0 already decoded by the caller (used in error messages).
+        max_payload_bytes: refuse a frame whose payload is larger (``None``: no limit).
+
+    Raises :class:`StreamDecodeError` for anything wrong with the message, and nothing else:
+    an unexpected failure inside the decoders is reported as one too, with its type.
+    """
+    try:
+        n = len(parts)
+        if n < 2:
+            raise StreamDecodeError(f"message has {n} part(s); a header (part 1) is required", topic=topic)
+        raw = parts[1]
+        if len(raw) > MAX_HEADER_BYTES:
+            raise StreamDecodeError(f"header is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit",
+                                    topic=topic)
+        header = decode_header(raw, topic)
+        if header["kind"] != "frame":
+            if n != 2:
+                raise StreamDecodeError(f"a {header['kind']} message has no payload, got {n} parts",
+                                        header["stream"], topic)
+            return header, None
+        if n != 3:
+            raise StreamDecodeError(f"a frame message has 3 parts (topic, header, payload), got {n}",
+                                    header["stream"], topic)
+        payload = parts[2]
+        if max_payload_bytes is not None and len(payload) > max_payload_bytes:
+            raise StreamDecodeError(f"payload is {len(payload)} bytes, over this consumer's limit of "
+                                    f"{max_payload_bytes}", header["stream"], topic)
+        return header, frame_payload(header, payload)
+    except StreamDecodeError as exc:
+        if exc.topic is None and topic is not None:
+            raise StreamDecodeError(exc.reason, exc.stream, topic) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: one error type, whatever the bytes were
+        raise StreamDecodeError(f"undecodable message ({type(exc).__name__}: {exc})", topic=topic) from exc
+
+
+def frame_nbytes(dtype: str, shape: Sequence[int]) -> int | None:
+    """Payload bytes of one frame of this layout; ``None`` when an axis varies (``-1``)."""
+    n = np.dtype(dtype).itemsize
+    for d in shape:
+        if d < 0:
+            return None
+        n *= d
+    return n
+
+
+def message_hwm(budget_bytes: int | None, frame_bytes: int | None, cap: int, floor: int = 2) -> int:
+    """A ZeroMQ high-water mark (messages) that holds at most ``budget_bytes`` of frames.
+
+    ZeroMQ bounds its queues in messages; a stream of ``frame_bytes``-byte frames fits the
+    byte budget with ``budget_bytes // frame_bytes`` of them. The result is clamped to
+    ``[floor, cap]`` (``cap`` 0: no message cap, as ZeroMQ's own 0 = unlimited; a budget or
+    frame size of ``None`` leaves the cap alone). Frames larger than ``budget_bytes / floor``
+    make the real bound ``floor * frame_bytes``.
+    """
+    if budget_bytes is None or not frame_bytes or frame_bytes <= 0:
+        return cap
+    hwm = max(floor, budget_bytes // frame_bytes)
+    return min(hwm, cap) if cap > 0 else hwm
 
 
 def header_json_schema() -> dict[str, Any]:

@@ -11,6 +11,10 @@ A simulator is *model + interface + adapter* (as in Lewis):
 The interface never reads a clock and never sleeps: the adapter passes the time in, so a
 seeded simulator produces the same bytes for the same inputs, and tests can drive an
 interface directly in memory.
+
+Every interface is also a :class:`DeviceFaults`: the device-level half of the fault side door
+(``medacq fault SIM drop|device_error``; the wire-level half -- cable, stall, corruption -- is
+the adapter's :class:`~medacq.simulators.adapters.FaultInjector`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,37 @@ from typing import Any
 
 from medacq.protocols._sansio import NEED_DATA, Garbage
 
-__all__ = ["DeviceInterface"]
+__all__ = ["DeviceInterface", "DeviceFaults", "FaultNotSupported"]
 
 
-class DeviceInterface(ABC):
+class FaultNotSupported(ValueError):
+    """The simulated device cannot show this fault (its protocol has no error reply, or a
+    loss there would be invisible to the host)."""
+
+
+class DeviceFaults(ABC):
+    """The device-level fault side door, one typed interface for every simulated device.
+
+    Called from other threads only under the adapter's lock
+    (:meth:`~medacq.simulators.adapters.SimulatorServer.call`). A device that cannot show a
+    fault raises :class:`FaultNotSupported` (a ``ValueError``) saying why.
+    """
+
+    @abstractmethod
+    def drop(self, n: int) -> None:
+        """Lose the next ``n`` units of streamed output *at the device* (packets, frames,
+        samples, sub-frames: the device's own unit), as a FIFO overrun or a radio dropout
+        does. Their sequence numbers are consumed, so a host sees the hole where the protocol
+        numbers its output."""
+
+    @abstractmethod
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Answer the next ``n`` commands with the device's own error reply instead of
+        executing them: ``message``, and ``code`` where the protocol has numeric codes
+        (``None``: the device's usual code). ``n = 0`` withdraws what is still pending."""
+
+
+class DeviceInterface(DeviceFaults):
     """A device's behaviour on the wire.
 
     Timing contract: ``t`` is seconds since the adapter started (monotonic). In *paced* mode
@@ -32,6 +63,10 @@ class DeviceInterface(ABC):
     mode (tests, ``--fast``) the adapter advances ``t`` to ``next_deadline()`` immediately
     each time, so streaming data comes out as fast as the transport takes it while every
     byte stays identical to the paced run.
+
+    Every interface implements the fault side door (:class:`DeviceFaults`: ``drop``,
+    ``inject_error``); the helpers :meth:`queue_error` / :meth:`take_injected_error` keep the
+    pending error replies.
     """
 
     @abstractmethod
@@ -40,7 +75,8 @@ class DeviceInterface(ABC):
 
     @abstractmethod
     def on_bytes(self, data: bytes, t: float) -> bytes:
-        """Host→device bytes arrived. Returns the immediate reply bytes (may be ``b""``)."""
+        """Host→device bytes arrived. Returns the immediate reply bytes (may be ``b""``); the
+        adapter sends them before it next calls :meth:`poll`, however long that takes."""
 
     @abstractmethod
     def poll(self, t: float) -> bytes:
@@ -79,10 +115,10 @@ class DeviceInterface(ABC):
     # -- fault side door: device error codes ------------------------------------------------
     _injected: tuple[int, str, int | None] = (0, "", None)
 
-    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
-        """The next ``n`` commands are answered with the device's own error reply (``message``,
-        and ``code`` where the protocol has numeric codes) instead of being executed."""
-        self._injected = (int(n), str(message), code)
+    def queue_error(self, message: str, n: int, code: int | None) -> None:
+        """For :meth:`inject_error` implementations: the next ``n`` commands get an error reply
+        (consumed with :meth:`take_injected_error`)."""
+        self._injected = (int(n), str(message), None if code is None else int(code))
 
     def take_injected_error(self) -> tuple[str, int | None] | None:
         """For interfaces: consume one injected error, if any is pending."""

@@ -347,7 +347,15 @@ class SimulatorServer:
                 if f.reply_delay_s:
                     time.sleep(f.reply_delay_s)
                 with self._lock:
-                    self._out += self.interface.on_bytes(data, self._now())
+                    reply = self.interface.on_bytes(data, self._now())
+                if reply:
+                    # the reply goes out now (behind what is already queued, as on a wire), not
+                    # after poll() below: producing the next output can take long (the scanner
+                    # renders its first frames after START), and a device answers first
+                    self._out += reply
+                    self._write(fd)
+                    if self._fd() != fd:  # the write found the host gone
+                        return
         with self._lock:
             deadline = self.interface.next_deadline()
             if deadline is not None:

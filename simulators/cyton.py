@@ -445,6 +445,15 @@ class CytonInterface(DeviceInterface):
         counters are consumed, as when the dongle misses packets)."""
         self._to_drop += int(n)
 
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): ``n`` packets lost on the radio (:meth:`drop_packets`)."""
+        self.drop_packets(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands (not ``b``/``s``) answer
+        ``Failure: <message>$$$`` (the firmware has no numeric codes; ``code`` is ignored)."""
+        self.queue_error(message, n, code)
+
     def truth(self) -> dict:
         d: dict = {"streaming": self.streaming, "daisy": self.daisy, "gains": self.gains().tolist(),
                    "packets_sent": self.packets_sent, "packet_rate_hz": 1 / self.packet_period,

@@ -7,10 +7,14 @@ FAULT [KEY=VALUE ...]`` sends a request::
 
     {"sim": "synth0", "fault": "pull_cable", "args": {"refuse_s": 2}}
 
-Faults (all simulators): ``pull_cable`` (refuse_s), ``stall`` (seconds), ``corrupt`` (nbytes),
-``garbage`` (nbytes), ``slow_replies`` (delay_s). Device-level faults, where the simulator's
-interface implements them: ``drop`` (n: packets/frames lost at the device) and ``device_error``
-(interface-specific args). ``list`` and ``status`` report simulators and fault counters.
+Faults on the wire (the adapter's :class:`~medacq.simulators.adapters.FaultInjector`, every
+simulator): ``pull_cable`` (refuse_s), ``stall`` (seconds), ``corrupt`` (nbytes), ``garbage``
+(nbytes), ``slow_replies`` (delay_s). Faults in the device, through the one typed
+:class:`~medacq.simulators._interface.DeviceFaults` interface every simulator implements:
+``drop`` (n: packets/frames/samples lost at the device) and ``device_error`` (message, n, code:
+the device answers its next n commands with its own error reply). A device that cannot show one
+says why (:class:`~medacq.simulators._interface.FaultNotSupported`, reported as an error).
+``list`` and ``status`` report simulators and fault counters.
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ from typing import Any
 
 import zmq
 
+from medacq.simulators._interface import DeviceFaults
 from medacq.simulators.adapters import SimulatorServer
 
 __all__ = ["FaultServer", "apply_fault", "FAULTS"]
 
-#: how each simulator interface names its "lose the next n packets" side door
-_DROP_METHODS = ("drop_frames", "drop_packets", "drop_samples", "drop_subframes", "corrupt_next_frames")
-
 FAULTS = ("pull_cable", "stall", "corrupt", "garbage", "slow_replies", "drop", "device_error")
+
+_DEVICE_ERROR_ARGS = frozenset({"message", "n", "code"})
 
 
 def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Apply one fault to a running simulator. ValueError for unknown faults or bad arguments."""
+    """Apply one fault to a running simulator. ValueError for unknown faults, bad arguments,
+    or a fault the device cannot show (:class:`~medacq.simulators._interface.FaultNotSupported`)."""
     f = server.faults
+    device: DeviceFaults = server.interface
     try:
         if fault == "pull_cable":
             f.pull_cable(float(args.get("refuse_s", 0.0)))
@@ -46,15 +52,16 @@ def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> di
         elif fault == "slow_replies":
             f.slow_replies(float(args["delay_s"]))
         elif fault == "drop":
-            fn = next((getattr(server.interface, m) for m in _DROP_METHODS if hasattr(server.interface, m)), None)
-            if fn is None:
-                raise ValueError(f"{type(server.interface).__name__} cannot drop packets")
-            server.call(fn, int(args.get("n", 1)))
+            server.call(device.drop, int(args.get("n", 1)))
         elif fault == "device_error":
-            fn = getattr(server.interface, "inject_error", None)
-            if fn is None:
-                raise ValueError(f"{type(server.interface).__name__} has no device error codes to inject")
-            server.call(fn, **args)
+            unknown = set(args) - _DEVICE_ERROR_ARGS
+            if unknown:
+                raise ValueError(f"device_error takes message, n, code; not {', '.join(sorted(unknown))}")
+            code = args.get("code")
+            if isinstance(code, str):
+                code = int(code, 0)  # "0x81" as well as "129"
+            server.call(device.inject_error, str(args.get("message", "device fault")), int(args.get("n", 1)),
+                        None if code is None else int(code))
         else:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
     except KeyError as exc:

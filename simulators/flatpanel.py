@@ -24,10 +24,14 @@ Command set (short/long forms, case-insensitive, ``;`` compound messages)
 ``CONFigure:CT:RANGe FULL|SHORt``              360° or 180° + fan angle
 ``SOURce:VOLTage <V>``                         tube voltage, 40 kV .. 150 kV (``70 KV``)
 ``SOURce:CURRent <A>``                         tube current, 0.1 mA .. 500 mA (``10 MA``)
+``SOURce:OUTPut[:STATe] ON|OFF|1|0``           tube high-voltage enable (accepted while running);
+                                               ``?`` → ``1``/``0``. ON at power-on; ``*RST``
+                                               leaves it (not a measurement setting)
 ``TRIGger:SOURce INTernal|EXTernal|SOFTware``
 ``TRIGger:PERiod <s>``                         EXT: period of the simulated external pulses
 ``INITiate[:IMMediate]``                       start (``-213`` if running)
-``ABORt``                                      stop, drop undelivered frames
+``ABORt``                                      stop, drop undelivered frames (executed on arrival,
+                                               even behind a waiting ``FETC?``: see below)
 ``FETCh[:IMAGe]?``                             oldest frame, IEEE 488.2 block, see below
 ``FETCh:ANGLe?``                               gantry angle (deg, NR3) of the last fetched frame
 ``FETCh:META?``                                ``<index>,<angle deg>,<t s>,<kind>`` of it
@@ -48,7 +52,13 @@ at ``t0 + (i + 1) · period``. SOFT: each trigger makes one frame, ready one per
 that message and later messages) while an acquisition will still produce one; otherwise it
 answers at once with an empty block ``#10`` and queues ``-230,"Data corrupt or stale; no
 frame"``. The on-board buffer holds 16 frames; older frames are dropped and counted
-(``ACQ:OVER?``; error ``+201``).
+(``ACQ:OVER?``; error ``+201``). An ``ABORt`` that arrives while a ``FETC?`` waits is executed
+at once (a detector aborts an exposure when told, it does not finish it first): the waiting
+``FETC?`` then answers the empty block, and the rest of the messages run in order.
+
+Source: the tube emits only while an acquisition runs *and* ``SOUR:OUTP`` is ON
+(:attr:`FlatPanelInterface.exposing`). A frame taken with the output OFF is a dark frame
+(its ``FETC:META?`` kind says ``DARK``), whatever ``CONF:FTYP`` asked for.
 
 CT angle: frame ``i`` of a CT acquisition is projection ``i mod n_proj`` at gantry angle
 ``β_i`` (see :meth:`DetectorConfig.angle`); ``FETC:ANGL?`` (or ``FETC:META?``) after
@@ -77,6 +87,7 @@ from ..protocols.scpi import (
     ScpiDevice,
     ScpiError,
     match_choice,
+    parse_bool,
     parse_numeric,
 )
 from ._interface import DeviceInterface
@@ -118,13 +129,15 @@ class FlatPanelInterface(DeviceInterface):
         self.model = model or XrayModel(seed)
         self.codec = ScpiDevice()
         self.errors = ErrorQueue(error_queue_size)
-        self._inject = 0
-        self._inject_code, self._inject_text = -240, "Hardware error"
+        self._drop = 0  # frames still to lose (fault side door)
+        self.frames_dropped: list[int] = []  # their indices
         self.tree = CommandTree()
         self._build_tree()
         self._pending: deque = deque()
         self._units: list = []
         self._now = 0.0
+        #: tube high-voltage enable (``SOUR:OUTP``): ON at power-on, not reset by ``*RST``
+        self.source_on = True
         self._reset_state()
 
     # ----------------------------------------------------------------- state
@@ -146,6 +159,11 @@ class FlatPanelInterface(DeviceInterface):
         self._last: _Frame | None = None
 
     @property
+    def exposing(self) -> bool:
+        """The tube is emitting X-rays now: an acquisition runs with the source output ON."""
+        return self.running and self.source_on
+
+    @property
     def period(self) -> float:
         """Frame period (s) at the current exposure and binning."""
         cfg = self.model.config
@@ -165,17 +183,32 @@ class FlatPanelInterface(DeviceInterface):
         self._pending.clear()
         self._units = []
 
-    def inject_error(self, code: int = -240, message: str = "Hardware error", n: int = 1) -> None:
-        """Fault side door: the next ``n`` commands (not queries) fail with SCPI error ``code``."""
-        self._inject, self._inject_code, self._inject_text = int(n), int(code), str(message)
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands (not queries) fail with
+        SCPI error ``code`` (default -240, "Hardware error") and ``message``, queued for ``SYST:ERR?``."""
+        self.queue_error(message, n, code)
+
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` frames are lost in the detector
+        (an on-board buffer overrun): their frame indices are consumed, never fetched."""
+        self._drop += int(n)
 
     def on_bytes(self, data: bytes, t: float) -> bytes:
         self._now = t
         self._advance(t)
         self.codec.receive_data(data)
+        waiting = bool(self._pending)  # a FETC? at the head waits for its frame
         while (ev := self.codec.next_event()) is not NEED_DATA:
+            if waiting and isinstance(ev, Command) and self._is_abort(ev):
+                self._cmd_abort()  # at once, not behind the waiting FETC? (it stays queued: a no-op then)
             self._pending.append(ev)
         return self._run_pending()
+
+    def _is_abort(self, cmd: Command) -> bool:
+        try:
+            return self.tree.resolve(cmd)[0] is self._abort
+        except ScpiError:
+            return False
 
     def poll(self, t: float) -> bytes:
         self._now = t
@@ -192,9 +225,12 @@ class FlatPanelInterface(DeviceInterface):
         d = self.model.truth()
         d.update(
             running=self.running,
+            source_on=self.source_on,
+            exposing=self.exposing,
             acquired=self.acquired,
             ready=len(self._ready),
             overruns=self.overruns,
+            frames_dropped=list(self.frames_dropped),
             period_s=self.period,
         )
         return d
@@ -234,11 +270,16 @@ class FlatPanelInterface(DeviceInterface):
         self.acquired += 1
         cfg = self.model.config
         angle = math.degrees(cfg.angle(i)) if cfg.mode == "CT" else 0.0
-        self._ready.append(_Frame(i, t_ready, _KIND_NAME[self.frame_kind], angle))
-        if len(self._ready) > FRAME_BUFFER:
-            self._ready.popleft()
-            self.overruns += 1
-            self.errors.push(ScpiError(201, "frame buffer overrun"))
+        if self._drop:  # fault side door: lost in the detector, its index consumed
+            self._drop -= 1
+            self.frames_dropped.append(i)
+        else:
+            kind = _KIND_NAME[self.frame_kind] if self.source_on else "dark"  # no beam: a dark frame
+            self._ready.append(_Frame(i, t_ready, kind, angle))
+            if len(self._ready) > FRAME_BUFFER:
+                self._ready.popleft()
+                self.overruns += 1
+                self.errors.push(ScpiError(201, "frame buffer overrun"))
         if self.trigger_source == "SOFT" and self.frame_count and self._produced >= self.frame_count:
             self.running = False
 
@@ -249,9 +290,9 @@ class FlatPanelInterface(DeviceInterface):
             ev = self._pending[0]
             if isinstance(ev, Command):
                 try:
-                    if self._inject and not ev.query:  # fault side door: the device refuses a setting
-                        self._inject -= 1
-                        raise ScpiError(self._inject_code, self._inject_text)
+                    injected = None if ev.query else self.take_injected_error()
+                    if injected is not None:  # fault side door: the device refuses a setting
+                        raise ScpiError(-240 if injected[1] is None else injected[1], injected[0])
                     handler, sfx = self.tree.resolve(ev)
                     result = handler(ev, *sfx)  # type: ignore[operator]
                 except _Deferred:
@@ -371,8 +412,16 @@ class FlatPanelInterface(DeviceInterface):
 
         t.add("TRIGger:PERiod", setter(set_per))
         t.add("TRIGger:PERiod?", noargs(lambda: nr3(self.ext_period)))
+        def set_output(c: Command, *_: int) -> None:  # not a setter: accepted while running
+            if len(c.args) != 1:
+                raise ScpiError(-109 if not c.args else -108)
+            self.source_on = parse_bool(c.args[0])
+
+        t.add("SOURce:OUTPut[:STATe]", set_output)
+        t.add("SOURce:OUTPut[:STATe]?", noargs(lambda: "1" if self.source_on else "0"))
         t.add("INITiate[:IMMediate]", noargs(self._cmd_init))
-        t.add("ABORt", noargs(self._cmd_abort))
+        self._abort = noargs(self._cmd_abort)
+        t.add("ABORt", self._abort)
         t.add("FETCh[:IMAGe]?", noargs(self._cmd_fetch))
         t.add("FETCh:ANGLe?", noargs(lambda: nr3(self._last.angle_deg if self._last else 0.0)))
         t.add("FETCh:META?", noargs(self._cmd_meta))

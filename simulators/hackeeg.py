@@ -265,6 +265,15 @@ class HackEEGInterface(DeviceInterface):
         """Fault side door: the next ``n`` samples are lost (their sample numbers are consumed)."""
         self._to_drop += int(n)
 
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): ``n`` samples lost (:meth:`drop_samples`)."""
+        self.drop_samples(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands get a response with
+        status ``code`` (default 500) and status text ``message``."""
+        self.queue_error(message, n, code)
+
     def truth(self) -> dict:
         d: dict = {"rdatac": self.rdatac, "mode": self.codec.mode, "rate": self.rate,
                    "gains": self.gains().tolist(), "samples_sent": self.samples_sent,

@@ -14,7 +14,9 @@ Behaviour follows OpenEIT/EIT_Firmware ``OpenEIT.c`` (latest version) and
   opposition measurement of the 16-electrode phantom), ignored when already in mode 1.
   ``b``: spectroscopy is announced (``mode 2: bioimpedance spectroscopy``, ``end
   initialize``) but not modelled (no output).
-* Unknown bytes are dropped and counted. There is no stop command.
+* Unknown bytes are dropped and counted. There is no stop command: the board injects
+  current for as long as it is powered (:attr:`OpenEITSimulator.injecting`; here: while a
+  host is connected, which is when the simulated board is powered up).
 
 One phantom per electrode count is made lazily by ``phantom_factory(n_el)``.
 """
@@ -27,7 +29,7 @@ import numpy as np
 
 from medacq.protocols import openeit as oe
 from medacq.protocols.eit_pattern import Pattern, opposition_pattern
-from medacq.simulators._interface import DeviceInterface
+from medacq.simulators._interface import DeviceInterface, FaultNotSupported
 from medacq.simulators.eit_phantom import PhantomOptions, ThoraxPhantom, make_phantom
 
 __all__ = ["OpenEITSimulator", "make"]
@@ -68,6 +70,22 @@ class OpenEITSimulator(DeviceInterface):
         """Fault side door: the next imaging line carries only its first ``n_values`` values."""
         self._truncate = int(n_values)
 
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): not supported, see :class:`FaultNotSupported`."""
+        raise FaultNotSupported("OpenEIT lines carry no frame counter: a frame lost at the board is "
+                                "invisible to the host (use the corrupt fault, or truncate_next)")
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): not supported, the firmware has no error reply."""
+        raise FaultNotSupported("the OpenEIT firmware has no error reply to inject (it ignores what "
+                                "it does not know)")
+
+    @property
+    def injecting(self) -> bool:
+        """Current is being injected now: in every firmware mode (time series, spectroscopy and
+        imaging all drive current), i.e. whenever the board is powered."""
+        return self.mode is not None
+
     def phantom(self, n_el: int) -> ThoraxPhantom:
         if n_el not in self.phantoms:
             self.phantoms[n_el] = self._factory(n_el)
@@ -104,7 +122,7 @@ class OpenEITSimulator(DeviceInterface):
         n_el = self._pattern.n_el if self._pattern is not None else 16
         d = self.phantom(n_el).truth() if self._pattern is not None else {}
         d.update(mode=self.mode, mode_letter=_LETTER.get(self.mode or 0), fps=self.fps, gain=self.gain,
-                 frames_sent=self.frames_sent, garbage_bytes=self.garbage_bytes)
+                 frames_sent=self.frames_sent, garbage_bytes=self.garbage_bytes, injecting=self.injecting)
         return d
 
     # ------------------------------------------------------------------ state machine

@@ -23,7 +23,7 @@ import numpy as np
 
 from medacq.protocols import quspin as qs
 
-from ._interface import DeviceInterface
+from ._interface import DeviceInterface, FaultNotSupported
 from .biosignal_models import MEGModel
 
 __all__ = ["QuSpinInterface", "make"]
@@ -141,6 +141,16 @@ class QuSpinInterface(DeviceInterface):
         never sent; the sensor's sample clock runs on (no backlog follows)."""
         first = self.stream_index if at is None else int(at)
         self._drops.append((first, first + int(n)))
+
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` stream samples are never sent
+        (:meth:`drop_samples`); the protocol has no counter, the driver finds them by the clock."""
+        self.drop_samples(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): not supported, the sensor has no error reply."""
+        raise FaultNotSupported("a QZFM sensor has no error reply to inject (it answers every command "
+                                "with a '#' message)")
 
     def _dropped(self, i: int) -> bool:
         self._drops = drops = [(a, b) for a, b in self._drops if b > i]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.registry import make_simulator
 
-__all__ = ["RigEntry", "DEFAULT_RIG", "SimulatedRig", "endpoints_for"]
+__all__ = ["RigEntry", "DEFAULT_RIG", "SIMULATOR_NICE", "SimulatedRig", "endpoints_for"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,21 @@ DEFAULT_RIG: list[RigEntry] = [
 ]
 
 
-def endpoints_for(base_port: int) -> dict[str, dict[str, str]]:
-    """The four loopback endpoints of a rig, on consecutive ports from ``base_port``."""
+SIMULATOR_NICE = 5
+"""Niceness added to the process hosting a simulated rig's simulators (``medacq up``, ``medacq bench
+rig``): on a real rig the devices are separate hardware; here they must not take the daemon's and
+the reconstruction stage's cores."""
+
+
+def endpoints_for(base_port: int) -> dict[str, dict[str, Any]]:
+    """The four loopback endpoints of a rig, on consecutive ports from ``base_port``.
+
+    A simulated rig is a bench: every local client of its daemon is an operator
+    (``local_operator``; TCP loopback alone gives reader rights).
+    """
     ep = lambda i: f"tcp://127.0.0.1:{base_port + i}"  # noqa: E731
     return {
-        "daemon": {"data_endpoint": ep(0), "control_endpoint": ep(1)},
+        "daemon": {"data_endpoint": ep(0), "control_endpoint": ep(1), "local_operator": True},
         "recon": {"data_endpoint": ep(2), "control_endpoint": ep(3)},
     }
 

@@ -14,6 +14,9 @@ Behaviour (see :mod:`medacq.protocols.sciospec`):
 * ``B1 01 <opt> B1`` returns the option's value (burst count, frame rate, frequencies,
   amplitude, excitation sequence) then an ack. ``D1 00 D1`` returns an ID string.
 
+Current injection: the device drives current into the electrodes only while measuring
+(:attr:`SciospecSimulator.injecting`); ``B4 01 00 B4`` (stop) ends it in any state.
+
 Timing follows :class:`~medacq.simulators._interface.DeviceInterface`: frames are due at
 ``t_start + i/fps``; ``poll(t)`` emits all frames due by ``t``.
 """
@@ -57,6 +60,22 @@ class SciospecSimulator(DeviceInterface):
     def drop_subframes(self, n: int) -> None:
         """Fault side door: skip the next ``n`` 140-byte data frames (device FIFO overrun)."""
         self._drop += int(n)
+
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): ``n`` data sub-frames lost
+        (:meth:`drop_subframes`); the device timestamps show the hole."""
+        self.drop_subframes(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands are acknowledged with
+        status ``code`` (default 0x81, NOT_EXECUTED) instead of being executed (``message`` is
+        not on the wire: the protocol's replies are codes only)."""
+        self.queue_error(message, n, code)
+
+    @property
+    def injecting(self) -> bool:
+        """Current is being injected into the electrodes now (a measurement runs)."""
+        return self.running
 
     def _reset_setup(self) -> None:
         self.burst_count = 0
@@ -103,6 +122,7 @@ class SciospecSimulator(DeviceInterface):
             subframes_dropped=self.subframes_dropped,
             garbage_bytes=self.garbage_bytes,
             running=self.running,
+            injecting=self.injecting,
         )
         return d
 

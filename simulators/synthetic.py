@@ -67,8 +67,8 @@ def synth_frame(config: SynthConfig, seq: int) -> np.ndarray:
 class SynthInterface(DeviceInterface):
     """Synthetic device behaviour: commands, and frames at ``rate_hz`` while started.
 
-    ``drop_frames(n)`` makes the device skip the next ``n`` frames (their sequence numbers
-    are consumed but never sent), which is how tests induce device-side gaps.
+    ``drop(n)`` (alias ``drop_frames``) makes the device skip the next ``n`` frames (their
+    sequence numbers are consumed but never sent), which is how tests induce device-side gaps.
     """
 
     def __init__(self, config: SynthConfig | None = None, serial: str = "SYN0001") -> None:
@@ -82,17 +82,20 @@ class SynthInterface(DeviceInterface):
         self.sent = 0
         self.dropped: list[int] = []
         self._cache: tuple[int, np.ndarray] | None = None
-        self._errors_left = 0
-        self._error_text = ""
 
     # -- fault side door -------------------------------------------------------------
     def drop_frames(self, n: int) -> None:
         """Skip the next ``n`` frames (device-side loss)."""
         self._to_drop += int(n)
 
-    def inject_error(self, message: str = "device fault", n: int = 1) -> None:
-        """The next ``n`` commands are answered ``ERR <message>`` (a device error code)."""
-        self._errors_left, self._error_text = int(n), str(message)
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): :meth:`drop_frames`."""
+        self.drop_frames(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands are answered
+        ``ERR <message>`` (the protocol has no numeric codes; ``code`` is ignored)."""
+        self.queue_error(message, n, code)
 
     def truth(self) -> dict[str, Any]:
         return {"running": self._running, "next_seq": self._seq, "sent": self.sent, "dropped": list(self.dropped)}
@@ -114,9 +117,9 @@ class SynthInterface(DeviceInterface):
         return self.dispatch(self._codec, data, handle, count_garbage=False)
 
     def _command(self, verb: str, arg: str, t: float) -> SynthReply:
-        if self._errors_left:
-            self._errors_left -= 1
-            return SynthReply(f"ERR {self._error_text}")
+        injected = self.take_injected_error()
+        if injected is not None:
+            return SynthReply(f"ERR {injected[0]}")
         if verb == "*IDN?":
             return SynthReply(f"MEDACQ,SYNTH,{self.serial},1.0")
         if verb == "CONF?":

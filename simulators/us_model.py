@@ -226,10 +226,19 @@ class PlaneWaveRFModel:
         return out.astype(np.float32)
 
     # ---- frames ---------------------------------------------------------------------------
+    def _key(self) -> tuple:
+        acq = self.acquisition
+        return (acq.angles_deg, acq.n_samples, acq.start_time_s)
+
+    def frame_ready(self) -> bool:
+        """The base frame of the current acquisition is in memory: :meth:`frame` costs one copy
+        (else it first renders, or loads from the disk cache, which can take seconds)."""
+        return self._frame is not None and self._frame_key == self._key()
+
     def base_frame(self) -> np.ndarray:
         """The static int16 frame ``(angles, elements, samples)`` (rendered once, cached)."""
         acq = self.acquisition
-        key = (acq.angles_deg, acq.n_samples, acq.start_time_s)
+        key = self._key()
         if self._frame is not None and self._frame_key == key:
             return self._frame
         path = self._cache_path()

@@ -14,6 +14,11 @@ Replies start with ``OK`` or ``ERR <reason>``. Commands (case-insensitive keywor
     START | STOP           acquisition on/off (the sequence counter keeps counting)
     FREEZE | UNFREEZE      hold / resume the live stream without leaving "running"
 
+Acoustic output: the probe transmits only in state ``running`` (:attr:`transmitting`). FREEZE
+halts transmission as on a clinical scanner, but keeps the sequence armed (UNFREEZE resumes it
+at once); STOP disarms it (only START transmits again) and is accepted in every state: it is
+the command that makes the scanner safe.
+
 Settings are refused (``ERR busy``) while running: stop first. RF frames are IMAGE messages
 (header version 2), device name ``"RF"``, pixels int16 ``(k, j, i) = (angles, elements,
 samples)``, little-endian; the **sequence counter** travels in the extended header's
@@ -56,6 +61,8 @@ class UltrasoundScannerInterface(DeviceInterface):
         self.garbage_bytes = 0
         self._corrupt_next = 0
         self._truncate_next = 0
+        self._drop_next = 0
+        self._restart = False  # the frame train starts afresh at the next poll (see poll)
         self.faulted_seqs: list[int] = []
 
     # ---- faults side door (call under SimulatorServer.call) -----------------------------
@@ -66,6 +73,21 @@ class UltrasoundScannerInterface(DeviceInterface):
     def truncate_next_frames(self, n: int = 1) -> None:
         """Send only the first half of each of the next ``n`` frames (a truncated message)."""
         self._truncate_next += n
+
+    def drop(self, n: int) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` frames are never sent (their
+        sequence numbers are consumed; listed in ``faulted_seqs``)."""
+        self._drop_next += int(n)
+
+    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
+        """Fault side door (``DeviceFaults``): the next ``n`` commands are answered
+        ``ERR <message>`` (no numeric codes; ``code`` is ignored)."""
+        self.queue_error(message, n, code)
+
+    @property
+    def transmitting(self) -> bool:
+        """The probe is firing (acoustic output on): state ``running``, not ``frozen``/``stopped``."""
+        return self.state == "running"
 
     # ---- DeviceInterface ---------------------------------------------------------------
     def on_connect(self, t: float) -> bytes:
@@ -100,6 +122,17 @@ class UltrasoundScannerInterface(DeviceInterface):
     def poll(self, t: float) -> bytes:
         if self.state != "running" or self._next is None or t < self._next:
             return b""
+        if not self.model.frame_ready():
+            # The first frame after START or a settings change is rendered here, not in the
+            # command's reply (0.1-0.3 s per angle, seconds on a loaded machine). The scanner
+            # fires once its sequence is loaded: the frame train starts at the next poll's time,
+            # not back at START, which would come out as frames skipped behind the render.
+            self.model.base_frame()
+            self._restart = True
+            return b""
+        if self._restart:
+            self._restart = False
+            self._next = t
         period = 1.0 / self.model.acquisition.frame_rate_hz
         frame_t = self._next
         self._next += period
@@ -107,6 +140,11 @@ class UltrasoundScannerInterface(DeviceInterface):
             missed = int((t - self._next) / period)
             self.seq += missed
             self._next += missed * period
+        if self._drop_next:  # fault side door: the frame never leaves the scanner
+            self._drop_next -= 1
+            self.faulted_seqs.append(self.seq)
+            self.seq += 1
+            return b""
         rf = self.model.frame(frame_t)
         msg = ImageMessage(image=rf, device_name="RF", timestamp=frame_t, header_version=2,
                            message_id=self.seq & 0xFFFFFFFF, metadata={"seq": str(self.seq)})
@@ -125,7 +163,7 @@ class UltrasoundScannerInterface(DeviceInterface):
         return wire
 
     def truth(self) -> dict:
-        return {**self.model.truth(), "seq": self.seq, "state": self.state,
+        return {**self.model.truth(), "seq": self.seq, "state": self.state, "transmitting": self.transmitting,
                 "acquisition": self.model.acquisition.to_descriptor()}
 
     # ---- commands ----------------------------------------------------------------------

@@ -43,7 +43,7 @@ def endpoints() -> dict[str, dict[str, str]]:
     p = free_ports(4)
     ep = lambda i: f"tcp://127.0.0.1:{p[i]}"  # noqa: E731
     return {"daemon": {"data_endpoint": ep(0), "control_endpoint": ep(1), "heartbeat_s": 0.2,
-                       "descriptor_interval_s": 0.5},
+                       "descriptor_interval_s": 0.5, "local_operator": True},
             "recon": {"data_endpoint": ep(2), "control_endpoint": ep(3)}}
 
 

@@ -25,7 +25,8 @@ def test_lsl_outlet_carries_labels_units_rate_and_values(endpoints):
         stop = threading.Event()
         result: dict = {}
         bridge = threading.Thread(target=lambda: result.update(
-            run_lsl_bridge(cfg.daemon.data_endpoint, ["raw/eeg0"], duration_s=30, stop=stop)), daemon=True)
+            run_lsl_bridge(cfg.daemon.data_endpoint, ["raw/eeg0"], duration_s=30, stop=stop, allow_lan=True)),
+            daemon=True)
         with Subscriber(cfg.daemon.data_endpoint, "raw/eeg0") as sub:
             bridge.start()
             d = AcquisitionDaemon(cfg).start()
@@ -84,7 +85,7 @@ def test_lsl_bridge_bridges_biosignals_only_and_survives_reconfiguration(endpoin
         return [f"raw/{stream}".encode(), tpl.frame(seq, time.time_ns(), time.monotonic_ns()),
                 np.full((nch, n), seq, "<f4").tobytes()]
 
-    bridge = LslBridge(ep, "raw/")
+    bridge = LslBridge(ep, "raw/", allow_lan=True)
     try:
         time.sleep(0.5)
         msgs = [[b"raw/eeg9", desc("eeg9", "eeg", 2)], frame("eeg9", 0, 2),

@@ -14,7 +14,7 @@ import pytest
 
 from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameItem, FrameQueue, SeriesStart
 from medacq.daemon.acquisition.worker import AcquisitionWorker, StreamStats
-from medacq.drivers._base import Frame, Gap
+from medacq.drivers._base import Frame, Gap, SensorStatus
 from medacq.drivers.quspin import QuSpinDriver, QuSpinSettings
 from medacq.protocols import quspin as qs
 from medacq.simulators.adapters import SimulatorServer
@@ -113,10 +113,10 @@ def test_stalled_sensor_is_nan_filled_flagged_announced_and_realigned(backlog):
                     sims[1].faults.stall(2.5)
                 else:  # the sensor loses 2.5 s of samples: silent, then on time, 500 short
                     sims[1].call(sims[1].interface.drop_samples, 500)
-            seen_states.append(d.status_extra["sensors"][1]["state"])
+            seen_states.append(d.status()["sensors"][1]["state"])
 
         items = collect(d, 1300, timeout=14, until=fault)
-        status = d.status_extra
+        status = d.status()
         dropped = sims[1].interface.truth()["samples_dropped"]
     frames = [f for f in items if isinstance(f, Frame)]
     gaps = [g for g in items if isinstance(g, Gap)]
@@ -253,4 +253,5 @@ def test_daemon_republishes_the_descriptor_when_an_led_changes_and_status_shows_
     assert again[-1].shape == first.shape and again[-1].channel_names == first.channel_names
     assert any(isinstance(it, FrameItem) for it in items)
     assert [(s["label"], s["state"]) for s in status["sensors"]] == [("OPM1", "ok"), ("OPM2", "ok")]
-    assert all(s["laser_lock"] for s in status["sensors"])
+    assert all(s["leds"]["laser_lock"] for s in status["sensors"])
+    assert all(set(s) == set(SensorStatus.__annotations__) for s in status["sensors"])  # the typed entry

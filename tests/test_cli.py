@@ -114,3 +114,15 @@ def test_no_module_imports_the_cli():
     r = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_record_check_of_an_empty_or_foreign_file_is_one_line(tmp_path):
+    """A recorder killed before its header commit leaves an empty file; --check says so, no traceback."""
+    empty = tmp_path / "empty.h5"
+    empty.touch()
+    r = run_medacq("record", "--check", str(empty))
+    assert r.returncode == 1 and "is empty" in _one_line(r.stderr) and "nothing was recorded" in r.stderr
+    foreign = tmp_path / "notes.h5"
+    foreign.write_text("not HDF5")
+    r = run_medacq("record", "--check", str(foreign))
+    assert r.returncode == 1 and "not a readable recording" in _one_line(r.stderr)

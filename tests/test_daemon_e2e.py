@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from medacq.client import ControlClient, RequestFailed, Subscriber
 from medacq.daemon.acquisition.queue import FrameItem, FrameQueue, SeriesStart
 from medacq.daemon.acquisition.worker import StreamStats
 from medacq.daemon.common.config import dump_config, parse_config
-from medacq.daemon.acquisition.publisher import Publisher
+from medacq.daemon.acquisition.publisher import Publisher, sndhwm_for
 from medacq.daemon.acquisition.service import AcquisitionDaemon
 from medacq.drivers._base import Frame
 from medacq.protocols.stream import StreamDescriptor, new_series_id
@@ -177,7 +178,7 @@ def test_queue_overflow_is_announced_as_gap():
 
 
 def test_subscriber_reports_unannounced_holes_and_bad_headers():
-    from medacq.protocols.stream import HeaderError, HeaderTemplate
+    from medacq.protocols.stream import HeaderError, HeaderTemplate, StreamDecodeError
 
     ctx = zmq.Context.instance()
     port = free_port()
@@ -185,38 +186,169 @@ def test_subscriber_reports_unannounced_holes_and_bad_headers():
     pub.bind(f"tcp://127.0.0.1:{port}")
     series = new_series_id()
     tpl = HeaderTemplate("eeg0", series, "<f4", [2], ["sample"], "uV")
-    with Subscriber(f"tcp://127.0.0.1:{port}", "raw/") as sub:
+    bad = b'{"v":1,"stream":"eeg0","kind":"frame"}'
+    with Subscriber(f"tcp://127.0.0.1:{port}", "raw/", errors="raise") as strict, \
+            Subscriber(f"tcp://127.0.0.1:{port}", "raw/") as lenient:
         time.sleep(0.3)
         for seq in (0, 1, 5, 6):
             pub.send_multipart([b"raw/eeg0", tpl.frame(seq, 1, 2), np.zeros(2, "<f4").tobytes()])
-        pub.send_multipart([b"raw/eeg0", b'{"v":1,"stream":"eeg0","kind":"frame"}', b""])
+        pub.send_multipart([b"raw/eeg0", bad, b""])
+        pub.send_multipart([b"raw/eeg0", tpl.frame(7, 1, 2), np.zeros(2, "<f4").tobytes()])
         got = []
-        with pytest.raises(HeaderError, match="eeg0"):
-            for h, _ in sub.frames(timeout=2):
+        with pytest.raises(StreamDecodeError, match="eeg0") as exc:
+            for h, _ in strict.frames(timeout=2):
                 got.append(h["seq"])
+        assert isinstance(exc.value, HeaderError)  # the old name still catches it
+        assert [h["seq"] for h, _ in strict.frames(timeout=2)] == [7]  # the consumer goes on after the raise
+        lenient_got = [h["seq"] for h, _ in lenient.frames(timeout=1)]
     pub.close(0)
     assert got == [0, 1, 5, 6]
-    assert [(g.first_seq, g.count, g.announced) for g in sub.gaps] == [(2, 3, False)]
+    assert [(g.first_seq, g.count, g.announced) for g in strict.gaps] == [(2, 3, False)]
+    assert strict.bad_messages == 1 and "lacks required field" in (strict.last_error or "")
+    # the default skips, counts and keeps the error text
+    assert lenient_got == [0, 1, 5, 6, 7]
+    assert lenient.bad_messages == 1 and lenient.last_error == strict.last_error
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (bytes), from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _stuck_subscriber(endpoint: str) -> zmq.Socket:
+    """A SUB that connects and never reads, with tiny queues of its own (2 messages, 4 KiB of
+    kernel buffer), so what it is sent waits in the publisher."""
+    stuck = zmq.Context.instance().socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 2)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.connect(endpoint)
+    return stuck
+
+
+def _read_for(sock: zmq.Socket, seconds: float) -> list[int]:
+    """Frame sequence numbers a stuck subscriber reads when it finally reads, for ``seconds``."""
+    from medacq.protocols.stream import decode_message
+
+    seqs = []
+    end = time.monotonic() + seconds
+    while sock.poll(max(1, int((end - time.monotonic()) * 1000))):
+        h, a = decode_message(sock.recv_multipart())
+        if a is not None:
+            seqs.append(h["seq"])
+    return seqs
+
+
+def _holes(seqs: list[int]) -> int:
+    return sum(b - a - 1 for a, b in zip(seqs, seqs[1:]) if b > a + 1)
 
 
 def test_slow_subscriber_does_not_slow_others(endpoints):
+    # 1000 frames of 16 KiB (16 MiB) against a daemon queue of 0.5 MB per subscriber (30 frames):
+    # the stuck subscriber's share overflows many times over; the reading one loses nothing
     with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
         cfg = _rig(endpoints, sim.address, rate_hz=500.0, shape=[64, 64])
-        stuck = zmq.Context.instance().socket(zmq.SUB)
-        stuck.setsockopt(zmq.RCVHWM, 2)
-        stuck.setsockopt(zmq.RCVBUF, 4096)
-        stuck.setsockopt(zmq.SUBSCRIBE, b"")
-        stuck.connect(cfg.daemon.data_endpoint)  # never reads
+        cfg.daemon.sndhwm_mb = 0.5
+        cfg.daemon.max_frame_mb = 64 * 64 * 4 / 1e6
+        stuck = _stuck_subscriber(cfg.daemon.data_endpoint)
         with Subscriber(cfg.daemon.data_endpoint, "raw/") as sub:
             d = AcquisitionDaemon(cfg).start()
             try:
                 got = list(sub.frames(timeout=5, max_frames=1000))
-                st = d.status()["streams"]["syn0"]
+                st = d.status()
+                stuck_seqs = _read_for(stuck, 1.0)  # what it was sent while stuck, then the live stream
             finally:
                 d.shutdown()
                 stuck.close(0)
-        assert len(got) == 1000 and sub.gaps == []
-        assert st["drops"] == 0
+    seqs = [h["seq"] for h, _ in got]
+    assert len(got) == 1000 and seqs == list(range(seqs[0], seqs[0] + 1000)) and sub.gaps == []
+    assert st["streams"]["syn0"]["drops"] == 0
+    assert st["publisher"]["sndhwm"] == 500_000 // (64 * 64 * 4) == 30
+    assert st["publisher"]["bound_mb"] <= 0.5 and st["publisher"]["oversized_streams"] == []
+    # the stuck one got what the bounded queues held, then a hole it can see in seq
+    assert stuck_seqs and stuck_seqs[-1] > seqs[-1]
+    assert len([s for s in stuck_seqs if s <= seqs[-1]]) < 500 and _holes(stuck_seqs) > 500
+
+
+def test_publisher_memory_stays_bounded_with_a_stuck_subscriber():
+    """400 MiB of 2 MiB frames at 50 Hz while one subscriber never reads: the publisher pins at
+    most its byte budget for it (RSS measured), the reading subscriber gets every frame."""
+    n_frames, shape = 200, (512, 1024)
+    frame_bytes = shape[0] * shape[1] * 4
+    budget = 24_000_000  # 11 frames per subscriber; a message count of 1000 would pin all 200
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, sndhwm_for(1000, budget / 1e6, frame_bytes / 1e6))  # as the daemon binds
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    stuck = _stuck_subscriber(endpoint)
+    wake = threading.Event()
+    q = FrameQueue(4, wake)
+    p = Publisher(pub, wake, max_frame_bytes=frame_bytes)
+    p.add_stream("big", q, StreamStats())
+    desc = StreamDescriptor(stream="big", modality="synthetic", dtype="<f4", shape=list(shape), axes=["y", "x"])
+
+    def feed() -> None:  # a 50 Hz device that never outruns the publisher: no drop in its queue
+        for i in range(n_frames):
+            while len(q) >= 3:
+                time.sleep(0.001)
+            time.sleep(0.02)
+            assert q.put_frame(FrameItem(i, Frame(np.full(shape, i, "<f4"), time.time_ns(), time.monotonic_ns())))
+
+    with Subscriber(endpoint, "raw/") as sub:
+        time.sleep(0.3)
+        q.put_control(SeriesStart(new_series_id(), desc))
+        p.start()
+        feeder = threading.Thread(target=feed, daemon=True)
+        base = _rss_bytes()
+        feeder.start()
+        seqs, peak = [], base
+        for h, a in sub.frames(timeout=5, max_frames=n_frames):
+            seqs.append(h["seq"])
+            assert a[0, 0] == h["seq"] and a[-1, -1] == h["seq"]
+            peak = max(peak, _rss_bytes())
+        feeder.join(5)
+        hwm = p.sndhwm
+        assert p.hwm_status()["bound_mb"] <= budget / 1e6 and not p.oversized
+        stuck_seqs = _read_for(stuck, 0.5)
+        # one more frame: now that it reads again, the stuck subscriber sees what it missed
+        q.put_frame(FrameItem(n_frames, Frame(np.full(shape, n_frames, "<f4"), time.time_ns(), time.monotonic_ns())))
+        assert [h["seq"] for h, _ in sub.frames(timeout=5, max_frames=1)] == [n_frames]
+        stuck_seqs += _read_for(stuck, 0.5)
+        p.stop()
+        p.join(2)
+    stuck.close(0)
+    pub.close(0)
+    assert seqs == list(range(n_frames)) and sub.gaps == []
+    assert hwm == budget // frame_bytes == 11
+    growth = peak - base
+    # allowed: the budget for the stuck one, the device queue, the reader's own queue (16
+    # messages by default) and the stuck one's (2): under 100 MB; unbounded it is ~400 MB
+    assert growth < 120e6, f"RSS grew {growth / 1e6:.0f} MB while a subscriber was stuck"
+    # it got what its queues held (the publisher's 11, kernel buffers, its own 2) and the last frame
+    assert stuck_seqs[-1] == n_frames and len(stuck_seqs) <= 2 * hwm + 4
+    assert _holes(stuck_seqs) == n_frames + 1 - len(stuck_seqs)
+
+
+def test_frames_larger_than_declared_are_reported():
+    """The mark is fixed at bind for ``max_frame_mb``; a stream with larger frames says so."""
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, sndhwm_for(1000, 8.0, 1.0))
+    pub.bind_to_random_port("tcp://127.0.0.1")
+    wake = threading.Event()
+    stats = StreamStats()
+    q = FrameQueue(4, wake)
+    p = Publisher(pub, wake, max_frame_bytes=1_000_000)
+    p.add_stream("xr0", q, stats)
+    q.put_control(SeriesStart(new_series_id(), StreamDescriptor(stream="xr0", modality="xray", dtype="<u2",
+                                                                shape=[1000, 1000], axes=["row", "col"])))
+    p._drain_all()  # the publisher's own step, in this thread: the descriptor alone is enough to tell
+    pub.close(0)
+    st = p.hwm_status()
+    assert p.sndhwm == 8 and st["oversized_streams"] == ["xr0"]
+    assert st["largest_frame_mb"] == 2.0 and st["bound_mb"] == 16.0
+    assert "exceed [daemon] max_frame_mb = 1" in (stats.last_error or "")
 
 
 def test_real_processes_and_sigterm(tmp_path, endpoints):

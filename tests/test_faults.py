@@ -143,3 +143,116 @@ def test_device_error_codes_from_every_family(name, expect):
             d.shutdown()
     finally:
         rig.stop()
+
+
+# ------------------------------------------------------------- the one typed fault interface
+def _simulator_classes() -> list[type]:
+    """The device interface class of every registered simulator kind."""
+    import importlib
+
+    from medacq.simulators._interface import DeviceInterface
+    from medacq.simulators.registry import SIMULATORS
+
+    out = []
+    for target in SIMULATORS.values():
+        mod = importlib.import_module(target.partition(":")[0])
+        out += [c for c in vars(mod).values()
+                if isinstance(c, type) and issubclass(c, DeviceInterface) and c.__module__ == mod.__name__]
+    return out
+
+
+def test_every_simulator_implements_the_one_fault_interface():
+    import inspect
+
+    from medacq.simulators._interface import DeviceFaults
+    from medacq.simulators.registry import SIMULATORS
+
+    classes = _simulator_classes()
+    assert len(classes) == len(SIMULATORS) == 8
+    for cls in classes:
+        assert issubclass(cls, DeviceFaults) and not inspect.isabstract(cls), cls
+        for hook in ("drop", "inject_error"):  # one signature, the interface's, everywhere
+            assert inspect.signature(getattr(cls, hook)) == inspect.signature(getattr(DeviceFaults, hook)), (cls, hook)
+
+
+def test_faults_a_device_cannot_show_are_refused_with_the_reason():
+    from medacq.simulators.faults import apply_fault
+    from medacq.simulators.openeit import OpenEITSimulator
+    from medacq.simulators.quspin import QuSpinInterface
+
+    # servers that are never started: the side door works on the interface alone
+    servers = {"openeit": SimulatorServer(OpenEITSimulator(), "tcp"), "quspin": SimulatorServer(QuSpinInterface(), "tcp"),
+               "synthetic": SimulatorServer(SynthInterface(), "tcp")}
+    try:
+        with pytest.raises(ValueError, match="no frame counter"):
+            apply_fault(servers["openeit"], "drop", {"n": 2})
+        with pytest.raises(ValueError, match="no error reply"):
+            apply_fault(servers["openeit"], "device_error", {"message": "x"})
+        with pytest.raises(ValueError, match="no error reply"):
+            apply_fault(servers["quspin"], "device_error", {})
+        apply_fault(servers["quspin"], "drop", {"n": 2})  # it has one: samples never sent
+        assert servers["quspin"].interface._drops == [(0, 2)]
+        syn = servers["synthetic"]
+        with pytest.raises(ValueError, match="takes message, n, code; not mesage"):
+            apply_fault(syn, "device_error", {"mesage": "overtemperature"})
+        apply_fault(syn, "device_error", {"message": "overtemperature", "n": 2, "code": "0x81"})
+        assert syn.interface._injected == (2, "overtemperature", 0x81)
+        apply_fault(syn, "device_error", {"n": 0})  # withdrawn
+        assert syn.interface.take_injected_error() is None
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+def _drop_case(kind: str):
+    """(server, driver) for the families whose frames carry a device counter."""
+    from medacq.drivers.flatpanel import FlatPanelDriver, FlatPanelSettings
+    from medacq.drivers.synthetic import SyntheticDriver, SyntheticSettings
+    from medacq.drivers.ultrasound import UltrasoundDriver, UltrasoundSettings
+    from medacq.simulators.registry import make_simulator
+
+    if kind == "synthetic":  # paced: an unpaced one would run ~10 000 frames ahead of the reader
+        srv = SimulatorServer(SynthInterface(), "pty", paced=True).start()
+        return srv, SyntheticDriver("syn0", srv.address, SyntheticSettings(shape=[2, 8], rate_hz=200.0))
+    if kind == "flatpanel":
+        srv = SimulatorServer(make_simulator("flatpanel", seed=3), "tcp", paced=False).start()
+        return srv, FlatPanelDriver("xr0", f"TCPIP::{srv.host}::{srv.port}::SOCKET",
+                                    FlatPanelSettings(mode="RAD", binning=4, exposure_s=0.02))
+    srv = SimulatorServer(make_simulator("us", angles=1, samples=256, speckle_density_per_mm2=2.0, cache=False),
+                          "tcp", paced=False).start()
+    return srv, UltrasoundDriver("us0", srv.tcp_address, UltrasoundSettings(angles=1, samples=256))
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "flatpanel", "us"])
+def test_device_side_drop_is_announced_as_a_gap_of_exactly_that_many_frames(kind):
+    from medacq.drivers._base import Frame, Gap
+    from medacq.simulators.faults import apply_fault
+
+    srv, d = _drop_case(kind)
+    try:
+        d.open()
+        d.start()
+        items: list = []
+        end = time.monotonic() + 30
+        while sum(type(i) is Frame for i in items) < 5 and time.monotonic() < end:
+            items += d.read(0.2)
+        apply_fault(srv, "drop", {"n": 3})
+        seen_gap, after = False, 0  # frames read since the gap (an unpaced simulator runs ahead)
+        while after < 5 and time.monotonic() < end:
+            for i in d.read(0.2):
+                items.append(i)
+                if isinstance(i, Gap):
+                    seen_gap = True
+                elif seen_gap:
+                    after += 1
+        d.stop()
+    finally:
+        d.close()
+        srv.stop()
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert after >= 5
+    assert [g.lost_frames for g in gaps] == [3], gaps
+    truth = srv.interface.truth()
+    lost = {"synthetic": lambda: truth["dropped"], "flatpanel": lambda: truth["frames_dropped"],
+            "us": lambda: srv.interface.faulted_seqs}[kind]()
+    assert len(lost) == 3 and lost == list(range(lost[0], lost[0] + 3))

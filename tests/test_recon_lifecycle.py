@@ -32,10 +32,12 @@ class CountingRecon(Reconstructor):
     modality = "counting"
     Settings = CountingSettings
     made: list["CountingRecon"] = []
+    tried: list[StreamDescriptor] = []
     lock = threading.Lock()
 
     def __init__(self, descriptor: StreamDescriptor, settings: Any = None) -> None:
         super().__init__(descriptor, settings)
+        self.tried.append(descriptor)
         if descriptor.meta.get("fail"):
             raise ReconstructorError("refused")
         self.frames = 0
@@ -58,6 +60,7 @@ class CountingRecon(Reconstructor):
 def counting(monkeypatch):
     monkeypatch.setitem(registry.RECONSTRUCTORS, "counting", f"{__name__}:CountingRecon")
     monkeypatch.setattr(CountingRecon, "made", [])
+    monkeypatch.setattr(CountingRecon, "tried", [])
     return CountingRecon.made
 
 
@@ -115,7 +118,11 @@ def test_a_failed_replacement_closes_the_old_one_and_never_uses_it(endpoints, co
         _desc([2, 2], fail=True), _frame(1, [2, 2]), _frame(2, [2, 2]), "status",
     ])
     assert len(counting) == 1 and counting[0].frames == 1 and counting[0].closed == 1
-    assert st[1]["reconstructor"] is None and st[1]["errors"] == 2 and "refused" in st[1]["last_error"]
+    # built when the descriptor arrived (one error), not again for each of its frames (one
+    # error each: not reconstructed) within ReconStage.rebuild_after_s
+    assert len(CountingRecon.tried) == 2
+    assert st[1]["reconstructor"] is None and st[1]["errors"] == 3 and "refused" in st[1]["last_error"]
+    assert st[1]["frames_in"] == 3 and st[1]["frames_done"] == 1
 
 
 def test_a_close_that_raises_does_not_stop_the_stream(endpoints, counting, monkeypatch):

@@ -139,9 +139,11 @@ def test_stage_reports_every_source_frame_it_did_not_use(endpoints):
     gaps = [g for g in rsub.gaps if g.topic == "recon/s"]
     assert all(g.announced and g.count == 0 for g in gaps)  # the recon stream itself lost no frame
     assert gaps[0].reason == "source s lost frames 2..4: missing seq"
-    full = [g for g in gaps[1:] if g.reason.endswith("reconstruction queue full")]
-    assert len(full) == len(gaps) - 1 and (len(full) > 0) == (st["dropped"] > 0)
-    assert len(outs) + 3 + st["dropped"] == 2007 and outs[-1] == 2006
+    full = [g for g in gaps[1:] if "dropped by the reconstruction stage (fifo queue full" in g.reason]
+    assert len(full) == len(gaps) - 1 and (len(full) > 0) == (st["lost"] > 0)
+    assert len(outs) + 3 + st["lost"] == 2007 and outs[-1] == 2006
+    assert st["policy"] == "fifo" and st["qos"]["max_frames"] == 2 and st["superseded"] == 0
+    assert st["dropped"] == st["lost"]  # the older name, kept for status readers
     assert st["gaps_forwarded"] == len(gaps)
 
 

@@ -11,13 +11,16 @@ import pytest
 from medacq.protocols.stream import (
     HeaderError,
     HeaderTemplate,
+    StreamDecodeError,
     MessageKind,
     StreamDescriptor,
     StreamHeader,
     decode_header,
     encode_header,
+    frame_nbytes,
     frame_payload,
     header_json_schema,
+    message_hwm,
     new_series_id,
 )
 
@@ -66,7 +69,7 @@ def test_headers_validate_against_shipped_schema():
     ],
 )
 def test_bad_headers_name_the_stream(raw, fragment):
-    with pytest.raises(HeaderError) as exc:
+    with pytest.raises(StreamDecodeError) as exc:
         decode_header(raw, topic="raw/eeg0")
     assert fragment in str(exc.value)
     assert "eeg0" in str(exc.value)
@@ -83,3 +86,29 @@ def test_payload_wrap_is_zero_copy_and_checked():
         frame_payload(h, buf[:-2])
     with pytest.raises(HeaderError, match="dtype"):
         frame_payload({"stream": "s", "dtype": "<q9", "shape": [3]}, buf)
+
+
+@pytest.mark.parametrize("dtype", ["|b1", "?", "<i2", "|i1", ">u4", "<u8", "<f2", "<f4", ">f8", "<c8", "<c16", "float32"])
+def test_numeric_dtypes_are_accepted_in_any_byte_order(dtype):
+    a = (np.arange(6) % 2).astype(dtype).reshape(2, 3)
+    out = frame_payload({"stream": "s", "dtype": dtype, "shape": [2, 3]}, a.tobytes())
+    np.testing.assert_array_equal(out, a)
+    assert out.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["O", "S0", "S4", "U2", "(2,)f4", "f4,i4", "V8", "M8", "<m8[s]", "<f16", "<c32"])
+def test_non_numeric_dtypes_are_one_typed_error(dtype):
+    with pytest.raises(StreamDecodeError, match="not a numeric dtype") as exc:
+        frame_payload({"stream": "s", "dtype": dtype, "shape": [1]}, bytes(np.dtype(dtype).itemsize))
+    assert isinstance(exc.value, HeaderError) and exc.value.stream == "s"
+
+
+def test_message_high_water_mark_from_a_byte_budget():
+    panel = frame_nbytes("<u2", [1536, 1944])  # a flat-panel frame, 5.97 MB
+    assert panel == 1536 * 1944 * 2
+    assert message_hwm(128_000_000, panel, cap=1000) == 21
+    assert message_hwm(128_000_000, 3200, cap=1000) == 1000  # small frames: the message cap
+    assert message_hwm(128_000_000, 3200, cap=0) == 40_000  # no cap: the budget alone
+    assert message_hwm(1_000_000, panel, cap=1000) == 2  # larger than the budget: the floor
+    assert message_hwm(None, panel, cap=1000) == 1000
+    assert frame_nbytes("<i2", [-1, 128]) is None  # a variable axis: known only per frame

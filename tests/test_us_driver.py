@@ -103,3 +103,33 @@ def test_bad_crc_or_truncation_costs_one_frame_not_the_connection(fault: str) ->
         for f in rest:
             if isinstance(f, Frame):
                 np.testing.assert_array_equal(f.data, expect)
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced"])
+def test_start_is_answered_at_once_while_the_scanner_renders_its_first_frame(paced: bool) -> None:
+    """The scanner renders its first RF frame after START (seconds on a loaded machine). The
+    START reply must not wait behind that work (it once did: ``no reply to 'START' within 3.0
+    s`` on ``medacq up``), and the frame train starts after it without a spurious gap."""
+    with _sim(paced=paced, prf_hz=100.0) as sim:
+        model = sim.interface.model
+        render = model.base_frame
+
+        def slow_render() -> np.ndarray:
+            if not model.frame_ready():
+                time.sleep(1.5)  # stands in for a long render (longer than the reply timeout below)
+            return render()
+
+        model.base_frame = slow_render  # type: ignore[method-assign]
+        d = UltrasoundDriver("us0", sim.tcp_address, UltrasoundSettings(angles=1, samples=256, prf_hz=100.0,
+                                                                          command_timeout_s=1.0))
+        d.open()
+        try:
+            t0 = time.monotonic()
+            d.start()
+            assert time.monotonic() - t0 < 1.0
+            items = _collect(d, 10)
+        finally:
+            d.close()
+    frames = [i for i in items if isinstance(i, Frame)]
+    assert len(frames) >= 10 and not [i for i in items if isinstance(i, Gap)]
+    assert [f.meta["seq"] for f in frames] == list(range(len(frames)))

@@ -119,6 +119,7 @@ def test_scanner_interface_commands_and_paced_frames() -> None:
     assert ask("START") == "OK"
     assert ask("SET PRF 100").startswith("ERR busy")
     assert dev.next_deadline() == 0.0
+    assert dev.poll(0.0) == b""  # the first poll renders the sequence; the frame train starts at the next one
     seqs = []
     for _ in range(3):
         t = dev.next_deadline()

@@ -123,7 +123,7 @@ def live(endpoints):
     stage = ReconStage(cfg).start()
     view = ViewServer(ViewSettings(cfg.daemon.control_endpoint, cfg.recon.control_endpoint,
                                    [cfg.daemon.data_endpoint, cfg.recon.data_endpoint], port=0,
-                                   status_interval_s=0.3)).start()
+                                   status_interval_s=0.3, operator=True)).start()
     try:
         yield cfg, view
     finally:
@@ -134,10 +134,17 @@ def live(endpoints):
             s.stop()
 
 
-async def _session(url: str, seconds: float, actions=(), ack: bool = True, origin: str | None = None):
+def _auth(view: ViewServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {view.token}"}
+
+
+async def _session(url: str, seconds: float, actions=(), ack: bool = True, origin: str | None = None,
+                   token: str | None = None):
     """Connect like a page: collect JSON and binary messages, acknowledge draws, send actions."""
     out: dict = {"json": [], "frames": {}, "replies": []}
     headers = {"Origin": origin} if origin else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(url + "ws", headers=headers) as ws:
             end = time.monotonic() + seconds
@@ -169,7 +176,7 @@ async def _session(url: str, seconds: float, actions=(), ack: bool = True, origi
 def test_panels_values_rate_limit_and_latency(live):
     cfg, view = live
     wait_for(lambda: len(view.bridge.panels()) >= 6, timeout=20)
-    out = asyncio.run(_session(view.url, 3.0))
+    out = asyncio.run(_session(view.url, 3.0, token=view.token))
     kinds = {p["topic"]: p["kind"] for p in out["json"][-1]["panels"]} if out["json"][-1].get("panels") else {}
     kinds = kinds or {p["topic"]: p["kind"] for m in out["json"] if m.get("panels") for p in m["panels"]}
     assert kinds == {"raw/tr0": "trace", "recon/tr0": "trace", "raw/im0": "image", "recon/im0": "image",
@@ -206,7 +213,7 @@ def test_panels_values_rate_limit_and_latency(live):
 def test_a_page_that_never_acknowledges_gets_one_update_per_panel(live):
     cfg, view = live
     wait_for(lambda: len(view.bridge.panels()) >= 6, timeout=20)
-    out = asyncio.run(_session(view.url, 1.5, ack=False))
+    out = asyncio.run(_session(view.url, 1.5, ack=False, token=view.token))
     assert all(len(v) == 1 for v in out["frames"].values()), {k: len(v) for k, v in out["frames"].items()}
     # ... and acquisition did not notice
     with ControlClient(cfg.daemon.control_endpoint) as c:
@@ -225,7 +232,7 @@ def test_buttons_go_through_the_control_plane(live):
         {"op": "ctl", "req": 3, "target": "daemon", "cmd": "configure", "fields": {"device": "tr0", "settings": {}}},
         {"op": "ctl", "req": 4, "target": "daemon", "cmd": "stop", "fields": {"device": "nope"}},
     ]
-    out = asyncio.run(_session(view.url, 3.0, actions))
+    out = asyncio.run(_session(view.url, 3.0, actions, token=view.token))
     replies = {r["req"]: r for r in out["replies"]}
     assert replies[1]["ok"] and replies[1]["result"] == {"devices": ["tr0"]}
     assert replies[2]["ok"] and replies[2]["result"] == {"reset": True}
@@ -242,13 +249,154 @@ def test_cross_origin_and_foreign_host_are_refused(live):
     async def probe():
         async with aiohttp.ClientSession() as s:
             with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
-                await s.ws_connect(view.url + "ws", headers={"Origin": "http://evil.example"})
+                await s.ws_connect(view.url + "ws", headers={"Origin": "http://evil.example", **_auth(view)})
             assert exc.value.status == 403
-            async with s.get(view.url, headers={"Host": "evil.example"}) as r:
+            async with s.get(view.url, headers={"Host": "evil.example", **_auth(view)}) as r:
                 assert r.status == 403
-            async with s.get(view.url) as r:
+            async with s.get(view.url, headers=_auth(view)) as r:
                 assert r.status == 200 and "medacq" in await r.text()
-            async with s.get(view.url + "static/view.js") as r:
+            async with s.get(view.url + "static/view.js", headers=_auth(view)) as r:
                 assert r.status == 200
 
     asyncio.run(probe())
+
+
+# -- login token, read-only mode, loopback only -------------------------------------------------
+def test_without_the_token_nothing_is_served(live):
+    """HTTP and WebSocket without (or with a wrong) token: 401, no data, no controls."""
+    cfg, view = live
+    wait_for(lambda: len(view.bridge.panels()) >= 6, timeout=20)
+    refused0 = view.refused_requests
+
+    async def probe():
+        async with aiohttp.ClientSession() as s:
+            for bad in ({}, {"Authorization": "Bearer " + "x" * 43}, {"Cookie": f"{view.cookie_name}=nope"}):
+                async with s.get(view.url, headers=bad) as r:
+                    page = await r.text()
+                    assert r.status == 401 and "token needed" in page
+                    assert "view.js" not in page and "<button" not in page and "raw/" not in page
+                async with s.get(view.url + "api/state", headers=bad) as r:
+                    body = await r.text()
+                    assert r.status == 401 and "panels" not in body and "tr0" not in body
+                async with s.get(view.url + "static/view.js", headers=bad) as r:
+                    assert r.status == 401
+                with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                    await s.ws_connect(view.url + "ws", headers=bad)
+                assert exc.value.status == 401
+            async with s.get(view.url + "api/state?token=" + view.token[:-1] + "A") as r:
+                assert r.status == 401
+        # a session with no cookie jar: nothing from the requests above is remembered
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+            async with s.get(view.url + "api/state", headers=_auth(view)) as r:
+                st = await r.json()
+                assert r.status == 200 and {p["topic"] for p in st["panels"]} >= {"raw/tr0", "raw/im0", "raw/sc0"}
+                assert st["operator"] is True
+            async with s.get(view.url + "api/state?token=" + view.token) as r:
+                assert r.status == 200 and "health" in await r.json()
+
+    asyncio.run(probe())
+    assert view.refused_requests - refused0 == 3 * 4 + 1
+    # a WebSocket with the token (as a header, or as the query parameter) gets data
+    out = asyncio.run(_session(view.url, 1.5, token=view.token))
+    assert out["frames"] and any(m.get("type") == "status" for m in out["json"])
+
+
+def test_the_token_in_the_address_once_then_a_cookie(live):
+    """Like a notebook server: ``/?token=...`` serves the page and sets an HttpOnly, SameSite=Strict
+    cookie, which then carries every request (page, script, WebSocket) of that browser."""
+    cfg, view = live
+    wait_for(lambda: len(view.bridge.panels()) >= 6, timeout=20)
+
+    async def probe():
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # unsafe: an IP host
+            async with s.get(view.login_url) as r:
+                assert r.status == 200 and "view.js" in await r.text()
+                morsel = r.cookies[view.cookie_name]
+                assert morsel.value == view.token and morsel["httponly"] and morsel["samesite"] == "Strict"
+                assert morsel["path"] == "/"
+            async with s.get(view.url + "static/view.js") as r:  # the cookie alone now
+                assert r.status == 200
+            async with s.get(view.url + "api/state") as r:
+                assert r.status == 200 and (await r.json())["panels"]
+            async with s.ws_connect(view.url + "ws") as ws:
+                hello = await ws.receive_json(timeout=5)
+                assert hello["type"] == "hello"
+
+    asyncio.run(probe())
+
+
+def test_token_is_random_per_view_and_a_given_one_is_checked(endpoints, tmp_path):
+    from medacq.daemon.bridges.view import ViewTokenError, read_token_file
+
+    mk = lambda **kw: ViewServer(ViewSettings(endpoints["daemon"]["control_endpoint"], None, [], port=0, **kw))  # noqa: E731
+    a, b = mk(), mk()
+    assert a.token != b.token and len(a.token) >= 43
+    assert mk(token="  " + "k" * 20 + "\n").token == "k" * 20
+    with pytest.raises(ViewTokenError, match="at least 16"):
+        mk(token="short")
+    f = tmp_path / "view.token"
+    f.write_text("s3cr3t-token-for-the-view\n")
+    f.chmod(0o600)
+    assert read_token_file(f) == "s3cr3t-token-for-the-view"
+    f.chmod(0o644)
+    with pytest.raises(ViewTokenError, match="readable or writable by other users"):
+        read_token_file(f)
+    with pytest.raises(ViewTokenError, match="cannot read"):
+        read_token_file(tmp_path / "missing")
+
+
+def test_a_read_only_view_shows_and_forwards_no_controls(live):
+    cfg, view = live
+    ro = ViewServer(ViewSettings(cfg.daemon.control_endpoint, cfg.recon.control_endpoint,
+                                 [cfg.daemon.data_endpoint, cfg.recon.data_endpoint], port=0,
+                                 status_interval_s=0.3)).start()
+    try:
+        wait_for(lambda: len(ro.devices()) == 3 and len(ro.bridge.panels()) >= 6, timeout=20)
+        assert all(d["buttons"] == [] for d in ro.devices())
+        assert all(d["buttons"] for d in view.devices())  # the operator view, same rig
+        actions = [{"op": "ctl", "req": 1, "target": "daemon", "cmd": "stop", "fields": {"device": "tr0"}},
+                   {"op": "ctl", "req": 2, "target": "daemon", "cmd": "record", "fields": {"action": "start"}},
+                   {"op": "ctl", "req": 3, "target": "recon", "cmd": "action",
+                    "fields": {"target": "im0", "action": "reset", "args": {}}}]
+        out = asyncio.run(_session(ro.url, 2.5, actions, token=ro.token))
+        replies = {r["req"]: r for r in out["replies"]}
+        assert sorted(replies) == [1, 2, 3]
+        assert all(not r["ok"] and "read-only view" in r["error"] and "--operator" in r["error"]
+                   for r in replies.values())
+        status = [m for m in out["json"] if m.get("type") == "status"]
+        assert status and all(m["operator"] is False and all(d["buttons"] == [] for d in m["devices"])
+                              for m in status)
+        assert out["frames"]  # it still shows the data
+        with ControlClient(cfg.daemon.control_endpoint) as c:
+            st = c.request("status")["streams"]
+        assert st["tr0"]["state"] == "acquiring"
+        assert [a["ok"] for a in ro.state()["actions"]] == [False, False, False]
+    finally:
+        ro.stop()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "example.org"])
+def test_the_view_refuses_to_listen_off_loopback(endpoints, host):
+    import socket
+
+    from medacq.daemon.common.binding import BindError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(BindError) as exc:
+        ViewServer(ViewSettings(endpoints["daemon"]["control_endpoint"], None, [], host=host, port=port))
+    msg = str(exc.value)
+    assert msg.startswith("refusing to serve http on ") and f":{port} without TLS" in msg
+    assert "SSH tunnel" in msg and "\n" not in msg
+    with socket.socket() as s:  # nothing was bound
+        s.bind(("127.0.0.1", port))
+
+
+def test_medacq_view_refuses_off_loopback_in_one_line():
+    from conftest import run_medacq
+
+    r = run_medacq("view", "--host", "0.0.0.0", "--port", "8555", "--for", "1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("medacq view: refusing to serve http on 0.0.0.0:8555 without ")
+    assert r.stderr.count("\n") == 1 and r.stdout == ""

@@ -106,6 +106,56 @@ def test_slow_page_does_not_slow_acquisition(browser, artifacts):
                    for n, s in st.items()), st
 
 
+def test_page_without_the_token_shows_no_data_and_no_controls(browser, artifacts):
+    """No token (or a wrong one): a 401 page that says how to log in, and nothing else. With the
+    printed address: the live page, the token moved into an HttpOnly cookie and out of the address bar."""
+    with ViewRig(VIEW_RIG) as rig:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        for url in (rig.view_base, rig.view_base + "?token=" + "x" * 43):
+            resp = page.goto(url)
+            assert resp is not None and resp.status == 401
+            page.wait_for_timeout(1500)  # time enough for any script to have drawn something
+            assert page.inner_text("#login").startswith("medacq live view: token needed")
+            assert page.evaluate("document.querySelectorAll('.panel, button, canvas, #health').length") == 0
+            assert "synth0" not in page.content()
+        page.screenshot(path=str(artifacts / "view_no_token.png"), full_page=True)
+        assert page.context.cookies() == []
+
+        resp = page.goto(rig.view_url)
+        assert resp is not None and resp.status == 200
+        page.wait_for_function("+(document.querySelector('.panel[data-topic=\"raw/synth0\"]')||{dataset:{}})"
+                               ".dataset.updates > 0", timeout=30000)
+        page.wait_for_selector('.card[data-device="synth0"] button[data-cmd="stop"]', timeout=10000)
+        assert page.is_hidden("#mode")  # an operator view
+        assert "token" not in page.url and page.url == rig.view_base
+        (cookie,) = page.context.cookies()
+        assert cookie["value"] == rig.view_token and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
+        page.reload()  # the cookie alone logs the page in again
+        page.wait_for_function("+(document.querySelector('.panel[data-topic=\"raw/synth0\"]')||{dataset:{}})"
+                               ".dataset.updates > 0", timeout=30000)
+
+
+def test_read_only_page_shows_data_and_no_controls(browser, artifacts):
+    with ViewRig(VIEW_RIG, operator=False) as rig:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(rig.view_url)
+        page.wait_for_function("+(document.querySelector('.panel[data-topic=\"raw/val0\"]')||{dataset:{}})"
+                               ".dataset.updates > 0", timeout=30000)
+        page.wait_for_selector('.card[data-device="synth0"] .badge.state', timeout=10000)
+        page.wait_for_function("document.body.dataset.operator === '0'", timeout=10000)
+        assert page.is_visible("#mode") and page.inner_text("#mode") == "read-only"
+        assert page.evaluate("document.querySelectorAll('button[data-cmd]').length") == 0
+        # a hand-made control message (as a script on the page could send) is refused by the server
+        page.evaluate("send({op: 'ctl', req: 99, target: 'daemon', cmd: 'stop', fields: {device: 'synth0'}})")
+        page.wait_for_function("(document.body.dataset.lastReply || '').includes('\"ok\":false')", timeout=10000)
+        page.wait_for_selector(".toast.bad", timeout=5000)
+        assert "read-only view" in page.inner_text(".toast.bad")
+        page.screenshot(path=str(artifacts / "view_read_only.png"), full_page=True)
+        with rig.control() as c:
+            assert c.request("status")["streams"]["synth0"]["state"] == "acquiring"
+
+
 def rate_of(name: str) -> float:
     return next(e.settings["rate_hz"] for e in VIEW_RIG if e.name == name)
 

@@ -1,7 +1,8 @@
 """Subscribe to medacq streams and talk to the daemon (public entry point).
 
 See :class:`Subscriber` and :class:`ControlClient`; the implementation lives in
-:mod:`medacq.daemon.client.api`.
+:mod:`medacq.daemon.client.api`. Every undecodable message raises (or, by default, is
+skipped and counted as) :class:`StreamDecodeError`, defined in :mod:`medacq.protocols.stream`.
 """
 
 from medacq.daemon.client.api import (
@@ -12,6 +13,8 @@ from medacq.daemon.client.api import (
     RequestFailed,
     Subscriber,
 )
-from medacq.protocols.stream import HeaderError
+from medacq.protocols.qos import QosPolicy
+from medacq.protocols.stream import HeaderError, StreamDecodeError
 
-__all__ = ["Subscriber", "Message", "GapInfo", "HeaderError", "ControlClient", "DaemonUnreachable", "RequestFailed"]
+__all__ = ["Subscriber", "Message", "GapInfo", "HeaderError", "StreamDecodeError", "QosPolicy", "ControlClient",
+           "DaemonUnreachable", "RequestFailed"]

@@ -5,6 +5,19 @@ state: series, next sequence number, header template, descriptor timers. Frames 
 zero-copy as ``[topic, header, payload]``. A hole in the sequence numbers (a frame the
 queue dropped) becomes a ``gap`` message before the next frame, so subscribers learn
 exactly what was lost and why. Heartbeats and descriptors go out on timers.
+
+Bounded in bytes, not only messages: ZeroMQ's send high-water mark (SNDHWM) counts messages
+per subscriber, so 1000 messages of 6 MB frames could pin 6 GB for one stuck subscriber. The
+socket is bound with a mark derived from a byte budget per subscriber (:func:`sndhwm_for`:
+``daemon.sndhwm_mb / daemon.max_frame_mb``, at least 2, at most ``daemon.sndhwm``). The mark
+is fixed at bind time: libzmq copies it into each subscriber's queue when it connects, and
+changing it on a live socket is unsafe in libzmq 4.3 (a queue's mark cannot be raised
+without a stall, and changing it while a subscriber disconnects can crash the I/O thread).
+So the publisher checks every stream against the declared ``max_frame_mb``, from its
+descriptor and from each frame, and says so (log, the stream's ``last_error``, ``status``)
+when larger frames make the real bound ``mark x frame size``. Past its mark, PUB drops a
+subscriber's messages without telling anyone; the subscriber sees the hole in ``seq``
+(``medacq.client.Subscriber.gaps``).
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -23,12 +37,15 @@ from medacq.protocols.stream import (
     StreamDescriptor,
     StreamHeader,
     encode_header,
+    frame_nbytes,
+    message_hwm,
 )
 
-from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameItem, FrameQueue, GapItem, QueueItem, SeriesEnd, SeriesStart
+from medacq.daemon.acquisition.queue import (DescriptorUpdate, FrameItem, FrameQueue, GapItem, Notice, QueueItem,
+                                             SeriesEnd, SeriesStart)
 from medacq.daemon.acquisition.worker import StreamStats
 
-__all__ = ["Publisher", "StreamChannel", "topic_for"]
+__all__ = ["Publisher", "StreamChannel", "sndhwm_for", "topic_for"]
 
 _SNDMORE = int(zmq.SNDMORE)
 
@@ -37,6 +54,13 @@ log = logging.getLogger("medacq.daemon.acquisition.publisher")
 
 def topic_for(stream: str, prefix: str = "raw") -> bytes:
     return f"{prefix}/{stream}".encode()
+
+
+def sndhwm_for(sndhwm: int, sndhwm_mb: float, max_frame_mb: float) -> int:
+    """The PUB socket's send high-water mark (messages per subscriber) that holds at most
+    ``sndhwm_mb`` of frames up to ``max_frame_mb`` each, capped at ``sndhwm`` messages.
+    Set it before binding."""
+    return message_hwm(int(sndhwm_mb * 1e6), int(max_frame_mb * 1e6), sndhwm)
 
 
 @dataclass
@@ -53,6 +77,7 @@ class StreamChannel:
     template: HeaderTemplate | None = None
     last_descriptor: float = 0.0
     last_heartbeat: float = 0.0
+    largest_frame_bytes: int = 0
     _rate_t: float = field(default_factory=time.monotonic)
     _rate_frames: int = 0
     _rate_bytes: int = 0
@@ -62,13 +87,22 @@ class Publisher(threading.Thread):
     """Publisher thread.
 
     Args:
-        socket: a bound PUB socket (owned from now on by this thread).
+        socket: a bound PUB socket (owned from now on by this thread), its SNDHWM set
+            before binding (:func:`sndhwm_for`).
         wake: event set by queues when they have items.
         heartbeat_s, descriptor_interval_s: timers.
+        max_frame_bytes: the frame size the socket's mark was derived for; a stream with
+            larger frames is reported (module docstring). ``None``: no check.
+
+    Attributes:
+        sndhwm: the socket's send high-water mark (messages per subscriber).
+        largest_frame_bytes: the largest frame any stream announced or sent (bytes).
+        oversized: streams whose frames exceed ``max_frame_bytes``.
     """
 
     def __init__(self, socket: zmq.Socket, wake: threading.Event, heartbeat_s: float = 1.0,
-                 descriptor_interval_s: float = 3.0, prefix: str = "raw") -> None:
+                 descriptor_interval_s: float = 3.0, prefix: str = "raw", *,
+                 max_frame_bytes: int | None = None) -> None:
         super().__init__(name="publisher", daemon=True)
         self.sock = socket
         self.wake = wake
@@ -80,6 +114,10 @@ class Publisher(threading.Thread):
         self._halt = threading.Event()
         self.last_progress = time.monotonic()
         self.errors = 0
+        self.sndhwm: int = socket.getsockopt(zmq.SNDHWM)
+        self.max_frame_bytes = max_frame_bytes
+        self.largest_frame_bytes = 0
+        self.oversized: tuple[str, ...] = ()  # replaced whole, so status reads it from another thread safely
 
     def add_stream(self, name: str, queue: FrameQueue, stats: StreamStats) -> StreamChannel:
         ch = StreamChannel(name, queue, stats, topic_for(name, self.prefix))
@@ -90,6 +128,29 @@ class Publisher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.wake.set()
+
+    def hwm_status(self) -> dict[str, Any]:
+        """The PUB queue's bounds for ``status``: per subscriber, in messages and MB."""
+        largest, declared = self.largest_frame_bytes, self.max_frame_bytes
+        frame = max(largest, declared or 0)
+        return {"sndhwm": self.sndhwm,
+                "max_frame_mb": None if declared is None else round(declared / 1e6, 3),
+                "largest_frame_mb": round(largest / 1e6, 3),
+                "bound_mb": round(self.sndhwm * frame / 1e6, 3) if self.sndhwm else None,
+                "oversized_streams": list(self.oversized)}
+
+    def _frame_size(self, ch: StreamChannel, nbytes: int) -> None:
+        """A frame (or an announced frame layout) of ``nbytes``, larger than any before on ``ch``: check it."""
+        ch.largest_frame_bytes = nbytes
+        self.largest_frame_bytes = max(self.largest_frame_bytes, nbytes)
+        limit = self.max_frame_bytes
+        if limit is not None and nbytes > limit:
+            if ch.name not in self.oversized:
+                self.oversized = tuple(sorted((*self.oversized, ch.name)))
+            msg = (f"frames of {nbytes / 1e6:.1f} MB exceed [daemon] max_frame_mb = {limit / 1e6:g}: each "
+                   f"subscriber's queue may hold {self.sndhwm} x {nbytes / 1e6:.1f} MB; raise max_frame_mb")
+            ch.stats.error(msg)
+            log.warning("%s: %s", ch.name, msg)
 
     # -- thread ----------------------------------------------------------------------
     def run(self) -> None:
@@ -136,6 +197,9 @@ class Publisher(threading.Thread):
                               seq=ch.next_seq)
                 ch.stats.gap_frames += lost
             data: np.ndarray = frame.data
+            nbytes = data.nbytes
+            if nbytes > ch.largest_frame_bytes:
+                self._frame_size(ch, nbytes)
             assert ch.template is not None
             shape = data.shape if ch.descriptor is not None and -1 in ch.descriptor.shape else None
             header = ch.template.frame(seq, frame.t_host_ns, frame.t_mono_ns, frame.t_device, frame.meta, shape)
@@ -149,7 +213,7 @@ class Publisher(threading.Thread):
             ch.next_seq = seq + 1
             st = ch.stats
             st.frames_published += 1
-            st.bytes_published += data.nbytes
+            st.bytes_published += nbytes
             st.latencies_us.append((time.monotonic_ns() - frame.t_mono_ns) / 1000.0)
         elif cls is GapItem:
             assert isinstance(item, GapItem)
@@ -182,11 +246,17 @@ class Publisher(threading.Thread):
                 self._set_descriptor(ch, item.descriptor)
             if ch.series is not None:
                 self._descriptor(ch)
+        elif cls is Notice:
+            assert isinstance(item, Notice)
+            self.sock.send_multipart((item.topic, item.header))
 
     def _set_descriptor(self, ch: StreamChannel, desc: StreamDescriptor) -> None:
         ch.descriptor = desc
         assert ch.series is not None
         ch.template = HeaderTemplate(ch.name, ch.series, desc.dtype, desc.shape, desc.axes, desc.units)
+        nbytes = frame_nbytes(desc.dtype, desc.shape)  # said before the first such frame goes out
+        if nbytes is not None and nbytes > ch.largest_frame_bytes:
+            self._frame_size(ch, nbytes)
 
     def _control(self, ch: StreamChannel, kind: MessageKind, seq: int | None = None, **fields) -> None:
         now_ns = time.time_ns()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from medacq.drivers._base import Frame
 from medacq.protocols.stream import StreamDescriptor
 
-__all__ = ["DescriptorUpdate", "Frame", "FrameItem", "FrameQueue", "GapItem", "QueueItem", "SeriesEnd", "SeriesStart"]
+__all__ = ["DescriptorUpdate", "Frame", "FrameItem", "FrameQueue", "GapItem", "Notice", "QueueItem", "SeriesEnd",
+           "SeriesStart"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,16 @@ class DescriptorUpdate:
     descriptor: StreamDescriptor | None
 
 
-QueueItem = FrameItem | GapItem | SeriesStart | SeriesEnd | DescriptorUpdate
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A two-part message published as it is, in order with the stream's other items (the
+    ``safety/<device>`` messages): ``topic`` and an encoded header."""
+
+    topic: bytes
+    header: bytes
+
+
+QueueItem = FrameItem | GapItem | SeriesStart | SeriesEnd | DescriptorUpdate | Notice
 
 
 

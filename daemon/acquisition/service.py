@@ -4,6 +4,17 @@
 threads: one :class:`~medacq.daemon.acquisition.worker.AcquisitionWorker` per device, one
 :class:`~medacq.daemon.acquisition.publisher.Publisher` on the PUB socket, one control server on
 the ROUTER socket. ``run_forever`` adds signals and the systemd notify protocol.
+
+Safe state (:meth:`AcquisitionDaemon.request_safe_state`): the operator's ``safe_state`` request
+and the automatic triggers of ``[device.safety]`` -- operator heartbeats missing on the control
+socket, a device fault, the reconstruction stage silent on ``recon/<device>`` -- go to the
+device's worker, ahead of its waiting work, and, for a driver with a thread-safe fast path
+(:meth:`~medacq.drivers._base.Driver.cut_output`, the X-ray panel), to that path at once on the
+*safety lane* (a small thread pool), so a device thread busy in a slow driver call does not
+delay it. Every transition is published on ``safety/<device>`` (a ``safety`` message of the
+stream protocol, in order with the device's stream) and written to the audit log. The *safety
+watch* thread runs the silence timers, owns the subscription to the reconstruction stage, and
+answers a request whose device thread is still busy after :attr:`AcquisitionDaemon.safe_reply_s`.
 """
 
 from __future__ import annotations
@@ -13,31 +24,37 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
 
 from medacq.protocols.control import (
     MAX_REQUEST_BYTES,
+    READ_ONLY_COMMANDS,
     ConfigureRequest,
     ControlError,
     DescribeRequest,
     DescriptorRequest,
     ListRequest,
     PingRequest,
+    SafeStateRequest,
     StartRequest,
     StatusRequest,
     StopRequest,
 )
+from medacq.protocols.stream import MessageKind, StreamHeader, encode_header
+from medacq.drivers._base import DeviceError, DriverError
 from medacq.drivers.registry import driver_class
 
-from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameQueue
-from medacq.daemon.acquisition.worker import AcquisitionWorker, StreamStats
+from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameQueue, Notice
+from medacq.daemon.acquisition.worker import AcquisitionWorker, SafetyEvent, SettingsRefused, StreamStats
+from medacq.daemon.acquisition.devices import check_settings_change, effective_limits, settings_policy
 
 from medacq.daemon.common.config import RigConfig, endpoint_is_local
-from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer
-from medacq.daemon.acquisition.publisher import Publisher
-from medacq.daemon.acquisition.control import ControlServer
+from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer, local_rights, prepare_ipc_dir
+from medacq.daemon.acquisition.publisher import Publisher, sndhwm_for
+from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import BindError, bind
 from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
 
@@ -47,7 +64,21 @@ log = logging.getLogger("medacq.daemon")
 
 
 class AcquisitionDaemon:
-    """The daemon. ``start()`` binds and launches; ``shutdown()`` ends every series and closes."""
+    """The daemon. ``start()`` binds and launches; ``shutdown()`` ends every series and closes.
+
+    Attributes:
+        configure_timeout_s: how long a ``configure`` may wait for its device's thread to take
+            it (a device that is reconnecting or stuck in a read); then it is cancelled, never
+            applied, and the client gets ``timeout``. Once taken it runs to its end.
+        record_timeout_s: the same for ``record start``/``stop`` (they run one at a time).
+        safe_reply_s: how long a ``safe_state`` reply waits for a device thread that is busy
+            (inside a slow driver call); then that device is answered ``requested`` (the safe
+            state is still entered at its next opportunity: a safe state is never withdrawn).
+    """
+
+    configure_timeout_s: float = 10.0
+    record_timeout_s: float = 15.0
+    safe_reply_s: float = 2.0
 
     def __init__(self, config: RigConfig, context: zmq.Context | None = None) -> None:
         self.config = config
@@ -63,7 +94,18 @@ class AcquisitionDaemon:
         self.publisher: Publisher | None = None
         self._control_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.limits: dict[str, dict[str, tuple[float, float]]] = {d.name: dict(d.limits) for d in config.device}
+        self._record_lane: ThreadPoolExecutor | None = None  # record start/stop, off the control thread
         self.control = ControlServer(self.handle, None, self.audit)
+        # -- safe state
+        self._safety_lane: ThreadPoolExecutor | None = None  # drivers' cut_output(), off the control thread
+        self._safety_thread: threading.Thread | None = None
+        self._safe_lock = threading.Lock()
+        #: (deadline, device, reason, trigger, settle): safe_state replies to give even if the device
+        #: thread is busy
+        self._safe_deadlines: list[tuple[float, str, str, str, Any]] = []
+        #: CLOCK_MONOTONIC (s) of the latest operator heartbeat (ping or state-changing request)
+        self.last_control = time.monotonic()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "AcquisitionDaemon":
@@ -76,8 +118,18 @@ class AcquisitionDaemon:
                 if not endpoint_is_local(ep):  # checked before either socket exists
                     raise BindError(f"refusing to bind {what} endpoint {ep} without CurveZMQ "
                                     "([security] server_secret_key)")
+        for ep in (dc.data_endpoint, dc.control_endpoint):
+            try:
+                prepare_ipc_dir(ep)
+            except OSError as exc:
+                raise BindError(f"cannot create the directory of {ep}: {exc}") from None
+        if self.curve is None:  # after the ipc directory exists: its mode is part of the answer
+            self.control.local_rights, self.control.local_reason = local_rights(dc.control_endpoint,
+                                                                                dc.local_operator)
+            log.info("control clients without CurveZMQ have %s rights (%s)", self.control.local_rights,
+                     self.control.local_reason)
         pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, dc.sndhwm)
+        pub.setsockopt(zmq.SNDHWM, sndhwm_for(dc.sndhwm, dc.sndhwm_mb, dc.max_frame_mb))  # fixed at bind
         pub.setsockopt(zmq.LINGER, 500)
         ctl = self.ctx.socket(zmq.ROUTER)
         ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES + 1024)
@@ -93,17 +145,23 @@ class AcquisitionDaemon:
             pub.close(0)
             ctl.close(0)
             raise
-        self.publisher = Publisher(pub, self.wake, dc.heartbeat_s, dc.descriptor_interval_s)
+        self.publisher = Publisher(pub, self.wake, dc.heartbeat_s, dc.descriptor_interval_s,
+                                   max_frame_bytes=int(dc.max_frame_mb * 1e6))
         for dev in self.config.device:
             cls = driver_class(dev.kind)
             settings = cls.validate_settings(dev.settings)
             q = FrameQueue(dc.queue_depth, self.wake, int(dc.queue_mb * 1e6))
             stats = StreamStats()
             self.publisher.add_stream(dev.name, q, stats)
-            w = AcquisitionWorker(dev.name, cls, dev.address, settings, q, stats, dc.reconnect_max_s)
+            w = AcquisitionWorker(dev.name, cls, dev.address, settings, q, stats, dc.reconnect_max_s,
+                                  on_fault=dev.safety.on_fault, on_safety=self._on_safety)
             self.workers[dev.name] = w
             self.kinds[dev.name] = dev.kind
         self.publisher.start()
+        self._safety_lane = ThreadPoolExecutor(max_workers=max(2, len(self.workers)), thread_name_prefix="safety")
+        self.last_control = time.monotonic()
+        self._safety_thread = threading.Thread(target=self._safety_watch, name="safety-watch", daemon=True)
+        self._safety_thread.start()
         for dev in self.config.device:
             w = self.workers[dev.name]
             if dev.autostart:
@@ -125,11 +183,24 @@ class AcquisitionDaemon:
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher.join(max(0.05, deadline - time.monotonic()))
-            self.publisher.sock.close(linger=200)
+            if self.publisher.is_alive():  # still sending (a large frame to a slow peer): give it longer
+                self.publisher.join(5.0)
+            if self.publisher.is_alive():
+                # never close a socket another thread may be using (libzmq sockets are not
+                # thread-safe: that crashes the process); the context's term reclaims it
+                log.warning("publisher thread still busy at shutdown; its socket is left to it")
+            else:
+                self.publisher.sock.close(linger=200)
         if getattr(self, "_recording", None) is not None:  # after the publisher: the file gets each series_end
             self._recording.shutdown()
         if self._control_thread is not None:
             self._control_thread.join(0.5)
+        if self._safety_thread is not None:
+            self._safety_thread.join(0.5)
+        if self._safety_lane is not None:
+            self._safety_lane.shutdown(wait=False, cancel_futures=True)
+        if self._record_lane is not None:
+            self._record_lane.shutdown(wait=False, cancel_futures=True)
         if self.curve is not None:
             self.curve.stop()
 
@@ -166,6 +237,15 @@ class AcquisitionDaemon:
             raise ControlError("unknown_device", f"no device named {name!r}; devices: {', '.join(self.workers)}") from None
 
     def handle(self, req: Any) -> Any:
+        if isinstance(req, PingRequest) or req.cmd not in READ_ONLY_COMMANDS:
+            self.last_control = time.monotonic()  # an operator heartbeat ([device.safety] on_control_silence_s)
+        if isinstance(req, SafeStateRequest):
+            names = [req.device] if req.device else list(self.workers)
+            for n in names:
+                self._worker(n)  # an unknown name is refused before anything is done
+            why = f"operator: {req.reason}" if req.reason else "operator: safe_state request"
+            return Deferred(self.request_safe_state(names, why, "operator"), self.safe_reply_s + 5.0,
+                            what="safe_state")
         if isinstance(req, PingRequest):
             return {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns(), "pid": os.getpid()}
         if isinstance(req, StatusRequest):
@@ -180,9 +260,12 @@ class AcquisitionDaemon:
             }
         if isinstance(req, DescribeRequest):
             w = self._worker(req.device)
+            policy = settings_policy(w.driver_cls.Settings)
             return {
                 "name": w.device, "kind": self.kinds[w.device], "address": w.address, "state": w.stats.state,
                 "settings": w.settings.model_dump(mode="json"),
+                "config_only": sorted(policy.config_only),
+                "limits": {k: list(v) for k, v in effective_limits(w.driver_cls.Settings, self.limits[w.device]).items()},
                 "descriptor": w.descriptor.model_dump(mode="json", exclude_none=True) if w.descriptor else None,
             }
         if isinstance(req, DescriptorRequest):
@@ -198,23 +281,174 @@ class AcquisitionDaemon:
                 w.request_start() if isinstance(req, StartRequest) else w.request_stop()
             return {"devices": names}
         if isinstance(req, ConfigureRequest):
-            w = self._worker(req.device)
-            merged = {**w.settings.model_dump(), **req.settings}
-            try:
-                settings = w.driver_cls.validate_settings(merged)
-            except Exception as exc:  # pydantic ValidationError
-                errs = getattr(exc, "errors", lambda: [])()
-                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs) or str(exc)
-                raise ControlError("invalid_settings", f"{req.device}: {detail}") from None
-            err = w.reconfigure(settings)
-            if err:
-                raise ControlError("device_error", f"{req.device}: {err}")
-            return {"device": req.device, "settings": settings.model_dump(mode="json")}
-        if req.cmd == "record":  # the optional built-in recorder (daemon/recorder.py)
+            return self._configure(req)
+        if req.cmd == "record":  # the optional built-in recorder (daemon/recording/recorder.py)
             from medacq.daemon.recording.recorder import recording_service
 
-            return recording_service(self).handle(req)
+            svc = recording_service(self)
+            if req.action == "status":
+                return svc.handle(req)
+            if self._record_lane is None:
+                self._record_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
+            fut: Future[Any] = self._record_lane.submit(svc.handle, req)  # the executor claims it atomically
+            return Deferred(fut, self.record_timeout_s, what=f"record {req.action}")
         raise ControlError("unknown_command", f"unhandled command {type(req).__name__}")
+
+    def _configure(self, req: ConfigureRequest) -> Deferred:
+        """Judge the change here (config-only fields, limits, validation: an immediate refusal)
+        and queue it to the device's thread, which applies changes in arrival order."""
+        w = self._worker(req.device)
+        check_settings_change(w.driver_cls, w.settings, req.settings, self.limits[req.device], req.device)
+        device = req.device
+
+        def result(fut: Future[Any]) -> dict[str, Any]:
+            try:
+                settings = fut.result()
+            except SettingsRefused as exc:
+                raise ControlError("invalid_settings", f"{device}: {exc}") from None
+            except DeviceError as exc:
+                raise ControlError("device_error", f"{device}: {exc}") from None
+            return {"device": device, "settings": settings.model_dump(mode="json")}
+
+        return Deferred(w.submit_settings(req.settings), self.configure_timeout_s, result, f"{device}: configure")
+
+    # -- safe state ------------------------------------------------------------------
+    def request_safe_state(self, names: list[str], reason: str, trigger: str = "operator") -> Future[dict[str, Any]]:
+        """Any thread: put the named devices in their safe state now (module doc).
+
+        Returns a Future, already running (it cannot be cancelled: a safe state is never
+        withdrawn), whose result is ``{"devices": {name: outcome}}``: for each device the first
+        of its device thread's answer, its driver's fast path having sent the command, or
+        :attr:`safe_reply_s` passing (``state`` ``requested``).
+        """
+        whole: Future[dict[str, Any]] = Future()
+        whole.set_running_or_notify_cancel()
+        results: dict[str, dict[str, Any]] = {}
+        lock = threading.Lock()
+
+        def settle(name: str, outcome: dict[str, Any]) -> bool:
+            with lock:
+                if name in results or whole.done():
+                    return False
+                results[name] = outcome
+                complete = len(results) == len(names)
+            if complete:
+                whole.set_result({"devices": {n: results[n] for n in names}})
+            return True
+
+        if not names:
+            whole.set_result({"devices": {}})
+        for name in names:
+            w = self.workers[name]
+            w.request_safe_state(reason, trigger).add_done_callback(
+                lambda f, name=name: settle(name, f.result().result()))
+            if w.can_cut and self._safety_lane is not None:
+                try:
+                    self._safety_lane.submit(self._cut_output, w, reason, trigger, settle)
+                except RuntimeError:  # shutting down: the device thread answers (or says it could not)
+                    pass
+            with self._safe_lock:
+                self._safe_deadlines.append((time.monotonic() + self.safe_reply_s, name, reason, trigger, settle))
+        return whole
+
+    def _cut_output(self, w: AcquisitionWorker, reason: str, trigger: str, settle: Any) -> None:
+        """Safety lane: the driver's fast path, while its device thread may be busy."""
+        try:
+            done = w.cut_output()
+        except (DriverError, OSError) as exc:
+            log.warning("%s: fast safe-state path failed (the device thread still does it): %s", w.device, exc)
+            return
+        except Exception:  # noqa: BLE001 - a driver bug: the device thread still does it
+            log.exception("%s: fast safe-state path failed", w.device)
+            return
+        if done is None:
+            return
+        ev = SafetyEvent(w.device, "safe", reason, done, trigger, verified=False, path="control")
+        if settle(w.device, ev.result()):  # first: say so now; the device thread confirms later
+            self._on_safety(ev)
+
+    def _on_safety(self, ev: SafetyEvent) -> None:
+        """Publish a transition on ``safety/<device>`` (in order with the device's stream) and
+        audit it. Any thread."""
+        w = self.workers.get(ev.device)
+        if w is not None:
+            h = StreamHeader(stream=ev.device, kind=MessageKind.SAFETY, series="", seq=0, t_host_ns=time.time_ns(),
+                             t_mono_ns=time.monotonic_ns(), reason=ev.reason, state=ev.state,
+                             meta={"detail": ev.detail, "trigger": ev.trigger, "verified": ev.verified,
+                                   "path": ev.path})
+            w.queue.put_control(Notice(f"safety/{ev.device}".encode(), encode_header(h)))
+        ok = ev.state != "failed"
+        self.audit.record("daemon", "safety", ev.result(), ok, None if ok else ev.detail, outcome=ev.state)
+
+    def _safety_watch(self) -> None:
+        """The safety watch thread: silence timers, the ``recon/`` subscription (this thread's
+        socket only), and safe_state replies that cannot wait longer for a busy device thread."""
+        quiet = {d.name: d.safety.on_control_silence_s for d in self.config.device if d.safety.on_control_silence_s}
+        watch = {d.name: d.safety.on_recon_silence_s for d in self.config.device if d.safety.on_recon_silence_s}
+        sub: zmq.Socket | None = None
+        if watch:
+            sub = self.ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 64)
+            if self.curve is not None:
+                self.curve.client_keys().apply(sub)
+            for name in watch:
+                sub.setsockopt(zmq.SUBSCRIBE, f"recon/{name}".encode())
+            sub.connect(self.config.recon.data_endpoint)
+        seen: dict[str, float] = {}  # device -> CLOCK_MONOTONIC of its latest recon/ message
+        tripped: dict[tuple[str, str], float] = {}  # one trigger per silence episode
+        try:
+            while not self._stop.is_set():
+                if sub is None:
+                    self._stop.wait(0.05)
+                elif sub.poll(50):
+                    for _ in range(256):
+                        try:
+                            topic = sub.recv_multipart(zmq.NOBLOCK, copy=False)[0].bytes
+                        except zmq.Again:
+                            break
+                        name = topic.decode("utf-8", "replace")[len("recon/"):].split("/", 1)[0]
+                        if name in watch:
+                            seen[name] = time.monotonic()
+                try:
+                    self._safety_timers(quiet, watch, seen, tripped)
+                except Exception:  # noqa: BLE001 - the watch must keep watching
+                    log.exception("safety watch: a timer check failed")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ETERM:
+                log.exception("safety watch stopped")
+        finally:
+            if sub is not None:
+                sub.close(0)
+
+    def _safety_timers(self, quiet: dict[str, float], watch: dict[str, float], seen: dict[str, float],
+                       tripped: dict[tuple[str, str], float]) -> None:
+        """One turn of the safety watch: overdue safe_state replies, then the silence timers."""
+        now = time.monotonic()
+        with self._safe_lock:
+            due = [d for d in self._safe_deadlines if d[0] <= now]
+            self._safe_deadlines = [d for d in self._safe_deadlines if d[0] > now]
+        for _, name, reason, trigger, settle in due:
+            w = self.workers[name]
+            settle(name, {"device": name, "state": "requested", "reason": reason, "trigger": trigger,
+                          "verified": False, "path": "worker", "detail": f"the device thread is busy (state "
+                          f"{w.stats.state}): the safe state is entered at its next opportunity, ahead of any "
+                          "configure"})
+        last = self.last_control
+        for name, limit in quiet.items():
+            if now - last > limit and tripped.get((name, "control")) != last:
+                tripped[(name, "control")] = last
+                self.request_safe_state([name], f"no operator heartbeat on the control socket for {now - last:.1f} s "
+                                        f"(on_control_silence_s = {limit:g})", "control_silence")
+        for name, limit in watch.items():
+            w = self.workers[name]
+            if w.stats.state != "acquiring":
+                continue
+            ref = max(w.acquiring_since, seen.get(name, 0.0))
+            if now - ref > limit and tripped.get((name, "recon")) != ref:
+                tripped[(name, "recon")] = ref
+                self.request_safe_state([name], f"no message from the reconstruction stage on recon/{name} for "
+                                        f"{now - ref:.1f} s (on_recon_silence_s = {limit:g})", "recon_silence")
 
     def status(self) -> dict[str, Any]:
         streams = {}
@@ -230,14 +464,19 @@ class AcquisitionDaemon:
                 "latency_us_p50": s.latency_us_p50, "latency_us_p99": s.latency_us_p99,
                 "reconnects": s.reconnects, "connect_failures": s.connect_failures, "last_error": s.last_error, "last_error_at": s.last_error_at,
                 "driver": w.driver_counters(),
+                "safety": w.safety_status(),
             }
         return {
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "started_at": self.started_at,
             "pid": os.getpid(),
             "healthy": self.healthy(),
-            "control": {"requests": self.control.requests, "errors": self.control.errors},
+            "control": {"requests": self.control.requests, "errors": self.control.errors,
+                        "deferred": self.control.deferred, "timeouts": self.control.timeouts,
+                        "in_flight": self.control.in_flight,
+                        "local_rights": None if self.curve is not None else self.control.local_rights},
             "publisher_errors": self.publisher.errors if self.publisher else 0,
+            "publisher": self.publisher.hwm_status() if self.publisher else {},
             "recording": self._recording.status() if getattr(self, "_recording", None) else {"state": "off"},
             "streams": streams,
         }

@@ -11,22 +11,37 @@ window (the receiver acknowledges what it has, the sender keeps at most a window
 frames in flight), so each moves as fast as it can *without* the PUB socket dropping:
 the figure is sustainable throughput with zero gaps, and the latency is measured under
 that load.
+
+Shared by the benchmarks that run a rig: :func:`free_ports`, :func:`spawn_cli` /
+:func:`stop_processes` (``medacq`` child processes that never outlive the benchmark),
+:func:`terminate_as_interrupt` (SIGTERM/SIGHUP clean up like Ctrl-C), :class:`StreamLedger`
+(per-stream frame accounting: generated, delivered, announced lost), and the end of a recorded
+run: :func:`end_series_and_drain`, :func:`stop_recorder`, :func:`recorded_vs_delivered`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BENCHES", "add_bench_arguments", "run_bench", "bench_transport"]
+__all__ = ["BENCHES", "UNDER_LOAD", "add_bench_arguments", "run_bench", "bench_transport", "free_ports", "spawn_cli",
+           "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
+           "recorded_vs_delivered", "recorder_summary"]
 
 #: name -> "module:function(args) -> dict"; the function prints nothing itself.
 BENCHES: dict[str, str] = {
@@ -37,6 +52,7 @@ BENCHES: dict[str, str] = {
     "ultrasound": "medacq.daemon.bench.ultrasound:bench_ultrasound",
     "view": "medacq.daemon.bench.view:bench_view",
     "eit": "medacq.daemon.bench.eit:bench_eit",
+    "rig": "medacq.daemon.bench.rig:bench_rig",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
@@ -51,15 +67,30 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--minutes", type=float, default=10.0, help="soak: duration in minutes")
     sp.add_argument("--e2e-s", type=float, default=20.0, help="detector: end-to-end seconds (default %(default)s)")
     sp.add_argument("--frames", type=int, default=40, help="detector: full frames per read measurement")
+    sp.add_argument("--seconds", type=float, default=60.0, help="rig: measured seconds, after the warm-up "
+                    "(default %(default)s)")
+    sp.add_argument("--warmup-s", type=float, default=10.0, help="rig, --under-load: seconds the rig runs before "
+                    "measuring (default %(default)s)")
+    sp.add_argument("--capacity-s", type=float, default=1.0, help="rig: seconds of reconstructor timing per stream "
+                    "(default %(default)s)")
+    sp.add_argument("--keep", action="store_true", help="rig: keep the rig's config and logs (printed on stderr; "
+                    "the recording is always removed)")
+    sp.add_argument("--under-load", action="store_true", help="detector, ultrasound: run the benchmark idle, then "
+                    "again beside the whole default rig (as bench rig runs it); report both")
+
+
+#: the benchmarks that take ``--under-load`` (the CLI refuses it for the others)
+UNDER_LOAD = ("detector", "ultrasound")
 
 
 def run_bench(args: argparse.Namespace) -> int:
     module, _, fn = BENCHES[args.what].partition(":")
-    result = getattr(importlib.import_module(module), fn)(args)
+    mod = importlib.import_module(module)
+    result = getattr(mod, fn)(args)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        _print_table(result)
+    else:  # a module may format its own table (``print_result``)
+        getattr(mod, "print_result", _print_table)(result)
     return 0
 
 
@@ -70,15 +101,18 @@ def _print_table(result: dict[str, Any]) -> None:
             print(f"{k}: {v}")
     if rows:
         keys = list(rows[0])
-        print("  ".join(f"{k:>12s}" for k in keys))
-        for r in rows:
-            print("  ".join(f"{_fmt(r[k]):>12s}" for k in keys))
+        cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
+        width = [max(12, len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print("  ".join(f"{k:>{w}s}" for k, w in zip(keys, width)))
+        for c in cells:
+            print("  ".join(f"{v:>{w}s}" for v, w in zip(c, width)))
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, limit: int = 48) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    s = str(v)
+    return s if len(s) <= limit else s[:limit - 1] + "…"  # the table only; --json has it all
 
 
 # -- transport -------------------------------------------------------------------------------
@@ -294,3 +328,226 @@ def bench_transport(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {name}: medacq {med_fps:.0f} fps vs raw {raw_fps:.0f} fps", file=sys.stderr, flush=True)
     return {"benchmark": "transport", "transport": "tcp loopback, 2 processes", "duration_s": args.duration,
             "results": results}
+
+
+# -- shared by the benchmarks that run a rig ---------------------------------------------------
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports that were free a moment ago (all held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """``preexec_fn``: the child gets SIGTERM when this process dies (Linux ``PR_SET_PDEATHSIG``;
+    it fires when the forking *thread* ends, so spawn from the main thread). ``None`` without prctl."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    parent, sig = os.getpid(), int(signal.SIGTERM)
+
+    def setup() -> None:  # between fork and exec: minimal
+        prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the benchmark died before prctl took effect
+            os._exit(128 + sig)
+
+    return setup
+
+
+def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m medacq.daemon.cli ARGV`` as a benchmark's child: stdout and stderr to ``log_path``,
+    its own process group (:func:`stop_processes` signals the group), SIGTERM if the benchmark dies."""
+    with open(log_path, "wb") as logf:
+        return subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", *argv], stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=subprocess.STDOUT,
+                                env=env or {**os.environ, "PYTHONUNBUFFERED": "1"},
+                                process_group=0, preexec_fn=_die_with_parent())
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    if p.returncode is not None:  # reaped: its pid (and group id) may belong to someone else now
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # not a group leader (not started by spawn_cli): the child alone
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM every child's process group, wait up to ``grace_s`` in all, then SIGKILL the rest."""
+    procs = list(procs)
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` in the main thread (once), so
+    a benchmark's ``finally`` blocks stop its children as on Ctrl-C. Elsewhere than the main thread:
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not fired:  # later signals must not interrupt the cleanup
+            fired.append(signum)
+            raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class StreamLedger:
+    """Per-topic frame accounting of one subscriber (``bench soak``, ``bench rig``).
+
+    Feed it every message header of the topics it accounts for (:meth:`see`). ``generated``
+    = frames numbered in each series from where this subscriber joined (the last ``seq`` + 1
+    seen in a frame, heartbeat, ``gap`` or ``series_end``); ``delivered`` = frames received;
+    ``announced`` = frames inside ``gap`` messages. generated − delivered − announced are
+    holes no one announced.
+    """
+
+    def __init__(self) -> None:
+        self.series_max: dict[tuple[str, str], int] = {}  # (topic, series) -> frames numbered
+        self.series_from: dict[tuple[str, str], int] = {}  # first seq this subscriber could see
+        self.delivered: dict[str, int] = {}
+        self.announced: dict[str, int] = {}
+
+    def see(self, topic: str, h: dict[str, Any]) -> None:
+        key = (topic, h["series"])
+        kind = h["kind"]
+        if key not in self.series_from:  # joined at series start, or mid-series (not a loss)
+            self.series_from[key] = 0 if kind == "series_start" else h["seq"]
+        n = h["seq"] + 1 if kind == "frame" else h["seq"]
+        if kind == "gap":
+            n = h["seq"] + int(h.get("gap_frames") or 0)
+            self.announced[topic] = self.announced.get(topic, 0) + int(h.get("gap_frames") or 0)
+        if kind == "frame":
+            self.delivered[topic] = self.delivered.get(topic, 0) + 1
+        if h["series"]:
+            self.series_max[key] = max(self.series_max.get(key, 0), n)
+
+    def generated(self, topic: str) -> int:
+        return sum(n - self.series_from.get((t, s), 0) for (t, s), n in self.series_max.items() if t == topic)
+
+    def topics(self) -> list[str]:
+        return sorted(set(self.delivered) | {t for t, _ in self.series_max})
+
+
+def end_series_and_drain(daemon: subprocess.Popen, sub: Any, on_message: Callable[[Any], None],
+                         timeout_s: float = 5.0) -> None:
+    """SIGTERM the daemon (it ends every series with ``series_end``) and hand every message still
+    in flight on ``sub`` (a :class:`~medacq.client.Subscriber`) to ``on_message`` until it exits."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        msg = sub.recv(timeout=0.2)
+        if msg is not None:
+            on_message(msg)
+        elif daemon.poll() is not None:
+            break
+
+
+def _last_json(log: Path, prefix: bytes) -> dict[str, Any] | None:
+    """The last line of ``log`` that starts with ``prefix`` and parses as a JSON object."""
+    try:
+        lines = log.read_bytes().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith(prefix):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+def _recorded_so_far(log: Path) -> int | None:
+    """Frames the last checkpoint of ``medacq record --progress`` reported in its log, if any."""
+    last = _last_json(log, b'{"checkpoint"')
+    try:
+        return None if last is None else int(last["frames"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def recorder_summary(log: Path) -> dict[str, Any] | None:
+    """The final status ``medacq record`` printed when it stopped (``state``, ``frames_recorded``,
+    ``missed_frames``, ...), without its per-stream table; ``None`` if it printed none."""
+    last = _last_json(log, b'{"state"')
+    return None if last is None else {k: v for k, v in last.items() if k != "streams"}
+
+
+def stop_recorder(recorder: subprocess.Popen, path: Path, settle_s: float = 1.5, progress_log: Path | None = None,
+                  expect_frames: int | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Stop ``medacq record`` once it has caught up, and verify the file
+    (:func:`~medacq.daemon.recording.hdf5.check_recording`'s summary).
+
+    Caught up: with ``progress_log`` (the recorder runs with ``--progress``) and ``expect_frames``
+    (what the benchmark's own subscriber received), until a checkpoint reports that many frames,
+    or the count stops moving for 5 s, or ``timeout_s``; a busy machine can leave a recorder
+    seconds behind, and one stopped then would miss frames it was still to receive. Otherwise
+    ``settle_s`` (its last checkpoint)."""
+    from medacq.daemon.recording.hdf5 import check_recording
+
+    if progress_log is not None and expect_frames is not None:
+        deadline = time.monotonic() + timeout_s
+        last, moved = None, time.monotonic()
+        while recorder.poll() is None and (now := time.monotonic()) < deadline:
+            n = _recorded_so_far(progress_log)
+            if n is not None and n >= expect_frames:
+                break
+            if n != last:
+                last, moved = n, now
+            elif now - moved > 5.0:
+                break
+            time.sleep(0.2)
+    else:
+        time.sleep(settle_s)  # the recorder's last checkpoint
+    if recorder.poll() is None:
+        recorder.send_signal(signal.SIGTERM)
+    recorder.wait(30)
+    return check_recording(path)
+
+
+def recorded_vs_delivered(ledger: StreamLedger, recording: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per topic (every topic the ledger or the file has): frames ``recorded`` in the file,
+    ``delivered`` to the ledger's subscriber, and whether they are ``equal``."""
+    out = {}
+    for t in sorted(set(ledger.topics()) | set(recording["streams"])):
+        rec, dlv = int(recording["streams"].get(t, {}).get("frames", 0)), ledger.delivered.get(t, 0)
+        out[t] = {"recorded": rec, "delivered": dlv, "equal": rec == dlv}
+    return out

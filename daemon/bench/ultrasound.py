@@ -11,6 +11,9 @@
   ZeroMQ subscriber; MB/s of RF received by the subscriber and the frames it saw lost.
 * ``pymust_fps_1_angle``: PyMUST's ``dasmtx`` on the same 1-angle geometry, for the record, where
   PyMUST installs (``pip install pymust``); otherwise ``pymust`` says why it was not run.
+
+``--under-load``: all of it twice in one invocation, idle and then beside the whole default rig
+(what ``bench rig`` runs, not measured); one row per figure with both values and their ratio.
 """
 
 from __future__ import annotations
@@ -107,6 +110,14 @@ def _ingest(duration: float) -> dict[str, Any]:
 
 
 def bench_ultrasound(args: argparse.Namespace) -> dict[str, Any]:
+    """B-mode rates and RF ingest (module doc); ``--under-load``: idle, then beside the whole default
+    rig (:func:`~medacq.daemon.bench.rig.idle_and_under_load`)."""
+    from medacq.daemon.bench.rig import idle_and_under_load
+
+    return idle_and_under_load("ultrasound", _ultrasound, args)
+
+
+def _ultrasound(args: argparse.Namespace) -> dict[str, Any]:
     from medacq.daemon.recon.algorithms.beamform import PlaneWaveBeamformer, das_numpy
     from medacq.protocols.us_geometry import PixelGrid, PlaneWaveAcquisition
 

@@ -88,13 +88,22 @@ class ViewRig:
         entries: rig entries (default :data:`VIEW_RIG`).
         view: also run ``medacq view`` as a subprocess (``view_url`` once up).
         view_args: extra ``medacq view`` arguments.
+        operator: start the view with ``--operator`` (its buttons work); else read-only.
+
+    The view gets a fresh token (``$MEDACQ_VIEW_TOKEN``): :attr:`view_url` is the browser's
+    address (``?token=``), :attr:`view_base` the bare one, :attr:`view_token` the token (scripts send
+    ``Authorization: Bearer <token>``, :meth:`view_headers`).
     """
 
     def __init__(self, entries: list[RigEntry] | None = None, view: bool = True,
-                 view_args: list[str] | None = None) -> None:
+                 view_args: list[str] | None = None, operator: bool = True) -> None:
+        from medacq.daemon.bridges.view import new_token
+
         self.entries = list(VIEW_RIG if entries is None else entries)
         self.want_view = view
-        self.view_args = view_args or []
+        self.view_args = (["--operator"] if operator else []) + (view_args or [])
+        self.view_token = new_token()
+        self.view_base: str | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="medacq-view-"))
         self.rig = SimulatedRig(self.entries, paced=True)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -137,7 +146,8 @@ class ViewRig:
                             raise RuntimeError("the daemon did not answer in time") from None
             if self.want_view:
                 vp = _free_ports(1)[0]
-                self._spawn("view", ["view", "--config", str(self.cfg_path), "--port", str(vp), *self.view_args], env)
+                self._spawn("view", ["view", "--config", str(self.cfg_path), "--port", str(vp), *self.view_args],
+                            {**env, "MEDACQ_VIEW_TOKEN": self.view_token})
                 deadline = time.monotonic() + timeout
                 while True:
                     self._check_alive()
@@ -148,7 +158,8 @@ class ViewRig:
                         if time.monotonic() > deadline:
                             raise RuntimeError("the view did not listen in time") from None
                         time.sleep(0.1)
-                self.view_url = f"http://127.0.0.1:{vp}/"
+                self.view_base = f"http://127.0.0.1:{vp}/"
+                self.view_url = f"{self.view_base}?token={self.view_token}"
         except BaseException:
             self.stop()
             raise
@@ -167,6 +178,10 @@ class ViewRig:
     def log(self, name: str) -> str:
         f = self.workdir / f"{name}.log"
         return f.read_text(errors="replace") if f.exists() else ""
+
+    def view_headers(self) -> dict[str, str]:
+        """HTTP headers that carry the view's token."""
+        return {"Authorization": f"Bearer {self.view_token}"}
 
     def control(self, target: str = "daemon"):
         from medacq.daemon.client.api import ControlClient
@@ -187,10 +202,11 @@ class ViewRig:
         self.rig.stop()
 
 
-def _state(url: str) -> dict[str, Any]:
+def _state(rig: ViewRig) -> dict[str, Any]:
     import urllib.request
 
-    with urllib.request.urlopen(url + "api/state", timeout=5) as r:
+    req = urllib.request.Request(f"{rig.view_base}api/state", headers=rig.view_headers())
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -231,9 +247,9 @@ def bench_view(args: argparse.Namespace) -> dict[str, Any]:
                                        "[...document.querySelectorAll('.panel')].every(p => +p.dataset.updates > 0)",
                                        timeout=30000)
                 print(f"  view: panels up; measuring for {duration:.0f} s", file=sys.stderr, flush=True)
-                warm = _state(rig.view_url)
+                warm = _state(rig)
                 time.sleep(duration)
-                st = _state(rig.view_url)
+                st = _state(rig)
                 updates = page.evaluate("Object.fromEntries([...document.querySelectorAll('.panel')]"
                                         ".map(p => [p.dataset.topic, +p.dataset.updates]))")
                 browser.close()

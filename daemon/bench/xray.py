@@ -21,6 +21,9 @@ Three measurements, each against a baseline taken in the same run:
 * **CT** — a 512 × 512 slice from 720 parallel projections (0..π) of the analytic modified
   Shepp–Logan sinogram: :func:`medacq.daemon.recon.algorithms.xray.fbp` (streaming FBP, numba) vs
   scikit-image ``iradon`` on the same sinogram; RMSE of both against the rasterised phantom.
+
+``--under-load``: all of it twice in one invocation, idle and then beside the whole default rig
+(what ``bench rig`` runs, not measured); one row per figure with both values and their ratio.
 """
 
 from __future__ import annotations
@@ -327,7 +330,14 @@ def _threads() -> int | None:
 
 
 def bench_detector(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the three parts; returns one JSON-able dict (see the module doc)."""
+    """Run the three parts; returns one JSON-able dict (see the module doc). ``--under-load``: idle,
+    then beside the whole default rig (:func:`~medacq.daemon.bench.rig.idle_and_under_load`)."""
+    from medacq.daemon.bench.rig import idle_and_under_load
+
+    return idle_and_under_load("detector", _detector, args)
+
+
+def _detector(args: argparse.Namespace) -> dict[str, Any]:
     frames = int(getattr(args, "frames", 0) or 40)
     seconds = float(getattr(args, "e2e_s", None) or 20.0)
     result: dict[str, Any] = {"benchmark": "detector", "cpus": os.cpu_count()}

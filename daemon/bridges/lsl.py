@@ -21,6 +21,15 @@ and RF have no place in LSL and are counted as ``skipped_modality``. A descripto
 layout changes (channel count, rate, labels, units: the device was reconfigured) replaces the
 stream's outlet; a frame that does not fit its outlet is counted (``skipped_bad_frame``) and
 the bridge keeps running.
+
+Exposure: an LSL outlet cannot be kept on this machine. liblsl listens for inlets on every
+interface (its TCP data server and UDP service port bind ``0.0.0.0``, whatever ``lsl_api.cfg``'s
+``ResolveScope``/``ListenAddress`` say: checked with the liblsl 1.18 that pylsl ships), answers multicast
+discovery on the LAN, and has neither encryption nor authentication: anyone on the network can
+find and read the streams. So the bridge starts only with an explicit opt-in
+(``allow_lan=True``, ``medacq lsl --allow-lan``), else it refuses with one line
+(:func:`check_lsl_exposure`, the rule of :func:`medacq.daemon.common.binding.check_exposure`).
+``ResolveScope = machine`` in ``lsl_api.cfg`` still narrows *discovery* to this machine.
 """
 
 from __future__ import annotations
@@ -31,17 +40,37 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_lsl_bridge", "LslBridge", "BIOSIGNAL_MODALITIES"]
+from medacq.daemon.common.binding import check_exposure
+
+__all__ = ["run_lsl_bridge", "LslBridge", "BIOSIGNAL_MODALITIES", "check_lsl_exposure"]
 
 #: Modalities republished by default.
 BIOSIGNAL_MODALITIES = ("eeg", "ekg", "meg", "emg")
 
+#: Where liblsl's outlets listen (every interface; not configurable, see the module doc).
+LSL_LISTEN_ADDRESS = "0.0.0.0"
+
+
+def check_lsl_exposure(allow_lan: bool) -> None:
+    """Refuse (:class:`~medacq.daemon.common.binding.BindError`) to open LSL outlets unless
+    ``allow_lan``: they listen on every interface, unencrypted and unauthenticated."""
+    check_exposure("serve LSL outlets on", f"{LSL_LISTEN_ADDRESS} (every interface, multicast discovery)",
+                   allowed=allow_lan,
+                   needs="an explicit opt-in (medacq lsl --allow-lan; allow_lan=True): LSL has no encryption or "
+                         "authentication, so anyone on the LAN can read the streams; use it on a trusted lab "
+                         "network only")
+
 
 class LslBridge:
-    """The bridge's state: one outlet per stream. Use :func:`run_lsl_bridge`."""
+    """The bridge's state: one outlet per stream. Use :func:`run_lsl_bridge`.
+
+    ``allow_lan`` must be true (:func:`check_lsl_exposure`), else ``BindError`` before anything
+    is opened.
+    """
 
     def __init__(self, endpoints: str | list[str], topics: str | list[str],
-                 modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES) -> None:
+                 modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES, *, allow_lan: bool = False) -> None:
+        check_lsl_exposure(allow_lan)
         import pylsl  # noqa: F401 - fail early with ImportError when LSL is absent
 
         from medacq.client import Subscriber
@@ -154,11 +183,12 @@ class LslBridge:
 
 def run_lsl_bridge(endpoints: str | list[str], topics: str | list[str] = ("raw/", "recon/"),
                    duration_s: float | None = None, stop: threading.Event | None = None,
-                   modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES) -> dict[str, Any]:
+                   modalities: tuple[str, ...] = BIOSIGNAL_MODALITIES, *, allow_lan: bool = False) -> dict[str, Any]:
     """Bridge ``topics`` from ``endpoints`` to LSL until ``duration_s`` elapses (``None``:
     forever) or ``stop`` is set. Returns ``{"samples": {topic: n}, "gaps": {...}, "outlets": [...],
-    ...counters}``."""
-    b = LslBridge(endpoints, list(topics) if not isinstance(topics, str) else topics, modalities)
+    ...counters}``. Needs ``allow_lan=True`` (:func:`check_lsl_exposure`)."""
+    b = LslBridge(endpoints, list(topics) if not isinstance(topics, str) else topics, modalities,
+                  allow_lan=allow_lan)
     end = None if duration_s is None else time.monotonic() + duration_s
     try:
         while (end is None or time.monotonic() < end) and not (stop is not None and stop.is_set()):

@@ -12,6 +12,10 @@ Three parts, one process:
   at most ``image_max_px`` a side) plus a palette name, scalars as numbers.
 * **Server** (asyncio, aiohttp) on 127.0.0.1: ``/`` (the page), ``/static/*``, ``/ws`` (the
   WebSocket), ``/api/state`` (panels, health and latency as JSON, for scripts and tests).
+  Loopback only (:func:`~medacq.daemon.common.binding.check_exposure`: no TLS here), and
+  every request needs the view's token, like a notebook server: ``?token=`` once (the page then
+  keeps it in an HttpOnly, SameSite=Strict cookie), or ``Authorization: Bearer <token>``.
+  Without it: 401, no data, no controls.
 * **Page** (``view_static/``): panels are built from descriptors (axes, shape, units,
   channel names, modality), so any device family gets a panel without view code.
 
@@ -30,16 +34,21 @@ upper bound: includes the acknowledgement's trip back over loopback) and
 Buttons go through the control plane (:class:`~medacq.client.ControlClient`) with the same
 requests the CLI sends: ``start``/``stop`` a device, modality ``action`` requests to the
 reconstruction stage (``rereference``, ``capture_dark``, ``capture_flat``...), and
-``record`` start/stop when the daemon's status reports a recorder.
+``record`` start/stop when the daemon's status reports a recorder. Only a view started with
+operator rights (``ViewSettings.operator``, ``medacq view --operator``) shows and forwards
+them; otherwise the page is read-only and a ``ctl`` message is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
 import queue
+import secrets
+import stat
 import struct
 import threading
 import time
@@ -52,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from medacq.daemon.client.api import ControlClient, DaemonUnreachable, RequestFailed, Subscriber
+from medacq.daemon.common.binding import check_exposure, host_is_loopback
 
 __all__ = [
     "ViewSettings",
@@ -64,6 +74,10 @@ __all__ = [
     "Bridge",
     "ViewServer",
     "run_view",
+    "TOKEN_ENV",
+    "ViewTokenError",
+    "new_token",
+    "read_token_file",
 ]
 
 log = logging.getLogger("medacq.view")
@@ -76,6 +90,57 @@ SAMPLE_AXES = ("sample", "time", "t")
 SCALAR_MAX = 32
 #: Trace panels draw at most this many channels (the rest are listed as "+N more").
 TRACE_MAX_CHANNELS = 64
+
+#: Environment variable that may carry the view's token (``medacq up``, systemd ``Environment=``).
+TOKEN_ENV = "MEDACQ_VIEW_TOKEN"
+#: A token given by the operator must be at least this long (a generated one has 43 characters).
+MIN_TOKEN_CHARS = 16
+#: What the view says, beyond the address, when asked to listen off loopback.
+REMOTE_HOWTO = ("TLS and a login in front of it: the view serves plain http on loopback only; from another "
+                "machine use an SSH tunnel (ssh -L 8555:127.0.0.1:8555 RIG) or a reverse proxy with TLS "
+                "(docs/view.md)")
+
+
+class ViewTokenError(ValueError):
+    """A token file or value the view cannot use (missing, empty, too short, readable by others)."""
+
+
+def new_token() -> str:
+    """A fresh random token: 32 bytes from :mod:`secrets`, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def _check_token(token: str, source: str) -> str:
+    token = token.strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ViewTokenError(f"the view token from {source} has {len(token)} characters; "
+                             f"at least {MIN_TOKEN_CHARS} are needed")
+    if not token.isascii() or any(c.isspace() or c in ";,\"" for c in token):
+        raise ViewTokenError(f"the view token from {source} must be printable ASCII without spaces, ';', ',' or '\"'")
+    return token
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path`` (its first line, stripped).
+
+    Refused (:class:`ViewTokenError`) when missing, too short, or readable or writable by users
+    other than its owner and group (``chmod 600``/``640``; systemd's ``LoadCredential=`` files are).
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ViewTokenError(f"cannot read the view token file {p}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ViewTokenError(f"the view token file {p} is readable or writable by other users (chmod 600 {p})")
+    lines = text.splitlines()
+    return _check_token(lines[0] if lines else "", str(p))
+
+
+def _same_token(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
 
 #: Modality-specific hints. A family may add its entry (a one-line insertion) or put a
 #: ``"view"`` dict in its descriptor's ``meta`` (which wins). Keys:
@@ -107,7 +172,7 @@ class ViewSettings:
     Attributes:
         daemon_control, recon_control: control endpoints (``status``, buttons).
         data_endpoints: PUB endpoints to subscribe to (daemon's and recon stage's).
-        host, port: HTTP listen address (loopback only by default; port 0 picks one).
+        host, port: HTTP listen address (a loopback address only: others are refused; port 0 picks one).
         max_fps: most updates per second per panel (and per browser).
         trace_window_s: default visible trace window, seconds.
         trace_columns: min/max columns per trace window.
@@ -118,6 +183,9 @@ class ViewSettings:
         rcvhwm: the bridge's receive high-water mark (messages): what a slow bridge buffers.
         curve: CurveZMQ client keys (:mod:`medacq.daemon.common.security`) when the rig uses them:
             the view then has exactly the rights of those keys, like the CLI.
+        token: the token every request must carry (``None``: a new random one, :func:`new_token`).
+        operator: the page may send control requests (start/stop, record, modality actions);
+            without it the view is read-only. The daemon still checks the view's own rights.
     """
 
     daemon_control: str
@@ -133,6 +201,8 @@ class ViewSettings:
     status_interval_s: float = 1.0
     rcvhwm: int = 2000
     curve: Any = None
+    token: str | None = None
+    operator: bool = False
 
 
 # -- pure helpers (no I/O) ------------------------------------------------------------------
@@ -833,10 +903,17 @@ ALLOWED_COMMANDS = {"daemon": {"start", "stop", "record"}, "recon": {"action"}}
 
 class ViewServer:
     """The HTTP/WebSocket server and its bridge. ``start()`` runs it in a background thread;
-    :meth:`serve` runs it in the calling thread until stopped."""
+    :meth:`serve` runs it in the calling thread until stopped.
+
+    Raises :class:`~medacq.daemon.common.binding.BindError` for a non-loopback ``host`` and
+    :class:`ViewTokenError` for an unusable ``token``, before anything is bound.
+    """
 
     def __init__(self, settings: ViewSettings) -> None:
+        check_exposure("serve http on", _host_port(settings.host, settings.port), allowed=False, needs=REMOTE_HOWTO)
         self.s = settings
+        self.token = new_token() if settings.token is None else _check_token(settings.token, "the settings")
+        self.refused_requests = 0
         self.bridge = Bridge(settings)
         self.clients: set[_Client] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -858,7 +935,18 @@ class ViewServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.s.host}:{self.port}/"
+        """The page's address, without the token (scripts add ``Authorization: Bearer <token>``)."""
+        return f"http://{_host_port(self.s.host, self.port)}/"
+
+    @property
+    def login_url(self) -> str:
+        """The address to open in a browser: :attr:`url` with ``?token=``."""
+        return f"{self.url}?token={self.token}"
+
+    @property
+    def cookie_name(self) -> str:
+        """Per port: cookies are not port-isolated, and two views on one host must not share one."""
+        return f"medacq_view_{self.port}"
 
     # lifecycle
     def start(self, timeout: float = 15.0) -> "ViewServer":
@@ -890,7 +978,7 @@ class ViewServer:
 
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[_make_host_guard()])
+        app = web.Application(middlewares=[_make_host_guard(), self._make_auth()])
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/state", self._state)
@@ -921,10 +1009,38 @@ class ViewServer:
             await self._runner.cleanup()
 
     # HTTP
+    def _make_auth(self) -> Any:
+        """Middleware: every request carries the token (query, bearer header or cookie), else 401."""
+        from aiohttp import web
+
+        @web.middleware
+        async def auth(request: Any, handler: Any) -> Any:
+            query = request.query.get("token")
+            header = request.headers.get("Authorization", "")
+            bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+            given = query or bearer or request.cookies.get(self.cookie_name)
+            if not given or not _same_token(given, self.token):
+                self.refused_requests += 1
+                log.debug("view: refused %s %s (%s)", request.method, request.path,
+                          "wrong token" if given else "no token")
+                if request.path == "/":
+                    return web.Response(status=401, text=_LOGIN_PAGE.format(url=self.url), content_type="text/html",
+                                        headers={"Cache-Control": "no-store"})
+                return web.Response(status=401, text="medacq view: this needs the view's token "
+                                    "(?token=... or Authorization: Bearer ...)\n", headers={"Cache-Control": "no-store"})
+            resp = await handler(request)
+            if query is not None and request.path == "/" and isinstance(resp, web.StreamResponse):
+                # the page's own requests (script, WebSocket) then carry it; the page drops it from the URL
+                resp.set_cookie(self.cookie_name, self.token, path="/", httponly=True, samesite="Strict")
+            return resp
+
+        return auth
+
     async def _index(self, request: Any) -> Any:
         from aiohttp import web
 
-        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store",
+                                                                    "Referrer-Policy": "no-referrer"})
 
     async def _state(self, request: Any) -> Any:
         from aiohttp import web
@@ -947,6 +1063,8 @@ class ViewServer:
             "clients": len(self.clients),
             "actions": list(self.actions_log),
             "max_fps": self.s.max_fps,
+            "operator": self.s.operator,
+            "refused_requests": self.refused_requests,
         }
 
     def latency(self) -> dict[str, Any]:
@@ -1000,7 +1118,7 @@ class ViewServer:
         return rows
 
     def devices(self) -> list[dict[str, Any]]:
-        """Per device: state, modality and the buttons the page shows."""
+        """Per device: state, modality and the buttons the page shows (none in a read-only view)."""
         st = self.bridge.status
         ds, rs = st.get("daemon") or {}, st.get("recon") or {}
         out = []
@@ -1018,21 +1136,22 @@ class ViewServer:
                     buttons.append({"label": label, "target": "recon", "cmd": "action",
                                     "fields": {"target": name, "action": action, "args": args}})
             out.append({"name": name, "kind": s.get("kind"), "modality": modality, "state": s.get("state"),
-                        "reconstructor": r.get("reconstructor"), "buttons": buttons})
+                        "reconstructor": r.get("reconstructor"), "buttons": buttons if self.s.operator else []})
         return out
 
     def recorder(self) -> dict[str, Any] | None:
-        """The recorder's state and buttons, only when the daemon's status reports one."""
+        """The recorder's state and buttons (none in a read-only view), only when the daemon's
+        status reports a recorder."""
         ds = self.bridge.status.get("daemon") or {}
         if "recording" not in ds and "recorder" not in ds:
             return None
         rec = ds.get("recording", ds.get("recorder"))
         active = bool(rec.get("active", rec.get("recording", rec.get("state") == "recording"))) \
             if isinstance(rec, dict) else bool(rec)
-        return {"state": rec, "active": active, "buttons": [
-            {"label": "Record", "target": "daemon", "cmd": "record",
-             "fields": {"action": "start", "topics": ["raw/", "recon/"]}},
-            {"label": "Stop recording", "target": "daemon", "cmd": "record", "fields": {"action": "stop"}}]}
+        buttons = [{"label": "Record", "target": "daemon", "cmd": "record",
+                    "fields": {"action": "start", "topics": ["raw/", "recon/"]}},
+                   {"label": "Stop recording", "target": "daemon", "cmd": "record", "fields": {"action": "stop"}}]
+        return {"state": rec, "active": active, "buttons": buttons if self.s.operator else []}
 
     # WebSocket
     async def _ws(self, request: Any) -> Any:
@@ -1102,7 +1221,10 @@ class ViewServer:
         target, cmd = m.get("target"), m.get("cmd")
         fields = m.get("fields") or {}
         req = m.get("req")
-        if target not in ALLOWED_COMMANDS or cmd not in ALLOWED_COMMANDS[target] or not isinstance(fields, dict):
+        if not self.s.operator:
+            reply = {"type": "reply", "req": req, "ok": False,
+                     "error": "read-only view: controls need a view started with operator rights (medacq view --operator)"}
+        elif target not in ALLOWED_COMMANDS or cmd not in ALLOWED_COMMANDS[target] or not isinstance(fields, dict):
             reply = {"type": "reply", "req": req, "ok": False,
                      "error": f"the view does not send {cmd!r} to {target!r}"}
         else:
@@ -1185,6 +1307,21 @@ def _allowed_origins(host: str) -> set[str]:
     return {f"http://{host}"}
 
 
+def _host_port(host: str, port: int | None) -> str:
+    """``HOST:PORT`` with brackets around an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>medacq live view: token needed</title>
+<style>body{{font:15px system-ui,sans-serif;background:#101418;color:#cfd8dc;margin:3em}}code{{color:#fff}}</style>
+</head><body><h1 id="login">medacq live view: token needed</h1>
+<p>This page needs the view's access token. Open the address that <code>medacq view</code> or
+<code>medacq up</code> printed: <code>{url}?token=&hellip;</code></p>
+</body></html>
+"""
+
+
 def _rx_fps(s: _Stream) -> float | None:
     t = list(s.rx_times)
     if len(t) < 2:
@@ -1220,9 +1357,10 @@ def _make_host_guard() -> Any:
 
     @web.middleware
     async def guard(request: Any, handler: Any) -> Any:
-        # DNS rebinding: only answer requests addressed to a loopback name
-        host = (request.host or "").rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        # DNS rebinding: only answer requests addressed to a loopback name or address
+        host = request.host or ""
+        host = host[1:].partition("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if not host_is_loopback(host):
             return web.Response(status=403, text="the view answers only requests to 127.0.0.1/localhost")
         return await handler(request)
 
@@ -1231,12 +1369,13 @@ def _make_host_guard() -> Any:
 
 def run_view(settings: ViewSettings, duration_s: float | None = None,
              on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or ``duration_s``); ``on_ready(url)`` once listening."""
+    """Serve until SIGINT/SIGTERM (or ``duration_s``); ``on_ready(login_url)`` once listening
+    (the URL with ``?token=``)."""
     import signal
 
     server = ViewServer(settings).start()
     if on_ready is not None:
-        on_ready(server.url)
+        on_ready(server.login_url)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
+from medacq.daemon.cli._common import CliError
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from medacq.daemon.bench.runner import run_bench
+    from medacq.daemon.bench.runner import UNDER_LOAD, run_bench
 
+    if args.under_load and args.what not in UNDER_LOAD:
+        raise CliError(f"--under-load is for {' and '.join(UNDER_LOAD)} only", 2)
     return run_bench(args)
 
 

@@ -18,7 +18,14 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or (recon_control if args.recon else control)
     fields: dict[str, Any] = {}
     pos = list(args.args)
-    if args.command in ("describe", "configure") and pos:
+    command = "safe_state" if args.command in ("safe", "safe_state") else args.command
+    if command == "safe_state":  # safe DEVICE | safe all
+        if not pos:
+            raise CliError("usage: medacq ctl safe DEVICE|all [reason=TEXT]", 2)
+        name = pos.pop(0)
+        if name != "all":
+            fields["device"] = name
+    elif args.command in ("describe", "configure") and pos:
         fields["device"] = pos.pop(0)
     elif args.command in ("start", "stop") and pos:
         fields["device"] = pos.pop(0)
@@ -36,7 +43,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             fields.update(kv)
     try:
         with ControlClient(endpoint, timeout=args.timeout, curve=client_curve(args)) as c:
-            result = c.request(args.command, **fields)
+            result = c.request(command, **fields)
     except DaemonUnreachable:
         raise CliError(f"no medacq daemon answers at {endpoint} (is it running? --config/--endpoint?)", 3) from None
     except RequestFailed as exc:
@@ -100,7 +107,8 @@ def register(sub: Any) -> None:
     """Add this group's commands to the ``medacq`` parser."""
     sp = sub.add_parser("ctl", help="send a control request (status, list, describe, configure, start, stop, ...)")
     sp.add_argument("command", help="list | describe DEV | configure DEV K=V.. | start [DEV] | stop [DEV] | "
-                                    "status | ping | descriptor STREAM | action TARGET ACTION [K=V..]")
+                                    "status | ping | descriptor STREAM | action TARGET ACTION [K=V..] | "
+                                    "safe DEV|all [reason=TEXT] (safe state: source/transmit/current off)")
     sp.add_argument("args", nargs="*")
     sp.add_argument("--recon", action="store_true", help="talk to the reconstruction stage")
     sp.add_argument("--timeout", type=float, default=5.0)

@@ -43,7 +43,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.check:
         if not os.path.exists(args.check):
             raise CliError(f"no such file: {args.check}", 2)
-        summary = check_recording(args.check)
+        try:
+            summary = check_recording(args.check)
+        except (OSError, ValueError) as exc:
+            raise CliError(str(exc) if isinstance(exc, ValueError) else f"{args.check}: not a readable recording: {exc}"
+                           ) from None
         print(json.dumps(summary, indent=2))
         return 1 if summary["problems"] else 0
     control, _, data = rig_endpoints(argparse.Namespace(config=args.config, base_port=args.base_port))

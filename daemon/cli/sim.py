@@ -15,9 +15,6 @@ from typing import Any
 
 from medacq.daemon.cli._common import DEFAULT_BASE_PORT, CliError, load_rig, parse_kv, wait_for_signal
 
-SIMULATOR_NICE = 5
-"""Niceness added to the simulators' process by ``medacq up`` (after its children started)."""
-
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from medacq.simulators.adapters import PortInUseError, SimulatorServer
@@ -54,19 +51,102 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals on which ``medacq up`` stops its children and exits."""
+
+_CHILD_BOOTSTRAP = """\
+import os, signal, sys
+try:  # PR_SET_PDEATHSIG (Linux): SIGTERM to this process when the thread that started it ends
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):  # medacq up died before that took effect
+    sys.exit(1)
+from medacq.daemon.cli.app import main
+sys.exit(main(sys.argv[2:]))
+"""
+"""How ``medacq up`` runs ``medacq <command>`` in a child: ``python -c BOOTSTRAP UP_PID COMMAND ...``.
+
+The child asks the kernel for SIGTERM when ``up`` dies (``PR_SET_PDEATHSIG``, which fires when
+the *thread* that forked it ends: children are started from ``up``'s main thread), then checks
+that ``up`` did not die before that. This runs in the new interpreter, not in a ``preexec_fn``:
+Python code between fork and exec can deadlock in a process with threads, as ``up`` is (its
+simulators).
+"""
+
+
+def _spawn(procs: list[subprocess.Popen], args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``medacq ARGS`` as a child of ``medacq up``: its own process group, ended with ``up``
+    (:data:`_CHILD_BOOTSTRAP`)."""
+    argv = [sys.executable, "-c", _CHILD_BOOTSTRAP, str(os.getpid()), *args]
+    with open(log_path, "wb") as logf:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                             process_group=0)
+    procs.append(p)
+    return p
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    """Signal a child's process group. Only while the child is not reaped: until then its pid, and
+    so its group id, cannot be reused by an unrelated process."""
+    if p.returncode is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # not (yet) a group leader: signal the child alone
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_children(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM every child's group, wait up to ``grace_s`` in all, then SIGKILL what is left."""
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait(5)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    """The whole simulated rig: simulators here, the daemon, the stage and the view as child processes.
+
+    The children never outlive ``up``: SIGINT, SIGTERM and SIGHUP stop them (SIGTERM to each
+    child's process group, SIGKILL after 5 s), as does any error here; if ``up`` itself is
+    killed (SIGKILL, a crash of the interpreter) the kernel sends them SIGTERM
+    (``PR_SET_PDEATHSIG``).
+    """
     from medacq.daemon.client.api import ControlClient, DaemonUnreachable
     from medacq.daemon.common.config import dump_config
-    from medacq.simulators.rig import SimulatedRig
+    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig
     from medacq.daemon.cli.status_view import StatusView
 
     from medacq.simulators.faults import FaultServer
 
-    workdir = Path(tempfile.mkdtemp(prefix="medacq-up-"))
-    rig = SimulatedRig(paced=True).start()
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stopping:  # the first one stops the rig; later ones must not interrupt the cleanup
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in _STOP_SIGNALS}
     procs: list[subprocess.Popen] = []
     faults = None
+    rig = None
     try:
+        workdir = Path(tempfile.mkdtemp(prefix="medacq-up-"))
+        rig = SimulatedRig(paced=True).start()
         faults = FaultServer(rig.servers, f"tcp://127.0.0.1:{args.base_port + 4}").start()
         doc = rig.config(args.base_port)
         cfg_path = workdir / "rig.toml"
@@ -74,9 +154,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cfg = load_rig(str(cfg_path))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for sub in ("run", "recon"):
-            logf = open(workdir / f"{sub}.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", sub, "--config", str(cfg_path)],
-                                          stdout=logf, stderr=subprocess.STDOUT, env=env))
+            _spawn(procs, [sub, "--config", str(cfg_path)], workdir / f"{sub}.log", env)
         print(f"medacq up: {len(rig.servers)} simulator(s), daemon and reconstruction stage "
               f"(config and logs in {workdir}; fault side door on port {args.base_port + 4})", flush=True)
         with ControlClient(cfg.daemon.control_endpoint, timeout=0.5) as c:
@@ -99,35 +177,33 @@ def cmd_up(args: argparse.Namespace) -> int:
         # (the children above were started first and keep theirs).
         os.nice(SIMULATOR_NICE)
         view = StatusView(cfg, interactive=sys.stdout.isatty() and not os.environ.get("CI"))
-        view.run(args.for_s)
+        view.run(args.for_s)  # returns on --for, Ctrl-C, or SIGTERM/SIGHUP (on_signal)
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stopping.append(0)  # from here on a signal no longer interrupts anything
+        _stop_children(procs)
         if faults is not None:
             faults.stop()
-        rig.stop()
+        if rig is not None:
+            rig.stop()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
 
 
 def _start_view(procs: list, cfg_path: Path, port: int, workdir: Path, env: dict) -> None:
-    """``medacq up``: run ``medacq view`` as its own process and print its URL (a failure only warns)."""
+    """``medacq up``: run ``medacq view --operator`` as its own process and print its URL with a fresh
+    token (passed to the view in its environment, not on its command line; a failure only warns)."""
+    import secrets
     import socket
 
-    logf = open(workdir / "view.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "view", "--config", str(cfg_path),
-                          "--port", str(port)], stdout=logf, stderr=subprocess.STDOUT, env=env)
-    procs.append(p)
+    token = secrets.token_urlsafe(32)
+    p = _spawn(procs, ["view", "--config", str(cfg_path), "--port", str(port), "--operator"], workdir / "view.log",
+               {**env, "MEDACQ_VIEW_TOKEN": token})
     deadline = time.monotonic() + 15
     while p.poll() is None and time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                print(f"medacq up: live view at http://127.0.0.1:{port}/", flush=True)
+                print(f"medacq up: live view at http://127.0.0.1:{port}/?token={token}", flush=True)
                 return
         except OSError:
             time.sleep(0.1)

@@ -7,6 +7,11 @@ Public as :mod:`medacq.client`::
         for header, frame in sub:          # frame: ndarray, e.g. (channel, sample)
             ...
         print(sub.gaps)                    # every missing seq range, announced or not
+        print(sub.bad_messages, sub.last_error)  # undecodable messages, skipped
+
+    # a live display: only the newest frame of each stream, never a stale one
+    with Subscriber("tcp://127.0.0.1:5555", "raw/us0", qos="latest") as sub:
+        ...
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +28,26 @@ import numpy as np
 import zmq
 
 from medacq.protocols.control import ControlReply, decode_reply, encode_request
-from medacq.protocols.stream import HeaderError, decode_header, frame_payload
+from medacq.protocols.qos import Dropped, QosName, QosPolicy, QosQueue
+from medacq.protocols.stream import StreamDecodeError, decode_message, message_hwm
 
 from medacq.daemon.client.keys import ClientKeys
 
 _NOBLOCK = int(zmq.NOBLOCK)
+
+DEFAULT_RCVHWM_MB: float = 512.0
+"""Receive queue bound (MB) of a :class:`Subscriber` given neither ``rcvhwm`` nor ``rcvhwm_mb``: 64
+messages of ``DEFAULT_FRAME_MB``, like the daemon's default send bound (``sndhwm_mb / max_frame_mb``)."""
+DEFAULT_RCVHWM_CAP: int = 1000
+"""Most messages a byte-derived receive high-water mark allows."""
+DEFAULT_FRAME_MB: float = 8.0
+"""Frame size (MB) a byte-derived receive high-water mark assumes without ``max_frame_mb``
+(as the daemon's ``max_frame_mb``: a 1536 x 1944 16-bit flat panel fits)."""
+_DRAIN_MAX = 4096
+"""Most messages one :meth:`Subscriber.recv` moves from the socket into the QoS queues."""
+_MAX_CONTROL = 256
+"""Control messages a stream's QoS queue holds before periodic ones (heartbeats, descriptors) are not queued."""
+_PERIODIC = frozenset(("heartbeat", "descriptor"))
 
 __all__ = [
     "Subscriber",
@@ -51,8 +72,11 @@ class GapInfo:
         announced: the daemon announced the loss (``gap`` message: queue overflow, device
             counter jump) -- versus detected here from a hole in ``seq`` (this
             subscriber fell behind its high-water mark, or the network dropped it).
-        reason: the daemon's reason, or ``"missing seq"``.
+        reason: the daemon's reason, ``"missing seq"``, or for ``local`` gaps why they were dropped.
         lost_samples: device samples lost, when the daemon knows.
+        topic: the stream's topic.
+        local: this subscriber dropped them itself, from its QoS queue (``qos="fifo"`` frames
+            older than ``max_age_ms``, or a queue at its frame/byte bound); they reached it intact.
     """
 
     stream: str
@@ -63,6 +87,7 @@ class GapInfo:
     reason: str
     lost_samples: int | None = None
     topic: str = ""
+    local: bool = False
 
     @property
     def last_seq(self) -> int | None:
@@ -86,6 +111,7 @@ class Message:
 @dataclass
 class _StreamTrack:
     topic: str = ""
+    stream: str = ""
     series: str | None = None
     expected: int | None = None
     frames: int = 0
@@ -94,11 +120,35 @@ class _StreamTrack:
 
 @dataclass
 class _Counters:
+    """What a :class:`Subscriber` has seen.
+
+    Attributes:
+        messages: messages received (good and bad).
+        frames, bytes: frames decoded and their payload bytes.
+        bad_messages: messages that could not be decoded (skipped, or raised with ``errors="raise"``).
+        gap_frames: frames reported missing in :attr:`Subscriber.gaps` (wire and local).
+        superseded: ``qos="latest"``: frames replaced by a newer one before they were taken
+            (received intact, not missing, not gaps).
+        qos_dropped: frames this subscriber's QoS queue dropped (too old, or at its bound);
+            also in ``gap_frames``, as ``local`` gaps.
+        control_coalesced: heartbeats and descriptors not queued because their stream's QoS
+            queue already held 256 control messages (a consumer far behind); what they say is
+            already in :attr:`Subscriber.tracks`, :attr:`~Subscriber.descriptors` and the gaps.
+    """
+
     messages: int = 0
     frames: int = 0
     bytes: int = 0
-    bad_headers: int = 0
+    bad_messages: int = 0
     gap_frames: int = 0
+    superseded: int = 0
+    qos_dropped: int = 0
+    control_coalesced: int = 0
+
+    @property
+    def bad_headers(self) -> int:
+        """Former name of :attr:`bad_messages`."""
+        return self.bad_messages
 
 
 class Subscriber:
@@ -108,9 +158,31 @@ class Subscriber:
         endpoints: one or more PUB endpoints (the daemon's and the reconstruction stage's).
         topics: topic prefixes (``"raw/"``, ``"recon/us0"``); ``""`` for everything.
         on_gap: called with each :class:`GapInfo` as it is detected.
-        errors: ``"raise"`` (a bad header raises :class:`~medacq.protocols.stream.HeaderError`
-            naming the stream) or ``"skip"`` (count it in :attr:`counters`, log, go on).
-        rcvhwm: receive high-water mark (messages).
+        errors: ``"skip"`` (default: an undecodable message -- bad JSON, header, dtype, size,
+            part count -- is counted in :attr:`bad_messages`, its text kept in
+            :attr:`last_error`, and skipped; good frames keep coming) or ``"raise"`` (raise
+            :class:`~medacq.protocols.stream.StreamDecodeError` naming the stream).
+        qos: what this consumer needs (:mod:`medacq.protocols.qos`). ``None`` (default):
+            messages in arrival order straight from the socket. ``"latest"``: each
+            :meth:`recv` first moves everything the socket holds into a one-frame slot per
+            stream and returns the newest frame; replaced frames are counted in
+            :attr:`superseded`, not reported as gaps. ``"fifo"``: every frame in order, but
+            with ``max_age_ms`` a frame older than that when taken (by its ``t_host_ns``
+            against this host's clock) is dropped and reported as a ``local`` gap.
+            ``"lossless"``: every frame in order; a local drop happens only at the queue's
+            bound, and is reported. A :class:`~medacq.protocols.qos.QosPolicy` sets the bounds
+            too. Frames of one stream stay in order; streams take turns.
+        max_age_ms: ``qos="fifo"`` only: the age bound (ms).
+        rcvhwm, rcvhwm_mb: the receive queue's bounds. ZeroMQ counts messages, so a byte
+            bound becomes the message high-water mark ``rcvhwm_mb / max_frame_mb`` (at least
+            2, at most ``rcvhwm``), fixed when the socket connects. Neither given: 512 MB of
+            frames up to 8 MB, at most 1000 messages: a mark of 64, as the daemon's send side
+            (the kernel's socket buffers and the publisher's per-subscriber queue hold more). ``rcvhwm`` alone: exactly that many messages, no byte bound (``0``:
+            unlimited). With ``qos`` each stream's QoS queue is bounded by the same frames
+            and bytes. :attr:`rcvhwm_bound_mb` is the bound in force for the frames seen.
+        max_frame_mb: the largest frame this consumer accepts (MB): a larger payload is a bad
+            message, and ZeroMQ disconnects a peer that sends a larger part
+            (``ZMQ_MAXMSGSIZE``). ``None``: no limit (the byte bound assumes 8 MB frames).
         curve: client keys when the daemon uses CurveZMQ (see :mod:`medacq.daemon.common.security`).
     """
 
@@ -120,15 +192,38 @@ class Subscriber:
         topics: str | list[str] = "",
         *,
         on_gap: Callable[[GapInfo], None] | None = None,
-        errors: str = "raise",
-        rcvhwm: int = 100_000,
+        errors: str = "skip",
+        qos: QosName | QosPolicy | None = None,
+        max_age_ms: float | None = None,
+        rcvhwm: int | None = None,
+        rcvhwm_mb: float | None = None,
+        max_frame_mb: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ClientKeys | None = None,
     ) -> None:
+        if errors not in ("raise", "skip"):
+            raise ValueError("errors must be 'raise' or 'skip'")
+        if (rcvhwm is not None and rcvhwm < 0) or (rcvhwm_mb is not None and rcvhwm_mb <= 0) or (
+                max_frame_mb is not None and max_frame_mb <= 0):
+            raise ValueError("rcvhwm must be >= 0, rcvhwm_mb and max_frame_mb > 0 (or None)")
+        if rcvhwm is None and rcvhwm_mb is None:
+            rcvhwm_mb = DEFAULT_RCVHWM_MB
+        self._hwm_cap = DEFAULT_RCVHWM_CAP if rcvhwm is None else rcvhwm
+        self._hwm_budget = None if rcvhwm_mb is None else int(rcvhwm_mb * 1e6)
+        self._max_payload = None if max_frame_mb is None else int(max_frame_mb * 1e6)
+        self._hwm_frame = self._max_payload or int(DEFAULT_FRAME_MB * 1e6)  # the frame size the mark is for
+        self.largest_frame_bytes = 0
+        """The largest frame received (bytes)."""
+        self.qos: QosPolicy | None = _policy(qos, max_age_ms, self._hwm_cap, self._hwm_budget)
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.rcvhwm = message_hwm(self._hwm_budget, self._hwm_frame, self._hwm_cap)
+        """The receive high-water mark (messages), fixed at connect (libzmq 4.3 cannot change it
+        safely on a live socket)."""
+        self.sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self._max_payload is not None:
+            self.sock.setsockopt(zmq.MAXMSGSIZE, max(self._max_payload, 1 << 20))
         if curve is not None:
             curve.apply(self.sock)
         for t in [topics] if isinstance(topics, str) else topics:
@@ -137,15 +232,19 @@ class Subscriber:
         for ep in self.endpoints:
             self.sock.connect(ep)
         self.on_gap = on_gap
-        if errors not in ("raise", "skip"):
-            raise ValueError("errors must be 'raise' or 'skip'")
         self.errors = errors
         self.gaps: list[GapInfo] = []
         self.tracks: dict[str, _StreamTrack] = {}
         self.counters = _Counters()
+        self.last_error: str | None = None
+        """Text of the last undecodable message's error (``None`` while there was none)."""
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._topic_names: dict[bytes, str] = {}
+        self._queues: dict[str, QosQueue[Message]] = {}
+        self._ready: deque[str] = deque()  # topics whose queue holds entries, in turn order
+        self._waiting: set[str] = set()  # the same topics, for membership
+        self._controls: dict[str, int] = {}  # control messages held per topic
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> "Subscriber":
@@ -156,6 +255,10 @@ class Subscriber:
 
     def close(self) -> None:
         self.sock.close(0)
+        self._queues.clear()
+        self._ready.clear()
+        self._waiting.clear()
+        self._controls.clear()
 
     @property
     def descriptors(self) -> dict[str, dict[str, Any]]:
@@ -166,13 +269,38 @@ class Subscriber:
         """
         return {k: t.descriptor for k, t in self.tracks.items() if t.descriptor is not None}
 
+    @property
+    def bad_messages(self) -> int:
+        """Messages that could not be decoded (see :attr:`last_error`)."""
+        return self.counters.bad_messages
+
+    @property
+    def rcvhwm_bound_mb(self) -> float | None:
+        """The most megabytes of frames the socket's queue can hold, for the frames seen so far
+        (``None``: no message cap)."""
+        if not self.rcvhwm:
+            return None
+        return self.rcvhwm * max(self._hwm_frame if self._hwm_budget else 0, self.largest_frame_bytes) / 1e6
+
+    @property
+    def superseded(self) -> int:
+        """``qos="latest"``: frames replaced by a newer one of their stream before :meth:`recv` took them."""
+        return self.counters.superseded
+
     def wait_connected(self, timeout: float = 0.3) -> None:
         """Give the SUB handshake time (ZeroMQ's slow-joiner); drains nothing."""
         time.sleep(timeout)
 
     # -- receiving ----------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Message | None:
-        """Next message of any kind, or ``None`` after ``timeout`` seconds (None: wait forever)."""
+        """Next message of any kind, or ``None`` after ``timeout`` seconds (None: wait forever).
+
+        Undecodable messages are skipped (and counted) within the same wait, unless
+        ``errors="raise"``. With ``qos`` the message comes from the QoS queues (class doc).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.qos is not None:
+            return self._recv_qos(deadline)
         recv = self.sock.recv
         while True:
             # a queued message is taken without a poll; parts are zmq.Frames (zero-copy), and
@@ -180,7 +308,7 @@ class Subscriber:
             try:
                 f = recv(_NOBLOCK, copy=False)
             except zmq.Again:
-                if timeout is not None and not self._poller.poll(int(timeout * 1000)):
+                if not self._wait(deadline):
                     return None
                 f = recv(copy=False)
             parts = [f]
@@ -191,6 +319,90 @@ class Subscriber:
             if msg is not None:
                 return msg
 
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait for the socket to be readable until ``deadline`` (monotonic s; None: forever)."""
+        if deadline is None:
+            return bool(self._poller.poll())
+        left = deadline - time.monotonic()
+        return left > 0 and bool(self._poller.poll(max(0, int(left * 1000))))
+
+    def _recv_qos(self, deadline: float | None) -> Message | None:
+        while True:
+            self._fill()
+            msg = self._take()
+            if msg is not None:
+                return msg
+            if not self._wait(deadline):
+                return None
+
+    def _fill(self) -> None:
+        """Move what the socket holds (at most ``_DRAIN_MAX`` messages) into the QoS queues."""
+        recv = self.sock.recv
+        policy = self.qos
+        assert policy is not None
+        batch = 0
+        for _ in range(_DRAIN_MAX):
+            try:
+                f = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                # a backlog waits upstream (kernel buffers, the publisher's queue) when the
+                # socket's own queue was full: libzmq refills it as it is read, so keep going
+                # while whole queues' worth keep coming
+                if batch < max(1, self.rcvhwm // 2) or not self._poller.poll(1):
+                    return
+                batch = 0
+                continue
+            batch += 1
+            parts = [f]
+            while f.more:
+                f = recv(copy=False)
+                parts.append(f)
+            msg = self._decode(parts)
+            if msg is None:
+                continue
+            q = self._queues.get(msg.topic)
+            if q is None:
+                q = self._queues[msg.topic] = QosQueue(policy)
+            if msg.array is not None:
+                before = q.superseded
+                q.push_frame(msg, msg.array.nbytes, msg.header["t_host_ns"], msg.header["seq"])
+                self.counters.superseded += q.superseded - before
+            else:
+                held = self._controls.get(msg.topic, 0)
+                if held >= _MAX_CONTROL and msg.header["kind"] in _PERIODIC:
+                    self.counters.control_coalesced += 1
+                    continue
+                q.push_control(msg)
+                self._controls[msg.topic] = held + 1
+            if msg.topic not in self._waiting:
+                self._waiting.add(msg.topic)
+                self._ready.append(msg.topic)
+
+    def _take(self) -> Message | None:
+        """The next message from the QoS queues (streams take turns); local drops become gaps."""
+        now = time.time_ns() if self.qos is not None and self.qos.max_age_ms is not None else None
+        while self._ready:
+            topic = self._ready.popleft()
+            q = self._queues[topic]
+            got = q.take(now)
+            if len(q):
+                self._ready.append(topic)
+            else:
+                self._waiting.discard(topic)
+            if not got:
+                continue
+            entry = got[0]
+            if isinstance(entry, Dropped):
+                t = self.tracks.get(topic) or _StreamTrack(topic=topic)
+                self.counters.qos_dropped += entry.count
+                self._gap(t, t.stream, entry.first_seq, entry.count, False, f"dropped here: {entry.reason}",
+                          local=True)
+                continue
+            if entry.array is None:
+                self._controls[topic] -= 1
+            return entry
+        return None
+
     def _decode(self, parts: list[zmq.Frame]) -> Message | None:
         self.counters.messages += 1
         raw_topic = parts[0].bytes
@@ -199,30 +411,31 @@ class Subscriber:
             topic = raw_topic.decode("utf-8", "replace")
             if len(self._topic_names) < 4096:
                 self._topic_names[raw_topic] = topic
+        bufs = ([raw_topic, parts[1].buffer, parts[2].buffer] if len(parts) == 3
+                else [raw_topic, *(p.buffer for p in parts[1:])])
         try:
-            if len(parts) < 2:
-                raise HeaderError("message has no header part", topic=topic)
-            header = decode_header(parts[1].buffer, topic)
-            array = None
-            if header["kind"] == "frame":
-                if len(parts) < 3:
-                    raise HeaderError("frame message has no payload part", header["stream"])
-                array = frame_payload(header, parts[2].buffer)
-        except HeaderError:
-            self.counters.bad_headers += 1
+            header, array = decode_message(bufs, topic, max_payload_bytes=self._max_payload)
+        except StreamDecodeError as exc:
+            c = self.counters
+            c.bad_messages += 1
+            self.last_error = str(exc)
             if self.errors == "raise":
                 raise
-            log.warning("skipping undecodable message on %s", topic, exc_info=True)
+            if c.bad_messages <= 10 or c.bad_messages % 1000 == 0:  # a flood must not flood the log
+                log.warning("skipping undecodable message #%d on %.80s: %s", c.bad_messages, topic, exc)
             return None
         self._track(header, topic)
         if array is not None:
             self.counters.frames += 1
-            self.counters.bytes += array.nbytes
+            nbytes = array.nbytes
+            self.counters.bytes += nbytes
+            if nbytes > self.largest_frame_bytes:
+                self.largest_frame_bytes = nbytes
         return Message(topic, header, array)
 
     def _gap(self, t: _StreamTrack, stream: str, first: int | None, count: int, announced: bool, reason: str,
-             lost_samples: int | None = None) -> None:
-        g = GapInfo(stream, t.series or "", first, count, announced, reason, lost_samples, t.topic)
+             lost_samples: int | None = None, local: bool = False) -> None:
+        g = GapInfo(stream, t.series or "", first, count, announced, reason, lost_samples, t.topic, local)
         self.gaps.append(g)
         self.counters.gap_frames += count
         if self.on_gap is not None:
@@ -232,7 +445,7 @@ class Subscriber:
         stream, kind, seq, series = h["stream"], h["kind"], h["seq"], h["series"]
         t = self.tracks.get(topic)
         if t is None:
-            t = self.tracks[topic] = _StreamTrack(topic=topic)
+            t = self.tracks[topic] = _StreamTrack(topic=topic, stream=stream)
         if kind == "series_start":
             t.series, t.expected = series, seq
             return
@@ -251,8 +464,10 @@ class Subscriber:
             t.frames += 1
         elif kind == "gap":
             n = int(h.get("gap_frames") or 0)
-            samples = (h.get("meta") or {}).get("lost_samples")
-            self._gap(t, stream, seq if n else None, n, True, h.get("reason") or "", samples)
+            meta = h.get("meta")
+            samples = meta.get("lost_samples") if isinstance(meta, dict) else None
+            self._gap(t, stream, seq if n else None, n, True, str(h.get("reason") or ""),
+                      samples if type(samples) is int else None)
             t.expected = seq + n
         elif kind == "series_end":
             t.expected = None
@@ -274,6 +489,30 @@ class Subscriber:
             if msg.array is not None:
                 n += 1
                 yield msg.header, msg.array
+
+
+def _policy(qos: QosName | QosPolicy | None, max_age_ms: float | None, frames: int, budget: int | None
+            ) -> QosPolicy | None:
+    """The QoS policy a :class:`Subscriber` runs its queues under (one frame handed out per take).
+
+    From a name: bounded like the socket, ``frames`` (``rcvhwm``) frames and ``budget`` bytes per stream.
+    """
+    if qos is None:
+        if max_age_ms is not None:
+            raise ValueError("max_age_ms needs qos='fifo'")
+        return None
+    if isinstance(qos, QosPolicy):
+        if max_age_ms is not None:
+            raise ValueError("give max_age_ms inside the QosPolicy")
+        return qos if qos.max_batch == 1 else qos.model_copy(update={"max_batch": 1})
+    if max_age_ms is not None and qos != "fifo":
+        raise ValueError(f"max_age_ms applies to qos='fifo', not {qos!r}")
+    bounds: dict[str, int] = {}
+    if frames > 0:
+        bounds["max_frames"] = frames
+    if budget is not None:
+        bounds["max_bytes"] = budget
+    return QosPolicy(policy=qos, max_age_ms=max_age_ms, **bounds)
 
 
 class DaemonUnreachable(ConnectionError):

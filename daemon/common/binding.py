@@ -1,31 +1,86 @@
-"""Socket binding rules shared by every service that binds (daemon, recon stage).
+"""Socket binding rules shared by every service that binds (daemon, recon stage, view, bridges).
 
-A service binds a non-loopback TCP endpoint only with CurveZMQ on (``endpoint_is_local``
-in :mod:`medacq.daemon.common.config` says what counts as loopback), and a failed bind is
-one :class:`BindError` line naming the endpoint and its role, never a bare ``ZMQError``.
+One rule for every listening socket, :func:`check_exposure`: a service listens on loopback
+(or on an ``ipc://``/``inproc://`` ZeroMQ endpoint) unless the one safeguard that makes the
+wider exposure safe is on — CurveZMQ for ZeroMQ, an explicit opt-in for protocols that have no
+encryption or authentication (OpenIGTLink, LSL) — and never at all for the live view's HTTP
+(no TLS: reach it through an SSH tunnel or a TLS reverse proxy). A refusal, and a failed bind, is
+one :class:`BindError` line that names the address and says what is missing, never a bare
+``ZMQError``/``OSError``.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 import zmq
 
 from medacq.daemon.common.config import endpoint_is_local
 
-__all__ = ["BindError", "bind"]
+__all__ = ["BindError", "bind", "check_exposure", "host_is_loopback", "address_is_local"]
 
 
 class BindError(RuntimeError):
-    """A socket could not be bound (port in use, bad ipc path, remote without CurveZMQ)."""
+    """A socket could not be bound (port in use, bad ipc path, off-loopback without its safeguard)."""
+
+
+def host_is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback literals (``127.0.0.0/8``, ``::1``, with or without
+    brackets); False for wildcards (``0.0.0.0``, ``::``, ``*``, ``""``), other names and addresses.
+
+    Names other than ``localhost`` are not resolved: a name is only as local as its resolver says
+    today, so it counts as remote.
+    """
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def address_is_local(address: str) -> bool:
+    """Whether a listening address stays on this machine.
+
+    ``address``: a ZeroMQ endpoint (``tcp://HOST:PORT``, ``ipc://...``, ``inproc://...``), a
+    ``HOST:PORT`` pair (``[::1]:8555`` for IPv6) or a bare host.
+    """
+    if "://" in address:
+        return endpoint_is_local(address)
+    host = address
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:
+        host = address.partition(":")[0]
+    return host_is_loopback(host)
+
+
+def check_exposure(action: str, address: str, *, allowed: bool, needs: str) -> None:
+    """The rule every bound socket passes: refuse a non-loopback ``address`` unless ``allowed``.
+
+    Args:
+        action: what would happen, as a verb phrase (``"bind data endpoint"``, ``"serve http on"``).
+        address: where (see :func:`address_is_local`).
+        allowed: the safeguard that makes an off-loopback address acceptable is on (CurveZMQ, an
+            explicit opt-in); ``False`` for a service that may never leave loopback.
+        needs: what is missing and how to get it, for the message.
+
+    Raises:
+        BindError: ``refusing to {action} {address} without {needs}``, before anything is bound.
+    """
+    if not allowed and not address_is_local(address):
+        raise BindError(f"refusing to {action} {address} without {needs}")
 
 
 def bind(sock: zmq.Socket, endpoint: str, what: str, curve: bool = True) -> None:
     """Bind ``sock`` to ``endpoint`` (``what`` names its role in the error message).
 
-    With ``curve=False`` a non-loopback endpoint is refused before anything is bound.
+    With ``curve=False`` a non-loopback endpoint is refused before anything is bound
+    (:func:`check_exposure`).
     """
-    if not curve and not endpoint_is_local(endpoint):
-        raise BindError(f"refusing to bind {what} endpoint {endpoint} without CurveZMQ "
-                        "([security] server_secret_key)")
+    check_exposure(f"bind {what} endpoint", endpoint, allowed=curve,
+                   needs="CurveZMQ ([security] server_secret_key)")
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:

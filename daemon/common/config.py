@@ -7,6 +7,7 @@ expected; nothing starts half-configured. See the README's configuration referen
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError",
     "DaemonSection",
     "DeviceSection",
+    "SafetySection",
     "ReconSection",
     "SecuritySection",
     "RigConfig",
@@ -68,8 +70,10 @@ def _check_endpoint(v: str) -> str:
 class SecuritySection(BaseModel):
     """``[security]``: CurveZMQ authentication, rights and the audit log.
 
-    Without ``server_secret_key`` every socket binds loopback/ipc only and every local client
-    has operator rights. With it, every socket (data, control, reconstruction) is a CurveZMQ
+    Without ``server_secret_key`` every socket binds loopback/ipc only, and a local client of
+    the daemon's control socket has the rights ``[daemon] local_operator`` gives it (operator
+    over an ``ipc://`` endpoint in a private directory, reader over TCP loopback, by default).
+    With it, every socket (data, control, reconstruction) is a CurveZMQ
     server; only clients whose public key is in ``readers`` (subscribe, ``status``, ``list``,
     ``describe``, ``ping``, ``descriptor``) or ``operators`` (everything) may connect, and
     non-loopback endpoints are allowed.
@@ -118,11 +122,25 @@ class DaemonSection(BaseModel):
         queue_depth: frames buffered per device between driver and publisher; a full
             queue drops (and counts) rather than grows.
         queue_mb: the same bound in payload megabytes (whichever is reached first).
-        sndhwm: ZeroMQ send high-water mark per subscriber (messages).
+        sndhwm: ZeroMQ send high-water mark per subscriber (messages): the most a
+            subscriber's queue in the daemon may hold, whatever the frames' size.
+        sndhwm_mb: the same queue bounded in megabytes of frames: ZeroMQ counts messages, so
+            the mark becomes ``sndhwm_mb / max_frame_mb`` messages (at least 2, at most ``sndhwm``).
+        max_frame_mb: the largest frame any stream is expected to publish (MB); the default
+            covers a 1536 x 1944 16-bit flat panel (6 MB). A stream with larger frames is
+            reported (log, its ``last_error``, ``status.publisher.oversized_streams``): the
+            bound is then ``mark x frame size``.
         heartbeat_s: per-stream heartbeat interval.
         descriptor_interval_s: descriptor re-publication interval.
         watchdog_stall_s: a device thread silent for longer is "unhealthy" (systemd watchdog).
         reconnect_max_s: cap of the exponential reconnect backoff.
+        local_operator: without CurveZMQ, the rights of a client of ``control_endpoint``.
+            Unset: an ``ipc://`` endpoint in a directory closed to "other" users (the OS
+            decides who connects: the daemon's user and group) gives operator rights; a TCP
+            loopback endpoint (any local user can connect) or an ``ipc://`` one in an open
+            directory gives *reader* rights. ``true``: every local client is an operator
+            (a bench, a simulated rig: ``medacq up`` sets it); ``false``: every local client is
+            a reader. With CurveZMQ the allow-lists decide and this is ignored.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -132,12 +150,45 @@ class DaemonSection(BaseModel):
     queue_depth: int = Field(default=256, ge=1, le=1_000_000)
     queue_mb: float = Field(default=64.0, gt=0)
     sndhwm: int = Field(default=1000, ge=1)
+    sndhwm_mb: float = Field(default=512.0, gt=0)
+    max_frame_mb: float = Field(default=8.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
     descriptor_interval_s: float = Field(default=3.0, gt=0)
     watchdog_stall_s: float = Field(default=10.0, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
+    local_operator: bool | None = None
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class SafetySection(BaseModel):
+    """``[device.safety]``: when the daemon puts the device in its safe state by itself (X-ray
+    source off and exposure aborted, ultrasound transmit stopped, EIT current injection stopped;
+    a no-op for biosignal amplifiers). The operator's ``safe_state`` request always works; these
+    add the automatic triggers. Leaving the safe state is always the operator's ``start``.
+
+    Attributes:
+        on_control_silence_s: enter the safe state when no operator heartbeat reaches the
+            daemon's control socket for this long (s): a ``ping`` from any client, or any
+            state-changing request (read-only queries such as ``status`` do not count: a
+            monitor is not an operator). The clock starts when the daemon starts; once
+            tripped it re-arms at the next heartbeat. Unset: off.
+        on_fault: after a device fault while acquiring (the driver lost the connection or
+            reported an error), enter the safe state as soon as the device is reachable again,
+            before anything else, and do not resume acquiring (the operator starts again).
+            Off: the daemon reconnects and resumes, as without this section.
+        on_recon_silence_s: enter the safe state when the reconstruction stage publishes
+            nothing on ``recon/<device>`` (frames, descriptors, gaps: any message) for this long
+            (s) while the device acquires; counted from the start of acquisition, so leave the
+            stage time to build its reconstructor. The daemon subscribes to ``[recon]
+            data_endpoint``. Unset: off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_control_silence_s: float | None = Field(default=None, gt=0)
+    on_fault: bool = False
+    on_recon_silence_s: float | None = Field(default=None, gt=0)
 
 
 class DeviceSection(BaseModel):
@@ -149,6 +200,14 @@ class DeviceSection(BaseModel):
         address: transport address: serial path, ``socket://h:p``, ``tcp://h:p``, VISA resource.
         autostart: start acquiring when the daemon starts.
         settings: device settings, validated by the driver's settings model.
+        limits: ``[device.limits]``: the range ``[low, high]`` (inclusive, in the setting's
+            own unit) a control-plane ``configure`` may move each *limited* setting in (the
+            fields a driver marks as physical output: X-ray ``kvp``/``ma``/``exposure_s``, EIT
+            ``amplitude_a``/``frequency_hz``, ultrasound ``prf_hz``), e.g. ``kvp = [40, 120]``.
+            A limited setting without an entry keeps the driver model's own range. The
+            config file's own ``settings`` must lie inside. Which names are allowed is the
+            driver's to say (``medacq.daemon.acquisition.devices.check_devices``).
+        safety: ``[device.safety]``: automatic safe-state triggers (:class:`SafetySection`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -157,6 +216,16 @@ class DeviceSection(BaseModel):
     address: str = Field(min_length=1)
     autostart: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    safety: SafetySection = Field(default_factory=SafetySection)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ValueError(f"{name}: a limit is [low, high] with finite low <= high (got [{lo}, {hi}])")
+        return v
 
     kind: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -169,10 +238,12 @@ class ReconSection(BaseModel):
         data_endpoint: PUB socket of the ``recon/...`` results.
         control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests.
         subscribe: where raw frames come from (default: the daemon's data endpoint).
-        queue_depth: frames buffered per stream before the stage drops (and counts).
+        queue_depth: default frame bound (``max_frames``) of each stream's queue.
         settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
-        qos: per-stream queue policy overriding the reconstructor's default, e.g.
-            ``[recon.qos.us0] policy = "latest"`` (:class:`medacq.protocols.qos.QosPolicy`).
+        qos: per-stream queue policy, e.g. ``[recon.qos.us0] policy = "fifo"``
+            (:class:`medacq.protocols.qos.QosPolicy`): the fields a table sets override the
+            reconstructor's declared ``qos``/``max_batch``, the others keep them
+            (:func:`medacq.daemon.recon.registry.resolve_qos`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -319,7 +390,7 @@ def _toml_key(k: str) -> str:
 def dump_config(data: dict[str, Any]) -> str:
     """Write a rig config document (as :func:`parse_config` takes it) as TOML text."""
     lines: list[str] = []
-    for section in ("daemon", "recon"):
+    for section in ("daemon", "recon", "security"):
         body = data.get(section)
         if body:
             lines.append(f"[{section}]")

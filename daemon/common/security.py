@@ -6,7 +6,10 @@ is on the allow-list (``readers`` or ``operators`` folders of ``*.key`` files ma
 ``medacq keys generate``). The control socket then knows who sent each request (the ZAP user id
 is the client's Z85 public key): readers may ``list``/``status``/``describe``/``ping``/
 ``descriptor`` and subscribe; operators may also ``configure``, ``start``/``stop``, ``action``,
-``record``. Without CurveZMQ (loopback/ipc only) every local client is an operator.
+``record``. Without CurveZMQ (loopback/ipc only) the transport decides (:func:`local_rights`):
+an ``ipc://`` socket in a directory closed to other users gives operator rights (the OS decides
+who may connect), TCP loopback only reader rights (any local process can connect), unless the
+config says ``[daemon] local_operator``.
 
 Every control request that can change state is written to the audit log: who, what, when, result.
 """
@@ -30,7 +33,8 @@ from medacq.protocols.control import READ_ONLY_COMMANDS
 from medacq.daemon.client.keys import ClientKeys
 from medacq.daemon.common.config import SecuritySection
 
-__all__ = ["ClientKeys", "CurveServer", "AuditLog", "generate_keypair", "load_client_keys", "LOCAL_USER"]
+__all__ = ["ClientKeys", "CurveServer", "AuditLog", "generate_keypair", "load_client_keys", "local_rights",
+           "prepare_ipc_dir", "LOCAL_USER"]
 
 log = logging.getLogger("medacq.security")
 audit_log = logging.getLogger("medacq.audit")
@@ -119,6 +123,50 @@ class CurveServer:
         self.auth.stop()
 
 
+def _ipc_dir(endpoint: str) -> Path | None:
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):  # @: Linux abstract namespace
+        return None
+    return Path(os.path.abspath(endpoint[len("ipc://"):])).parent
+
+
+def prepare_ipc_dir(endpoint: str) -> None:
+    """Create the directory of an ``ipc://`` endpoint (mode 0770: owner and group) if missing.
+
+    The daemon's runtime directory is ``$RUNTIME_DIRECTORY`` under systemd
+    (``RuntimeDirectory=medacq``, i.e. ``/run/medacq``), else ``$XDG_RUNTIME_DIR/medacq``.
+    """
+    d = _ipc_dir(endpoint)
+    if d is not None and not d.exists():
+        d.mkdir(parents=True, mode=0o770)
+        os.chmod(d, 0o770)  # mkdir's mode is cut by the umask
+
+
+def local_rights(endpoint: str, local_operator: bool | None) -> tuple[str, str]:
+    """Rights of a client without CurveZMQ on ``endpoint``, and why (for the refusal message).
+
+    ``local_operator`` is ``[daemon] local_operator``: ``True``/``False`` decide; unset, an
+    ``ipc://`` socket in a directory with no permissions for "other" gives operator rights,
+    anything else (TCP loopback, an ipc socket others can reach) reader rights.
+    """
+    if local_operator is not None:
+        return ("operator", "local_operator = true") if local_operator else \
+            ("reader", "[daemon] local_operator = false")
+    d = _ipc_dir(endpoint)
+    if d is not None:
+        try:
+            private = d.stat().st_mode & 0o007 == 0
+        except OSError:
+            private = False
+        if private:
+            return "operator", f"ipc socket in {d}, closed to other users"
+        return "reader", (f"{endpoint} is in {d}, which other users can enter; for operator rights bind the "
+                          "control socket in a private directory (0770), set [daemon] local_operator = true, "
+                          "or use CurveZMQ keys")
+    return "reader", (f"any local process can connect to {endpoint} (TCP loopback without CurveZMQ); for operator "
+                      "rights use an ipc:// control endpoint in a private directory, set [daemon] "
+                      "local_operator = true, or use CurveZMQ keys")
+
+
 def allowed(command: str, rights: str) -> bool:
     """May a client with ``rights`` send ``command``?"""
     return rights == "operator" or (rights == "reader" and command in READ_ONLY_COMMANDS)
@@ -134,9 +182,16 @@ class AuditLog:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
-    def record(self, who: str, command: str, request: dict[str, Any], ok: bool, error: str | None = None) -> None:
+    def record(self, who: str, command: str, request: dict[str, Any], ok: bool, error: str | None = None,
+               outcome: str | None = None) -> None:
+        """Append one record. ``outcome`` says what actually happened: ``applied``; ``refused``
+        (nothing was tried: rights, bad settings, a config-file limit); ``failed`` (tried, the
+        device or service said no); ``timeout, cancelled`` (not started in time, and never will
+        be); ``cancelled`` (dropped at shutdown before it started)."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "t_host_ns": time.time_ns(), "who": who,
                  "command": command, "request": request, "ok": ok}
+        if outcome:
+            entry["outcome"] = outcome
         if error:
             entry["error"] = error
         line = json.dumps(entry, default=str)

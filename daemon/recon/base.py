@@ -1,12 +1,25 @@
 """The reconstructor contract: one small interface every modality implements.
 
 A reconstructor is built from a stream's descriptor (``__init__``), processes one frame
-at a time (``process``) and returns zero or more :class:`Output` items, each published on
-``recon/<stream>`` (``name == ""``) or ``recon/<stream>/<name>``. When the source
+at a time (``process``), or a run of up to ``max_batch`` consecutive frames in one call
+(``process_batch``), and returns zero or more :class:`Output` items per frame, each published
+on ``recon/<stream>`` (``name == ""``) or ``recon/<stream>/<name>``. When the source
 descriptor changes the stage builds a new reconstructor and closes the old one
 (:meth:`Reconstructor.close`), as it does when it drops one (the modality has no
 reconstructor any more, the stage stops); ``control`` takes modality actions
 (re-reference, capture calibration) from the control plane.
+
+Quality of service: each class declares what it needs from the stage's queue for its
+streams, ``qos`` (a :class:`~medacq.protocols.qos.QosPolicy`: ``latest`` for live images,
+``fifo`` with ``max_age_ms`` for filters and CT projections, ``lossless``), and ``max_batch``;
+``[recon.qos.<stream>]`` overrides them per stream
+(:func:`~medacq.daemon.recon.registry.resolve_qos`). A reconstructor that builds something
+slow (an operator, a forward solve) in the background says so with :attr:`Reconstructor.warming`:
+the stage leaves frames in the queue meanwhile, where the policy handles them.
+
+Threading: the stage calls every method (``process``, ``process_batch``, ``on_gap``,
+``on_superseded``, ``control``, ``close``) from the stream's own worker thread, one at a
+time; only :attr:`~Reconstructor.warming` is also read from other threads.
 
 Settings: each class names a pydantic model, ``Settings`` (``extra="forbid"``), for its
 ``[recon.settings.<modality>]`` table; ``medacq check-config`` validates the table against it
@@ -17,12 +30,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 __all__ = ["NoSettings", "Output", "Reconstructor", "ReconstructorError"]
@@ -72,6 +86,13 @@ class Reconstructor(ABC):
     modality: ClassVar[str]
     Settings: ClassVar[type[BaseModel]] = NoSettings
     """pydantic model of ``[recon.settings.<modality>]`` (``extra="forbid"``, defaults for every field)."""
+    qos: ClassVar[QosPolicy] = QosPolicy(policy="fifo")
+    """The queue policy this reconstructor's streams get by default (only the fields set here
+    count; ``max_frames`` defaults to ``[recon] queue_depth``). Default: ``fifo``, no age bound."""
+    max_batch: ClassVar[int] = 1
+    """Most frames the stage hands to :meth:`process_batch` in one call (default batch size of
+    the policy; ``[recon.qos.<stream>] max_batch`` overrides it). Under ``latest`` the queue holds
+    one frame, so batches are single frames."""
 
     def __init__(self, descriptor: StreamDescriptor, settings: BaseModel | Mapping[str, Any] | None = None) -> None:
         self.descriptor = descriptor
@@ -90,8 +111,34 @@ class Reconstructor(ABC):
     def process(self, header: dict[str, Any], frame: np.ndarray) -> list[Output]:
         """Consume one source frame; return the outputs it completes (possibly none)."""
 
+    def process_batch(self, headers: Sequence[dict[str, Any]], frames: Sequence[np.ndarray]) -> list[list[Output]]:
+        """Consume consecutive frames of one series and descriptor (oldest first, at most
+        ``max_batch``); return each frame's outputs, in the same order (one list per frame).
+
+        Default: :meth:`process` on each frame (the stage then calls :meth:`process` itself,
+        frame by frame, publishing each frame's outputs at once). Override it where one call
+        on the batch is cheaper than one per frame (the B-mode beamformer reads its operator
+        once per batch); a run of a single frame still goes to :meth:`process`. If it raises,
+        every frame of the batch counts as an error and none is published."""
+        return [self.process(h, f) for h, f in zip(headers, frames)]
+
+    @property
+    def warming(self) -> bool:
+        """True while this reconstructor builds what it needs in the background (an operator,
+        a forward solve): the stage then hands it no frames and reports ``warming``; frames
+        wait in the queue under its policy (``latest``: only the newest survives). Must be
+        cheap and safe to read from any thread. Default: False."""
+        return False
+
     def on_gap(self, first_seq: int | None, count: int) -> None:
         """Source frames were lost. Default: nothing (stateless reconstructors)."""
+
+    def on_superseded(self, count: int) -> None:
+        """``count`` source frames were replaced in the stage's queue (``latest`` policy)
+        before this reconstructor saw them; the next frame is the newest. Not a loss (nothing
+        the consumer asked for is missing), so no gap is announced; a reconstructor that keeps
+        a time base over frames (the EIT respiratory rate) accounts for them here. Called
+        just before the next frame is processed. Default: nothing."""
 
     def control(self, action: str, args: dict[str, Any]) -> Any:
         """A modality action from the control plane. Default: none are known."""

@@ -1,5 +1,6 @@
 """Which reconstructor serves which modality (``"module:Class"``, imported on first use),
-and the check of ``[recon.settings.<modality>]`` against each one's ``Settings`` model."""
+the queue policy a stream gets (the reconstructor's declared ``qos`` under
+``[recon.qos.<stream>]``), and the check of ``[recon.settings.<modality>]`` and ``[recon.qos]``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from medacq.protocols.qos import QosPolicy
+
 from medacq.daemon.common.config import validation_problems
 from medacq.daemon.recon.base import Reconstructor
 
-__all__ = ["RECONSTRUCTORS", "check_recon_settings", "reconstructor_class"]
+__all__ = ["RECONSTRUCTORS", "check_recon_settings", "reconstructor_class", "resolve_qos"]
 
 RECONSTRUCTORS: dict[str, str] = {
     "synthetic": "medacq.daemon.recon.modalities.synthetic:RunningMean",
@@ -34,17 +37,61 @@ def reconstructor_class(modality: str) -> type[Reconstructor] | None:
     return getattr(importlib.import_module(module), cls)
 
 
+def resolve_qos(cls: type[Reconstructor] | None, override: QosPolicy | None = None,
+                queue_depth: int = 64) -> QosPolicy:
+    """The policy of a stream served by ``cls`` (``None``: no reconstructor yet or none for the
+    modality): ``fifo`` with ``max_frames = queue_depth`` and ``max_batch = cls.max_batch``,
+    under the fields ``cls.qos`` sets, under the fields ``[recon.qos.<stream>]`` (``override``)
+    sets. ``max_age_ms`` only counts under ``fifo``."""
+    doc: dict[str, Any] = {"policy": "fifo", "max_frames": queue_depth,
+                           "max_batch": cls.max_batch if cls is not None else 1}
+    for layer in (cls.qos if cls is not None else None, override):
+        if layer is not None:
+            doc.update({k: getattr(layer, k) for k in layer.model_fields_set})
+    if doc["policy"] != "fifo":
+        doc.pop("max_age_ms", None)
+    return QosPolicy.model_validate(doc)
+
+
+def _qos_problems(data: dict[str, Any], recon: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the structural check cannot see in ``[recon.qos.<stream>]``: an age bound under a
+    policy without one, and a stream no configured device publishes (a typo would otherwise
+    leave the stream on its default policy, silently)."""
+    qos = recon.get("qos")
+    if not isinstance(qos, dict):
+        return []
+    problems: list[tuple[str, str]] = []
+    devices = data.get("device")
+    names = sorted(d["name"] for d in devices if isinstance(d, dict) and isinstance(d.get("name"), str)) \
+        if isinstance(devices, list) else []
+    for stream, table in qos.items():
+        if not isinstance(table, dict):
+            continue
+        policy = table.get("policy")
+        if "max_age_ms" in table and policy in ("latest", "lossless"):
+            problems.append((f"recon.qos.{stream}.max_age_ms", f"max_age_ms applies to policy \"fifo\" only; this "
+                             f"table sets policy = \"{policy}\""))
+        if names and not recon.get("subscribe") and stream not in names:
+            problems.append((f"recon.qos.{stream}", f"no device publishes stream {stream!r}; devices: "
+                             f"{', '.join(names)}"))
+    return problems
+
+
 def check_recon_settings(data: dict[str, Any]) -> list[tuple[str, str]]:
     """A config check (:data:`medacq.daemon.common.config.Check`): every table under
     ``[recon.settings]`` names a modality with a reconstructor and passes its ``Settings``
     model; problems are located like ``recon.settings.us.angles``. Only the modalities
-    present are imported. Malformed structure (``recon`` or a table not being a table) is
-    left to the structural check."""
+    present are imported. ``[recon.qos.<stream>]``: an age bound under ``latest``/``lossless``
+    and a stream no device of this config publishes (when ``[recon] subscribe`` is not set)
+    are problems too (its keys and values are checked by the structural check). Malformed
+    structure (``recon`` or a table not being a table) is left to the structural check."""
     recon = data.get("recon") if isinstance(data, dict) else None
-    settings = recon.get("settings") if isinstance(recon, dict) else None
-    if not isinstance(settings, dict):
+    if not isinstance(recon, dict):
         return []
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _qos_problems(data, recon)
+    settings = recon.get("settings")
+    if not isinstance(settings, dict):
+        return problems
     for modality, table in settings.items():
         cls = reconstructor_class(modality)
         if cls is None:

@@ -1,14 +1,34 @@
 """The reconstruction stage (``medacq recon``): raw frames in, ``recon/...`` results out.
 
 A separate process. It subscribes to ``raw/`` on the daemon, gives each stream its own
-worker thread and bounded queue (a slow reconstructor never blocks another stream; a full
-queue drops and counts), builds the reconstructor registered for the stream's modality
-from its descriptor (again whenever the descriptor changes), and publishes every output
-with the same header conventions plus a ``source`` reference (stream, series, seq,
-acquisition clocks) so any subscriber can measure acquisition → reconstruction latency.
+worker thread and queue (a slow reconstructor never blocks another stream), builds the
+reconstructor registered for the stream's modality from its descriptor (again whenever the
+descriptor changes), and publishes every output with the same header conventions plus a
+``source`` reference (stream, series, seq, acquisition clocks) so any subscriber can measure
+acquisition → reconstruction latency.
+
+Queues honour declared quality of service (:mod:`medacq.protocols.qos`): each reconstructor
+class declares ``qos`` and ``max_batch`` (:class:`~medacq.daemon.recon.base.Reconstructor`),
+``[recon.qos.<stream>]`` overrides them (:func:`~medacq.daemon.recon.registry.resolve_qos`).
+``latest`` keeps only the newest frame (replaced frames are counted ``superseded``, not
+lost); ``fifo`` keeps every frame in order while it is younger than ``max_age_ms`` and drops
+the oldest at the frame/byte bounds; ``lossless`` only drops at the bounds. Every drop
+reaches the stream's outputs as a ``gap``, in order. A frame's age is ``time.time_ns()``
+minus the acquisition time of its last sample (``t_host_ns``, plus ``(n - 1) / fs`` for
+frames with a ``sample`` axis and a ``sample_rate_hz`` in the descriptor).
+
+Threads: one receive thread (the SUB socket), one worker per stream (its reconstructor:
+every reconstructor call, control actions included, runs there), one publisher thread (the
+PUB socket: every message the stage sends, in the order the workers queued it, and the
+periodic descriptors), and the control thread (the ROUTER socket; a modality ``action`` is
+queued to the stream's worker and answered when it ran, or refused if the worker did not
+take it within :attr:`ReconStage.action_timeout_s`: then it is never applied).
 
 A malformed frame (wrong dtype or shape for its descriptor, an exception inside a
-reconstructor) is logged and counted; the stream goes on.
+reconstructor) is logged and counted; the stream goes on. A message that cannot be decoded
+at all is counted in ``bad_messages`` and skipped; the receive thread goes on. A worker that
+stays inside one reconstructor call longer than :attr:`ReconStage.stuck_after_s` makes the
+stage unhealthy (``status``, and the systemd watchdog is no longer fed).
 """
 
 from __future__ import annotations
@@ -18,6 +38,9 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +55,15 @@ from medacq.protocols.control import (
     PingRequest,
     StatusRequest,
 )
-from medacq.protocols.stream import MessageKind, SourceRef, StreamDescriptor, StreamHeader, encode_header
+from medacq.protocols.qos import Dropped, QosQueue
+from medacq.protocols.stream import HeaderError, MessageKind, SourceRef, StreamDescriptor, StreamHeader, encode_header
 
 from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
 from medacq.daemon.common.config import RigConfig
-from medacq.daemon.acquisition.control import ControlServer
+from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import bind
-from medacq.daemon.recon.base import Output, Reconstructor
-from medacq.daemon.recon.registry import reconstructor_class
+from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
+from medacq.daemon.recon.registry import reconstructor_class, resolve_qos
 
 __all__ = ["ReconStage"]
 
@@ -55,27 +79,62 @@ class _OutState:
     last_descriptor: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
+class _Frame:
+    """A queued frame and the acquisition time (ns, CLOCK_REALTIME) its age counts from."""
+
+    msg: Message
+    t_ns: int | None
+
+
+@dataclass(eq=False)
+class _Action:
+    """A modality action waiting for the stream's worker (``future`` is the control reply)."""
+
+    action: str
+    args: dict[str, Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(eq=False)
 class _StreamState:
+    """One source stream. ``lock`` guards ``queue``, ``actions`` and the sample deques;
+    ``outputs`` is guarded by the stage's output lock; the rest is written by one thread
+    (the receive thread: ``frames_in``, ``sample_rate_hz``; the worker: everything else)."""
+
     name: str
-    queue: deque = field(default_factory=deque)
-    wake: threading.Event = field(default_factory=threading.Event)
+    queue: QosQueue
+    qos_source: str = "default"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cv: threading.Condition = field(init=False)
+    actions: deque = field(default_factory=deque)
+    sample_rate_hz: float | None = None
     descriptor: dict[str, Any] | None = None
     recon: Reconstructor | None = None
     recon_descriptor: dict[str, Any] | None = None
+    build_error: str | None = None
+    build_failed_at: float = 0.0
     outputs: dict[str, _OutState] = field(default_factory=dict)
     frames_in: int = 0
     frames_done: int = 0
+    unprocessed: int = 0
     outputs_sent: int = 0
-    dropped: int = 0
+    batches: int = 0
     errors: int = 0
+    bad_frames: int = 0
     last_error: str | None = None
     no_recon: bool = False
+    superseded_seen: int = 0
+    busy_since: float | None = None
+    busy_what: str | None = None
     proc_us: deque = field(default_factory=lambda: deque(maxlen=256))
     latency_us: deque = field(default_factory=lambda: deque(maxlen=256))
+    age_ms: deque = field(default_factory=lambda: deque(maxlen=512))
     thread: threading.Thread | None = None
-    dropped_run: tuple[int, int] | None = None  # (first seq, count) dropped since the last queued message
     gaps_forwarded: int = 0
+
+    def __post_init__(self) -> None:
+        self.cv = threading.Condition(self.lock)
 
 
 def _processing_view(desc: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +154,99 @@ def _gap_message(topic: str, stream: str, first_seq: int | None, count: int, rea
                            "reason": reason, "meta": {}})
 
 
+def _pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+class _Publisher:
+    """The one thread that uses the PUB socket: it sends what the workers queue, in order,
+    and runs ``tick`` (the periodic descriptors) about every 0.1 s."""
+
+    def __init__(self, pub: zmq.Socket, tick: Callable[[], None]) -> None:
+        self.pub = pub
+        self.tick = tick
+        self._q: deque[tuple] = deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self.sent = 0
+        self.errors = 0
+        self.high_water = 0
+        self.thread = threading.Thread(target=self._run, name="recon-pub", daemon=True)
+
+    def put(self, parts: tuple) -> None:
+        with self._cv:
+            if self._stop:
+                return
+            self._q.append(parts)
+            if len(self._q) > self.high_water:
+                self.high_water = len(self._q)
+            self._cv.notify()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    def _run(self) -> None:
+        next_tick = 0.0
+        try:
+            while True:
+                with self._cv:
+                    if not self._q and not self._stop:
+                        self._cv.wait(0.1)
+                    batch = list(self._q)
+                    self._q.clear()
+                    stop = self._stop
+                for parts in batch:
+                    try:
+                        self.pub.send_multipart(parts, copy=False)
+                        self.sent += 1
+                    except zmq.ZMQError as exc:
+                        self.errors += 1
+                        log.warning("publish failed: %s", exc)
+                if stop:
+                    if not self._q:
+                        break
+                    continue
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + 0.1
+                    try:
+                        self.tick()
+                    except Exception:  # noqa: BLE001 - the publisher never dies of a timer
+                        log.exception("descriptor timer failed")
+        finally:
+            self.pub.close(200)
+
+    def stop(self, timeout: float) -> None:
+        """Send what is queued, then close the socket (on the publisher thread)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+
 class ReconStage:
-    """Run the reconstruction stage for a rig config."""
+    """Run the reconstruction stage for a rig config.
+
+    Attributes:
+        action_timeout_s: how long (s) a modality action may wait for the stream's worker to
+            take it; then it is cancelled (never applied) and answered ``timeout``. Below the
+            control client's default timeout (5 s), so a client never gives up on an action
+            that is later applied.
+        stuck_after_s: a worker inside one ``process``/``process_batch``/action call longer
+            than this (s) is stuck: the stage reports itself unhealthy.
+        build_stuck_after_s: the same for building a reconstructor (operators, forward solves).
+        rebuild_after_s: after a reconstructor failed to build, frames of the same descriptor
+            are counted as errors without retrying for this long (s).
+        max_streams: most source streams served (each has a thread); messages of further
+            stream names are counted in ``bad_messages`` and skipped.
+    """
+
+    action_timeout_s = 2.0
+    stuck_after_s = 30.0
+    build_stuck_after_s = 600.0
+    rebuild_after_s = 5.0
+    max_streams = 256
 
     def __init__(self, config: RigConfig, context: zmq.Context | None = None) -> None:
         self.config = config
@@ -108,11 +258,14 @@ class ReconStage:
         self.audit = AuditLog(config.security.audit_log)
         self.control = ControlServer(self._dispatch, None, self.audit)
         self.streams: dict[str, _StreamState] = {}
-        self._send_lock = threading.Lock()
+        self._streams_lock = threading.Lock()
+        self._out_lock = threading.Lock()  # every _OutState, and the order messages are queued to publish
         self._halt = threading.Event()
-        self.pub: zmq.Socket | None = None
+        self._publisher: _Publisher | None = None
         self.started = time.monotonic()
-        self.bad_messages = 0
+        self.rx_errors = 0  # messages the subscriber let through but this stage could not use
+        self.last_bad_message: str | None = None
+        self._bad_logged = 0.0
 
     # -- sockets -------------------------------------------------------------------------
     def start(self) -> "ReconStage":
@@ -123,12 +276,12 @@ class ReconStage:
             self.curve = CurveServer(self.config.security, self.ctx)
             self.client_keys = self.curve.client_keys()
             self.control.curve = self.curve
-        self.pub = self.ctx.socket(zmq.PUB)
+        pub = self.ctx.socket(zmq.PUB)
         if self.curve is not None:
-            self.curve.serve(self.pub)
-        self.pub.setsockopt(zmq.SNDHWM, self.config.daemon.sndhwm)
-        self.pub.setsockopt(zmq.LINGER, 200)
-        bind(self.pub, rc.data_endpoint, "recon data", self.curve is not None)
+            self.curve.serve(pub)
+        pub.setsockopt(zmq.SNDHWM, self.config.daemon.sndhwm)
+        pub.setsockopt(zmq.LINGER, 200)
+        bind(pub, rc.data_endpoint, "recon data", self.curve is not None)
         self._ctl = self.ctx.socket(zmq.ROUTER)
         self._ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES + 1024)
         self._ctl.setsockopt(zmq.LINGER, 0)
@@ -137,10 +290,13 @@ class ReconStage:
         try:
             bind(self._ctl, rc.control_endpoint, "recon control", self.curve is not None)
         except Exception:
-            self.pub.close(0)
+            pub.close(0)
             raise
         self.sub = Subscriber(self.config.recon_source, "raw/", errors="skip", context=self.ctx,
                               curve=self.client_keys, on_gap=self._on_source_hole)
+        # sockets are handed to their threads here and used by those threads only
+        self._publisher = _Publisher(pub, self._descriptor_timers)
+        self._publisher.thread.start()
         self._rx = threading.Thread(target=self._receive_loop, name="recon-rx", daemon=True)
         self._rx.start()
         self._ctl_thread = threading.Thread(target=self._control_loop, name="recon-ctl", daemon=True)
@@ -148,55 +304,111 @@ class ReconStage:
         log.info("reconstruction: %s -> %s", self.config.recon_source, rc.data_endpoint)
         return self
 
+    def _stream_list(self) -> list[_StreamState]:
+        with self._streams_lock:
+            return list(self.streams.values())
+
     def shutdown(self, timeout: float = 1.5) -> None:
         self._halt.set()
-        for st in self.streams.values():
-            st.wake.set()
+        streams = self._stream_list()
+        for st in streams:
+            with st.cv:
+                st.cv.notify_all()
         deadline = time.monotonic() + timeout
-        for t in [self._rx, self._ctl_thread, *(s.thread for s in self.streams.values() if s.thread)]:
+        for t in [self._rx, self._ctl_thread, *(s.thread for s in streams if s.thread)]:
             t.join(max(0.05, deadline - time.monotonic()))
-        for st in self.streams.values():
-            self._drop_recon(st)
-        with self._send_lock:
-            for st in self.streams.values():
+        # each worker closed its own reconstructor on its way out; one still inside a call keeps it
+        for st in streams:
+            if st.thread is not None and st.thread.is_alive():
+                log.warning("%s: worker still busy (%s) at shutdown; its reconstructor is not closed",
+                            st.name, st.busy_what)
+        with self._out_lock:
+            for st in streams:
                 for name, out in st.outputs.items():
-                    self._send_control(st, name, out, MessageKind.SERIES_END, reason="reconstruction stage stopped")
-            self.pub.close(200)
+                    self._queue_control(st, name, out, MessageKind.SERIES_END, reason="reconstruction stage stopped")
+        if self._publisher is not None:
+            self._publisher.stop(max(0.5, deadline - time.monotonic()))
         if self.curve is not None:
             self.curve.stop()
 
     # -- receiving -----------------------------------------------------------------------
     def _receive_loop(self) -> None:
-        depth = self.config.recon.queue_depth
         asked: dict[str, float] = {}
-        while not self._halt.is_set():
-            try:
-                msg = self.sub.recv(timeout=0.1)
-            except zmq.ZMQError:
-                break
-            if msg is None:
-                self._descriptor_timers()
-                continue
-            stream = msg.header["stream"]
-            st = self._stream_state(stream)
-            if msg.kind == "frame":
-                st.frames_in += 1
-                if st.descriptor is None and time.monotonic() - asked.get(stream, 0) > 2.0:
-                    asked[stream] = time.monotonic()
-                    threading.Thread(target=self._ask_descriptor, args=(stream,), daemon=True).start()
-                if len(st.queue) >= depth:
-                    st.dropped += 1
-                    st.dropped_run = st.dropped_run or (msg.header["seq"], 0)
-                    st.dropped_run = (st.dropped_run[0], st.dropped_run[1] + 1)
+        try:
+            while not self._halt.is_set():
+                try:
+                    msg = self.sub.recv(timeout=0.1)
+                except zmq.ZMQError:
+                    break  # the context or socket is gone: the stage is stopping
+                except Exception as exc:  # noqa: BLE001 - nothing a publisher sends ends this thread
+                    # HeaderError (the subscriber counts and skips those itself), and whatever
+                    # else a hostile message provokes while decoding: a frame of dtype "O"
+                    # (numpy refuses to wrap the payload: ValueError), odd types (TypeError)...
+                    self._bad_message(exc)
                     continue
-            if st.dropped_run is not None:  # frames this stage dropped: a gap, in order
-                first, n = st.dropped_run
-                st.dropped_run = None
-                st.queue.append(_gap_message(msg.topic, stream, first, n, "reconstruction queue full"))
-            st.queue.append(msg)
-            st.wake.set()
-            self._descriptor_timers()
-        self.sub.close()
+                if msg is None:
+                    continue
+                try:
+                    self._accept(msg, asked)
+                except Exception as exc:  # noqa: BLE001
+                    self._bad_message(exc)
+        finally:
+            self.sub.close()
+
+    def _bad_message(self, exc: BaseException) -> None:
+        self.rx_errors += 1
+        self.last_bad_message = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._bad_logged >= 1.0:  # a flood of garbage does not flood the journal
+            self._bad_logged = now
+            log.warning("skipping undecodable message (%d so far): %s", self.bad_messages, self.last_bad_message)
+
+    @property
+    def bad_messages(self) -> int:
+        """Messages skipped because they could not be decoded (count)."""
+        return self.sub.counters.bad_headers + self.rx_errors
+
+    def _accept(self, msg: Message, asked: dict[str, float]) -> None:
+        """Queue one decoded message on its stream (receive thread)."""
+        h = msg.header
+        stream = h["stream"]
+        if not isinstance(stream, str):
+            raise HeaderError(f"stream name must be a string, got {stream!r}")
+        if msg.kind == "frame":
+            if msg.array is None:
+                raise HeaderError("frame without payload", stream)
+            st = self._stream_state(stream)
+            t_ns = self._frame_time(st, h)
+            st.frames_in += 1
+            if st.descriptor is None and time.monotonic() - asked.get(stream, 0) > 2.0:
+                asked[stream] = time.monotonic()
+                threading.Thread(target=self._ask_descriptor, args=(stream,), daemon=True).start()
+            with st.cv:
+                st.queue.push_frame(_Frame(msg, t_ns), msg.array.nbytes, t_ns, h["seq"])
+                st.cv.notify()
+            return
+        st = self._stream_state(stream)
+        if msg.kind == "descriptor":
+            d = h.get("descriptor") or {}
+            fs = d.get("sample_rate_hz") if isinstance(d, dict) else None
+            st.sample_rate_hz = float(fs) if isinstance(fs, (int, float)) and fs > 0 else None
+        with st.cv:
+            st.queue.push_control(msg)
+            st.cv.notify()
+
+    @staticmethod
+    def _frame_time(st: _StreamState, h: dict[str, Any]) -> int | None:
+        """Acquisition time (ns) of the frame's last sample, or ``None`` when the header's clock is unusable."""
+        t = h.get("t_host_ns")
+        if type(t) is not int:
+            return None
+        fs, axes, shape = st.sample_rate_hz, h.get("axes"), h.get("shape")
+        if fs and isinstance(axes, list) and "sample" in axes and isinstance(shape, list) \
+                and len(shape) == len(axes):
+            n = shape[axes.index("sample")]
+            if type(n) is int and n > 1:
+                t += int((n - 1) * 1e9 / fs)
+        return t
 
     def _ask_descriptor(self, stream: str) -> None:
         """A late joiner asks the daemon to republish the descriptor now."""
@@ -207,49 +419,21 @@ class ReconStage:
         except (DaemonUnreachable, RequestFailed) as exc:
             log.debug("descriptor request for %s failed: %s", stream, exc)
 
-    # -- per-stream worker -----------------------------------------------------------------
-    def _worker(self, st: _StreamState) -> None:
-        while not self._halt.is_set():
-            try:
-                msg: Message = st.queue.popleft()
-            except IndexError:
-                st.wake.wait(0.2)
-                st.wake.clear()
-                continue
-            try:
-                self._handle(st, msg)
-            except Exception as exc:  # noqa: BLE001 - a bad frame never ends the stream
-                st.errors += 1
-                st.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: %s", st.name, st.last_error)
-
-    def _handle(self, st: _StreamState, msg: Message) -> None:
-        h = msg.header
-        kind = h["kind"]
-        if kind == "descriptor" and h.get("descriptor"):
-            if h["descriptor"] != st.descriptor:
-                st.descriptor = h["descriptor"]
-        elif kind == "series_start":
-            for name, out in st.outputs.items():
-                self._send_control(st, name, out, MessageKind.SERIES_END, reason="source series ended")
-            st.outputs.clear()
-        elif kind == "gap":
-            if st.recon is not None:
-                st.recon.on_gap(h["seq"], int(h.get("gap_frames") or 0))
-            self._forward_gap(st, h)
-        elif kind == "series_end":
-            for name, out in st.outputs.items():
-                self._send_control(st, name, out, MessageKind.SERIES_END, reason=h.get("reason") or "source ended")
-            st.outputs.clear()
-        elif kind == "frame":
-            self._frame(st, h, msg.array)
-
     def _stream_state(self, stream: str) -> _StreamState:
         st = self.streams.get(stream)
-        if st is None:
-            st = self.streams[stream] = _StreamState(stream)
-            st.thread = threading.Thread(target=self._worker, args=(st,), name=f"recon-{stream}", daemon=True)
-            st.thread.start()
+        if st is not None:
+            return st
+        with self._streams_lock:
+            st = self.streams.get(stream)
+            if st is None:
+                if len(self.streams) >= self.max_streams:
+                    raise HeaderError(f"more than {self.max_streams} streams; {stream!r} is not served", stream)
+                override = self.config.recon.qos.get(stream)
+                st = _StreamState(stream, QosQueue(resolve_qos(None, override, self.config.recon.queue_depth)),
+                                  qos_source="config" if override is not None else "default")
+                st.thread = threading.Thread(target=self._worker, args=(st,), name=f"recon-{stream}", daemon=True)
+                self.streams[stream] = st
+                st.thread.start()
         return st
 
     def _on_source_hole(self, g: GapInfo) -> None:
@@ -257,7 +441,118 @@ class ReconStage:
         dropped frames): queue it as a gap ahead of the frame that revealed it."""
         if not g.announced:  # announced gaps arrive as messages of their own
             st = self._stream_state(g.stream)
-            st.queue.append(_gap_message(g.topic or f"raw/{g.stream}", g.stream, g.first_seq, g.count, g.reason))
+            with st.cv:
+                st.queue.push_control(_gap_message(g.topic or f"raw/{g.stream}", g.stream, g.first_seq, g.count,
+                                                   g.reason))
+                st.cv.notify()
+
+    # -- per-stream worker -----------------------------------------------------------------
+    def _worker(self, st: _StreamState) -> None:
+        try:
+            while not self._halt.is_set():
+                step = self._next(st)
+                if step is None:
+                    continue
+                if isinstance(step, _Action):
+                    self._run_action(st, step)
+                    continue
+                items, superseded = step
+                if isinstance(items[0], _Frame):
+                    self._frames(st, items, superseded)
+                    continue
+                try:
+                    if isinstance(items[0], Dropped):
+                        self._dropped(st, items[0])
+                    else:
+                        self._handle(st, items[0])
+                except Exception as exc:  # noqa: BLE001 - a bad message never ends the stream
+                    self._error(st, exc)
+        finally:
+            with st.cv:
+                pending, st.actions = list(st.actions), deque()
+            for act in pending:
+                act.future.cancel()  # not started: answered "cancelled", never applied
+            self._drop_recon(st)
+
+    def _next(self, st: _StreamState) -> _Action | tuple[list, int] | None:
+        """The next thing to do: an action, or queue entries (with the frames superseded
+        since the last frames taken); ``None`` after a short wait when there is nothing
+        (or the reconstructor is warming: frames stay queued under the policy)."""
+        with st.cv:
+            if st.actions:
+                return st.actions.popleft()
+            if self._halt.is_set():
+                return None
+            if st.recon is not None and _warming(st.recon):
+                st.cv.wait(0.05)
+                return None
+            items = st.queue.take(time.time_ns())
+            if not items:
+                st.cv.wait(0.2)
+                return None
+            superseded = 0
+            if isinstance(items[0], _Frame):
+                superseded = st.queue.superseded - st.superseded_seen
+                st.superseded_seen = st.queue.superseded
+            return items, superseded
+
+    @contextmanager
+    def _busy(self, st: _StreamState, what: str) -> Iterator[None]:
+        """Mark the worker as inside a reconstructor call (the stuck-worker check)."""
+        st.busy_what, st.busy_since = what, time.monotonic()
+        try:
+            yield
+        finally:
+            st.busy_since, st.busy_what = None, None
+
+    def _error(self, st: _StreamState, exc: BaseException, what: str = "") -> None:
+        st.errors += 1
+        st.last_error = f"{what}{type(exc).__name__}: {exc}"
+        log.warning("%s: %s", st.name, st.last_error)
+
+    def _run_action(self, st: _StreamState, act: _Action) -> None:
+        if not act.future.set_running_or_notify_cancel():
+            return  # its deadline passed before this worker took it: answered, never applied
+        try:
+            if st.recon is None:
+                raise ControlError("unknown_stream", f"no reconstructor is running for stream {st.name!r}")
+            with self._busy(st, f"action {act.action}"):
+                result = st.recon.control(act.action, act.args)
+        except ControlError as exc:
+            act.future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - a reconstructor's refusal is the client's error
+            act.future.set_exception(ControlError("bad_request", f"{st.name}: {exc}"))
+        else:
+            act.future.set_result(result)
+
+    def _handle(self, st: _StreamState, msg: Message) -> None:
+        h = msg.header
+        kind = h["kind"]
+        if kind == "descriptor" and h.get("descriptor"):
+            if h["descriptor"] != st.descriptor:
+                st.descriptor = h["descriptor"]
+                self._ensure_recon(st)  # built now, before its frames: they wait (warming)
+        elif kind == "series_start":
+            self._end_outputs(st, "source series ended")
+        elif kind == "gap":
+            if st.recon is not None:
+                st.recon.on_gap(h["seq"], int(h.get("gap_frames") or 0))
+            self._forward_gap(st, h)
+        elif kind == "series_end":
+            self._end_outputs(st, h.get("reason") or "source ended")
+
+    def _end_outputs(self, st: _StreamState, reason: str) -> None:
+        with self._out_lock:
+            for name, out in st.outputs.items():
+                self._queue_control(st, name, out, MessageKind.SERIES_END, reason=reason)
+            st.outputs.clear()
+
+    def _dropped(self, st: _StreamState, d: Dropped) -> None:
+        """Frames this stage's queue dropped (age or bound): a gap, in order, like a source gap."""
+        if st.recon is not None:
+            st.recon.on_gap(d.first_seq, d.count)
+        self._forward_gap(st, {"seq": d.first_seq or 0, "gap_frames": d.count,
+                               "reason": f"dropped by the reconstruction stage ({d.reason})", "meta": {}})
 
     def _forward_gap(self, st: _StreamState, h: dict[str, Any]) -> None:
         """A source gap reaches every output of the stream as a samples-only ``gap``
@@ -272,40 +567,54 @@ class ReconStage:
         meta = {"source_seq": h["seq"], "source_gap_frames": n}
         if lost is not None:
             meta["lost_samples"] = lost
-        with self._send_lock:
+        with self._out_lock:
             for name, out in st.outputs.items():
-                self._send_control(st, name, out, MessageKind.GAP, gap_frames=0, reason=reason, meta=meta)
+                self._queue_control(st, name, out, MessageKind.GAP, gap_frames=0, reason=reason, meta=meta)
         st.gaps_forwarded += 1
+
+    def _set_policy(self, st: _StreamState, cls: type[Reconstructor] | None) -> None:
+        policy = resolve_qos(cls, self.config.recon.qos.get(st.name), self.config.recon.queue_depth)
+        with st.cv:
+            if policy != st.queue.policy:
+                st.queue.set_policy(policy)
 
     def _ensure_recon(self, st: _StreamState) -> Reconstructor | None:
         if st.descriptor is None:
             return None
-        if st.recon is not None and st.recon_descriptor is not None and (
+        if st.recon_descriptor is not None and (
                 st.recon_descriptor is st.descriptor  # the per-frame case: nothing new arrived
                 or _processing_view(st.recon_descriptor) == _processing_view(st.descriptor)):
             st.recon_descriptor = st.descriptor  # only live device state in meta changed
-            return st.recon
+            if st.recon is not None or st.no_recon:
+                return st.recon
+            if st.build_error is not None and time.monotonic() - st.build_failed_at < self.rebuild_after_s:
+                raise ReconstructorError(f"no reconstructor ({st.build_error})")
+        st.recon_descriptor = st.descriptor
+        st.build_error = None
         desc = StreamDescriptor.model_validate(st.descriptor)
         cls = reconstructor_class(desc.modality)
-        st.recon_descriptor = st.descriptor
         if cls is None:
             if not st.no_recon:
                 log.info("%s: no reconstructor for modality %r; not reconstructed", st.name, desc.modality)
             st.no_recon = True
             self._drop_recon(st)
+            self._set_policy(st, None)
             return None
+        st.no_recon = False
+        self._set_policy(st, cls)
         t0 = time.perf_counter()
-        old = st.recon
+        old, st.recon = st.recon, None  # never feed the new descriptor's frames to the old reconstructor
         try:
-            st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
-        except Exception:
-            st.recon = None  # never feed the new descriptor's frames to the old reconstructor
+            with self._busy(st, "build"):
+                st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
+        except Exception as exc:
+            st.build_error, st.build_failed_at = f"{type(exc).__name__}: {exc}", time.monotonic()
             raise
         finally:  # closed after its replacement is built, so shared resources (a port) carry over
             if old is not None:
                 _close_recon(old, st.name)
-        st.no_recon = False
-        log.info("%s: %s ready in %.3f s", st.name, cls.__name__, time.perf_counter() - t0)
+        log.info("%s: %s ready in %.3f s (%s)", st.name, cls.__name__, time.perf_counter() - t0,
+                 st.queue.policy.policy)
         return st.recon
 
     def _drop_recon(self, st: _StreamState) -> None:
@@ -314,10 +623,7 @@ class ReconStage:
         if old is not None:
             _close_recon(old, st.name)
 
-    def _frame(self, st: _StreamState, h: dict[str, Any], frame: np.ndarray | None) -> None:
-        recon = self._ensure_recon(st)
-        if recon is None or frame is None:
-            return
+    def _check_frame(self, recon: Reconstructor, h: dict[str, Any], frame: np.ndarray) -> None:
         d = recon.descriptor
         if np.dtype(h["dtype"]) != np.dtype(d.dtype) or len(frame.shape) != len(d.shape) or any(
             a != b for a, b in zip(frame.shape, d.shape) if b != -1
@@ -326,29 +632,93 @@ class ReconStage:
                 f"frame seq {h['seq']} is {h['dtype']} {list(frame.shape)} but the descriptor says "
                 f"{d.dtype} {d.shape}; frame skipped"
             )
-        t0 = time.perf_counter_ns()
-        outputs = recon.process(h, frame)
-        st.proc_us.append((time.perf_counter_ns() - t0) / 1000)
-        st.frames_done += 1
+
+    def _frames(self, st: _StreamState, frames: list[_Frame], superseded: int) -> None:
+        """A run of consecutive frames (at most the policy's ``max_batch``)."""
+        try:
+            recon = self._ensure_recon(st)
+        except Exception as exc:  # noqa: BLE001 - each frame that cannot be reconstructed is an error
+            for _ in frames:
+                self._error(st, exc)
+            return
+        if recon is None:
+            st.unprocessed += len(frames)
+            return
+        if superseded:
+            try:
+                recon.on_superseded(superseded)
+            except Exception as exc:  # noqa: BLE001
+                self._error(st, exc, "on_superseded: ")
+        good: list[_Frame] = []
+        for f in frames:
+            try:
+                self._check_frame(recon, f.msg.header, f.msg.array)
+                good.append(f)
+            except Exception as exc:  # noqa: BLE001
+                st.bad_frames += 1
+                self._error(st, exc)
+        if not good:
+            return
+        now = time.time_ns()
+        ages = [(now - f.t_ns) / 1e6 for f in good if f.t_ns is not None]
+        with st.lock:
+            st.age_ms.extend(ages)
+        if len(good) > 1 and type(recon).process_batch is not Reconstructor.process_batch:
+            t0 = time.perf_counter_ns()
+            try:
+                with self._busy(st, "process_batch"):
+                    results = recon.process_batch([f.msg.header for f in good], [f.msg.array for f in good])
+                if len(results) != len(good):
+                    raise ReconstructorError(f"process_batch returned {len(results)} results for {len(good)} frames")
+            except Exception as exc:  # noqa: BLE001 - a bad batch never ends the stream
+                for _ in good:
+                    self._error(st, exc, f"batch of {len(good)}: ")
+                return
+            per = (time.perf_counter_ns() - t0) / 1000 / len(good)
+            with st.lock:
+                st.proc_us.extend([per] * len(good))
+            st.frames_done += len(good)
+            st.batches += 1
+            for f, outs in zip(good, results):
+                self._publish_all(st, f.msg.header, outs)
+            return
+        for f in good:
+            t0 = time.perf_counter_ns()
+            try:
+                with self._busy(st, "process"):
+                    outs = recon.process(f.msg.header, f.msg.array)
+            except Exception as exc:  # noqa: BLE001 - a bad frame never ends the stream
+                self._error(st, exc)
+                continue
+            with st.lock:
+                st.proc_us.append((time.perf_counter_ns() - t0) / 1000)
+            st.frames_done += 1
+            st.batches += 1
+            self._publish_all(st, f.msg.header, outs)
+
+    def _publish_all(self, st: _StreamState, h: dict[str, Any], outputs: list[Output]) -> None:
         src = SourceRef(stream=st.name, series=h["series"], seq=h["seq"], t_host_ns=h["t_host_ns"],
                         t_mono_ns=h["t_mono_ns"], t_device=h.get("t_device"))
         for out in outputs:
-            self._publish(st, out, src, h["series"])
+            try:
+                self._publish(st, out, src, h["series"])
+            except Exception as exc:  # noqa: BLE001 - an unpublishable output is that frame's error
+                self._error(st, exc, f"output {out.name!r}: ")
 
-    # -- publishing ------------------------------------------------------------------------
+    # -- publishing (workers queue, the publisher thread sends) ----------------------------
     def _out_stream(self, st: _StreamState, name: str) -> str:
         return f"{st.name}/{name}" if name else st.name
 
     def _publish(self, st: _StreamState, out: Output, src: SourceRef, source_series: str) -> None:
         data = np.ascontiguousarray(out.data)
         stream = self._out_stream(st, out.name)
-        o = st.outputs.get(out.name)
-        with self._send_lock:
+        with self._out_lock:
+            o = st.outputs.get(out.name)
             if o is None:
                 series = str(uuid.uuid5(uuid.UUID(source_series) if _is_uuid(source_series) else uuid.NAMESPACE_OID,
                                         out.name or "main"))
                 o = st.outputs[out.name] = _OutState(series)
-                self._send_control(st, out.name, o, MessageKind.SERIES_START)
+                self._queue_control(st, out.name, o, MessageKind.SERIES_START)
             sig = (data.dtype.str, data.shape, tuple(out.axes), out.units)
             if sig != o.signature:
                 o.signature = sig
@@ -358,33 +728,37 @@ class ReconStage:
                     dtype=data.dtype.str, shape=list(data.shape), axes=out.axes, units=out.units,
                     geometry=out.descriptor_meta.pop("geometry", {}), meta={"source": st.name, **out.descriptor_meta},
                 )
-                self._send_control(st, out.name, o, MessageKind.DESCRIPTOR, descriptor=o.descriptor)
+                self._queue_control(st, out.name, o, MessageKind.DESCRIPTOR, descriptor=o.descriptor)
                 o.last_descriptor = time.monotonic()
             h = StreamHeader(stream=stream, kind=MessageKind.FRAME, series=o.series, seq=o.seq, dtype=data.dtype.str,
                              shape=list(data.shape), axes=out.axes, units=out.units, t_host_ns=src.t_host_ns,
                              t_mono_ns=src.t_mono_ns, t_device=src.t_device, source=src, meta=out.meta or {})
-            h_bytes = encode_header(h)
-            # recon headers carry the *source* acquisition clocks in t_*; the publish time goes in meta
-            self.pub.send_multipart((f"recon/{stream}".encode(), h_bytes, data), copy=False)
+            # recon headers carry the *source* acquisition clocks in t_*
+            assert self._publisher is not None
+            self._publisher.put((f"recon/{stream}".encode(), encode_header(h), data))
             o.seq += 1
-            st.outputs_sent += 1
+        st.outputs_sent += 1
+        with st.lock:
             st.latency_us.append((time.monotonic_ns() - src.t_mono_ns) / 1000)
 
-    def _send_control(self, st: _StreamState, name: str, o: _OutState, kind: MessageKind, **fields: Any) -> None:
+    def _queue_control(self, st: _StreamState, name: str, o: _OutState, kind: MessageKind, **fields: Any) -> None:
+        """Queue a control message of output ``name`` (caller holds the output lock)."""
         stream = self._out_stream(st, name)
         h = StreamHeader(stream=stream, kind=kind, series=o.series, seq=o.seq, t_host_ns=time.time_ns(),
                          t_mono_ns=time.monotonic_ns(), **fields)
-        assert self.pub is not None
-        self.pub.send_multipart((f"recon/{stream}".encode(), encode_header(h)))
+        assert self._publisher is not None
+        self._publisher.put((f"recon/{stream}".encode(), encode_header(h)))
 
     def _descriptor_timers(self) -> None:
+        """Republish each output's descriptor every ``descriptor_interval_s`` (publisher thread)."""
         now = time.monotonic()
         every = self.config.daemon.descriptor_interval_s
-        with self._send_lock:
-            for st in list(self.streams.values()):
-                for name, o in list(st.outputs.items()):
+        streams = self._stream_list()
+        with self._out_lock:
+            for st in streams:
+                for name, o in st.outputs.items():
                     if o.descriptor is not None and now - o.last_descriptor >= every:
-                        self._send_control(st, name, o, MessageKind.DESCRIPTOR, descriptor=o.descriptor)
+                        self._queue_control(st, name, o, MessageKind.DESCRIPTOR, descriptor=o.descriptor)
                         o.last_descriptor = now
 
     # -- control -------------------------------------------------------------------------
@@ -396,40 +770,91 @@ class ReconStage:
         return self.control.handle_raw(body, who)
 
     def _dispatch(self, req: Any) -> Any:
-        """The stage's answer to one authorised request (ping, status, list, action)."""
+        """The stage's answer to one authorised request (ping, status, list, action). Runs on
+        the control thread and never waits: an action is queued to the stream's worker and
+        answered when it ran there (:class:`Deferred`)."""
         if isinstance(req, PingRequest):
             return {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns()}
         if isinstance(req, StatusRequest):
             return self.status()
         if isinstance(req, ListRequest):
-            return {"streams": sorted(self.streams)}
+            return {"streams": sorted(st.name for st in self._stream_list())}
         if isinstance(req, ActionRequest):
-            st = self.streams.get(req.target)
-            if st is None or st.recon is None:
+            with self._streams_lock:
+                st = self.streams.get(req.target)
+            if st is None or (st.recon is None and st.busy_what != "build"):
                 raise ControlError("unknown_stream", f"no reconstructor is running for stream {req.target!r}")
-            try:
-                return st.recon.control(req.action, req.args)
-            except Exception as exc:  # noqa: BLE001 - a reconstructor's refusal is the client's error
-                raise ControlError("bad_request", f"{req.target}: {exc}") from None
+            act = _Action(req.action, dict(req.args or {}))
+            with st.cv:
+                st.actions.append(act)
+                st.cv.notify()
+            return Deferred(act.future, self.action_timeout_s, what=f"{req.target}: {req.action}")
         raise ControlError("unknown_command", f"the reconstruction stage does not handle {req.cmd!r}")
 
+    def _stream_status(self, st: _StreamState, now: float) -> dict[str, Any]:
+        with st.lock:  # a consistent snapshot: the worker and the receive thread change these under it
+            q = st.queue
+            policy = q.policy
+            qs = {"superseded": q.superseded, "lost": q.lost, "queue_frames": q.frames, "queue_bytes": q.bytes,
+                  "queue_depth": len(q), "queue_high_water": q.high_water, "actions_pending": len(st.actions)}
+            proc, lat, age = list(st.proc_us), list(st.latency_us), list(st.age_ms)
+        with self._out_lock:
+            outs = sorted(f"recon/{self._out_stream(st, n)}" for n in st.outputs)
+        recon = st.recon
+        busy_since, busy_what = st.busy_since, st.busy_what
+        busy_s = None if busy_since is None else round(now - busy_since, 3)
+        return {
+            "reconstructor": type(recon).__name__ if recon else None,
+            "policy": policy.policy, "qos": policy.model_dump(), "qos_source": st.qos_source,
+            "warming": busy_what == "build" or (recon is not None and _warming(recon)),
+            "frames_in": st.frames_in, "frames_done": st.frames_done, "unprocessed": st.unprocessed,
+            "outputs": st.outputs_sent, "batches": st.batches, **qs, "dropped": qs["lost"],
+            "gaps_forwarded": st.gaps_forwarded, "errors": st.errors, "bad_frames": st.bad_frames,
+            "last_error": st.last_error,
+            "age_ms_p50": _pct(age, 50), "age_ms_p99": _pct(age, 99),
+            "proc_us_p50": _pct(proc, 50), "proc_us_p99": _pct(proc, 99),
+            "latency_us_p50": _pct(lat, 50), "latency_us_p99": _pct(lat, 99),
+            "busy": busy_what, "busy_s": busy_s, "stuck": self._stuck(busy_what, busy_s),
+            "outputs_streams": outs,
+        }
+
+    def _stuck(self, what: str | None, busy_s: float | None) -> bool:
+        if what is None or busy_s is None:
+            return False
+        return busy_s > (self.build_stuck_after_s if what == "build" else self.stuck_after_s)
+
+    def health(self) -> list[str]:
+        """What is wrong with the stage now (empty: healthy): a dead receive, publisher or
+        worker thread, or a worker stuck inside one reconstructor call."""
+        if self._halt.is_set():
+            return []
+        problems = []
+        if not hasattr(self, "_rx"):
+            return ["not started"]
+        if not self._rx.is_alive():
+            problems.append("receive thread stopped")
+        if self._publisher is None or not self._publisher.thread.is_alive():
+            problems.append("publisher thread stopped")
+        now = time.monotonic()
+        for st in self._stream_list():
+            if st.thread is not None and not st.thread.is_alive():
+                problems.append(f"{st.name}: worker thread stopped")
+            what, since = st.busy_what, st.busy_since
+            busy_s = None if since is None else now - since
+            if self._stuck(what, busy_s):
+                problems.append(f"{st.name}: worker stuck in {what} for {busy_s:.0f} s")
+        return problems
+
     def status(self) -> dict[str, Any]:
-        out = {}
-        for name, st in self.streams.items():
-            p = np.fromiter(st.proc_us, float) if st.proc_us else np.zeros(0)
-            lat = np.fromiter(st.latency_us, float) if st.latency_us else np.zeros(0)
-            out[name] = {
-                "reconstructor": type(st.recon).__name__ if st.recon else None,
-                "frames_in": st.frames_in, "frames_done": st.frames_done, "outputs": st.outputs_sent,
-                "dropped": st.dropped, "gaps_forwarded": st.gaps_forwarded, "errors": st.errors, "last_error": st.last_error, "queue_depth": len(st.queue),
-                "proc_us_p50": float(np.percentile(p, 50)) if p.size else None,
-                "proc_us_p99": float(np.percentile(p, 99)) if p.size else None,
-                "latency_us_p50": float(np.percentile(lat, 50)) if lat.size else None,
-                "latency_us_p99": float(np.percentile(lat, 99)) if lat.size else None,
-                "outputs_streams": sorted(f"recon/{self._out_stream(st, n)}" for n in st.outputs),
-            }
-        return {"uptime_s": round(time.monotonic() - self.started, 3), "streams": out,
-                "bad_messages": self.sub.counters.bad_headers}
+        now = time.monotonic()
+        out = {st.name: self._stream_status(st, now) for st in self._stream_list()}
+        problems = self.health()
+        pub = self._publisher
+        return {"uptime_s": round(now - self.started, 3), "streams": out,
+                "bad_messages": self.bad_messages, "last_bad_message": self.last_bad_message,
+                "healthy": not problems, "problems": problems,
+                "publish_queue": pub.pending if pub else 0, "publish_queue_high_water": pub.high_water if pub else 0,
+                "publish_errors": pub.errors if pub else 0}
 
     def run_forever(self, duration_s: float | None = None) -> None:
         import signal
@@ -441,10 +866,18 @@ class ReconStage:
         n = Notifier()
         n.notify("READY=1", "STATUS=reconstructing")
         wd = watchdog_interval_s()
+        said = "reconstructing"
         try:
             end = None if duration_s is None else time.monotonic() + duration_s
             while not stop.is_set() and (end is None or time.monotonic() < end):
-                if wd is not None and self._rx.is_alive():
+                problems = self.health()
+                state = "reconstructing" if not problems else "UNHEALTHY: " + "; ".join(problems)
+                if state != said:
+                    said = state
+                    n.notify(f"STATUS={state}")
+                    if problems:
+                        log.error("reconstruction stage unhealthy: %s", "; ".join(problems))
+                if wd is not None and not problems:  # a stuck worker starves the watchdog: systemd restarts us
                     n.notify("WATCHDOG=1")
                 stop.wait(min(wd or 0.5, 0.5))
         finally:
@@ -452,6 +885,13 @@ class ReconStage:
             self.shutdown()
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _warming(recon: Reconstructor) -> bool:
+    try:
+        return bool(recon.warming)
+    except Exception:  # noqa: BLE001 - a broken property must not stop the stream
+        return False
 
 
 def _close_recon(recon: Reconstructor, stream: str) -> None:

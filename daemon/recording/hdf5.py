@@ -55,10 +55,20 @@ __all__ = ["RECORDING_FORMAT", "Hdf5RecordingWriter", "check_recording", "open_r
 RECORDING_FORMAT = 1
 
 def open_recording(path: str | os.PathLike[str]) -> Any:
-    """Recover if needed, then open a recording read-only (an ``h5py.File``)."""
+    """Recover if needed, then open a recording read-only (an ``h5py.File``).
+
+    Raises ``ValueError`` for an empty file (a recorder killed before its header commit).
+    """
+    recover(path)
+    return _open_h5(path)
+
+
+def _open_h5(path: str | os.PathLike[str]) -> Any:
     import h5py
 
-    recover(path)
+    if os.path.getsize(path) == 0:  # created, then stopped before the header commit reached the disk
+        raise ValueError(f"{os.fspath(path)} is empty: its recorder stopped before writing the file header "
+                         "(nothing was recorded)")
     return h5py.File(os.fspath(path), "r")
 
 
@@ -66,14 +76,13 @@ def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Recover, open and verify a recording: every count matches its datasets.
 
     Returns a summary: ``{"recovery", "complete", "checkpoints", "streams": {topic:
-    {"frames", "gap_frames", "gaps", "series", "blocks"}}, "problems": [...]}``.
+    {"frames", "gap_frames", "gaps", "series", "blocks"}}, "problems": [...]}``. Raises
+    ``ValueError`` for an empty file, ``OSError`` for one that is not HDF5.
     """
     rec = recover(path)
     problems: list[str] = []
     streams: dict[str, Any] = {}
-    import h5py
-
-    with h5py.File(os.fspath(path), "r") as f:
+    with _open_h5(path) as f:
         root = dict(f.attrs)
         for prefix in f:
             for name, g in f[prefix].items():
@@ -164,8 +173,11 @@ class _Stream:
 class Hdf5RecordingWriter:
     """Writes one recording (layout in the module doc). Not thread-safe: one thread owns it.
 
+    The file's header is committed at once: from then on it opens with any HDF5 reader.
+
     Args:
-        path: the ``.h5`` file (created; an existing file is replaced).
+        path: the ``.h5`` file (created; an existing file is replaced, unless another writer holds
+            it: then :class:`~medacq.daemon.recording.wal.FileLockedError` and the file is untouched).
         attrs: extra root attributes (topics, endpoints...).
         durable: ``fsync`` at each checkpoint (survives power loss, not just ``kill -9``).
         target_chunk_bytes: chunk size aimed at along the frame axis.
@@ -178,19 +190,32 @@ class Hdf5RecordingWriter:
         self.path = os.fspath(path)
         self.durable = durable
         self.target_chunk_bytes = target_chunk_bytes
-        self._file = CheckpointedFile(self.path, create=True)
-        self.h5 = h5py.File(self._file, "w")
-        a = self.h5.attrs
-        a["NX_class"] = "NXroot"
-        a["creator"] = "medacq"
-        a["medacq_recording_format"] = RECORDING_FORMAT
-        a["file_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        a["started_t_host_ns"] = time.time_ns()
-        a["complete"] = False
-        a["checkpoints"] = 0
-        a["frames"] = 0
-        for k, v in (attrs or {}).items():
-            a[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+        self._file = CheckpointedFile(self.path, create=True, durable=durable)
+        try:
+            self.h5 = h5py.File(self._file, "w")
+            a = self.h5.attrs
+            a["NX_class"] = "NXroot"
+            a["creator"] = "medacq"
+            a["medacq_recording_format"] = RECORDING_FORMAT
+            a["file_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            a["started_t_host_ns"] = time.time_ns()
+            a["complete"] = False
+            a["checkpoints"] = 0
+            a["frames"] = 0
+            for k, v in (attrs or {}).items():
+                a[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+            # the header commit: from here on the file opens with any HDF5 reader (no streams yet)
+            self.h5.flush()
+            self._file.commit(durable)
+        except BaseException:  # a failed start leaves no file handle (and no lock) behind
+            h5 = getattr(self, "h5", None)
+            if h5 is not None:
+                try:
+                    h5.close()  # (into memory only: nothing reaches the disk without a commit)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+            self._file.close()
+            raise
         self.streams: dict[str, _Stream] = {}
         self.frames_committed = 0
         self.gaps_committed = 0
@@ -220,10 +245,15 @@ class Hdf5RecordingWriter:
         s = st.series.get(uuid)
         if s is None:
             idx = len(st.series)
-            g = st.group["series"].create_group(f"{idx:04d}")
-            g.attrs.update({"NX_class": "NXcollection", "series": uuid, "start_seq": int(header["seq"]),
-                            "start_t_host_ns": int(header["t_host_ns"]), "end_t_host_ns": 0, "end_reason": "",
-                            "frames": 0, "blocks": "[]", "joined_mid_series": joined, "descriptor": "null"})
+            name = f"{idx:04d}"
+            g = st.group["series"].create_group(name)
+            try:
+                g.attrs.update({"NX_class": "NXcollection", "series": uuid, "start_seq": int(header["seq"]),
+                                "start_t_host_ns": int(header["t_host_ns"]), "end_t_host_ns": 0, "end_reason": "",
+                                "frames": 0, "blocks": "[]", "joined_mid_series": joined, "descriptor": "null"})
+            except BaseException:
+                del st.group["series"][name]  # a refused message leaves no half-made series behind
+                raise
             s = st.series[uuid] = _Series(idx, uuid, g)
             st.group.attrs["series_count"] = len(st.series)
             if st.descriptor is not None and st.descriptor.get("stream") == header.get("stream"):
@@ -235,26 +265,36 @@ class Hdf5RecordingWriter:
         key = (arr.dtype.str, arr.shape, tuple(h.get("axes") or ()), h.get("units") or "")
         b = st.blocks.get(key)
         if b is None:
+            if arr.dtype.kind not in "biufc" or arr.dtype.itemsize == 0:
+                raise ValueError(f"frames of dtype {arr.dtype.str} are not recorded (numeric dtypes only)")
             name = f"data_{len(st.blocks):03d}"
             g = st.group.create_group(name)
-            axes = list(h.get("axes") or [f"axis{i}" for i in range(arr.ndim)])
-            g.attrs.update({"NX_class": "NXdata", "signal": "frames", "dtype": arr.dtype.str,
-                            "frame_shape": json.dumps(list(arr.shape)), "axes": json.dumps(["frame", *axes]),
-                            "units": key[3], "frame_count": 0})
-            per = max(1, arr.nbytes)
-            k = int(max(1, min(4096, self.target_chunk_bytes // per)))
-            ds = g.create_dataset("frames", shape=(0, *arr.shape), maxshape=(None, *arr.shape),
-                                  chunks=(k, *arr.shape), dtype=arr.dtype)
-            ds.attrs["units"] = key[3]
-            ds.attrs["axes"] = json.dumps(["frame", *axes])
-            kk = max(k, 1024)
-            for name_, dt in (("seq", "<u8"), ("series_index", "<i4"), ("t_host_ns", "<i8"), ("t_mono_ns", "<i8"),
-                              ("t_device", "<f8")):
-                g.create_dataset(name_, shape=(0,), maxshape=(None,), chunks=(kk,), dtype=dt)
-            g["t_host_ns"].attrs["units"] = "ns (CLOCK_REALTIME)"
-            g["t_mono_ns"].attrs["units"] = "ns (CLOCK_MONOTONIC)"
+            try:
+                self._block_datasets(g, key[3], h, arr)
+            except BaseException:
+                del st.group[name]  # a refused frame leaves no half-made block behind
+                raise
             b = st.blocks[key] = _Block(g, name)
         return b
+
+    def _block_datasets(self, g: Any, units: str, h: dict[str, Any], arr: np.ndarray) -> None:
+        """The attributes and datasets of a new ``data_NNN`` block ``g`` for frames like ``arr``."""
+        axes = list(h.get("axes") or [f"axis{i}" for i in range(arr.ndim)])
+        g.attrs.update({"NX_class": "NXdata", "signal": "frames", "dtype": arr.dtype.str,
+                        "frame_shape": json.dumps(list(arr.shape)), "axes": json.dumps(["frame", *axes]),
+                        "units": units, "frame_count": 0})
+        per = max(1, arr.nbytes)
+        k = int(max(1, min(4096, self.target_chunk_bytes // per)))
+        ds = g.create_dataset("frames", shape=(0, *arr.shape), maxshape=(None, *arr.shape),
+                              chunks=(k, *arr.shape), dtype=arr.dtype)
+        ds.attrs["units"] = units
+        ds.attrs["axes"] = json.dumps(["frame", *axes])
+        kk = max(k, 1024)
+        for name_, dt in (("seq", "<u8"), ("series_index", "<i4"), ("t_host_ns", "<i8"), ("t_mono_ns", "<i8"),
+                          ("t_device", "<f8")):
+            g.create_dataset(name_, shape=(0,), maxshape=(None,), chunks=(kk,), dtype=dt)
+        g["t_host_ns"].attrs["units"] = "ns (CLOCK_REALTIME)"
+        g["t_mono_ns"].attrs["units"] = "ns (CLOCK_MONOTONIC)"
 
     # -- messages -------------------------------------------------------------------------
     def message(self, topic: str, h: dict[str, Any], arr: np.ndarray | None) -> None:
@@ -262,10 +302,10 @@ class Hdf5RecordingWriter:
         kind = h["kind"]
         st = self._stream(topic, h["stream"])
         if kind == "frame" and arr is not None:
+            b = self._block(st, h, arr)  # first: a frame it refuses leaves no series behind
             s = st.series.get(h["series"])
             if s is None:
                 s = self._series(st, h["series"], h, joined=True)
-            b = self._block(st, h, arr)
             if b.name not in s.blocks:
                 s.blocks.append(b.name)
                 s.group.attrs["blocks"] = json.dumps(s.blocks)

@@ -1,12 +1,16 @@
 """Crash-safe file I/O for recordings: a file object whose changes reach disk only at checkpoints, through a write-ahead log.
 
-A :class:`Recorder` is one more subscriber (its own SUB sockets, its own thread): it can
-never stall acquisition. It buffers the frames of one flush interval in memory, then at
-each *checkpoint* appends them to resizable, chunked HDF5 datasets (h5py) and commits.
+The HDF5 writer (:mod:`~medacq.daemon.recording.hdf5`) buffers the frames of one flush
+interval, appends them to its h5py file at each *checkpoint*, and commits: h5py writes into a
+:class:`CheckpointedFile`, and :meth:`CheckpointedFile.commit` publishes the result atomically
+with respect to ``kill -9`` and, with ``durable``, power loss (the log and the directory entries
+are fsynced in the order ``docs/operations.md`` describes). A file has one writer: an exclusive
+``flock``, taken before anything is truncated.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import os
@@ -16,7 +20,7 @@ from typing import Any
 
 
 
-__all__ = ["CheckpointedFile", "recover", "wal_path"]
+__all__ = ["CheckpointedFile", "FileLockedError", "recover", "wal_path"]
 
 _PAGE = 4096
 _WAL_MAGIC = b"MEDACQWL"
@@ -25,16 +29,51 @@ _WAL_EXT = struct.Struct("<cQQ")  # b"E", offset, length
 _WAL_END = struct.Struct("<cI")  # b"C", crc32 of everything before
 
 
+class FileLockedError(RuntimeError):
+    """The file is held (``flock``) by another writer, in this process or another."""
+
+
 def wal_path(path: str | os.PathLike[str]) -> str:
     return os.fspath(path) + ".wal"
 
 
+# Every call that changes a file or a directory goes through one of these (the crash tests replace
+# them to interrupt a commit at any of them, and to drop what was not fsynced).
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     mv = memoryview(data)
     while len(mv):
         n = os.pwrite(fd, mv, offset)
         mv = mv[n:]
         offset += n
+
+
+def _ftruncate(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _create_log(path: str) -> int:
+    """Create (or empty) the write-ahead log; returns its descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
+def _unlink(path: str) -> None:
+    os.unlink(path)
+
+
+def _fsync_dir(path: str) -> None:
+    """fsync the directory holding ``path``: a file's creation or removal reaches the disk only so."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # a file system without directory fsync (some network ones)
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 # -- crash-consistent file object ---------------------------------------------------------
@@ -46,24 +85,45 @@ class CheckpointedFile(io.RawIOBase):
     content. :meth:`commit` publishes all of it atomically with respect to ``kill -9``
     (and to power loss when ``durable``) through a write-ahead log; see the module doc.
     Memory use is the size of one checkpoint's changes.
+
+    Args:
+        path: the file.
+        create: start from an empty file (an existing one is emptied, together with any
+            leftover log) instead of recovering and continuing it.
+        durable: with ``create``, fsync the emptied file and its directory.
+
+    Raises :class:`FileLockedError` when another :class:`CheckpointedFile` (in any process)
+    has the file open: its content is left untouched (the lock is taken before anything is
+    truncated).
     """
 
-    def __init__(self, path: str | os.PathLike[str], create: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], create: bool = False, durable: bool = True) -> None:
         super().__init__()
         self.path = os.fspath(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if create else 0), 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no O_TRUNC: lock first
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise RuntimeError(f"{self.path} is being written by another recorder") from None
-        if create:
-            try:
-                os.unlink(wal_path(self.path))
-            except FileNotFoundError:
-                pass
-        else:
-            _recover_locked(self.path, self._fd)
+            raise FileLockedError(f"{self.path} is being written by another recorder; it was left untouched") from None
+        try:
+            if create:
+                try:  # first: a leftover log must never be replayed onto the new file
+                    _unlink(wal_path(self.path))
+                    if durable:
+                        _fsync_dir(self.path)
+                except FileNotFoundError:
+                    pass
+                if os.fstat(self._fd).st_size:
+                    _ftruncate(self._fd, 0)
+                if durable:
+                    _fsync(self._fd)
+                    _fsync_dir(self.path)
+            else:
+                _recover_locked(self.path, self._fd)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._disk = os.fstat(self._fd).st_size  # committed size
         self._lbase = self._disk  # logical offset where the in-memory tail starts
         self._patches: dict[int, bytearray] = {}
@@ -181,9 +241,19 @@ class CheckpointedFile(io.RawIOBase):
         if not self.dirty:
             return 0
         new_size = self.size
-        extents: list[tuple[int, bytes | memoryview]] = [
-            (pg * _PAGE, p) for pg, p in sorted(self._patches.items())
-        ]
+        extents: list[tuple[int, bytes | memoryview]] = []
+        run: list[bytearray] = []  # adjacent pages become one extent: one log record, one write
+        start = end = 0
+        for pg, p in sorted(self._patches.items()):
+            if run and pg * _PAGE != end:
+                extents.append((start, b"".join(run)))
+                run = []
+            if not run:
+                start = pg * _PAGE
+            run.append(p)
+            end = pg * _PAGE + len(p)
+        if run:
+            extents.append((start, b"".join(run)))
         pre: tuple[int, memoryview] | None = None
         if self._tail:
             split = max(0, min(len(self._tail), self._disk - self._lbase))
@@ -192,14 +262,19 @@ class CheckpointedFile(io.RawIOBase):
             if split < len(self._tail):
                 pre = (self._lbase + split, memoryview(self._tail)[split:])
         wpath = wal_path(self.path)
-        wfd = os.open(wpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        wfd = _create_log(wpath)
+        log_on_disk = False  # durable: the log and its directory entry are fsynced
         try:
             hdr = _WAL_HDR.pack(_WAL_MAGIC, 1, self._disk, new_size)
-            os.write(wfd, hdr)  # 1. the log names the committed size first
+            _pwrite_all(wfd, hdr, 0)  # 1. the log names the committed size first
             if pre is not None:  # 2. new bytes past the committed end: invisible to HDF5 until 4.
+                if durable:  # the log must survive power loss before the file grows: it says where to cut
+                    _fsync(wfd)
+                    _fsync_dir(wpath)
+                    log_on_disk = True
                 _pwrite_all(self._fd, pre[1], pre[0])
                 if durable:
-                    os.fsync(self._fd)
+                    _fsync(self._fd)
             crc = zlib.crc32(hdr)
             off = len(hdr)
             for o, data in extents:  # 3. in-place changes, then the commit record
@@ -210,16 +285,20 @@ class CheckpointedFile(io.RawIOBase):
                 off += len(rec) + len(data)
             _pwrite_all(wfd, _WAL_END.pack(b"C", crc), off)
             if durable:
-                os.fsync(wfd)
+                _fsync(wfd)
+                if not log_on_disk:
+                    _fsync_dir(wpath)
             for o, data in extents:  # 4. apply
                 _pwrite_all(self._fd, data, o)
             if os.fstat(self._fd).st_size != new_size:
-                os.ftruncate(self._fd, new_size)
+                _ftruncate(self._fd, new_size)
             if durable:
-                os.fsync(self._fd)
+                _fsync(self._fd)
         finally:
             os.close(wfd)
-        os.unlink(wpath)  # 5. done (a replay of a leftover log is idempotent)
+        _unlink(wpath)  # 5. done (a replay of a leftover log is idempotent)
+        if durable:  # a log that came back after power loss would be replayed: harmless, but not left to chance
+            _fsync_dir(wpath)
         written = sum(len(d) for _, d in extents) + (len(pre[1]) if pre else 0)
         self._disk = self._lbase = new_size
         self._patches = {}
@@ -267,12 +346,13 @@ def _recover_locked(path: str, fd: int) -> str:
             if committed:
                 for o, data in extents:
                     _pwrite_all(fd, data, o)
-                os.ftruncate(fd, new_size)
+                _ftruncate(fd, new_size)
                 result = "replayed"
             elif os.fstat(fd).st_size > old_size:
-                os.ftruncate(fd, old_size)  # drop bytes appended by the unfinished checkpoint
-            os.fsync(fd)
-    os.unlink(wpath)
+                _ftruncate(fd, old_size)  # drop bytes appended by the unfinished checkpoint
+            _fsync(fd)  # the file is whole before its log goes
+    _unlink(wpath)
+    _fsync_dir(wpath)
     return result
 
 

@@ -74,13 +74,25 @@ function cssColour(name, x) {
 }
 
 // ---------------------------------------------------------------- WebSocket
+// The token came once in the address (?token=...); the server answered with an HttpOnly cookie
+// that every later request of this page (script, WebSocket) carries. Drop it from the address bar
+// and the history.
+if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
+
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
   S.ws = ws;
   ws.onopen = () => { S.connected = true; setBadge("conn", "connected", true); };
-  ws.onclose = () => {
-    S.connected = false; setBadge("conn", "disconnected — retrying", false);
+  ws.onclose = async () => {
+    S.connected = false;
+    let denied = false;
+    try { denied = (await fetch("/api/state", { method: "GET", cache: "no-store" })).status === 401; } catch (e) { /* server down */ }
+    if (denied) {  // the view restarted with a new token: retrying cannot help
+      setBadge("conn", "token no longer valid — open the address medacq view printed", false);
+      return;
+    }
+    setBadge("conn", "disconnected — retrying", false);
     setTimeout(connect, 1000);
   };
   ws.onmessage = (ev) => {
@@ -321,6 +333,9 @@ function drawProfile(p, h, a) {
 // ---------------------------------------------------------------- status
 function onStatus(s) {
   S.status = s;
+  const mode = document.getElementById("mode");
+  mode.hidden = !!s.operator;
+  document.body.dataset.operator = s.operator ? "1" : "0";
   setBadge("daemon", s.daemon_up ? "daemon up" : "daemon not answering", s.daemon_up);
   setBadge("recon", s.recon_up ? "recon up" : "recon not answering", s.recon_up);
   const L = s.latency.acq_to_pixels_ms;

@@ -258,7 +258,10 @@ def _numba_kernels() -> dict[str, Any] | None:
             _NUMBA = {}
             return None
 
-        @nb.njit(parallel=True, fastmath=True, cache=True)
+        # cache=True: compiled once per machine (numba's on-disk cache), not at every stream
+        # start; nogil=True: the stage's other threads (receive, publish, other streams) run
+        # while it does
+        @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
         def demod(rf, cos, sin, h, out, col):  # pragma: no cover - compiled
             # rf int16 (A, E, S); out complex64 (A*S*E, nb) in (angle, sample, element)
             # order, writes column ``col``

@@ -25,6 +25,12 @@ Settings (``[recon.settings.<modality>]``, :class:`EEGSettings`, :class:`EKGSett
 ``notch_hz`` (default: the descriptor's ``meta.mains_hz``, else 50; ``0`` disables),
 ``notch_q``; eeg: ``window_s``, ``step_s``; ekg: ``hr_lead`` (default ``"II"``).
 Actions: ``reset`` (restart filter state and detectors), ``info`` (the settings in use).
+
+Queue policy: ``fifo`` with ``max_age_ms`` 1000: every chunk in order (the filter state runs
+on), unless it is more than a second old (counted from its last sample) when its turn
+comes; such chunks are dropped, announced as a gap, and bridged by the filter state like a
+device gap. A filtered trace or heart rate more than a second behind is no longer live;
+on the 2-core rig chunks normally wait milliseconds, so the bound only acts on a stall.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
@@ -120,6 +127,7 @@ class BiosignalFilter(Reconstructor):
 
     modality = "biosignal"
     Settings = BiosignalSettings
+    qos = QosPolicy(policy="fifo", max_age_ms=1000.0)
 
     def __init__(self, descriptor: StreamDescriptor, settings: BiosignalSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)

@@ -21,6 +21,13 @@ Time difference against the mean of the first ``n_ref`` frames; action ``rerefer
 (0.2), ``grid`` (32), ``n_elements`` (3000), ``normalize`` (true), ``rr_window_s`` (30),
 ``cache`` (true: reconstruction matrix cached under ``$MEDACQ_CACHE_DIR`` or
 ``~/.cache/medacq``), ``cache_dir``, ``subsamples`` (3).
+
+Queue policy: ``latest`` (the image is a live view; only the newest frame counts). The
+respiratory-rate window keeps its time base (``frame_rate_hz``) across frames it never saw:
+frames replaced in the queue (``superseded``) are filled in by linear interpolation between
+the global impedance before and after them (breathing is slow next to the frame rate), lost
+frames (``gap``) hold the last value. The reconstruction matrix (FEM forward solve and
+Jacobian) is built when the descriptor arrives, while the stage reports the stream ``warming``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
@@ -71,6 +79,7 @@ class EitImager(Reconstructor):
 
     modality = "eit"
     Settings = EitSettings
+    qos = QosPolicy(policy="latest")
 
     def __init__(self, descriptor: StreamDescriptor, settings: EitSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -107,6 +116,7 @@ class EitImager(Reconstructor):
         self.rr_window_s = s.rr_window_s
         self.rr = RespiratoryRateEstimator(fs, self.rr_window_s)
         self._last_gi: float | None = None
+        self._skipped = 0  # frames superseded since the last image (filled in by interpolation)
         xs, ys = pixel_centres(self.recon.grid)
         self._image_meta = {
             "geometry": {"grid": self.recon.grid, "x": xs.tolist(), "y": ys.tolist(),
@@ -122,8 +132,14 @@ class EitImager(Reconstructor):
 
     def process(self, header: dict[str, Any], frame: np.ndarray) -> list[Output]:
         fr = self.imager.push(frame)
+        skipped, self._skipped = self._skipped, 0
         if fr is None:
             return []
+        if skipped and self._last_gi is not None:
+            a, b = self._last_gi, fr.global_impedance
+            n = min(skipped, int(self.fs * self.rr_window_s))
+            for k in range(1, n + 1):
+                self.rr.push(a + (b - a) * k / (n + 1))
         self._last_gi = fr.global_impedance
         rate = self.rr.push(fr.global_impedance)
         gi = np.array([fr.global_impedance, np.nan if rate is None else rate], dtype=np.float32)
@@ -138,6 +154,14 @@ class EitImager(Reconstructor):
 
     def on_gap(self, first_seq: int | None, count: int) -> None:
         """Keep the rate estimator's time base: hold the last value over lost frames."""
+        self._hold(count)
+
+    def on_superseded(self, count: int) -> None:
+        """Frames the stage's ``latest`` queue replaced: interpolated into the rate window
+        when the next image comes (module doc)."""
+        self._skipped += count
+
+    def _hold(self, count: int) -> None:
         if self._last_gi is not None:
             for _ in range(min(count, int(self.fs * self.rr_window_s))):
                 self.rr.push(self._last_gi)

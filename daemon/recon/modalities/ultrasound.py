@@ -8,14 +8,22 @@ Output ``recon/<stream>``: B-mode float32 ``(z, x)`` in dB, ``[−dynamic_range_
 Settings (``[recon.settings.us]``, :class:`BModeSettings`): ``nx`` (256), ``nz`` (256), ``x_min_mm``/``x_max_mm``
 (±19.05), ``z_min_mm`` (5), ``z_max_mm`` (45), ``f_number`` (1.5), ``dynamic_range_db``
 (60), ``backend`` (``auto``: CuPy when usable, else the sparse CPU operator), ``igtl_port``
-(18944; 0 = off), ``igtl_host`` (``127.0.0.1``; ``0.0.0.0`` to serve other machines),
-``igtl_device_name`` (``BMODE``), ``igtl_dtype`` (``uint8``: 0..255 over the dynamic
-range, or ``float32`` dB).
+(18944; 0 = off), ``igtl_host`` (``127.0.0.1``; another address, e.g. ``0.0.0.0``, to serve
+other machines, only with ``igtl_allow_remote = true``: OpenIGTLink has no encryption or
+authentication, so the config is refused without it), ``igtl_device_name`` (``BMODE``),
+``igtl_dtype`` (``uint8``: 0..255 over the dynamic range, or ``float32`` dB).
 
 The operator is built in a background thread (cached on disk under
-``$MEDACQ_CACHE_DIR``/``~/.cache/medacq``); frames arriving before it is ready are counted
+``$MEDACQ_CACHE_DIR``/``~/.cache/medacq``), and the numba demodulation kernel compiled (or
+loaded from numba's cache) there with one zero frame; meanwhile the reconstructor reports
+``warming`` and the stage leaves frames in its queue, where the ``latest`` policy keeps only
+the newest. A frame handed over before the operator is ready anyway is counted
 (``frames_skipped_warmup``) and not reconstructed. Action ``set_grid`` (same keys as the
 settings) rebuilds it in the background while frames keep using the old one.
+
+Queue policy: ``latest`` (a live image: only the newest frame counts). ``max_batch`` 4: when
+a stream is configured ``fifo``/``lossless`` (``[recon.qos.<stream>]``), up to 4 queued frames
+go through the beamformer as one batch (the sparse operator is read once per batch).
 
 Actions (``medacq ctl --recon action STREAM ACTION key=value``): ``status``,
 ``set_grid``, ``set_dynamic_range db=50``.
@@ -27,15 +35,18 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medacq.protocols.igtl import IgtlConnection, ImageMessage
+from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 from medacq.protocols.us_geometry import PixelGrid, PlaneWaveAcquisition
 
+from medacq.daemon.common.binding import BindError, check_exposure
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
 from medacq.daemon.recon.algorithms.beamform import PlaneWaveBeamformer, envelope_db
 
@@ -78,8 +89,10 @@ class BModeSettings(BaseModel):
         "numpy (no precomputed operator)")
     igtl_port: int = Field(default=DEFAULT_IGTL_PORT, ge=0, le=65535,
                            description="OpenIGTLink IMAGE server TCP port; 0 = off")
-    igtl_host: str = Field(default="127.0.0.1", description="address the OpenIGTLink server binds (0.0.0.0: "
-                           "serve other machines)")
+    igtl_host: str = Field(default="127.0.0.1", description="address the OpenIGTLink server binds (loopback; "
+                           "another one, e.g. 0.0.0.0, needs igtl_allow_remote)")
+    igtl_allow_remote: bool = Field(default=False, description="allow igtl_host off loopback: OpenIGTLink is "
+                                    "unencrypted and unauthenticated, anyone on that network gets the images")
     igtl_device_name: str = Field(default="BMODE", min_length=1, max_length=20,
                                   description="OpenIGTLink device name of the IMAGE messages")
     igtl_dtype: Literal["uint8", "float32"] = Field(
@@ -89,7 +102,23 @@ class BModeSettings(BaseModel):
     def _grid(self) -> "BModeSettings":
         if self.x_max_mm < self.x_min_mm or self.z_max_mm < self.z_min_mm:
             raise ValueError("bad grid extent: need x_min_mm <= x_max_mm and z_min_mm <= z_max_mm")
+        if self.igtl_port:
+            _check_igtl_exposure(self.igtl_host, self.igtl_port, self.igtl_allow_remote, ValueError)
         return self
+
+
+def _check_igtl_exposure(host: str, port: int, allow_remote: bool, error: type[Exception] | None = None) -> None:
+    """The bind rule (:func:`~medacq.daemon.common.binding.check_exposure`) for the OpenIGTLink server;
+    ``error``: raise that type with the same one-line message instead of ``BindError``."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        check_exposure("serve OpenIGTLink on", address, allowed=allow_remote,
+                       needs="igtl_allow_remote = true in [recon.settings.us] (OpenIGTLink has no encryption or "
+                             "authentication: anyone on that network gets the images)")
+    except BindError as exc:
+        if error is None:
+            raise
+        raise error(str(exc)) from None
 
 
 class IgtlImageServer:
@@ -98,11 +127,13 @@ class IgtlImageServer:
     :meth:`publish` never blocks: a sender thread takes the newest image; a client that
     cannot keep up loses older images (counted in :attr:`dropped`), a client that fails
     is closed. Pixels ``(j, i) = (z, x)``; ``ijk_to_world`` maps voxel (i, j) to world
-    (x, z) mm on the first two world axes.
+    (x, z) mm on the first two world axes. A ``host`` off loopback needs ``allow_remote``
+    (else :class:`~medacq.daemon.common.binding.BindError`, before anything is bound).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_IGTL_PORT,
-                 device_name: str = "BMODE") -> None:
+                 device_name: str = "BMODE", allow_remote: bool = False) -> None:
+        _check_igtl_exposure(host, port, allow_remote)  # BindError before anything is bound
         self.device_name = device_name
         self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -190,6 +221,8 @@ class BModeReconstructor(Reconstructor):
 
     modality = "us"
     Settings = BModeSettings
+    qos = QosPolicy(policy="latest")
+    max_batch = 4
 
     def __init__(self, descriptor: StreamDescriptor, settings: BModeSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -214,7 +247,7 @@ class BModeReconstructor(Reconstructor):
         self.igtl_dtype = s.igtl_dtype
         if port:
             try:
-                self.igtl = _shared_server(s.igtl_host, port, s.igtl_device_name)
+                self.igtl = _shared_server(s.igtl_host, port, s.igtl_device_name, s.igtl_allow_remote)
             except OSError as exc:
                 log.warning("%s: OpenIGTLink B-mode server not started on port %s: %s",
                             descriptor.stream, port, exc)
@@ -228,6 +261,9 @@ class BModeReconstructor(Reconstructor):
                     bf = PlaneWaveBeamformer(self.acquisition, grid, f_number=self.f_number,
                                              dynamic_range_db=self.dynamic_range_db,
                                              backend=self.backend_request, cache_dir=_cache_dir())
+                    # compile (or load from numba's cache) the demodulation kernel and touch the
+                    # operator now, not on the first live frame
+                    bf.beamform_iq(np.zeros(self.acquisition.rf_shape, np.int16))
                     if self._closed:  # replaced or dropped while building: do not keep the operator
                         return
                     self.beamformer = bf
@@ -243,6 +279,13 @@ class BModeReconstructor(Reconstructor):
         self._building = t
         t.start()
 
+    @property
+    def warming(self) -> bool:
+        """True while the first operator is being built (a failed build ends warming: frames
+        are then counted in ``frames_skipped_warmup`` and ``last_error`` says why)."""
+        t = self._building
+        return self.beamformer is None and t is not None and t.is_alive()
+
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """Block until the current operator build finished (tests, benchmarks)."""
         if self._building is not None:
@@ -255,10 +298,24 @@ class BModeReconstructor(Reconstructor):
         if bf is None:
             self.frames_skipped_warmup += 1
             return []
-        iq = bf.beamform_iq(frame)
+        return self._outputs(header, bf.beamform_iq(frame), bf, publish_igtl=True)
+
+    def process_batch(self, headers: Sequence[dict[str, Any]], frames: Sequence[np.ndarray]) -> list[list[Output]]:
+        """RF frames ``(angles, elements, samples)`` each → one batched beamformer call
+        ``(frames, angles, elements, samples)``; OpenIGTLink gets the newest image only."""
+        bf = self.beamformer
+        if bf is None:
+            self.frames_skipped_warmup += len(frames)
+            return [[] for _ in frames]
+        iq = bf.beamform_iq(np.stack(frames))
+        n = len(frames)
+        return [self._outputs(h, iq[i], bf, publish_igtl=i == n - 1) for i, h in enumerate(headers)]
+
+    def _outputs(self, header: dict[str, Any], iq: np.ndarray, bf: PlaneWaveBeamformer,
+                 publish_igtl: bool) -> list[Output]:
         bmode = envelope_db(iq, self.dynamic_range_db)
         grid = bf.grid
-        if self.igtl is not None:
+        if self.igtl is not None and publish_igtl:
             img = bmode if self.igtl_dtype == "float32" else \
                 np.rint((bmode + self.dynamic_range_db) * (255 / self.dynamic_range_db)).astype(np.uint8)
             self.igtl.publish(img, self._ijk_to_world(grid), header.get("t_host_ns", 0) / 1e9,
@@ -333,7 +390,7 @@ _SERVER_HOLDS: dict[int, int] = {}  # id(server) -> reconstructors holding it
 _SERVERS_LOCK = threading.Lock()
 
 
-def _shared_server(host: str, port: int, device_name: str) -> IgtlImageServer:
+def _shared_server(host: str, port: int, device_name: str, allow_remote: bool = False) -> IgtlImageServer:
     """One server per (host, port, name) in this process: a reconstructor rebuilt for a
     new descriptor keeps the port (and its connected clients). Each call takes a hold;
     :func:`_release_server` gives it back."""
@@ -341,7 +398,7 @@ def _shared_server(host: str, port: int, device_name: str) -> IgtlImageServer:
         key = (host, port, device_name)
         srv = _SERVERS.get(key)
         if srv is None or srv._stop.is_set():
-            srv = IgtlImageServer(host, port, device_name)
+            srv = IgtlImageServer(host, port, device_name, allow_remote)
             _SERVERS[key] = srv
         _SERVER_HOLDS[id(srv)] = _SERVER_HOLDS.get(id(srv), 0) + 1
         return srv

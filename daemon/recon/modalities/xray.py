@@ -16,6 +16,12 @@
     * ``recon/<stream>/preview``: the partial slice (scaled as if complete) after the ``preview``
       action, and every ``preview_every`` projections when that setting is > 0.
 
+Queue policy (the stage's, per stream; ``[recon.qos.<stream>]`` overrides it): ``xray``
+``latest`` (fluoroscopy and DSA are live images: only the newest frame counts; replaced frames
+are counted ``superseded``); ``ct`` ``fifo`` with ``max_age_ms`` 2000 (the streaming FBP needs
+every projection of a rotation, in order; a projection that waited longer is dropped and
+announced, which costs that rotation).
+
 Calibration (both): actions ``capture_dark n=N`` and ``capture_flat n=N`` average the next N
 frames whose ``frame_type`` meta matches (switch the detector to ``frame_type = "dark"`` /
 ``"flat"`` with ``medacq ctl configure``); when a dark and a flat exist the corrector is built
@@ -38,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
@@ -206,6 +213,7 @@ class XrayReconstructor(_Calibrated):
 
     modality = "xray"
     Settings = XraySettings
+    qos = QosPolicy(policy="latest")
 
     def __init__(self, descriptor: StreamDescriptor, settings: XraySettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -288,6 +296,7 @@ class CTReconstructor(_Calibrated):
 
     modality = "ct"
     Settings = CTSettings
+    qos = QosPolicy(policy="fifo", max_age_ms=2000.0)
 
     def __init__(self, descriptor: StreamDescriptor, settings: CTSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -317,11 +326,21 @@ class CTReconstructor(_Calibrated):
             self.fbp = StreamingFBP(cols, self.n_proj, output_size=self.n, geometry="parallel", angular_range=span,
                                     det_spacing=pitch / self.pixel_mm, filter_name=s.filter,
                                     batch=s.batch)
+        self._warm_up(s)
         self._want_preview = False
         self._last_proj: int | None = None
         self.rotations = 0
         self.incomplete = 0
         self._band_cache: tuple | None = None
+
+    def _warm_up(self, s: CTSettings) -> None:
+        """Compile (or load from numba's cache) the back-projection kernel now, while the
+        stage reports this stream ``warming``, not at the first batch of live projections:
+        a one-projection rotation on an 8 × 8 slice takes the same kernel specialisation."""
+        sid = self.fbp.sid
+        tiny = StreamingFBP(8, 1, output_size=8, geometry=self.fbp.geometry, sid=sid if sid else None,
+                            filter_name=s.filter, batch=1, backend=self.fbp.backend)  # type: ignore[arg-type]
+        tiny.push(np.ones(8, np.float32))
 
     def control(self, action: str, args: dict[str, Any]) -> Any:
         if action == "preview":

@@ -1,0 +1,710 @@
+"""``medacq bench rig [--seconds N] [--warmup-s W] [--json]``: the whole default rig, measured per stream.
+
+What runs (what ``medacq up`` runs, plus a recorder and a page's worth of live view):
+
+* every simulator of :data:`~medacq.simulators.rig.DEFAULT_RIG`, paced, in a child process at
+  :data:`~medacq.simulators.rig.SIMULATOR_NICE` (the devices are separate hardware on a real rig;
+  the niceness must not reach this, the measuring, process);
+* ``medacq run`` (the daemon) and ``medacq recon`` (the reconstruction stage) with the rig's
+  config, ``medacq record --topics raw/`` to an HDF5 file in a temporary folder, ``medacq view``
+  and a client process that pulls the view's WebSocket the way the page does (every binary
+  update acknowledged with ``{"op": "drawn"}``), each its own process;
+* here: one :class:`~medacq.client.Subscriber` on ``raw/`` and ``recon/`` of both data endpoints.
+
+Devices start over the control plane once every subscriber is connected. ``--warmup-s`` seconds
+(default 10) later the measurement window of ``--seconds`` (default 60) starts. Per topic:
+
+* ``in_fps``: frames/s of the raw stream (for a ``recon/...`` topic: of its source), ``out_fps``:
+  frames/s of the ``recon/...`` topic, both over the window;
+* ``capacity_fps``: the source's reconstructor measured *alone*, after the rig has stopped, in
+  this process: the stage's reconstructor class, built from the stream's descriptor with the
+  rig's settings (ultrasound: OpenIGTLink off), warmed up on 3 frames, then ``process()`` timed
+  over frames captured from the stream during the window (cycled, ``seq`` renumbered, CT
+  ``projection`` kept consecutive) for ``--capacity-s`` seconds. 1 / ``capacity_fps`` is the
+  single-frame processing time;
+* ``age_p50_ms``, ``age_p99_ms``, ``age_max_ms``: glass to glass over the window: this process's
+  CLOCK_MONOTONIC at receipt minus the earliest host clock of the acquisition (header
+  ``t_mono_ns``; for ``recon/...`` also ``source.t_mono_ns``, the same instant: the acquisition of
+  the frame's first sample, so a biosignal frame's age includes the samples it waited for);
+  for ``raw/...`` topics the same, acquisition → this subscriber;
+* ``superseded``, ``lost``: the stage's counters of the source stream (its ``status`` over the
+  recon control endpoint at the end of the window), ``null`` where the stage does not report
+  them; for ``raw/...`` topics ``lost`` = frames numbered by the daemon that this subscriber did
+  not receive (announced in ``gap`` messages or holes), over the whole run;
+* ``gaps``: gap messages and ``seq`` holes this subscriber saw on the topic, whole run;
+* ``first_frame_s``: from the start of the rig (before the simulators start) to the topic's
+  first frame here.
+
+``recorded_equals_delivered``: frames in the HDF5 recording vs frames this subscriber received,
+per raw topic, over the whole run (the daemon ends every series before the recorder stops).
+
+Bars (``bars``, and pass/fail marks in the table): every ``recon/...`` topic p99 age ≤ 100 ms
+(biosignals, EIT, X-ray, CT, synthetic), for ultrasound B-mode ≤ 2 × its single-frame
+processing time + 20 ms; each main ``recon/<stream>`` output (one output per source frame)
+``out_fps`` ≥ 0.9 × min(in_fps, capacity_fps) and first frame within 10 s; every raw topic 0 lost
+frames and recorded = delivered. Outputs made per beat or per rotation (``recon/ekg0/hr``,
+``recon/ct0/slice``) have only the age bar, judged when they produced frames in the window.
+
+:class:`RigUnderTest` (the rig, its processes and cleanup) and :func:`idle_and_under_load` (used by
+``bench detector --under-load`` and ``bench ultrasound --under-load``) are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, recorded_vs_delivered,
+                                        recorder_summary, spawn_cli, stop_processes, stop_recorder,
+                                        terminate_as_interrupt)
+
+__all__ = ["RigUnderTest", "bench_rig", "print_result", "idle_and_under_load", "STREAM_KEYS", "AGE_BAR_MS",
+           "US_AGE_SLACK_MS", "FPS_BAR", "FIRST_FRAME_BAR_S"]
+
+STREAM_KEYS = ("topic", "in_fps", "out_fps", "capacity_fps", "age_p50_ms", "age_p99_ms", "age_max_ms",
+               "superseded", "lost", "gaps", "first_frame_s")
+"""The keys of each ``streams`` entry of ``--json``, in order."""
+
+AGE_BAR_MS = 100.0
+"""p99 glass-to-glass age bar of every ``recon/...`` topic but ultrasound B-mode, ms."""
+US_AGE_SLACK_MS = 20.0
+"""Ultrasound B-mode: p99 age ≤ 2 × single-frame processing time + this, ms."""
+FPS_BAR = 0.9
+"""Main recon outputs: out_fps ≥ FPS_BAR × min(in_fps, capacity_fps)."""
+FIRST_FRAME_BAR_S = 10.0
+"""Main recon outputs: first frame within this many seconds of the rig's start."""
+
+_CAPTURE_FRAMES = 16  # per raw stream, for the capacity measurement
+_CAPTURE_BYTES = 32 << 20
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+# -- child processes ----------------------------------------------------------------------------
+def _serve_simulators(conn: Any, parent: int) -> None:
+    """Child process: serve every simulator of the default rig, send the rig config document,
+    drop to :data:`SIMULATOR_NICE`, and serve until told to stop (or the parent is gone)."""
+    import signal
+
+    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate() → KeyboardInterrupt → rig.stop()
+    rig = SimulatedRig(paced=True)
+    try:
+        try:
+            rig.start()
+            conn.send({"config": rig.config(0), "simulators": sorted(rig.servers)})
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            conn.send({"error": f"{type(exc).__name__}: {exc}"})
+            return
+        os.nice(SIMULATOR_NICE)
+        while os.getppid() == parent:
+            if conn.poll(0.5):
+                conn.recv()
+                break
+    except (KeyboardInterrupt, EOFError, OSError):
+        pass
+    finally:
+        rig.stop()
+
+
+def _view_client(url: str, stop: Any, out: Any, token: str = "") -> None:
+    """Child process: one client of ``medacq view`` pulling updates like the page: connect the
+    WebSocket (with the view's ``token``), decode every binary update and acknowledge it
+    (``drawn``) at once."""
+    import asyncio
+    import signal
+
+    import aiohttp
+
+    from medacq.daemon.bridges.view import unpack_message
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    n = {"updates": 0, "bytes": 0, "status_messages": 0}
+    panels: set[str] = set()
+    parent = os.getppid()
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url + "ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+                while not stop.is_set() and os.getppid() == parent:
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        h, payload = unpack_message(msg.data)
+                        n["updates"] += 1
+                        n["bytes"] += len(payload)
+                        panels.add(str(h.get("panel")))
+                        await ws.send_str(json.dumps({"op": "drawn", "panel": h["panel"], "v": h["v"]}))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        n["status_messages"] += 1
+                    else:
+                        break
+
+    t0 = time.monotonic()
+    err = None
+    try:
+        asyncio.run(session())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - reported
+        err = f"{type(exc).__name__}: {exc}"
+    out.put({**n, "panels": len(panels), "seconds": round(time.monotonic() - t0, 2), "error": err})
+
+
+# -- the rig ------------------------------------------------------------------------------------
+class RigUnderTest:
+    """The default ``medacq up`` rig for a benchmark, every part its own process.
+
+    :meth:`start` brings up the simulators (child process, lower priority), the recorder (if
+    ``record``), the reconstruction stage, the live view and its client (if ``view``) and the daemon
+    with every device's ``autostart`` off; :meth:`start_devices` starts them once the caller's
+    subscribers are connected. :meth:`stop` (also on leaving the ``with`` block) ends every child:
+    SIGTERM to each process group, SIGKILL after a grace period. Children also get SIGTERM if this
+    process dies (Linux). Logs and the config are in :attr:`workdir`, removed by :meth:`stop` unless
+    ``keep`` (or the start failed).
+    """
+
+    def __init__(self, *, record: bool = True, view: bool = True, keep: bool = False) -> None:
+        self.record, self.view, self.keep = record, view, keep
+        self.workdir = Path(tempfile.mkdtemp(prefix="medacq-bench-rig-"))
+        self.cfg_path = self.workdir / "rig.toml"
+        self.rec_path = self.workdir / "raw.h5"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.t_up = 0.0
+        self.cfg: Any = None
+        self.view_url: str | None = None
+        self.view_token = ""
+        self.simulators: list[str] = []
+        self._sim: Any = None
+        self._sim_conn: Any = None
+        self._client: Any = None
+        self._client_stop: Any = None
+        self._client_out: Any = None
+        self._failed = False
+
+    def __enter__(self) -> "RigUnderTest":
+        return self.start()
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if exc_type is not None:
+            self._failed = True
+        self.stop()
+
+    # start ------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> "RigUnderTest":
+        from medacq.daemon.client.api import ControlClient, DaemonUnreachable
+        from medacq.daemon.common.config import dump_config, load_config
+
+        self.t_up = time.monotonic()
+        try:
+            ctx = mp.get_context("spawn")
+            self._sim_conn, child = ctx.Pipe()
+            self._sim = ctx.Process(target=_serve_simulators, args=(child, os.getpid()), name="rig-simulators",
+                                    daemon=True)
+            self._sim.start()
+            child.close()
+            if not self._sim_conn.poll(timeout):
+                raise RuntimeError(f"the simulators did not start within {timeout:.0f} s")
+            reply = self._sim_conn.recv()
+            if "error" in reply:
+                raise RuntimeError(f"the simulators did not start: {reply['error']}")
+            doc, self.simulators = reply["config"], reply["simulators"]
+            ports = free_ports(5)
+            for (sec, key), port in zip([("daemon", "data_endpoint"), ("daemon", "control_endpoint"),
+                                         ("recon", "data_endpoint"), ("recon", "control_endpoint")], ports):
+                doc[sec][key] = f"tcp://127.0.0.1:{port}"
+            for dev in doc["device"]:  # started over the control plane once every subscriber is connected
+                dev["autostart"] = False
+            self.cfg_path.write_text(dump_config(doc))
+            self.cfg = load_config(self.cfg_path)
+            cfg = str(self.cfg_path)
+            if self.record:  # subscribers first, so they see every series from its start
+                self._spawn("recorder", ["record", "--topics", "raw/", "--out", str(self.rec_path), "--endpoint",
+                                         self.cfg.daemon.data_endpoint, "--no-fsync", "--progress"])
+                self._wait(lambda: self.rec_path.exists(), timeout, "the recorder did not open its file")
+            self._spawn("recon", ["recon", "--config", cfg])
+            if self.view:  # read-only (no --operator): its client only watches
+                from medacq.daemon.bridges.view import new_token
+
+                self.view_token = new_token()
+                self._spawn("view", ["view", "--config", cfg, "--port", str(ports[4])],
+                            {**os.environ, "PYTHONUNBUFFERED": "1", "MEDACQ_VIEW_TOKEN": self.view_token})
+            self._spawn("daemon", ["run", "--config", cfg])
+            with ControlClient(self.cfg.daemon.control_endpoint, timeout=0.5) as c:
+                def up() -> bool:
+                    try:
+                        c.request("ping")
+                        return True
+                    except DaemonUnreachable:
+                        return False
+                self._wait(up, timeout, "the daemon did not answer")
+            with ControlClient(self.cfg.recon.control_endpoint, timeout=0.5) as c:
+                def recon_up() -> bool:
+                    try:
+                        c.request("ping")
+                        return True
+                    except DaemonUnreachable:
+                        return False
+                self._wait(recon_up, timeout, "the reconstruction stage did not answer")
+            if self.view:
+                def listening() -> bool:
+                    try:
+                        with socket.create_connection(("127.0.0.1", ports[4]), timeout=0.3):
+                            return True
+                    except OSError:
+                        time.sleep(0.1)
+                        return False
+                self._wait(listening, timeout, "the live view did not listen")
+                self.view_url = f"http://127.0.0.1:{ports[4]}/"
+                self._client_stop, self._client_out = ctx.Event(), ctx.Queue()
+                self._client = ctx.Process(target=_view_client, args=(self.view_url, self._client_stop,
+                                                                      self._client_out, self.view_token),
+                                           name="view-client", daemon=True)
+                self._client.start()
+        except BaseException:
+            self._failed = True
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.procs[name] = spawn_cli(argv, self.workdir / f"{name}.log", env)
+
+    def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} within {timeout:.0f} s (logs in {self.workdir})")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        """Raise naming the first part of the rig that exited, with the tail of its log."""
+        if self._sim is not None and not self._sim.is_alive():
+            raise RuntimeError(f"the simulators' process exited (code {self._sim.exitcode})")
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited (code {p.returncode}): {self.log(name)[-800:].strip()}")
+
+    def log(self, name: str) -> str:
+        f = self.workdir / f"{name}.log"
+        return f.read_text(errors="replace") if f.exists() else ""
+
+    def start_devices(self, settle_s: float = 1.0) -> None:
+        """Start every device over the control plane, ``settle_s`` after the subscribers connected."""
+        from medacq.daemon.client.api import ControlClient
+
+        time.sleep(settle_s)  # ZeroMQ slow joiner: subscriptions reach the PUB sockets
+        with ControlClient(self.cfg.daemon.control_endpoint, timeout=5.0) as c:
+            c.request("start")
+
+    # queries ----------------------------------------------------------------------------
+    def status(self, target: str = "recon") -> dict[str, Any]:
+        """``status`` of the daemon or the stage; ``{}`` when it does not answer."""
+        from medacq.daemon.client.api import ControlClient
+
+        ep = self.cfg.recon.control_endpoint if target == "recon" else self.cfg.daemon.control_endpoint
+        try:
+            with ControlClient(ep, timeout=3.0) as c:
+                return dict(c.request("status"))
+        except Exception as exc:  # noqa: BLE001 - reported as missing figures
+            _log(f"{target} status failed: {exc}")
+            return {}
+
+    def view_state(self) -> dict[str, Any]:
+        """The view's ``/api/state`` (latency figures), ``{}`` when not available."""
+        import urllib.request
+
+        if not self.view_url:
+            return {}
+        try:
+            req = urllib.request.Request(self.view_url + "api/state",
+                                         headers={"Authorization": f"Bearer {self.view_token}"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def stop_view_client(self) -> dict[str, Any] | None:
+        """Stop the view client; its counts (``updates``, ``panels``, ``seconds``, ``error``)."""
+        if self._client is None:
+            return None
+        self._client_stop.set()
+        try:
+            res = self._client_out.get(timeout=10)
+        except Exception:  # noqa: BLE001 - queue.Empty or a dead client
+            res = None
+        self._client.join(5)
+        if self._client.is_alive():
+            self._client.terminate()
+            self._client.join(5)
+        self._client = None
+        return res
+
+    # stop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every child (idempotent); remove the work folder unless ``keep`` or a failure."""
+        if self._client is not None:
+            self._client_stop.set()
+            self._client.join(3)
+            if self._client.is_alive():
+                self._client.terminate()
+                self._client.join(3)
+            self._client = None
+        stop_processes(self.procs.values(), grace_s=10.0)
+        if self._sim is not None:
+            try:
+                self._sim_conn.send("stop")
+            except (OSError, ValueError):
+                pass
+            self._sim.join(10)
+            if self._sim.is_alive():
+                self._sim.terminate()
+                self._sim.join(5)
+            if self._sim.is_alive():
+                self._sim.kill()
+                self._sim.join(2)
+            self._sim = None
+        if self.rec_path.exists():  # gigabytes after a minute; never kept
+            self.rec_path.unlink()
+        if not self.keep and not self._failed:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self.workdir.exists():
+            _log(f"rig logs kept in {self.workdir}")
+
+
+# -- measuring ----------------------------------------------------------------------------------
+class _Tally:
+    """What the measuring subscriber saw, per topic."""
+
+    def __init__(self, t_up: float) -> None:
+        self.t_up_ns = int(t_up * 1e9)
+        self.ledger = StreamLedger()
+        self.first_ns: dict[str, int] = {}
+        self.frames: dict[str, int] = {}
+        self.ages: dict[str, list[float]] = {}
+        self.source: dict[str, str] = {}
+        self.captured: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
+        self.captured_bytes: dict[str, int] = {}
+        self.measuring = False
+
+    def see(self, msg: Any) -> None:
+        now = time.monotonic_ns()
+        topic, h, a = msg.topic, msg.header, msg.array
+        raw = topic.startswith("raw/")
+        if raw:
+            self.ledger.see(topic, h)
+        if a is None:
+            return
+        self.first_ns.setdefault(topic, now)
+        src = h.get("source") or {}
+        if not raw and topic not in self.source:
+            self.source[topic] = str(src.get("stream") or h["stream"].split("/")[0])
+        if not self.measuring:
+            return
+        t0 = int(h["t_mono_ns"])
+        if src.get("t_mono_ns") is not None:
+            t0 = min(t0, int(src["t_mono_ns"]))
+        self.ages.setdefault(topic, []).append((now - t0) / 1e6)
+        self.frames[topic] = self.frames.get(topic, 0) + 1
+        if raw:
+            got = self.captured.setdefault(topic, [])
+            if len(got) < _CAPTURE_FRAMES and self.captured_bytes.get(topic, 0) + a.nbytes <= _CAPTURE_BYTES:
+                got.append((h, a))
+                self.captured_bytes[topic] = self.captured_bytes.get(topic, 0) + a.nbytes
+
+
+def _pump(sub: Any, tally: _Tally, until: float, rig: RigUnderTest) -> None:
+    next_check = time.monotonic() + 1.0
+    while (now := time.monotonic()) < until:
+        msg = sub.recv(timeout=0.05)
+        if msg is not None:
+            tally.see(msg)
+        if now >= next_check:
+            rig.check_alive()
+            next_check = now + 1.0
+
+
+def _capacity(desc: dict[str, Any] | None, frames: list[tuple[dict[str, Any], np.ndarray]],
+              settings: dict[str, Any], budget_s: float) -> float | None:
+    """Frames/s of the stage's reconstructor for this stream alone (see the module doc)."""
+    from medacq.daemon.recon.registry import reconstructor_class
+    from medacq.protocols.stream import StreamDescriptor
+
+    if desc is None or not frames:
+        return None
+    d = StreamDescriptor.model_validate(desc)
+    cls = reconstructor_class(d.modality)
+    if cls is None:
+        return None
+    table = dict(settings.get(d.modality) or {})
+    if d.modality == "us":
+        table["igtl_port"] = 0  # no server for a measurement (the port may be the stage's, or in use)
+    recon = cls(d, table)
+    try:
+        wait_ready = getattr(recon, "wait_ready", None)
+        if callable(wait_ready):
+            wait_ready(300.0)
+        deadline = time.monotonic() + 300.0  # an operator or forward solve built in the background
+        while getattr(recon, "warming", False):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{d.stream}: the reconstructor is still warming up after 300 s")
+            time.sleep(0.05)
+        n_proj = int((d.geometry or {}).get("n_proj") or 0)
+
+        def feed(i: int) -> None:
+            h, a = frames[i % len(frames)]
+            hh = {**h, "seq": i}
+            meta = h.get("meta") or {}
+            if n_proj and "projection" in meta:
+                hh["meta"] = {**meta, "projection": i % n_proj}
+            recon.process(hh, a)
+
+        for i in range(3):  # warm-up: JIT compilation, caches, first allocations
+            feed(i)
+        i, t0 = 3, time.perf_counter()
+        while i < 6 or time.perf_counter() - t0 < budget_s:
+            feed(i)
+            i += 1
+        return (i - 3) / (time.perf_counter() - t0)
+    finally:
+        recon.close()
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _r(v: float | None, nd: int = 2) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), nd)
+
+
+def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole-rig benchmark; returns the JSON object described in the module doc."""
+    from medacq.daemon.client.api import Subscriber
+
+    seconds = float(getattr(args, "seconds", 60.0) or 60.0)
+    warmup = max(0.0, float(getattr(args, "warmup_s", 10.0)))
+    capacity_s = max(0.05, float(getattr(args, "capacity_s", 1.0) or 1.0))
+    with terminate_as_interrupt(), RigUnderTest(record=True, view=True, keep=bool(getattr(args, "keep", False))) as rig:
+        _log(f"rig up in {time.monotonic() - rig.t_up:.1f} s ({len(rig.simulators)} simulators); "
+             f"warm-up {warmup:.0f} s, then {seconds:.0f} s measured")
+        tally = _Tally(rig.t_up)
+        sub = Subscriber([rig.cfg.daemon.data_endpoint, rig.cfg.recon.data_endpoint], ["raw/", "recon/"],
+                         rcvhwm=1_000_000, errors="skip")
+        try:
+            rig.start_devices()
+            _pump(sub, tally, time.monotonic() + warmup, rig)
+            load0 = os.getloadavg()[0]
+            tally.measuring = True
+            t_w0 = time.monotonic()
+            _pump(sub, tally, t_w0 + seconds, rig)
+            window = time.monotonic() - t_w0
+            tally.measuring = False
+            load1 = os.getloadavg()[0]
+            recon_status = rig.status("recon")
+            view_state = rig.view_state()
+            view_client = rig.stop_view_client()
+            end_series_and_drain(rig.procs["daemon"], sub, tally.see)
+            recorded = stop_recorder(rig.procs["recorder"], rig.rec_path, progress_log=rig.workdir / "recorder.log",
+                                     expect_frames=sum(tally.ledger.delivered.values()))
+            recorded["recorder"] = recorder_summary(rig.workdir / "recorder.log")
+            descriptors = sub.descriptors
+            gaps: dict[str, int] = {}
+            for g in sub.gaps:
+                gaps[g.topic] = gaps.get(g.topic, 0) + 1
+        finally:
+            sub.close()
+        settings = dict(rig.cfg.recon.settings or {})
+        devices = [d.name for d in rig.cfg.device]
+    _log(f"rig stopped; timing each reconstructor alone ({capacity_s:g} s per stream)")
+    capacity: dict[str, float | None] = {}
+    modality: dict[str, str | None] = {}
+    for name in devices:
+        desc = descriptors.get(f"raw/{name}")
+        modality[name] = (desc or {}).get("modality")
+        try:
+            capacity[name] = _capacity(desc, tally.captured.get(f"raw/{name}", []), settings, capacity_s)
+        except Exception as exc:  # noqa: BLE001 - a figure is missing, the benchmark goes on
+            _log(f"capacity of {name}: {type(exc).__name__}: {exc}")
+            capacity[name] = None
+    return _result(args, seconds, warmup, window, devices, modality, capacity, tally, gaps, recon_status,
+                   recorded, view_state, view_client, (load0, load1))
+
+
+def _result(args: argparse.Namespace, seconds: float, warmup: float, window: float, devices: list[str],
+            modality: dict[str, str | None], capacity: dict[str, float | None], tally: _Tally,
+            gaps: dict[str, int], recon_status: dict[str, Any], recorded: dict[str, Any],
+            view_state: dict[str, Any], view_client: dict[str, Any] | None,
+            load: tuple[float, float]) -> dict[str, Any]:
+    def fps(topic: str) -> float:
+        return round(tally.frames.get(topic, 0) / window, 2)
+
+    def first(topic: str) -> float | None:
+        t = tally.first_ns.get(topic)
+        return None if t is None else round((t - tally.t_up_ns) / 1e9, 2)
+
+    def stage(name: str, key: str) -> int | None:
+        st = (recon_status.get("streams") or {}).get(name) or {}
+        v = st.get(key)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    recon_topics: set[str] = {t for t in tally.first_ns if t.startswith("recon/")}
+    for st in (recon_status.get("streams") or {}).values():
+        recon_topics |= set(st.get("outputs_streams") or [])
+    rec_cmp = recorded_vs_delivered(tally.ledger, recorded)
+    streams: list[dict[str, Any]] = []
+    bars: list[dict[str, Any]] = []
+    for name in devices:
+        raw = f"raw/{name}"
+        ages = tally.ages.get(raw, [])
+        lost = tally.ledger.generated(raw) - tally.ledger.delivered.get(raw, 0)
+        streams.append({"topic": raw, "in_fps": fps(raw), "out_fps": None, "capacity_fps": None,
+                        "age_p50_ms": _pct(ages, 50), "age_p99_ms": _pct(ages, 99),
+                        "age_max_ms": _r(max(ages)) if ages else None, "superseded": None, "lost": lost,
+                        "gaps": gaps.get(raw, 0), "first_frame_s": first(raw)})
+        bars.append({"topic": raw, "figure": "lost", "bar": "= 0", "ok": lost == 0})
+        eq = rec_cmp.get(raw, {"equal": False})["equal"]
+        bars.append({"topic": raw, "figure": "recorded_equals_delivered", "bar": "recorded = delivered", "ok": eq})
+        outs = sorted(t for t in recon_topics if (tally.source.get(t) or t.split("/")[1]) == name)
+        main = f"recon/{name}"
+        if main not in outs:
+            outs.insert(0, main)
+        cap = capacity.get(name)
+        for topic in outs:
+            ages = tally.ages.get(topic, [])
+            e: dict[str, Any] = {"topic": topic, "in_fps": fps(raw), "out_fps": fps(topic), "capacity_fps": _r(cap, 1),
+                 "age_p50_ms": _pct(ages, 50), "age_p99_ms": _pct(ages, 99),
+                 "age_max_ms": _r(max(ages)) if ages else None, "superseded": stage(name, "superseded"),
+                 "lost": stage(name, "lost"), "gaps": gaps.get(topic, 0), "first_frame_s": first(topic)}
+            streams.append(e)
+            is_main = topic == main
+            if modality.get(name) == "us":
+                limit = 2 * 1000.0 / cap + US_AGE_SLACK_MS if cap else None
+                bar = f"≤ 2×{1000.0 / cap:.1f}+{US_AGE_SLACK_MS:g} ms" if cap else "≤ 2×(1/capacity)+20 ms"
+            else:
+                limit, bar = AGE_BAR_MS, f"≤ {AGE_BAR_MS:g} ms"
+            p99 = e["age_p99_ms"]
+            if p99 is not None or is_main:
+                bars.append({"topic": topic, "figure": "age_p99_ms", "bar": bar,
+                             "ok": p99 is not None and limit is not None and p99 <= limit})
+            if is_main:
+                want = FPS_BAR * min(e["in_fps"], cap if cap is not None else math.inf)
+                bars.append({"topic": topic, "figure": "out_fps", "bar": f"≥ {want:.1f}",
+                             "ok": e["out_fps"] >= want and e["out_fps"] > 0})
+                ff = e["first_frame_s"]
+                bars.append({"topic": topic, "figure": "first_frame_s", "bar": f"≤ {FIRST_FRAME_BAR_S:g} s",
+                             "ok": ff is not None and ff <= FIRST_FRAME_BAR_S})
+    per = {t: c["equal"] for t, c in rec_cmp.items() if t.startswith("raw/")}
+    lat = (view_state.get("latency") or {}).get("acq_to_pixels_ms") or {}
+    return {
+        "benchmark": "rig",
+        "rig": "medacq up default rig: " + ", ".join(devices) + "; recorder (raw/ → HDF5), live view + 1 client",
+        "cpus": os.cpu_count(), "seconds": round(window, 2), "warmup_s": warmup,
+        "loadavg_1min": [round(load[0], 2), round(load[1], 2)],
+        "capacity": "each reconstructor alone, after the rig stopped, in the benchmark process "
+                    f"({getattr(args, 'capacity_s', 1.0):g} s of process() on frames captured in the window)",
+        "streams": streams,
+        "recorded_equals_delivered": {"streams": per, "all": bool(per) and all(per.values())},
+        "recording": {t: {"recorded": c["recorded"], "delivered": c["delivered"]} for t, c in rec_cmp.items()},
+        "recording_problems": recorded.get("problems", []),
+        "recorder": recorded.get("recorder"),
+        "view": {"client": view_client, "acq_to_pixels_ms_p50": lat.get("p50"),
+                 "acq_to_pixels_ms_p99": lat.get("p99")},
+        "bars": bars,
+        "passed": all(b["ok"] for b in bars),
+    }
+
+
+# -- table ------------------------------------------------------------------------------------------
+def print_result(result: dict[str, Any]) -> None:
+    """The rig benchmark as a table, each barred figure followed by ok / FAIL and its bar."""
+    print(f"medacq bench rig: {result['seconds']:g} s measured after {result['warmup_s']:g} s warm-up, "
+          f"{result['cpus']} cpus, load {result['loadavg_1min']}")
+    print(result["rig"])
+    marks = {(b["topic"], b["figure"]): b for b in result["bars"]}
+
+    def cell(e: dict[str, Any], key: str, fig: str | None = None) -> str:
+        v = e[key]
+        s = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        b = marks.get((e["topic"], fig or key))
+        if b is not None:
+            s += " ok" if b["ok"] else f" FAIL({b['bar']})"
+        return s
+
+    cols = [("topic", "topic", None), ("in_fps", "in_fps", None), ("out_fps", "out_fps", None),
+            ("cap_fps", "capacity_fps", None), ("age_p50", "age_p50_ms", None), ("age_p99", "age_p99_ms", None),
+            ("age_max", "age_max_ms", None), ("superseded", "superseded", None), ("lost", "lost", None),
+            ("gaps", "gaps", None), ("first_s", "first_frame_s", None)]
+    rows = [[cell(e, k, f) if k != "topic" else e["topic"] for _, k, f in cols] for e in result["streams"]]
+    width = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _, _) in enumerate(cols)]
+    print("  ".join(f"{h:<{w}s}" if i == 0 else f"{h:>{w}s}" for i, ((h, _, _), w) in enumerate(zip(cols, width))))
+    for r in rows:
+        print("  ".join(f"{c:<{w}s}" if i == 0 else f"{c:>{w}s}" for i, (c, w) in enumerate(zip(r, width))))
+    red = result["recorded_equals_delivered"]
+    bad = [t for t, ok in red["streams"].items() if not ok]
+    print(f"recorded = delivered: {'yes, every raw stream' if red['all'] else 'NO: ' + ', '.join(bad)} "
+          f"({sum(c['recorded'] for c in result['recording'].values())} frames recorded)")
+    v = result["view"]
+    c = v.get("client") or {}
+    print(f"live view: client {c.get('updates')} updates from {c.get('panels')} panels in {c.get('seconds')} s; "
+          f"frame → view ack p50 {v.get('acq_to_pixels_ms_p50')} ms, p99 {v.get('acq_to_pixels_ms_p99')} ms")
+    failed = [b for b in result["bars"] if not b["ok"]]
+    print(f"bars: {len(result['bars']) - len(failed)} of {len(result['bars'])} met"
+          + ("" if not failed else "; failed: " + ", ".join(f"{b['topic']} {b['figure']}" for b in failed)))
+
+
+# -- --under-load ---------------------------------------------------------------------------------------
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def idle_and_under_load(name: str, run: Callable[[argparse.Namespace], dict[str, Any]],
+                        args: argparse.Namespace) -> dict[str, Any]:
+    """``run(args)`` once idle and once beside the whole default rig (recorder and live view
+    included, not measured), started ``--warmup-s`` seconds before. Without ``--under-load``: just
+    ``run(args)``. Returns one row per figure: ``idle``, ``under_load`` and their ratio."""
+    if not getattr(args, "under_load", False):
+        return run(args)
+    warmup = max(0.0, float(getattr(args, "warmup_s", 10.0)))
+    _log(f"{name}: idle run")
+    idle = run(args)
+    _log(f"{name}: starting the rig load (warm-up {warmup:.0f} s)")
+    with terminate_as_interrupt(), RigUnderTest(record=True, view=True) as rig:
+        rig.start_devices()
+        time.sleep(warmup)
+        rig.check_alive()
+        load0 = os.getloadavg()[0]
+        _log(f"{name}: run under load")
+        loaded = run(args)
+        load1 = os.getloadavg()[0]
+        rig.check_alive()  # the figures are only "under load" if the rig ran throughout
+    rows = []
+    for k in [*idle, *(k for k in loaded if k not in idle)]:
+        a, b = idle.get(k), loaded.get(k)
+        if k == "benchmark":
+            continue
+        ratio = round(b / a, 3) if _is_number(a) and _is_number(b) and a else None
+        rows.append({"figure": k, "idle": a, "under_load": b, "ratio": ratio})
+    return {"benchmark": name, "under_load": "the default rig (bench rig's load: every simulator, daemon, "
+            "reconstruction, recorder, live view and a client), not measured",
+            "loadavg_1min_under_load": [round(load0, 2), round(load1, 2)], "results": rows}

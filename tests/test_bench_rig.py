@@ -1,0 +1,110 @@
+"""``medacq bench rig``: a short run of the whole default rig yields a figure for every stream.
+
+Smoke test of the benchmark tool, not of performance: it checks the shape and the accounting of
+the output (every raw and reconstructed topic of the rig, rates above zero, recorded = delivered),
+never the bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+from medacq.daemon.bench.rig import STREAM_KEYS, idle_and_under_load, print_result
+from medacq.simulators.rig import DEFAULT_RIG
+
+from conftest import run_medacq
+
+
+def test_bench_rig_json_covers_every_stream():
+    r = run_medacq("bench", "rig", "--seconds", "3", "--warmup-s", "1", "--capacity-s", "0.2", "--json",
+                   timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    streams = {e["topic"]: e for e in out["streams"]}
+    assert len(streams) == len(out["streams"])  # one entry per topic
+    raw = {f"raw/{e.name}" for e in DEFAULT_RIG}
+    main = {f"recon/{e.name}" for e in DEFAULT_RIG}
+    assert raw | main <= set(streams)
+    assert all(t.startswith(("raw/", "recon/")) for t in streams)
+    for topic, e in streams.items():
+        assert tuple(e) == STREAM_KEYS, topic
+        assert isinstance(e["in_fps"], float) and e["in_fps"] > 0, (topic, e)
+        assert isinstance(e["gaps"], int) and e["gaps"] >= 0
+    for topic in raw:
+        e = streams[topic]
+        assert e["out_fps"] is None and e["capacity_fps"] is None
+        assert isinstance(e["lost"], int) and e["lost"] >= 0
+        assert e["age_p50_ms"] > 0 and e["age_p50_ms"] <= e["age_p99_ms"] <= e["age_max_ms"]
+        assert 0 < e["first_frame_s"] < 120
+    for topic in main:  # a recon topic's in_fps is its source's
+        e, src = streams[topic], streams["raw/" + topic.split("/", 1)[1]]
+        assert e["in_fps"] == src["in_fps"]
+        assert isinstance(e["capacity_fps"], float) and e["capacity_fps"] > 0, (topic, e)
+        assert e["first_frame_s"] is None or e["first_frame_s"] >= src["first_frame_s"]
+    # the recording holds exactly what the subscriber received, per raw stream
+    red = out["recorded_equals_delivered"]
+    assert set(red["streams"]) == raw
+    assert red["all"] is True and all(red["streams"].values()), (out["recording"], out["recorder"])
+    assert out["recorder"]["state"] == "stopped" and out["recorder"]["missed_frames"] == 0
+    assert all(out["recording"][t]["recorded"] == out["recording"][t]["delivered"] > 0 for t in raw)
+    assert out["recording_problems"] == []
+    # every raw stream is judged on loss and recording; every main recon output on rate and age
+    judged = {(b["topic"], b["figure"]) for b in out["bars"]}
+    assert {(t, "lost") for t in raw} | {(t, "recorded_equals_delivered") for t in raw} <= judged
+    assert {(t, f) for t in main for f in ("age_p99_ms", "out_fps", "first_frame_s")} <= judged
+    assert out["passed"] == all(b["ok"] for b in out["bars"])
+    # the live view's client pulled updates
+    assert out["view"]["client"]["updates"] > 0 and out["view"]["client"]["error"] is None
+    # the table names every topic and marks each bar
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        print_result(out)
+    table = buf.getvalue()
+    assert all(t in table for t in streams)
+    assert table.count(" ok") + table.count(" FAIL(") >= len(out["bars"]) - len(raw)
+
+
+def _children() -> set[int]:
+    """This process's children, but multiprocessing's resource tracker (it stays for the session)."""
+    pids = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        pids |= {int(p) for p in (task / "children").read_text().split()}
+    out = set()
+    for pid in pids:
+        try:
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.add(pid)
+        except OSError:
+            pass
+    return out
+
+
+def test_under_load_runs_idle_then_beside_the_rig():
+    calls: list[dict] = []
+
+    def run(_args):
+        calls.append({"children": len(_children()), "t": time.monotonic()})
+        return {"benchmark": "probe", "fps": 10.0 * len(calls), "label": "x", "children": calls[-1]["children"]}
+
+    args = argparse.Namespace(under_load=True, warmup_s=1.0)
+    res = idle_and_under_load("probe", run, args)
+    assert len(calls) == 2
+    # the second run had the rig beside it: simulators, recorder, recon, view, daemon, view client
+    assert calls[0]["children"] + 6 <= calls[1]["children"]
+    rows = {r["figure"]: r for r in res["results"]}
+    assert rows["fps"] == {"figure": "fps", "idle": 10.0, "under_load": 20.0, "ratio": 2.0}
+    assert rows["label"]["ratio"] is None and rows["label"]["idle"] == "x"
+    assert "benchmark" not in rows
+    # and nothing of the rig outlives it
+    deadline = time.monotonic() + 10
+    while len(_children()) > calls[0]["children"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_children()) <= calls[0]["children"]
+    # without --under-load: the plain run
+    assert idle_and_under_load("probe", run, argparse.Namespace(under_load=False))["fps"] == 30.0
