@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from medacq.daemon.bench.runner import free_ports
 from medacq.protocols._sansio import NEED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,17 +25,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.fixture

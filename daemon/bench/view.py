@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 
+from medacq.daemon.bench.runner import free_ports
 from medacq.simulators.rig import RigEntry, SimulatedRig
 
 __all__ = ["VIEW_RIG", "ViewRig", "chromium_path", "browser_args", "bench_view"]
@@ -66,19 +67,6 @@ def chromium_path() -> str | None:
 def browser_args() -> list[str]:
     """Flags for ``chromium.launch(args=...)`` (Playwright gives each launch a fresh, empty profile)."""
     return list(BROWSER_FLAGS)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class ViewRig:
@@ -123,7 +111,7 @@ class ViewRig:
 
         self.rig.start()
         try:
-            p = _free_ports(4)
+            p = free_ports(4)
             doc = self.rig.config(p[0])
             for i, (sec, key) in enumerate([("daemon", "data_endpoint"), ("daemon", "control_endpoint"),
                                             ("recon", "data_endpoint"), ("recon", "control_endpoint")]):
@@ -145,7 +133,7 @@ class ViewRig:
                         if time.monotonic() > deadline:
                             raise RuntimeError("the daemon did not answer in time") from None
             if self.want_view:
-                vp = _free_ports(1)[0]
+                vp = free_ports(1)[0]
                 self._spawn("view", ["view", "--config", str(self.cfg_path), "--port", str(vp), *self.view_args],
                             {**env, "MEDACQ_VIEW_TOKEN": self.view_token})
                 deadline = time.monotonic() + timeout
