@@ -229,6 +229,8 @@ def parse_request(raw: bytes) -> ControlRequest:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ControlError("bad_json", f"request is not UTF-8 JSON: {exc}") from None
+    except RecursionError:  # [[[[... nested deeper than the parser's recursion limit
+        raise ControlError("bad_json", "request is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ControlError("bad_request", "request must be a JSON object")
     rid = obj.get("id") if isinstance(obj.get("id"), (str, int)) else None

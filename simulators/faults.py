@@ -14,7 +14,10 @@ simulator): ``pull_cable`` (refuse_s), ``stall`` (seconds), ``corrupt`` (nbytes)
 ``drop`` (n: packets/frames/samples lost at the device) and ``device_error`` (message, n, code:
 the device answers its next n commands with its own error reply). A device that cannot show one
 says why (:class:`~medacq.simulators._interface.FaultNotSupported`, reported as an error).
-``list`` and ``status`` report simulators and fault counters.
+``list`` and ``status`` report simulators and fault counters; ``status`` also gives each device's
+physical output as its model sees it (``output``: ``exposing``/``source_on`` of an X-ray panel,
+``transmitting`` of an ultrasound probe, ``injecting`` of an EIT device), so a tool can time a
+safe state to the device's own source-off.
 """
 
 from __future__ import annotations
@@ -71,12 +74,18 @@ def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> di
     return {"address": server.address, "applied": fault, "args": args}
 
 
+#: the device's physical output, where it has one (X-ray tube, ultrasound probe, EIT current source)
+_OUTPUT_STATE = ("exposing", "source_on", "transmitting", "injecting")
+
+
 def _status(server: SimulatorServer) -> dict[str, Any]:
     f = server.faults
+    iface = server.interface
+    output = {a: bool(server.call(getattr, iface, a)) for a in _OUTPUT_STATE if hasattr(iface, a)}
     return {"address": server.address, "connections": server.connections, "bytes_out": server.bytes_out,
             "bytes_overrun": server.bytes_overrun, "cable_pulls": f.cable_pulls,
             "bytes_corrupted": f.bytes_corrupted, "garbage_sent": f.garbage_sent,
-            "error": repr(server.error) if server.error else None}
+            "error": repr(server.error) if server.error else None, "output": output}
 
 
 class FaultServer:

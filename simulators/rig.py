@@ -8,13 +8,14 @@ config the daemon and the reconstruction stage are then started with.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.registry import make_simulator
 
-__all__ = ["RigEntry", "DEFAULT_RIG", "SIMULATOR_NICE", "SimulatedRig", "endpoints_for"]
+__all__ = ["RigEntry", "DEFAULT_RIG", "SIMULATOR_NICE", "SimulatedRig", "endpoints_for", "lower_priority"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,33 @@ DEFAULT_RIG: list[RigEntry] = [
 
 SIMULATOR_NICE = 5
 """Niceness added to the process hosting a simulated rig's simulators (``medacq up``, ``medacq bench
-rig``): on a real rig the devices are separate hardware; here they must not take the daemon's and
-the reconstruction stage's cores."""
+rig``), every thread of it (:func:`lower_priority`): on a real rig the devices are separate
+hardware; here they must not take the daemon's and the reconstruction stage's cores."""
+
+
+def lower_priority(nice: int = SIMULATOR_NICE) -> int:
+    """Add ``nice`` to the niceness of every thread of this process (capped at 19); returns how
+    many threads were changed.
+
+    On Linux niceness belongs to each thread: ``os.nice`` changes only the calling one (the
+    simulators' server threads, started before, kept 0), and a thread inherits its creator's
+    niceness when it starts. So this walks ``/proc/self/task``; threads started afterwards by
+    any of these threads inherit the lower priority. Elsewhere (no ``/proc``) ``os.nice``, which
+    is per process there. A thread that ends meanwhile is skipped."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        os.nice(nice)
+        return 1
+    changed = 0
+    for tid in tids:
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, now + nice))
+            changed += 1
+        except (ProcessLookupError, PermissionError):
+            continue
+    return changed
 
 
 def endpoints_for(base_port: int) -> dict[str, dict[str, Any]]:

@@ -61,6 +61,19 @@ def test_bench_rig_json_covers_every_stream():
     assert out["passed"] == all(b["ok"] for b in out["bars"])
     # the live view's client pulled updates
     assert out["view"]["client"]["updates"] > 0 and out["view"]["client"]["error"] is None
+    # the stage's start-up, its own per-stream figures and the GIL check are reported
+    names = {e.name for e in DEFAULT_RIG}
+    su = out["recon_startup"]
+    assert isinstance(su["preload"]["seconds"], float) and set(su["preload"]["modalities"]) >= {"us", "eeg", "ct"}
+    assert set(su["ready_after_s"]) == set(su["lost_in_warmup"]) == set(out["stage"]) == names
+    us = out["stage"]["us0"]
+    assert us["frames_done"] > 0 and us["batches"] == us["frames_done"]  # latest: one frame per call
+    if os.path.exists("/proc/self/task"):
+        assert us["cpu_run_pct"] > 0 and us["cpu_wait_pct"] >= 0
+    g = out["gil"]
+    assert g["heavy"] == "us0" and "us0" not in g["rest"] and len(g["rest"]) == len(names) - 1
+    for pair in ("beside_rest", "beside_python"):
+        assert g[pair]["threads_sum"] > 0 and g[pair]["processes_sum"] > 0 and g[pair]["threads_vs_processes"] > 0
     # the table names every topic and marks each bar
     buf = io.StringIO()
     with redirect_stdout(buf):

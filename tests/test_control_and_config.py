@@ -16,6 +16,7 @@ from medacq.protocols.control import ControlError, parse_request
     [
         (b"{not json", "bad_json"),
         (b"\xff", "bad_json"),
+        (b"[" * 100_000, "bad_json"),  # deeper than the parser's recursion limit
         (b"[1]", "bad_request"),
         (b'{"id": 1}', "bad_request"),
         (b'{"cmd": "reboot"}', "unknown_command"),

@@ -218,6 +218,8 @@ def _run_policy(endpoints, modality: str, qos: dict | None, n: int, interval_s: 
     try:
         with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
             time.sleep(0.5)
+            # steady state: the start-up preload (imports, numba caches) holds the GIL for seconds
+            wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
             src.descriptor(modality)
             wait_for(lambda: stage.status()["streams"].get("s", {}).get("reconstructor"), 5)
             msgs: list = []
@@ -306,6 +308,59 @@ def test_batches_go_to_process_batch_in_order(endpoints, sleepy):
     frames = [m for m in msgs if m.kind == "frame"]
     assert [m.header["source"]["seq"] for m in frames] == list(range(80)) == r.seqs
     np.testing.assert_array_equal(frames[7].array, np.full((2, 2), 14, np.float32))
+
+
+def test_fifo_frames_waiting_for_a_build_are_held_not_aged_out(endpoints, sleepy):
+    """Start-up under ``fifo`` with ``max_age_ms`` 100: the frames that arrive while the
+    reconstructor builds (0.3 s constructor, then 0.7 s warming) are ~1 s old when it is ready,
+    yet none is dropped: the age bound counts from readiness. Every frame comes out, in order,
+    with no gap, and ``ready_after_s`` says how long the first frame waited."""
+    cfg = _cfg(endpoints, {"sleepy": {"sleep_ms": 1, "build_ms": 300, "warm_ms": 700}},
+               {"s": {"policy": "fifo", "max_age_ms": 100}})
+    stage = ReconStage(cfg).start()
+    src = Source(cfg)
+    try:
+        with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
+            time.sleep(0.5)
+            wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
+            src.descriptor("sleepy")
+            msgs: list = []
+            src.stream_frames(40, 0.02, rsub, msgs)  # 0.8 s: all of it while the reconstructor is not ready
+            done = sum(m.kind == "frame" for m in msgs)
+            msgs += _collect(rsub, lambda got: done + sum(m.kind == "frame" for m in got) >= 40, timeout=20)
+            st = stage.status()["streams"]["s"]
+    finally:
+        stage.shutdown()
+        src.close()
+    frames = [m for m in msgs if m.kind == "frame"]
+    assert [m.header["source"]["seq"] for m in frames] == list(range(40)) == sleepy[0].seqs
+    assert st["lost"] == 0 and st["frames_done"] == 40 and st["errors"] == 0 and st["unprocessed"] == 0
+    assert [m for m in msgs if m.kind == "gap"] == [] and sleepy[0].gaps == [] and rsub.gaps == []
+    first = frames[0].header
+    assert first["meta"]["t_start_ns"] - first["source"]["t_host_ns"] > 500 * MS  # it did wait (held, not dropped)
+    assert 0.5 < st["ready_after_s"] < 5, st["ready_after_s"]
+
+
+def test_preload_status_and_the_publisher_byte_bound(endpoints, sleepy):
+    """At start the stage imports and preloads every registered reconstructor (``status.preload``:
+    seconds per modality); ``preload=False`` skips it. The PUB socket's high-water mark is the
+    daemon's byte rule: ``sndhwm_mb / max_frame_mb`` messages, at most ``sndhwm``."""
+    cfg = parse_config({**endpoints, "daemon": {**endpoints["daemon"], "sndhwm": 1000, "sndhwm_mb": 64,
+                                                "max_frame_mb": 8}})
+    stage = ReconStage(cfg).start()
+    try:
+        assert stage.sndhwm == 8
+        pre = wait_for(lambda: (lambda p: p if p["seconds"] is not None else None)(stage.status()["preload"]), 120)
+    finally:
+        stage.shutdown()
+    assert set(pre["modalities"]) == set(registry.RECONSTRUCTORS)
+    assert all(isinstance(v, float) for v in pre["result"].values()), pre["result"]
+    stage = ReconStage(cfg, preload=False).start()
+    try:
+        time.sleep(0.2)
+        assert stage.status()["preload"] == {"modalities": [], "seconds": None, "result": None}
+    finally:
+        stage.shutdown()
 
 
 def test_warming_reconstructor_gets_no_frames_and_latest_keeps_the_newest(endpoints, sleepy):

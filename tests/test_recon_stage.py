@@ -182,3 +182,29 @@ def test_live_device_state_in_the_descriptor_keeps_the_reconstructor(endpoints):
         pub.close(0)
     # 0 -> (LEDs changed: kept) 0 + 0.5 * (4 - 0) = 2 -> (gain changed: rebuilt) 8
     assert [float(o[1][0, 0]) for o in outs] == [0.0, 2.0, 8.0]
+
+
+@pytest.mark.parametrize("local_operator, rights", [(None, "reader"), (False, "reader"), (True, "operator")])
+def test_stage_control_rights_follow_the_endpoint(endpoints, local_operator, rights):
+    """The stage's control socket gives a client without CurveZMQ the rights the daemon's would
+    (``local_rights``): over TCP loopback a reader unless ``[daemon] local_operator = true``."""
+    daemon = {k: v for k, v in endpoints["daemon"].items() if k != "local_operator"}
+    if local_operator is not None:
+        daemon["local_operator"] = local_operator
+    cfg = parse_config({"daemon": daemon, "recon": endpoints["recon"]})
+    stage = ReconStage(cfg).start()
+    try:
+        assert stage.control.local_rights == rights
+        with ControlClient(cfg.recon.control_endpoint, timeout=3) as c:
+            assert "streams" in c.request("status")  # read-only: every local client
+            if rights == "reader":
+                with pytest.raises(RequestFailed) as exc:
+                    c.request("action", target="syn0", action="reset")
+                assert exc.value.code == "forbidden"
+                assert "local_operator" in exc.value.message  # it says how to get operator rights
+            else:  # an operator reaches the handler: no such stream
+                with pytest.raises(RequestFailed) as exc:
+                    c.request("action", target="syn0", action="reset")
+                assert exc.value.code != "forbidden"
+    finally:
+        stage.shutdown()

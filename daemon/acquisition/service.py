@@ -51,11 +51,11 @@ from medacq.daemon.acquisition.queue import DescriptorUpdate, FrameQueue, Notice
 from medacq.daemon.acquisition.worker import AcquisitionWorker, SafetyEvent, SettingsRefused, StreamStats
 from medacq.daemon.acquisition.devices import check_settings_change, effective_limits, settings_policy
 
-from medacq.daemon.common.config import RigConfig, endpoint_is_local
+from medacq.daemon.common.config import RigConfig
 from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer, local_rights, prepare_ipc_dir
 from medacq.daemon.acquisition.publisher import Publisher, sndhwm_for
 from medacq.daemon.acquisition.control import ControlServer, Deferred
-from medacq.daemon.common.binding import BindError, bind
+from medacq.daemon.common.binding import BindError, bind, check_exposure
 from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
 
 __all__ = ["AcquisitionDaemon", "BindError"]
@@ -115,9 +115,9 @@ class AcquisitionDaemon:
             self.control.curve = self.curve
         else:
             for ep, what in ((dc.data_endpoint, "data"), (dc.control_endpoint, "control")):
-                if not endpoint_is_local(ep):  # checked before either socket exists
-                    raise BindError(f"refusing to bind {what} endpoint {ep} without CurveZMQ "
-                                    "([security] server_secret_key)")
+                # checked before either socket exists
+                check_exposure(f"bind {what} endpoint", ep, allowed=False,
+                               needs="CurveZMQ ([security] server_secret_key)")
         for ep in (dc.data_endpoint, dc.control_endpoint):
             try:
                 prepare_ipc_dir(ep)

@@ -45,6 +45,18 @@ processing time + 20 ms; each main ``recon/<stream>`` output (one output per sou
 frames and recorded = delivered. Outputs made per beat or per rotation (``recon/ekg0/hr``,
 ``recon/ct0/slice``) have only the age bar, judged when they produced frames in the window.
 
+Also reported (not barred): ``recon_startup``, the stage's ``preload`` (seconds, per modality), per
+stream ``ready_after_s`` (its first frame at the stage → its reconstructor ready) and
+``lost_in_warmup`` (the stage's ``lost`` when the window starts: start-up gaps, when the warm-up
+covers the start-up); ``stage``, per stream the stage's own ``frames_done``, ``batches`` (calls of
+``process``/``process_batch``), ``proc_us_p50``/``p99`` (wall time of one call, µs) and
+``age_ms_p50``/``p99`` (age when handed to the reconstructor), from its last 256/512 frames, and
+``cpu_run_pct``/``cpu_wait_pct``: the stream's worker thread on a CPU, and runnable but waiting for
+one, in % of the window (Linux ``schedstat``; waiting for the GIL is neither: it sleeps);
+``gil``, the
+slowest reconstructor beside the others as threads of one process and as two processes
+(:mod:`medacq.daemon.bench.gil`; ``--capacity-s`` seconds per run).
+
 :class:`RigUnderTest` (the rig, its processes and cleanup) and :func:`idle_and_under_load` (used by
 ``bench detector --under-load`` and ``bench ultrasound --under-load``) are shared.
 """
@@ -97,23 +109,28 @@ def _log(msg: str) -> None:
 
 
 # -- child processes ----------------------------------------------------------------------------
-def _serve_simulators(conn: Any, parent: int) -> None:
-    """Child process: serve every simulator of the default rig, send the rig config document,
+def _serve_simulators(conn: Any, parent: int, fault_endpoint: str | None = None) -> None:
+    """Child process: serve every simulator of the default rig (and, with ``fault_endpoint``, their
+    fault side door, :class:`~medacq.simulators.faults.FaultServer`), send the rig config document,
     drop to :data:`SIMULATOR_NICE`, and serve until told to stop (or the parent is gone)."""
     import signal
 
-    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig
+    from medacq.simulators.faults import FaultServer
+    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate() → KeyboardInterrupt → rig.stop()
     rig = SimulatedRig(paced=True)
+    faults = None
     try:
         try:
             rig.start()
+            if fault_endpoint:
+                faults = FaultServer(rig.servers, fault_endpoint).start()
             conn.send({"config": rig.config(0), "simulators": sorted(rig.servers)})
         except Exception as exc:  # noqa: BLE001 - reported to the parent
             conn.send({"error": f"{type(exc).__name__}: {exc}"})
             return
-        os.nice(SIMULATOR_NICE)
+        lower_priority(SIMULATOR_NICE)  # every thread: os.nice would change only this one
         while os.getppid() == parent:
             if conn.poll(0.5):
                 conn.recv()
@@ -121,6 +138,8 @@ def _serve_simulators(conn: Any, parent: int) -> None:
     except (KeyboardInterrupt, EOFError, OSError):
         pass
     finally:
+        if faults is not None:
+            faults.stop()
         rig.stop()
 
 
@@ -181,10 +200,17 @@ class RigUnderTest:
     SIGTERM to each process group, SIGKILL after a grace period. Children also get SIGTERM if this
     process dies (Linux). Logs and the config are in :attr:`workdir`, removed by :meth:`stop` unless
     ``keep`` (or the start failed).
+
+    ``faults``: the simulators' fault side door is served too, at :attr:`fault_endpoint`
+    (``medacq fault --endpoint``). ``edit_config``: called with the rig's config document (a dict,
+    endpoints and ``autostart`` already set) before it is written.
     """
 
-    def __init__(self, *, record: bool = True, view: bool = True, keep: bool = False) -> None:
+    def __init__(self, *, record: bool = True, view: bool = True, keep: bool = False, faults: bool = False,
+                 edit_config: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.record, self.view, self.keep = record, view, keep
+        self.fault_endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}" if faults else None
+        self._edit_config = edit_config
         self.workdir = Path(tempfile.mkdtemp(prefix="medacq-bench-rig-"))
         self.cfg_path = self.workdir / "rig.toml"
         self.rec_path = self.workdir / "raw.h5"
@@ -218,8 +244,8 @@ class RigUnderTest:
         try:
             ctx = mp.get_context("spawn")
             self._sim_conn, child = ctx.Pipe()
-            self._sim = ctx.Process(target=_serve_simulators, args=(child, os.getpid()), name="rig-simulators",
-                                    daemon=True)
+            self._sim = ctx.Process(target=_serve_simulators, args=(child, os.getpid(), self.fault_endpoint),
+                                    name="rig-simulators", daemon=True)
             self._sim.start()
             child.close()
             if not self._sim_conn.poll(timeout):
@@ -234,6 +260,8 @@ class RigUnderTest:
                 doc[sec][key] = f"tcp://127.0.0.1:{port}"
             for dev in doc["device"]:  # started over the control plane once every subscriber is connected
                 dev["autostart"] = False
+            if self._edit_config is not None:
+                self._edit_config(doc)
             self.cfg_path.write_text(dump_config(doc))
             self.cfg = load_config(self.cfg_path)
             cfg = str(self.cfg_path)
@@ -447,47 +475,53 @@ def _pump(sub: Any, tally: _Tally, until: float, rig: RigUnderTest) -> None:
 def _capacity(desc: dict[str, Any] | None, frames: list[tuple[dict[str, Any], np.ndarray]],
               settings: dict[str, Any], budget_s: float) -> float | None:
     """Frames/s of the stage's reconstructor for this stream alone (see the module doc)."""
+    from medacq.daemon.bench.gil import ReconFeeder
     from medacq.daemon.recon.registry import reconstructor_class
-    from medacq.protocols.stream import StreamDescriptor
 
-    if desc is None or not frames:
+    if desc is None or not frames or reconstructor_class(str(desc.get("modality"))) is None:
         return None
-    d = StreamDescriptor.model_validate(desc)
-    cls = reconstructor_class(d.modality)
-    if cls is None:
-        return None
-    table = dict(settings.get(d.modality) or {})
-    if d.modality == "us":
-        table["igtl_port"] = 0  # no server for a measurement (the port may be the stage's, or in use)
-    recon = cls(d, table)
+    feeder = ReconFeeder(desc, frames, settings)  # built, ready, 3 frames of warm-up
     try:
-        wait_ready = getattr(recon, "wait_ready", None)
-        if callable(wait_ready):
-            wait_ready(300.0)
-        deadline = time.monotonic() + 300.0  # an operator or forward solve built in the background
-        while getattr(recon, "warming", False):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{d.stream}: the reconstructor is still warming up after 300 s")
-            time.sleep(0.05)
-        n_proj = int((d.geometry or {}).get("n_proj") or 0)
-
-        def feed(i: int) -> None:
-            h, a = frames[i % len(frames)]
-            hh = {**h, "seq": i}
-            meta = h.get("meta") or {}
-            if n_proj and "projection" in meta:
-                hh["meta"] = {**meta, "projection": i % n_proj}
-            recon.process(hh, a)
-
-        for i in range(3):  # warm-up: JIT compilation, caches, first allocations
-            feed(i)
-        i, t0 = 3, time.perf_counter()
-        while i < 6 or time.perf_counter() - t0 < budget_s:
-            feed(i)
-            i += 1
-        return (i - 3) / (time.perf_counter() - t0)
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < budget_s:
+            feeder.feed()
+            n += 1
+        return n / (time.perf_counter() - t0)
     finally:
-        recon.close()
+        feeder.close()
+
+
+def _gil(devices: list[str], descriptors: dict[str, Any], tally: "_Tally", settings: dict[str, Any],
+         capacity: dict[str, float | None], seconds: float) -> dict[str, Any] | None:
+    """:func:`~medacq.daemon.bench.gil.gil_check` with the slowest reconstructor (lowest capacity)
+    as ``heavy`` and every other one that has frames as ``rest``; ``None`` without two of them."""
+    from medacq.daemon.bench.gil import gil_check
+
+    have = [n for n in devices if capacity.get(n) and tally.captured.get(f"raw/{n}")]
+    if len(have) < 2:
+        return None
+    heavy = min(have, key=lambda n: capacity[n] or math.inf)
+    spec = {n: (descriptors[f"raw/{n}"], tally.captured[f"raw/{n}"], settings) for n in have}
+    try:
+        return gil_check(spec[heavy], [spec[n] for n in have if n != heavy], seconds)
+    except Exception as exc:  # noqa: BLE001 - a figure is missing, the benchmark goes on
+        _log(f"gil check: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _schedstat(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Per stream, its stage worker thread's (ns on a CPU, ns runnable waiting for one), from Linux's
+    ``/proc/<pid>/task/<tid>/schedstat``; empty where that is not readable."""
+    pid, out = status.get("pid"), {}
+    for name, st in (status.get("streams") or {}).items():
+        tid = (st or {}).get("thread_native_id")
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, wait, _ = f.read().split()
+            out[name] = (int(run), int(wait))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -514,6 +548,8 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         try:
             rig.start_devices()
             _pump(sub, tally, time.monotonic() + warmup, rig)
+            warm_status = rig.status("recon")  # the stage's drops so far: start-up gaps, if the warm-up covers it
+            sched0 = _schedstat(warm_status)
             load0 = os.getloadavg()[0]
             tally.measuring = True
             t_w0 = time.monotonic()
@@ -522,6 +558,7 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
             tally.measuring = False
             load1 = os.getloadavg()[0]
             recon_status = rig.status("recon")
+            sched1 = _schedstat(recon_status)
             view_state = rig.view_state()
             view_client = rig.stop_view_client()
             end_series_and_drain(rig.procs["daemon"], sub, tally.see)
@@ -547,8 +584,25 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - a figure is missing, the benchmark goes on
             _log(f"capacity of {name}: {type(exc).__name__}: {exc}")
             capacity[name] = None
-    return _result(args, seconds, warmup, window, devices, modality, capacity, tally, gaps, recon_status,
-                   recorded, view_state, view_client, (load0, load1))
+    _log("gil: the slowest reconstructor beside the others, as threads and as processes")
+    gil = _gil(devices, descriptors, tally, settings, capacity, capacity_s)
+    res = _result(args, seconds, warmup, window, devices, modality, capacity, tally, gaps, recon_status,
+                  recorded, view_state, view_client, (load0, load1))
+    streams = recon_status.get("streams") or {}
+    warm = warm_status.get("streams") or {}
+    res["recon_startup"] = {"preload": recon_status.get("preload"),
+                            "ready_after_s": {n: (streams.get(n) or {}).get("ready_after_s") for n in devices},
+                            "lost_in_warmup": {n: (warm.get(n) or {}).get("lost") for n in devices}}
+    keys = ("frames_done", "batches", "proc_us_p50", "proc_us_p99", "age_ms_p50", "age_ms_p99")
+    res["stage"] = {n: {k: v if isinstance(v := (streams.get(n) or {}).get(k), int) else _r(v, 1) for k in keys}
+                    for n in devices}
+    for n in devices:  # the worker thread's CPU over the window: running, and runnable but waiting for a core
+        a, b = sched0.get(n), sched1.get(n)
+        ok = a is not None and b is not None
+        res["stage"][n]["cpu_run_pct"] = round((b[0] - a[0]) / 1e9 / window * 100, 1) if ok else None
+        res["stage"][n]["cpu_wait_pct"] = round((b[1] - a[1]) / 1e9 / window * 100, 1) if ok else None
+    res["gil"] = gil
+    return res
 
 
 def _result(args: argparse.Namespace, seconds: float, warmup: float, window: float, devices: list[str],
@@ -668,6 +722,25 @@ def print_result(result: dict[str, Any]) -> None:
     c = v.get("client") or {}
     print(f"live view: client {c.get('updates')} updates from {c.get('panels')} panels in {c.get('seconds')} s; "
           f"frame → view ack p50 {v.get('acq_to_pixels_ms_p50')} ms, p99 {v.get('acq_to_pixels_ms_p99')} ms")
+    su = result.get("recon_startup") or {}
+    pre = su.get("preload") or {}
+    print(f"recon start-up: reconstructors preloaded in {pre.get('seconds')} s; first frame here -> reconstructor "
+          "ready: " + ", ".join(f"{n} {v} s" for n, v in (su.get("ready_after_s") or {}).items()))
+    print("stage drops during the warm-up (lost): " + ", ".join(f"{n} {v}" for n, v in
+                                                                (su.get("lost_in_warmup") or {}).items()))
+    for n, st in (result.get("stage") or {}).items():
+        print(f"stage {n}: {st['frames_done']} frames in {st['batches']} calls, process p50 {st['proc_us_p50']} us "
+              f"p99 {st['proc_us_p99']} us, age when handed over p50 {st['age_ms_p50']} ms p99 {st['age_ms_p99']} ms; "
+              f"worker on a CPU {st['cpu_run_pct']} %, waiting for one {st['cpu_wait_pct']} % of the window")
+    g = result.get("gil")
+    if g:
+        r, p = g["beside_rest"], g["beside_python"]
+        print(f"gil: {g['heavy']} beside the other reconstructors: threads {r['threads_sum']}, processes "
+              f"{r['processes_sum']} (ratio {r['threads_vs_processes']}; {g['heavy']} alone "
+              f"{r['alone']['heavy_fps']} fps, in threads {r['threads']['heavy_fps']}, in processes "
+              f"{r['processes']['heavy_fps']}); beside pure Python: threads {p['threads_sum']}, processes "
+              f"{p['processes_sum']} (ratio {p['threads_vs_processes']}) [sum of each side's share of its alone "
+              f"rate: 1 serialised, 2 parallel; median of {g['repeat']}]")
     failed = [b for b in result["bars"] if not b["ok"]]
     print(f"bars: {len(result['bars']) - len(failed)} of {len(result['bars'])} met"
           + ("" if not failed else "; failed: " + ", ".join(f"{b['topic']} {b['figure']}" for b in failed)))

@@ -15,8 +15,10 @@ that load.
 Shared by the benchmarks that run a rig: :func:`free_ports`, :func:`spawn_cli` /
 :func:`stop_processes` (``medacq`` child processes that never outlive the benchmark),
 :func:`terminate_as_interrupt` (SIGTERM/SIGHUP clean up like Ctrl-C), :class:`StreamLedger`
-(per-stream frame accounting: generated, delivered, announced lost), and the end of a recorded
-run: :func:`end_series_and_drain`, :func:`stop_recorder`, :func:`recorded_vs_delivered`.
+(per-stream frame accounting: generated, delivered, announced lost), :func:`rss_mb` /
+:func:`half_growth` (a process's memory over a run), and the end of a recorded run:
+:func:`end_series_and_drain`, :func:`stop_recorder`, :func:`recorder_summary`,
+:func:`recorder_checkpoint`, :func:`recorded_vs_delivered`, :func:`recorded_seqs`.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medacq.daemon.common.procs import spawn_module, stop_processes
+
 __all__ = ["BENCHES", "UNDER_LOAD", "add_bench_arguments", "run_bench", "bench_transport", "free_ports", "spawn_cli",
            "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
-           "recorded_vs_delivered", "recorder_summary"]
+           "recorded_vs_delivered", "recorder_summary", "recorder_checkpoint", "recorded_seqs", "rss_mb",
+           "half_growth"]
 
 #: name -> "module:function(args) -> dict"; the function prints nothing itself.
 BENCHES: dict[str, str] = {
@@ -53,6 +58,7 @@ BENCHES: dict[str, str] = {
     "view": "medacq.daemon.bench.view:bench_view",
     "eit": "medacq.daemon.bench.eit:bench_eit",
     "rig": "medacq.daemon.bench.rig:bench_rig",
+    "chaos": "medacq.daemon.bench.chaos:bench_chaos",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
@@ -64,7 +70,8 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--duration", type=float, default=2.0, help="seconds per measured case (default %(default)s)")
     sp.add_argument("--sizes", default=",".join(SIZES), help="transport: comma-separated frame sizes")
     sp.add_argument("--repeat", type=int, default=3, help="transport, biosignal capacity: interleaved repeats (median)")
-    sp.add_argument("--minutes", type=float, default=10.0, help="soak: duration in minutes")
+    sp.add_argument("--minutes", type=float, default=10.0, help="soak, chaos: duration in minutes")
+    sp.add_argument("--seed", type=int, default=1, help="chaos: seed of the fault schedule (default %(default)s)")
     sp.add_argument("--e2e-s", type=float, default=20.0, help="detector: end-to-end seconds (default %(default)s)")
     sp.add_argument("--frames", type=int, default=40, help="detector: full frames per read measurement")
     sp.add_argument("--seconds", type=float, default=60.0, help="rig: measured seconds, after the warm-up "
@@ -345,62 +352,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """``preexec_fn``: the child gets SIGTERM when this process dies (Linux ``PR_SET_PDEATHSIG``;
-    it fires when the forking *thread* ends, so spawn from the main thread). ``None`` without prctl."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        prctl.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return None
-    parent, sig = os.getpid(), int(signal.SIGTERM)
-
-    def setup() -> None:  # between fork and exec: minimal
-        prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the benchmark died before prctl took effect
-            os._exit(128 + sig)
-
-    return setup
-
-
 def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m medacq.daemon.cli ARGV`` as a benchmark's child: stdout and stderr to ``log_path``,
-    its own process group (:func:`stop_processes` signals the group), SIGTERM if the benchmark dies."""
-    with open(log_path, "wb") as logf:
-        return subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", *argv], stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT,
-                                env=env or {**os.environ, "PYTHONUNBUFFERED": "1"},
-                                process_group=0, preexec_fn=_die_with_parent())
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    if p.returncode is not None:  # reaped: its pid (and group id) may belong to someone else now
-        return
-    try:
-        os.killpg(p.pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # not a group leader (not started by spawn_cli): the child alone
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(sig)
-
-
-def stop_processes(procs: Iterable[subprocess.Popen], grace_s: float = 5.0) -> None:
-    """SIGTERM every child's process group, wait up to ``grace_s`` in all, then SIGKILL the rest."""
-    procs = list(procs)
-    for p in procs:
-        _signal_group(p, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(max(0.05, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(p, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
+    """``python -m medacq.daemon.cli ARGV`` as a benchmark's child
+    (:func:`~medacq.daemon.common.procs.spawn_module`): stdout and stderr to ``log_path``, its own
+    process group (:func:`stop_processes` signals the group), SIGTERM if the benchmark dies; spawn
+    from the main thread."""
+    return spawn_module("medacq.daemon.cli", argv, log_path, env)
 
 
 @contextlib.contextmanager
@@ -495,9 +452,15 @@ def _last_json(log: Path, prefix: bytes) -> dict[str, Any] | None:
     return None
 
 
+def recorder_checkpoint(log: Path) -> dict[str, Any] | None:
+    """The last checkpoint line of ``medacq record --progress`` in its log (``checkpoint``,
+    ``frames``, ``streams``, ``missed_frames``, ``bad_messages``); ``None`` before the first."""
+    return _last_json(log, b'{"checkpoint"')
+
+
 def _recorded_so_far(log: Path) -> int | None:
     """Frames the last checkpoint of ``medacq record --progress`` reported in its log, if any."""
-    last = _last_json(log, b'{"checkpoint"')
+    last = recorder_checkpoint(log)
     try:
         return None if last is None else int(last["frames"])
     except (KeyError, TypeError, ValueError):
@@ -551,3 +514,39 @@ def recorded_vs_delivered(ledger: StreamLedger, recording: dict[str, Any]) -> di
         rec, dlv = int(recording["streams"].get(t, {}).get("frames", 0)), ledger.delivered.get(t, 0)
         out[t] = {"recorded": rec, "delivered": dlv, "equal": rec == dlv}
     return out
+
+
+def recorded_seqs(path: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every frame of an HDF5 recording, as ``(topic, series id) -> sorted seq`` (uint64), read from
+    the ``seq`` and ``series_index`` columns of each data block (the file is recovered first)."""
+    from medacq.daemon.recording.hdf5 import open_recording
+
+    parts: dict[tuple[str, str], list[np.ndarray]] = {}
+    with open_recording(path) as f:
+        for prefix in f:
+            for g in f[prefix].values():
+                topic = str(g.attrs["topic"])
+                ids = {int(k): str(s.attrs["series"]) for k, s in g["series"].items()}
+                for b in (k for k in g if k.startswith("data_")):
+                    seq, idx = g[b]["seq"][()], g[b]["series_index"][()]
+                    for i in np.unique(idx):
+                        parts.setdefault((topic, ids[int(i)]), []).append(seq[idx == i])
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` now (MB, 2^20 bytes; ``/proc/PID/statm``), NaN if unreadable."""
+    try:
+        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return resident * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def half_growth(series: list[float]) -> float | None:
+    """Growth (%) from the middle sample of ``series`` to its last: near 0 when the first half
+    was warm-up and nothing leaks; ``None`` with fewer than 3 samples."""
+    if len(series) < 3:
+        return None
+    mid = series[len(series) // 2]
+    return round(100 * (series[-1] - mid) / mid, 2) if mid else None

@@ -25,28 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, recorded_vs_delivered,
-                                        spawn_cli, stop_processes, stop_recorder, terminate_as_interrupt)
+from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, half_growth,
+                                        recorded_vs_delivered, rss_mb, spawn_cli, stop_processes, stop_recorder,
+                                        terminate_as_interrupt)
 
 __all__ = ["bench_soak"]
-
-
-def _half_growth(series: list[float]) -> float | None:
-    """RSS growth (%) over the second half of the run: near 0 when the first half was warm-up."""
-    if len(series) < 3:
-        return None
-    mid = series[len(series) // 2]
-    return round(100 * (series[-1] - mid) / mid, 2) if mid else None
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +95,7 @@ def _soak(args: argparse.Namespace, rig: Any, procs: dict[str, subprocess.Popen]
         msg = sub.recv(timeout=0.05)
         if msg is not None:
             ledger.see(msg.topic, msg.header)
-    rss_start = _rss_mb(procs["daemon"].pid)
+    rss_start = rss_mb(procs["daemon"].pid)
     faults = [("pull_cable", {"refuse_s": 1.0}), ("garbage", {"nbytes": 3000}), ("corrupt", {"nbytes": 200}),
               ("drop", {"n": 3}), ("stall", {"seconds": 0.5})]
     names = sorted(rig.servers)
@@ -129,7 +112,7 @@ def _soak(args: argparse.Namespace, rig: Any, procs: dict[str, subprocess.Popen]
             ledger.see(msg.topic, msg.header)
         now = time.monotonic()
         if now >= next_rss:
-            rss_series.append(_rss_mb(procs["daemon"].pid))
+            rss_series.append(rss_mb(procs["daemon"].pid))
             next_rss += 60.0
         if now >= next_fault and now < fault_end and names:
             sim = names[k % len(names)]
@@ -143,7 +126,7 @@ def _soak(args: argparse.Namespace, rig: Any, procs: dict[str, subprocess.Popen]
             k += 1
             next_fault = now + float(getattr(args, "fault_every", 4.0) or 4.0)
     status = ctl.request("status")
-    rss_end = _rss_mb(procs["daemon"].pid)
+    rss_end = rss_mb(procs["daemon"].pid)
     end_series_and_drain(procs["daemon"], sub, lambda msg: ledger.see(msg.topic, msg.header))
     recorded = stop_recorder(procs["recorder"], rec_file, progress_log=work / "recorder.log",
                              expect_frames=sum(ledger.delivered.values()))
@@ -162,7 +145,7 @@ def _soak(args: argparse.Namespace, rig: Any, procs: dict[str, subprocess.Popen]
             "rss_end_mb": round(rss_end, 1),
             "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else None,
             "rss_series_mb": [round(v, 1) for v in [*rss_series, rss_end]],
-            "rss_growth_second_half_pct": _half_growth([*rss_series, rss_end]),
+            "rss_growth_second_half_pct": half_growth([*rss_series, rss_end]),
             "faults_injected": len(injected), "recording_problems": recorded["problems"],
             "recorded_equals_delivered": total["recorded"] == total["delivered"],
             "streams": per, "faults": injected[-20:], "workdir": str(work)}

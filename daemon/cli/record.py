@@ -77,7 +77,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     def progress(st: dict[str, Any]) -> None:
         if args.progress:
             print(json.dumps({"checkpoint": st["checkpoints"], "frames": st["frames_recorded"],
-                              "streams": st.get("streams", {}), "missed_frames": st["missed_frames"]}), flush=True)
+                              "streams": st.get("streams", {}), "missed_frames": st["missed_frames"],
+                              "bad_messages": st.get("bad_messages", 0)}), flush=True)
 
     settle = args.settle
     if settle is None and args.format != "hdf5":
@@ -104,7 +105,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     rec.stop()
     st = rec.status()
     print(json.dumps({k: st[k] for k in ("state", "frames_recorded", "checkpoints", "gaps_recorded",
-                                         "missed_frames", "dropped_frames", "warnings", "streams", "error")
+                                         "missed_frames", "dropped_frames", "bad_messages", "warnings", "streams", "error")
                       if k in st}, default=str),
           file=sys.stderr)
     return 0 if st["state"] == "stopped" else 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medacq.daemon.cli._common import DEFAULT_BASE_PORT, CliError, load_rig, parse_kv, wait_for_signal
+from medacq.daemon.common.procs import spawn_module, stop_processes
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -54,68 +55,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Signals on which ``medacq up`` stops its children and exits."""
 
-_CHILD_BOOTSTRAP = """\
-import os, signal, sys
-try:  # PR_SET_PDEATHSIG (Linux): SIGTERM to this process when the thread that started it ends
-    import ctypes
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl(1, int(signal.SIGTERM), 0, 0, 0)
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):  # medacq up died before that took effect
-    sys.exit(1)
-from medacq.daemon.cli.app import main
-sys.exit(main(sys.argv[2:]))
-"""
-"""How ``medacq up`` runs ``medacq <command>`` in a child: ``python -c BOOTSTRAP UP_PID COMMAND ...``.
-
-The child asks the kernel for SIGTERM when ``up`` dies (``PR_SET_PDEATHSIG``, which fires when
-the *thread* that forked it ends: children are started from ``up``'s main thread), then checks
-that ``up`` did not die before that. This runs in the new interpreter, not in a ``preexec_fn``:
-Python code between fork and exec can deadlock in a process with threads, as ``up`` is (its
-simulators).
-"""
-
-
-def _spawn(procs: list[subprocess.Popen], args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start ``medacq ARGS`` as a child of ``medacq up``: its own process group, ended with ``up``
-    (:data:`_CHILD_BOOTSTRAP`)."""
-    argv = [sys.executable, "-c", _CHILD_BOOTSTRAP, str(os.getpid()), *args]
-    with open(log_path, "wb") as logf:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                             process_group=0)
-    procs.append(p)
-    return p
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    """Signal a child's process group. Only while the child is not reaped: until then its pid, and
-    so its group id, cannot be reused by an unrelated process."""
-    if p.returncode is not None:
-        return
-    try:
-        os.killpg(p.pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # not (yet) a group leader: signal the child alone
-        try:
-            p.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
-def _stop_children(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
-    """SIGTERM every child's group, wait up to ``grace_s`` in all, then SIGKILL what is left."""
-    for p in procs:
-        _signal_group(p, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(max(0.05, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(p, signal.SIGKILL)
-            p.wait(5)
+_CLI = "medacq.daemon.cli"
+"""The module ``medacq up`` runs its children with (``python -m medacq.daemon.cli COMMAND ...``)."""
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -128,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """
     from medacq.daemon.client.api import ControlClient, DaemonUnreachable
     from medacq.daemon.common.config import dump_config
-    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig
+    from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
     from medacq.daemon.cli.status_view import StatusView
 
     from medacq.simulators.faults import FaultServer
@@ -153,8 +94,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         cfg_path.write_text(dump_config(doc))
         cfg = load_rig(str(cfg_path))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for sub in ("run", "recon"):
-            _spawn(procs, [sub, "--config", str(cfg_path)], workdir / f"{sub}.log", env)
+        for sub in ("run", "recon"):  # children die with up (medacq.daemon.common.procs)
+            procs.append(spawn_module(_CLI, [sub, "--config", str(cfg_path)], workdir / f"{sub}.log", env))
         print(f"medacq up: {len(rig.servers)} simulator(s), daemon and reconstruction stage "
               f"(config and logs in {workdir}; fault side door on port {args.base_port + 4})", flush=True)
         with ControlClient(cfg.daemon.control_endpoint, timeout=0.5) as c:
@@ -175,13 +116,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         # This process hosts the simulators. On a real rig the devices are separate hardware; here
         # they must not take the daemon's and the stage's cores, so they run at lower priority
         # (the children above were started first and keep theirs).
-        os.nice(SIMULATOR_NICE)
+        lower_priority(SIMULATOR_NICE)  # every thread of this process (os.nice: only the calling one)
         view = StatusView(cfg, interactive=sys.stdout.isatty() and not os.environ.get("CI"))
         view.run(args.for_s)  # returns on --for, Ctrl-C, or SIGTERM/SIGHUP (on_signal)
         return 0
     finally:
         stopping.append(0)  # from here on a signal no longer interrupts anything
-        _stop_children(procs)
+        stop_processes(procs)
         if faults is not None:
             faults.stop()
         if rig is not None:
@@ -197,8 +138,9 @@ def _start_view(procs: list, cfg_path: Path, port: int, workdir: Path, env: dict
     import socket
 
     token = secrets.token_urlsafe(32)
-    p = _spawn(procs, ["view", "--config", str(cfg_path), "--port", str(port), "--operator"], workdir / "view.log",
-               {**env, "MEDACQ_VIEW_TOKEN": token})
+    p = spawn_module(_CLI, ["view", "--config", str(cfg_path), "--port", str(port), "--operator"],
+                     workdir / "view.log", {**env, "MEDACQ_VIEW_TOKEN": token})
+    procs.append(p)
     deadline = time.monotonic() + 15
     while p.poll() is None and time.monotonic() < deadline:
         try:

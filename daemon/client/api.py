@@ -37,7 +37,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 DEFAULT_RCVHWM_MB: float = 512.0
 """Receive queue bound (MB) of a :class:`Subscriber` given neither ``rcvhwm`` nor ``rcvhwm_mb``: 64
-messages of ``DEFAULT_FRAME_MB``, like the daemon's default send bound (``sndhwm_mb / max_frame_mb``)."""
+messages of ``DEFAULT_FRAME_MB`` (the daemon's send side holds up to 256 more per subscriber)."""
 DEFAULT_RCVHWM_CAP: int = 1000
 """Most messages a byte-derived receive high-water mark allows."""
 DEFAULT_FRAME_MB: float = 8.0
@@ -176,8 +176,8 @@ class Subscriber:
         rcvhwm, rcvhwm_mb: the receive queue's bounds. ZeroMQ counts messages, so a byte
             bound becomes the message high-water mark ``rcvhwm_mb / max_frame_mb`` (at least
             2, at most ``rcvhwm``), fixed when the socket connects. Neither given: 512 MB of
-            frames up to 8 MB, at most 1000 messages: a mark of 64, as the daemon's send side
-            (the kernel's socket buffers and the publisher's per-subscriber queue hold more). ``rcvhwm`` alone: exactly that many messages, no byte bound (``0``:
+            frames up to 8 MB, at most 1000 messages: a mark of 64 (the daemon's send side holds
+            256 more by default, the kernel's socket buffers and the publisher's per-subscriber queue hold more). ``rcvhwm`` alone: exactly that many messages, no byte bound (``0``:
             unlimited). With ``qos`` each stream's QoS queue is bounded by the same frames
             and bytes. :attr:`rcvhwm_bound_mb` is the bound in force for the frames seen.
         max_frame_mb: the largest frame this consumer accepts (MB): a larger payload is a bad

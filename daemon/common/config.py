@@ -134,7 +134,8 @@ class DaemonSection(BaseModel):
         descriptor_interval_s: descriptor re-publication interval.
         watchdog_stall_s: a device thread silent for longer is "unhealthy" (systemd watchdog).
         reconnect_max_s: cap of the exponential reconnect backoff.
-        local_operator: without CurveZMQ, the rights of a client of ``control_endpoint``.
+        local_operator: without CurveZMQ, the rights of a client of ``control_endpoint`` (and
+            of the reconstruction stage's ``[recon] control_endpoint``, by the same rule).
             Unset: an ``ipc://`` endpoint in a directory closed to "other" users (the OS
             decides who connects: the daemon's user and group) gives operator rights; a TCP
             loopback endpoint (any local user can connect) or an ``ipc://`` one in an open
@@ -150,7 +151,7 @@ class DaemonSection(BaseModel):
     queue_depth: int = Field(default=256, ge=1, le=1_000_000)
     queue_mb: float = Field(default=64.0, gt=0)
     sndhwm: int = Field(default=1000, ge=1)
-    sndhwm_mb: float = Field(default=512.0, gt=0)
+    sndhwm_mb: float = Field(default=2048.0, gt=0)
     max_frame_mb: float = Field(default=8.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
     descriptor_interval_s: float = Field(default=3.0, gt=0)

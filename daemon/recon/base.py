@@ -19,7 +19,8 @@ the stage leaves frames in the queue meanwhile, where the policy handles them.
 
 Threading: the stage calls every method (``process``, ``process_batch``, ``on_gap``,
 ``on_superseded``, ``control``, ``close``) from the stream's own worker thread, one at a
-time; only :attr:`~Reconstructor.warming` is also read from other threads.
+time; only :attr:`~Reconstructor.warming` is also read from other threads, and the class
+method :meth:`~Reconstructor.preload` runs on the stage's preload thread.
 
 Settings: each class names a pydantic model, ``Settings`` (``extra="forbid"``), for its
 ``[recon.settings.<modality>]`` table; ``medacq check-config`` validates the table against it
@@ -121,6 +122,16 @@ class Reconstructor(ABC):
         once per batch); a run of a single frame still goes to :meth:`process`. If it raises,
         every frame of the batch counts as an error and none is published."""
         return [self.process(h, f) for h, f in zip(headers, frames)]
+
+    @classmethod
+    def preload(cls) -> None:
+        """Warm what every instance of this class shares in this process, before any stream
+        arrives: compile (or load from numba's on-disk cache) its kernels, import what it
+        imports lazily. The stage calls it once per registered class when it starts, on a
+        background thread (:func:`~medacq.daemon.recon.registry.preload_reconstructors`),
+        so the first descriptor of a stream only builds the per-stream parts. Must be
+        idempotent and safe to call from any thread; a failure is logged, not fatal (the
+        build then does the work). Default: nothing (importing the module is enough)."""
 
     @property
     def warming(self) -> bool:

@@ -1,10 +1,13 @@
-"""Which reconstructor serves which modality (``"module:Class"``, imported on first use),
-the queue policy a stream gets (the reconstructor's declared ``qos`` under
+"""Which reconstructor serves which modality (``"module:Class"``, imported on first use, or
+ahead of it by :func:`preload_reconstructors`), the queue policy a stream gets (the reconstructor's declared ``qos`` under
 ``[recon.qos.<stream>]``), and the check of ``[recon.settings.<modality>]`` and ``[recon.qos]``."""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,17 +17,21 @@ from medacq.protocols.qos import QosPolicy
 from medacq.daemon.common.config import validation_problems
 from medacq.daemon.recon.base import Reconstructor
 
-__all__ = ["RECONSTRUCTORS", "check_recon_settings", "reconstructor_class", "resolve_qos"]
+__all__ = ["RECONSTRUCTORS", "check_recon_settings", "preload_reconstructors", "reconstructor_class", "resolve_qos"]
+
+log = logging.getLogger("medacq.recon")
 
 RECONSTRUCTORS: dict[str, str] = {
-    "synthetic": "medacq.daemon.recon.modalities.synthetic:RunningMean",
-    "us": "medacq.daemon.recon.modalities.ultrasound:BModeReconstructor",
+    # in the order the stage preloads them: ``fifo`` modalities first (frames that wait for their
+    # reconstructor count against the queue's frame bound), ``latest`` ones after (only the newest waits)
     "eeg": "medacq.daemon.recon.modalities.biosignal:EEGReconstructor",
     "ekg": "medacq.daemon.recon.modalities.biosignal:EKGReconstructor",
     "meg": "medacq.daemon.recon.modalities.biosignal:MEGReconstructor",
-    "xray": "medacq.daemon.recon.modalities.xray:XrayReconstructor",
     "ct": "medacq.daemon.recon.modalities.xray:CTReconstructor",
+    "xray": "medacq.daemon.recon.modalities.xray:XrayReconstructor",
     "eit": "medacq.daemon.recon.modalities.eit:EitImager",
+    "us": "medacq.daemon.recon.modalities.ultrasound:BModeReconstructor",
+    "synthetic": "medacq.daemon.recon.modalities.synthetic:RunningMean",
 }
 
 
@@ -35,6 +42,26 @@ def reconstructor_class(modality: str) -> type[Reconstructor] | None:
         return None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def preload_reconstructors(modalities: Iterable[str] | None = None) -> dict[str, float | str]:
+    """Import the reconstructor of each modality (default: every one registered) and run its
+    :meth:`~medacq.daemon.recon.base.Reconstructor.preload`, one after the other in the
+    calling thread. Returns, per modality, the seconds it took, or the error (``"Type: why"``)
+    that stopped it; an error is logged and never raised (the stream's build retries)."""
+    done: dict[str, float | str] = {}
+    for modality in (RECONSTRUCTORS if modalities is None else modalities):
+        t0 = time.perf_counter()
+        try:
+            cls = reconstructor_class(modality)
+            if cls is not None:
+                cls.preload()
+        except Exception as exc:  # noqa: BLE001 - a failed preload is the build's problem, not the stage's
+            done[modality] = f"{type(exc).__name__}: {exc}"
+            log.warning("preloading the %s reconstructor failed: %s", modality, done[modality])
+            continue
+        done[modality] = round(time.perf_counter() - t0, 3)
+    return done
 
 
 def resolve_qos(cls: type[Reconstructor] | None, override: QosPolicy | None = None,

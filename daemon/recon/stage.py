@@ -17,7 +17,19 @@ reaches the stream's outputs as a ``gap``, in order. A frame's age is ``time.tim
 minus the acquisition time of its last sample (``t_host_ns``, plus ``(n - 1) / fs`` for
 frames with a ``sample`` axis and a ``sample_rate_hz`` in the descriptor).
 
-Threads: one receive thread (the SUB socket), one worker per stream (its reconstructor:
+Start-up: frames that wait for their stream's reconstructor (built when the descriptor
+arrives, or ``warming`` while it builds an operator in the background) are held, not aged
+out: the ``max_age_ms`` bound counts from the later of a frame's acquisition and the moment
+the reconstructor became ready, so a build costs latency on the first frames, never a gap
+(only the frame/byte bounds still drop, and announce, while it builds). To make builds short,
+the stage imports every registered reconstructor and runs its
+:meth:`~medacq.daemon.recon.base.Reconstructor.preload` (numba kernels compiled or loaded from
+their on-disk cache) on a background thread as soon as it starts, before streams arrive;
+``status`` reports it (``preload``) and, per stream, ``ready_after_s`` (first frame here →
+reconstructor ready).
+
+Threads: one receive thread (the SUB socket), one preload thread (at start, then gone), one
+worker per stream (its reconstructor:
 every reconstructor call, control actions included, runs there), one publisher thread (the
 PUB socket: every message the stage sends, in the order the workers queued it, and the
 periodic descriptors), and the control thread (the ROUTER socket; a modality ``action`` is
@@ -34,11 +46,12 @@ stage unhealthy (``status``, and the systemd watchdog is no longer fed).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,14 +69,15 @@ from medacq.protocols.control import (
     StatusRequest,
 )
 from medacq.protocols.qos import Dropped, QosQueue
-from medacq.protocols.stream import HeaderError, MessageKind, SourceRef, StreamDescriptor, StreamHeader, encode_header
+from medacq.protocols.stream import (HeaderError, MessageKind, SourceRef, StreamDescriptor, StreamHeader,
+                                     encode_header, message_hwm)
 
 from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
 from medacq.daemon.common.config import RigConfig
 from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import bind
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
-from medacq.daemon.recon.registry import reconstructor_class, resolve_qos
+from medacq.daemon.recon.registry import RECONSTRUCTORS, preload_reconstructors, reconstructor_class, resolve_qos
 
 __all__ = ["ReconStage"]
 
@@ -132,6 +146,9 @@ class _StreamState:
     age_ms: deque = field(default_factory=lambda: deque(maxlen=512))
     thread: threading.Thread | None = None
     gaps_forwarded: int = 0
+    first_frame_mono: float | None = None  # time.monotonic() of the first frame received
+    ready_ns: int | None = None  # time.time_ns() the current reconstructor became ready (None: none, or building)
+    first_ready_mono: float | None = None  # time.monotonic() the first reconstructor became ready
 
     def __post_init__(self) -> None:
         self.cv = threading.Condition(self.lock)
@@ -248,8 +265,17 @@ class ReconStage:
     rebuild_after_s = 5.0
     max_streams = 256
 
-    def __init__(self, config: RigConfig, context: zmq.Context | None = None) -> None:
+    def __init__(self, config: RigConfig, context: zmq.Context | None = None,
+                 preload: bool | Iterable[str] = True) -> None:
+        """``preload``: import and :meth:`~medacq.daemon.recon.base.Reconstructor.preload` every
+        registered reconstructor when the stage starts (``True``), none (``False``), or those
+        of the modalities named."""
         self.config = config
+        self._preload_modalities: list[str] = (list(RECONSTRUCTORS) if preload is True else
+                                               [] if preload is False else list(preload))
+        self.preload_result: dict[str, float | str] | None = None
+        self.preload_s: float | None = None
+        self.sndhwm = 0  # the PUB socket's send high-water mark (messages per subscriber), set by start()
         self.ctx = zmq.Context() if config.security.curve else (context or zmq.Context.instance())
         self.curve = None
         self.client_keys = None
@@ -279,7 +305,9 @@ class ReconStage:
         pub = self.ctx.socket(zmq.PUB)
         if self.curve is not None:
             self.curve.serve(pub)
-        pub.setsockopt(zmq.SNDHWM, self.config.daemon.sndhwm)
+        dc = self.config.daemon  # the daemon's bound: sndhwm_mb of frames up to max_frame_mb each
+        self.sndhwm = message_hwm(int(dc.sndhwm_mb * 1e6), int(dc.max_frame_mb * 1e6), dc.sndhwm)
+        pub.setsockopt(zmq.SNDHWM, self.sndhwm)
         pub.setsockopt(zmq.LINGER, 200)
         bind(pub, rc.data_endpoint, "recon data", self.curve is not None)
         self._ctl = self.ctx.socket(zmq.ROUTER)
@@ -292,8 +320,17 @@ class ReconStage:
         except Exception:
             pub.close(0)
             raise
+        if self.curve is None:  # after the bind: an ipc directory's mode is part of the answer
+            from medacq.daemon.common.security import local_rights
+
+            self.control.local_rights, self.control.local_reason = local_rights(
+                rc.control_endpoint, self.config.daemon.local_operator)
+            log.info("recon control clients without CurveZMQ have %s rights (%s)", self.control.local_rights,
+                     self.control.local_reason)
         self.sub = Subscriber(self.config.recon_source, "raw/", errors="skip", context=self.ctx,
                               curve=self.client_keys, on_gap=self._on_source_hole)
+        if self._preload_modalities:  # after subscribing: frames that arrive meanwhile are held, not missed
+            threading.Thread(target=self._preload, name="recon-preload", daemon=True).start()
         # sockets are handed to their threads here and used by those threads only
         self._publisher = _Publisher(pub, self._descriptor_timers)
         self._publisher.thread.start()
@@ -303,6 +340,15 @@ class ReconStage:
         self._ctl_thread.start()
         log.info("reconstruction: %s -> %s", self.config.recon_source, rc.data_endpoint)
         return self
+
+    def _preload(self) -> None:
+        """Import every reconstructor and run its ``preload`` (preload thread)."""
+        t0 = time.perf_counter()
+        result = preload_reconstructors(self._preload_modalities)
+        self.preload_s = round(time.perf_counter() - t0, 3)
+        self.preload_result = result
+        log.info("reconstructors preloaded in %.2f s (%s)", self.preload_s,
+                 ", ".join(f"{m} {v:.2f} s" if isinstance(v, float) else f"{m} FAILED" for m, v in result.items()))
 
     def _stream_list(self) -> list[_StreamState]:
         with self._streams_lock:
@@ -379,6 +425,8 @@ class ReconStage:
                 raise HeaderError("frame without payload", stream)
             st = self._stream_state(stream)
             t_ns = self._frame_time(st, h)
+            if st.first_frame_mono is None:
+                st.first_frame_mono = time.monotonic()
             st.frames_in += 1
             if st.descriptor is None and time.monotonic() - asked.get(stream, 0) > 2.0:
                 asked[stream] = time.monotonic()
@@ -483,10 +531,16 @@ class ReconStage:
                 return st.actions.popleft()
             if self._halt.is_set():
                 return None
-            if st.recon is not None and _warming(st.recon):
+            recon = st.recon
+            if recon is not None and _warming(recon):
                 st.cv.wait(0.05)
                 return None
-            items = st.queue.take(time.time_ns())
+            now = time.time_ns()
+            if recon is not None and st.ready_ns is None:
+                st.ready_ns = now
+                if st.first_ready_mono is None:
+                    st.first_ready_mono = time.monotonic()
+            items = st.queue.take(self._age_clock(st, now))
             if not items:
                 st.cv.wait(0.2)
                 return None
@@ -495,6 +549,20 @@ class ReconStage:
                 superseded = st.queue.superseded - st.superseded_seen
                 st.superseded_seen = st.queue.superseded
             return items, superseded
+
+    @staticmethod
+    def _age_clock(st: _StreamState, now_ns: int) -> int | None:
+        """The time the queue judges ``max_age_ms`` at: ``None`` (no age drops) until the
+        stream's reconstructor has been ready for ``max_age_ms``, then ``now_ns``. That is
+        exactly "age counted from the later of acquisition and readiness": a frame is older
+        than the bound by both clocks only once readiness itself is older than the bound.
+        Frames waiting for a build or a warming reconstructor are so held, never aged out."""
+        limit = st.queue.policy.max_age_ms
+        if limit is None:
+            return now_ns
+        if st.ready_ns is None or now_ns - st.ready_ns <= limit * 1e6:
+            return None
+        return now_ns
 
     @contextmanager
     def _busy(self, st: _StreamState, what: str) -> Iterator[None]:
@@ -604,6 +672,7 @@ class ReconStage:
         self._set_policy(st, cls)
         t0 = time.perf_counter()
         old, st.recon = st.recon, None  # never feed the new descriptor's frames to the old reconstructor
+        st.ready_ns = None  # its frames are held (not aged out) until the new one is ready
         try:
             with self._busy(st, "build"):
                 st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
@@ -620,6 +689,7 @@ class ReconStage:
     def _drop_recon(self, st: _StreamState) -> None:
         """Stop using the stream's reconstructor and close it."""
         old, st.recon = st.recon, None
+        st.ready_ns = None
         if old is not None:
             _close_recon(old, st.name)
 
@@ -807,6 +877,8 @@ class ReconStage:
             "reconstructor": type(recon).__name__ if recon else None,
             "policy": policy.policy, "qos": policy.model_dump(), "qos_source": st.qos_source,
             "warming": busy_what == "build" or (recon is not None and _warming(recon)),
+            "ready_after_s": _ready_after(st),
+            "thread_native_id": st.thread.native_id if st.thread is not None else None,
             "frames_in": st.frames_in, "frames_done": st.frames_done, "unprocessed": st.unprocessed,
             "outputs": st.outputs_sent, "batches": st.batches, **qs, "dropped": qs["lost"],
             "gaps_forwarded": st.gaps_forwarded, "errors": st.errors, "bad_frames": st.bad_frames,
@@ -850,7 +922,9 @@ class ReconStage:
         out = {st.name: self._stream_status(st, now) for st in self._stream_list()}
         problems = self.health()
         pub = self._publisher
-        return {"uptime_s": round(now - self.started, 3), "streams": out,
+        return {"uptime_s": round(now - self.started, 3), "pid": os.getpid(), "streams": out,
+                "preload": {"modalities": self._preload_modalities, "seconds": self.preload_s,
+                            "result": self.preload_result},
                 "bad_messages": self.bad_messages, "last_bad_message": self.last_bad_message,
                 "healthy": not problems, "problems": problems,
                 "publish_queue": pub.pending if pub else 0, "publish_queue_high_water": pub.high_water if pub else 0,
@@ -885,6 +959,15 @@ class ReconStage:
             self.shutdown()
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _ready_after(st: _StreamState) -> float | None:
+    """Seconds from the stream's first frame here to its first reconstructor being ready (0 when
+    it was ready first); ``None`` until both happened."""
+    frame, ready = st.first_frame_mono, st.first_ready_mono
+    if frame is None or ready is None:
+        return None
+    return round(max(0.0, ready - frame), 3)
 
 
 def _warming(recon: Reconstructor) -> bool:

@@ -58,6 +58,7 @@ __all__ = [
     "plane_wave_delays",
     "hann_fnumber_apodization",
     "numba_available",
+    "warm_kernels",
 ]
 
 _BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) * np.float32(2 / 16)  # ×2: analytic gain
@@ -282,6 +283,18 @@ def _numba_kernels() -> dict[str, Any] | None:
 
         _NUMBA = {"demod": demod, "numba": nb}
         return _NUMBA
+
+
+def warm_kernels() -> bool:
+    """Compile (or load from numba's on-disk cache) the demodulation kernel now, on a tiny
+    frame of the same types as every real one; ``False`` when numba is missing."""
+    k = _numba_kernels()
+    if k is None:
+        return False
+    rf = np.zeros((1, 1, 8), np.int16)
+    cos, sin = np.ones(8, np.float32), np.zeros(8, np.float32)
+    k["demod"](rf, cos, sin, _BINOMIAL, np.empty((8, 1), np.complex64), 0)
+    return True
 
 
 def numba_available() -> bool:

@@ -355,6 +355,10 @@ class RespiratoryRateEstimator:
         self.fmin, self.fmax = fmin, fmax
         self._buf: deque[float] = deque(maxlen=max(int(window_s * fs), 8))
 
+    def add(self, gi: float) -> None:
+        """Add one sample without estimating (filled-in samples: the estimate comes with the next push)."""
+        self._buf.append(gi)
+
     def push(self, gi: float) -> float | None:
         """Add one sample; returns the current estimate (None until enough data)."""
         self._buf.append(gi)

@@ -429,6 +429,8 @@ class StreamingFBP:
         circle: zero the slice outside the inscribed circle (as ``iradon(circle=True)``).
         batch: projections per back-projection call.
         backend: ``"auto"``, ``"numba"`` or ``"numpy"``.
+        threads: CPU threads of the numba kernel, set for the calling thread at each call
+            (``None``: numba's default, every core).
     """
 
     def __init__(
@@ -446,6 +448,7 @@ class StreamingFBP:
         circle: bool = True,
         batch: int = 32,
         backend: Literal["auto", "numba", "numpy"] = "auto",
+        threads: int | None = None,
     ) -> None:
         if geometry == "fan" and not sid:
             raise ValueError("fan beam needs sid (source-isocentre distance, pixels)")
@@ -459,6 +462,7 @@ class StreamingFBP:
         self.sid = float(sid) if sid else None
         self.circle = circle
         self.batch = max(1, batch)
+        self.threads = threads
         if backend == "auto":
             backend = "numba" if numba_available() else "numpy"
         self.backend = backend
@@ -539,6 +543,10 @@ class StreamingFBP:
         inv_ds = 1.0 / self.ds
         if self.backend == "numba":
             bp_par, bp_fan = _numba_kernels()
+            if self.threads:
+                import numba
+
+                numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread's
             if self.geometry == "fan":
                 bp_fan(self._img, q, cos, sin, self.center, inv_ds, self.sid)
             else:

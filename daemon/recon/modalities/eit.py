@@ -139,7 +139,7 @@ class EitImager(Reconstructor):
             a, b = self._last_gi, fr.global_impedance
             n = min(skipped, int(self.fs * self.rr_window_s))
             for k in range(1, n + 1):
-                self.rr.push(a + (b - a) * k / (n + 1))
+                self.rr.add(a + (b - a) * k / (n + 1))  # one estimate per image, not per filled-in sample
         self._last_gi = fr.global_impedance
         rate = self.rr.push(fr.global_impedance)
         gi = np.array([fr.global_impedance, np.nan if rate is None else rate], dtype=np.float32)
@@ -164,7 +164,7 @@ class EitImager(Reconstructor):
     def _hold(self, count: int) -> None:
         if self._last_gi is not None:
             for _ in range(min(count, int(self.fs * self.rr_window_s))):
-                self.rr.push(self._last_gi)
+                self.rr.add(self._last_gi)
 
     def control(self, action: str, args: dict[str, Any]) -> Any:
         if action == "rereference":

@@ -7,7 +7,8 @@ Output ``recon/<stream>``: B-mode float32 ``(z, x)`` in dB, ``[−dynamic_range_
 
 Settings (``[recon.settings.us]``, :class:`BModeSettings`): ``nx`` (256), ``nz`` (256), ``x_min_mm``/``x_max_mm``
 (±19.05), ``z_min_mm`` (5), ``z_max_mm`` (45), ``f_number`` (1.5), ``dynamic_range_db``
-(60), ``backend`` (``auto``: CuPy when usable, else the sparse CPU operator), ``igtl_port``
+(60), ``threads`` (of the numba demodulation kernel, 1), ``backend`` (``auto``: CuPy when usable,
+else the sparse CPU operator), ``igtl_port``
 (18944; 0 = off), ``igtl_host`` (``127.0.0.1``; another address, e.g. ``0.0.0.0``, to serve
 other machines, only with ``igtl_allow_remote = true``: OpenIGTLink has no encryption or
 authentication, so the config is refused without it), ``igtl_device_name`` (``BMODE``),
@@ -23,7 +24,9 @@ settings) rebuilds it in the background while frames keep using the old one.
 
 Queue policy: ``latest`` (a live image: only the newest frame counts). ``max_batch`` 4: when
 a stream is configured ``fifo``/``lossless`` (``[recon.qos.<stream>]``), up to 4 queued frames
-go through the beamformer as one batch (the sparse operator is read once per batch).
+go through the beamformer as one batch (the sparse operator is read once per batch; for 3
+angles on the 2-core machine that was no faster per frame, 0.88×: scipy's product is bound by
+its arithmetic there, not by reading the operator).
 
 Actions (``medacq ctl --recon action STREAM ACTION key=value``): ``status``,
 ``set_grid``, ``set_dynamic_range db=50``.
@@ -48,7 +51,7 @@ from medacq.protocols.us_geometry import PixelGrid, PlaneWaveAcquisition
 
 from medacq.daemon.common.binding import BindError, check_exposure
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
-from medacq.daemon.recon.algorithms.beamform import PlaneWaveBeamformer, envelope_db
+from medacq.daemon.recon.algorithms.beamform import PlaneWaveBeamformer, envelope_db, warm_kernels
 
 __all__ = ["BModeReconstructor", "BModeSettings", "IgtlImageServer", "DEFAULT_IGTL_PORT"]
 
@@ -84,6 +87,9 @@ class BModeSettings(BaseModel):
     z_max_mm: float = Field(default=45.0, ge=0, description="depth of the last row, mm")
     f_number: float = Field(default=1.5, gt=0, description="receive aperture F-number (depth / aperture width)")
     dynamic_range_db: float = Field(default=60.0, ge=1, le=200, description="B-mode dynamic range, dB")
+    threads: int = Field(default=1, ge=1, le=1024, description="CPU threads of the demodulation kernel (numba; 1: "
+                         "one core per stream, the stage runs streams side by side; measured on the shared 2-core rig, "
+                         "2 threads took longer and more CPU per frame; more on a machine with idle cores)")
     backend: Literal["auto", "sparse", "cupy", "numpy"] = Field(
         default="auto", description="beamforming operator: auto (CuPy when usable, else sparse CPU), sparse, cupy, "
         "numpy (no precomputed operator)")
@@ -235,6 +241,7 @@ class BModeReconstructor(Reconstructor):
         self.f_number = s.f_number
         self.dynamic_range_db = s.dynamic_range_db
         self.backend_request = s.backend
+        self.threads = s.threads
         self._closed = False
         self.beamformer: PlaneWaveBeamformer | None = None
         self.frames_skipped_warmup = 0
@@ -253,6 +260,12 @@ class BModeReconstructor(Reconstructor):
                             descriptor.stream, port, exc)
                 self.last_error = f"igtl server: {exc}"
 
+    @classmethod
+    def preload(cls) -> None:
+        """Compile (or load from numba's cache) the demodulation kernel (the operator depends
+        on the stream's geometry: it is built, or loaded from its disk cache, per stream)."""
+        warm_kernels()
+
     # ---- operator (background) ----------------------------------------------------------
     def _build(self, grid: PixelGrid) -> None:
         def work() -> None:
@@ -260,7 +273,8 @@ class BModeReconstructor(Reconstructor):
                 if self.beamformer is None:
                     bf = PlaneWaveBeamformer(self.acquisition, grid, f_number=self.f_number,
                                              dynamic_range_db=self.dynamic_range_db,
-                                             backend=self.backend_request, cache_dir=_cache_dir())
+                                             backend=self.backend_request, cache_dir=_cache_dir(),
+                                             threads=self.threads)
                     # compile (or load from numba's cache) the demodulation kernel and touch the
                     # operator now, not on the first live frame
                     bf.beamform_iq(np.zeros(self.acquisition.rf_shape, np.int16))

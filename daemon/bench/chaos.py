@@ -1,0 +1,973 @@
+"""``medacq bench chaos [--minutes N] [--seed S] [--json]``: the default rig under random faults.
+
+Not a timed test: a run of N minutes (default 10) of the whole default rig while a seeded random
+schedule (``--seed``, default 1: the same seed makes the same draws; which simulator is free to
+be hit still depends on timing) breaks whatever it can reach, then the accounting of what survived.
+
+What runs: the rig of ``bench rig`` (:class:`~medacq.daemon.bench.rig.RigUnderTest`: every
+simulator of the default rig in its own lower-priority process with its fault side door,
+``medacq run`` and ``medacq recon``; no live view), ``medacq record`` of every ``raw/`` topic
+(restarted to a new file after each kill), and here a counting subscriber on ``raw/``, a second,
+stalling subscriber, a control client and a hostile publisher. Devices start over the control
+plane once every subscriber is connected; faults start after a short warm-up (10 % of the run, at
+most 10 s) and stop before the end (20 % of the run, at most 10 s) so every series can settle.
+
+Faults (``faults.by_kind``), one every 0.5–2.5 s, drawn by weight:
+
+* through the simulators' side door (:mod:`medacq.simulators.faults`), to a random simulator:
+  ``cable_pull`` (reconnection refused 0.3–2 s), ``stall`` (0.2–1.5 s), ``garbage`` (100–5000
+  bytes), ``corrupt`` (10–300 bytes of the stream flipped), ``drop`` (1–5 packets lost in the
+  device; a device that cannot drop gets a cable pull);
+* ``hostile_control``: one request from :data:`HOSTILE_CONTROL` to the daemon's or the stage's
+  control socket (malformed JSON, not an object, deep nesting, an extra field, two message parts,
+  an unknown command or device, over the request size limit, over the socket's message size limit,
+  a configure of a config-only field, limited values beyond their limits); each must get its
+  error code (or, over the socket's limit, a dropped connection) and the daemon must keep serving.
+  A reader-rights client cannot be set up on this rig: it gives every local client operator rights
+  (``[daemon] local_operator = true``, no CurveZMQ), and so does the stage;
+* ``hostile_data``: a burst of 1–20 messages from :data:`HOSTILE_DATA`, every one a message the
+  stream decoder refuses (checked at start), published on a PUB socket of this process (the
+  daemon's PUB cannot be shared). Each consumer gets them on the *same* SUB socket as its real
+  data: the counting subscriber and ``medacq record`` connect to it as a second endpoint; the
+  stage subscribes to one endpoint only (``[recon] subscribe``), so it is pointed at a forwarder
+  here (ZeroMQ XSUB → XPUB, in C) that merges the daemon's stream and the hostile one. Consumers
+  must count and skip them (``hostile_data.counted_by``) without losing a frame;
+* ``subscriber_stall``: the stalling subscriber (``raw/synth0``, ``raw/xr0``, receive mark 8
+  messages) stops reading for 2–6 s; the daemon must not wait for it, the others must not notice,
+  and every frame it missed must be reported to it as a gap;
+
+and on their own timers: ``kill_stage`` / ``kill_recorder`` (SIGKILL to the process group, then a
+new process at once; the recorder writes a NEW file; once per 3 minutes each, at least once),
+``safe_state`` (every 15–30 s, ``xr0``, ``us0``, ``eit0`` in turn: a ``safe_state`` request on the
+control socket while the side door's ``status`` is polled until the simulator's own output is off,
+then ``start``), and the control probes (``status`` every second, ``stop`` then ``start`` of
+``synth0`` every 5 s, timed at the client).
+
+Figures and bars (``bars``; the table marks each ok / FAIL):
+
+* ``frames``: per raw topic and in total, from the counting subscriber: ``generated`` (numbered by
+  the daemon in each series), ``delivered``, ``announced_lost`` (inside ``gap`` messages),
+  ``unaccounted`` = generated − delivered − announced_lost. Bar: 0 unaccounted.
+* ``recorder_spans``: every span the recorder was up (ended by ``kill -9`` or, the last one, by
+  SIGTERM once the daemon ended its series). Its file must hold exactly the frames the counting
+  subscriber received, per (topic, series), inside the seq range the file holds and inside the time
+  window its frames were received in (first + 0.5 s to last − 0.5 s, by this process's clock): a
+  span loses only its edges (joining; at a kill, what was not yet committed). ``missing``: received
+  here, not in the file; ``extra``: in the file, not received here (the counting subscriber lost
+  them: see ``frames.unannounced_holes``). Bar: every span ``missing`` = ``extra`` = 0,
+  ``check_recording`` without problems.
+* ``rss``: the daemon's resident memory (``/proc/PID/statm``) once a minute (every 10 s for runs
+  under 5 minutes) from the end of the warm-up, and once more at the end; its growth over the
+  second half (last sample against the middle one, as ``bench soak``). Bar: < 2 %. Frames of up to
+  a few MB in the daemon's queues move single samples by several MB, so ``trend_second_half_pct``
+  (a least-squares line through the second half's samples, its rise over that half against the
+  middle sample) is given beside it.
+* ``control``: reply time p50/p99/max of ``status`` and ``stop`` (and ``start``) sent while faults
+  run, at the client; a timeout counts as its 2 s. Bar: p99 ≤ 100 ms for ``status`` and ``stop``.
+* ``safe_state``: per entry, ms from sending the request to the simulator's output off
+  (``exposing``/``source_on``, ``transmitting``, ``injecting``), the reply's state, and whether
+  the output came back after ``start``. Bar: every entry ≤ 200 ms (and at least one measured).
+* ``hostile_control``: bar: every request answered with its expected code; settings unchanged.
+* ``subscriber_stall``: bar: every frame the stalled subscriber missed was reported to it as a gap.
+* ``processes``: bar: the daemon, the stage, the recorder and the simulators never exited but when
+  killed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medacq.daemon.bench.rig import RigUnderTest
+from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, half_growth,
+                                        recorded_seqs, recorder_checkpoint, recorder_summary, rss_mb, spawn_cli,
+                                        stop_recorder, terminate_as_interrupt)
+from medacq.daemon.common.procs import signal_group
+
+__all__ = ["bench_chaos", "print_result", "RESULT_KEYS", "HOSTILE_CONTROL", "HOSTILE_DATA", "hostile_data"]
+
+RESULT_KEYS = ("benchmark", "minutes", "seed", "cpus", "loadavg_1min", "faults", "frames", "streams",
+               "recorder_spans", "rss", "control", "safe_state", "hostile_control", "hostile_data",
+               "subscriber_stall", "restarts", "processes", "bars", "passed")
+"""The top-level keys of ``--json``, in order."""
+
+CONTROL_BAR_MS = 100.0
+SAFE_BAR_MS = 200.0
+RSS_BAR_PCT = 2.0
+
+_FAULT_WEIGHTS = {"cable_pull": 2, "stall": 2, "garbage": 2, "corrupt": 2, "drop": 1, "hostile_control": 3,
+                  "hostile_data": 3, "subscriber_stall": 1}
+_SAFE_TARGETS = ("xr0", "us0", "eit0")
+_STALL_TOPICS = ["raw/synth0", "raw/xr0"]
+_PROBE_DEVICE = "synth0"
+_CTL_TIMEOUT_S = 2.0
+_XR_KVP_LIMIT = (40.0, 120.0)  # set in the chaos rig's config file for xr0
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+# -- hostile input ------------------------------------------------------------------------------
+def _request(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+_MAX_REQUEST = 256 * 1024  # protocols.control.MAX_REQUEST_BYTES (checked in bench_chaos)
+
+HOSTILE_CONTROL: list[tuple[str, str, list[bytes], str | None]] = [
+    # (name, target "daemon" | "recon", message parts, expected error code; None: no reply, dropped)
+    ("not_json", "daemon", [b"{not json"], "bad_json"),
+    ("not_utf8", "daemon", [b"\xff\xfe\x00\x01garbage"], "bad_json"),
+    ("not_an_object", "daemon", [b"[1, 2, 3]"], "bad_request"),
+    ("cmd_not_a_string", "daemon", [_request(cmd=42)], "bad_request"),
+    ("deep_nesting", "daemon", [b"[" * 100_000], "bad_json"),
+    ("extra_field", "daemon", [_request(cmd="status", evil=True)], "bad_request"),
+    ("two_parts", "daemon", [_request(cmd="status"), b"second part"], "bad_request"),
+    ("unknown_command", "daemon", [_request(cmd="format_disk")], "unknown_command"),
+    ("unknown_device", "daemon", [_request(cmd="start", device="nope0")], "unknown_device"),
+    ("over_request_limit", "daemon", [_request(cmd="status", pad="x" * (_MAX_REQUEST + 100))], "too_large"),
+    ("over_socket_limit", "daemon", [b"x" * (2 * _MAX_REQUEST)], None),
+    ("config_only_field", "daemon", [_request(cmd="configure", device="xr0",
+                                              settings={"visa_library": "/tmp/evil.so"})], "forbidden"),
+    ("beyond_config_limit", "daemon", [_request(cmd="configure", device="xr0",
+                                                settings={"kvp": _XR_KVP_LIMIT[1] + 10})], "invalid_settings"),
+    ("beyond_model_limit", "daemon", [_request(cmd="configure", device="eit0", settings={"amplitude_a": 0.05})],
+     "invalid_settings"),
+    ("recon_not_json", "recon", [b"{not json"], "bad_json"),
+    ("recon_unknown_target", "recon", [_request(cmd="action", target="nope0", action="reset")], "unknown_stream"),
+    ("recon_unhandled_command", "recon", [_request(cmd="configure", device="xr0", settings={})],
+     "unknown_command"),
+]
+"""Hostile control requests: what is sent, where, and the error code it must get."""
+
+
+def hostile_data() -> list[tuple[str, list[bytes]]]:
+    """Hostile stream messages (topic first): every one is refused by
+    :func:`~medacq.protocols.stream.decode_message` (a consumer must count and skip it)."""
+    def hdr(**over: Any) -> bytes:
+        h = {"v": 1, "kind": "frame", "stream": "chaos", "series": "00000000-0000-4000-8000-000000000000",
+             "seq": 0, "t_host_ns": 1, "t_mono_ns": 1, "dtype": "<f4", "shape": [2, 2], "axes": ["a", "b"]}
+        h.update(over)
+        return json.dumps(h).encode()
+
+    t = b"raw/chaos"
+    return [
+        ("topic_only", [t]),
+        ("header_not_utf8", [t, b"\xff\xfe\x00garbage"]),
+        ("header_not_object", [t, b"[1,2,3]"]),
+        ("header_missing_fields", [t, b'{"v": 1}']),
+        ("unknown_kind", [t, hdr(kind="explode")]),
+        ("wrong_version", [t, hdr(v=99), b"\0" * 16]),
+        ("negative_seq", [t, hdr(seq=-5), b"\0" * 16]),
+        ("nan_seq", [t, b'{"v":1,"kind":"frame","stream":"chaos","series":"s","seq":NaN,"t_host_ns":1,'
+                        b'"t_mono_ns":1,"dtype":"<f4","shape":[2,2]}', b"\0" * 16]),
+        ("object_dtype", [t, hdr(dtype="|O"), b"\0" * 32]),
+        ("payload_size_mismatch", [t, hdr(shape=[1000, 1000]), b"\0" * 10]),
+        ("huge_shape", [t, hdr(shape=[1 << 40, 1 << 40]), b"\0" * 16]),
+        ("frame_without_payload", [t, hdr()]),
+        ("heartbeat_with_payload", [t, hdr(kind="heartbeat"), b"\0" * 16]),
+        ("oversized_header", [t, b'{"v":1,"pad":"' + b"x" * (1 << 20) + b'"}']),
+        ("garbage_on_a_real_topic", [b"raw/synth0", b"{not json"]),
+        ("bad_frame_on_a_real_topic", [b"raw/xr0", hdr(stream="xr0", dtype="nonsense"), b"\0" * 16]),
+    ]
+
+
+HOSTILE_DATA = [name for name, _ in hostile_data()]
+"""Names of the hostile stream messages (:func:`hostile_data`)."""
+
+
+def _check_hostile_data(msgs: list[tuple[str, list[bytes]]]) -> None:
+    """Every hostile message must be one the decoder refuses: a decodable one would be recorded and
+    counted as data, and the accounting would measure the bench, not the rig."""
+    from medacq.protocols.stream import StreamDecodeError, decode_message
+
+    for name, parts in msgs:
+        try:
+            decode_message(parts, parts[0].decode())
+        except StreamDecodeError:
+            continue
+        raise AssertionError(f"hostile message {name!r} decodes: the benchmark must only send undecodable ones")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+class _SeqLedger(StreamLedger):
+    """A :class:`StreamLedger` that also keeps every frame's ``seq`` and receive time
+    (CLOCK_MONOTONIC, s) per (topic, series)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seqs: dict[tuple[str, str], array[int]] = {}
+        self.times: dict[tuple[str, str], array[float]] = {}
+
+    def see(self, topic: str, h: dict[str, Any]) -> None:
+        super().see(topic, h)
+        if h["kind"] == "frame":
+            key = (topic, h["series"])
+            if key not in self.seqs:
+                self.seqs[key], self.times[key] = array("Q"), array("d")
+            self.seqs[key].append(h["seq"])
+            self.times[key].append(time.monotonic())
+
+    def arrays(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self.seqs:
+            return np.zeros(0, np.uint64), np.zeros(0)
+        return np.frombuffer(self.seqs[key], np.uint64), np.frombuffer(self.times[key], np.float64)
+
+
+class _StageFeed:
+    """What the stage subscribes to: the daemon's stream and the hostile publisher, merged by a
+    ZeroMQ XSUB → XPUB forwarder (``zmq.proxy_steerable``, in C) on its own thread. The sockets
+    are made here and then used by that thread only; :meth:`stop` ends it over an inproc pair."""
+
+    def __init__(self, ctx: Any, sources: list[str], endpoint: str) -> None:
+        import zmq
+
+        self.endpoint = endpoint
+        self._xsub = ctx.socket(zmq.XSUB)
+        for s in sources:
+            self._xsub.connect(s)
+        self._xpub = ctx.socket(zmq.XPUB)
+        self._xpub.setsockopt(zmq.LINGER, 0)
+        self._xpub.bind(endpoint)
+        ctl = f"inproc://chaos-feed-{id(self)}"
+        self._stop = ctx.socket(zmq.PAIR)
+        self._stop.bind(ctl)
+        self._ctl = ctx.socket(zmq.PAIR)
+        self._ctl.connect(ctl)
+        self._thread = threading.Thread(target=self._run, name="chaos-stage-feed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        try:
+            zmq.proxy_steerable(self._xsub, self._xpub, None, self._ctl)
+        except zmq.ZMQError:
+            pass
+        finally:
+            for s in (self._xsub, self._xpub, self._ctl):
+                s.close(0)
+
+    def stop(self) -> None:
+        self._stop.send(b"TERMINATE")
+        self._thread.join(5)
+        self._stop.close(0)
+
+
+@dataclass
+class _Span:
+    """One recorder process and its file."""
+
+    path: Path
+    log: Path
+    proc: Any
+    t_start: float
+    t_end: float | None = None
+    ended_by: str = ""
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class _StageRestart:
+    """A stage started after a kill: when (CLOCK_MONOTONIC, s), and how long until it answered
+    and until it processed frames again (s)."""
+
+    t: float
+    ping_after_s: float | None = None
+    processing_after_s: float | None = None
+
+
+@dataclass
+class _SafeEntry:
+    """One safe state: the device, when (s from the start), ms to the simulator's output off and
+    to the reply, and how long after ``start`` the output was back (s)."""
+
+    device: str
+    t: float
+    ms: float | None = None
+    reply_state: str | None = None
+    reply_ms: float | None = None
+    resumed_after_s: float | None = None
+    note: str = ""
+    _t_start: float = field(default=0.0, repr=False)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+class _Chaos:
+    """One chaos run on a started rig: its state, the loop (:meth:`run`) and each fault."""
+
+    def __init__(self, args: argparse.Namespace, rig: RigUnderTest, hostile_endpoint: str, hostile_sock: Any,
+                 ctx: Any) -> None:
+        from medacq.daemon.client.api import ControlClient, Subscriber
+
+        self.args, self.rig, self.ctx = args, rig, ctx
+        self.minutes = float(args.minutes)
+        self.duration = max(5.0, self.minutes * 60.0)
+        self.seed = int(getattr(args, "seed", 1))
+        self.rng = random.Random(self.seed)
+        self.cfg = rig.cfg
+        self.hostile_endpoint, self.hostile = hostile_endpoint, hostile_sock
+        self.hostile_msgs = hostile_data()
+        self.ledger = _SeqLedger()
+        self.sub = Subscriber([self.cfg.daemon.data_endpoint, hostile_endpoint], "raw/", rcvhwm=1_000_000,
+                              errors="skip", context=ctx)
+        self.stall_sub = Subscriber(self.cfg.daemon.data_endpoint, _STALL_TOPICS, rcvhwm=8, errors="skip",
+                                    context=ctx)
+        self.stall_seqs: dict[tuple[str, str], set[int]] = {}
+        self.stall_until = 0.0
+        self.stalls: list[float] = []
+        self.ctl = ControlClient(self.cfg.daemon.control_endpoint, timeout=_CTL_TIMEOUT_S, context=ctx)
+        self.side = self._socket_to(rig.fault_endpoint or "")
+        self.faults: Counter[str] = Counter()
+        self.events: list[dict[str, Any]] = []
+        self.busy_until: dict[str, float] = {}
+        self.timings: dict[str, list[float]] = {"status": [], "stop": [], "start": []}
+        self.ctl_timeouts: Counter[str] = Counter()
+        self.ctl_errors: list[str] = []
+        self.hostile_ctl: list[dict[str, Any]] = []
+        self.hostile_sent: Counter[str] = Counter()
+        self.safe: list[_SafeEntry] = []
+        self.spans: list[_Span] = []
+        self.stage_restarts: list[_StageRestart] = []
+        self.stage_bad: list[int] = [0]  # bad_messages of each stage process, the last one polled
+        self.rss: list[float] = []
+        self.problem: str | None = None
+        self.simulators = list(rig.simulators)
+        self.t0 = 0.0
+
+    # sockets -------------------------------------------------------------------------------
+    def _socket_to(self, endpoint: str) -> Any:
+        import zmq
+
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        return s
+
+    def _side_door(self, body: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+        """One request to the simulators' fault side door; its reply (``ok``, ``result``/``error``)."""
+        self.side.send_multipart([b"", json.dumps(body).encode()])
+        if not self.side.poll(int(timeout * 1000)):
+            self.side.close(0)  # a late reply must not answer the next request
+            self.side = self._socket_to(self.rig.fault_endpoint or "")
+            return {"ok": False, "error": "the side door did not answer"}
+        return dict(json.loads(self.side.recv_multipart()[-1]))
+
+    def _output(self, sim: str) -> dict[str, bool]:
+        r = self._side_door({"fault": "status"})
+        return dict(((r.get("result") or {}).get(sim) or {}).get("output") or {}) if r.get("ok") else {}
+
+    # receiving -------------------------------------------------------------------------------
+    def _pump(self, budget_s: float = 0.02) -> None:
+        end = time.monotonic() + budget_s
+        while True:
+            msg = self.sub.recv(timeout=0.005)
+            if msg is not None:
+                self.ledger.see(msg.topic, msg.header)
+            if time.monotonic() >= end:
+                break
+        if time.monotonic() >= self.stall_until:
+            for _ in range(200):
+                msg = self.stall_sub.recv(timeout=0)
+                if msg is None:
+                    break
+                if msg.kind == "frame":
+                    self.stall_seqs.setdefault((msg.topic, msg.header["series"]), set()).add(msg.header["seq"])
+
+    # faults -----------------------------------------------------------------------------------
+    def _event(self, kind: str, **detail: Any) -> None:
+        self.faults[kind] += 1
+        self.events.append({"t": round(time.monotonic() - self.t0, 2), "fault": kind, **detail})
+
+    def _sim_fault(self, kind: str) -> None:
+        now = time.monotonic()
+        free = [s for s in self.simulators if self.busy_until.get(s, 0.0) <= now]
+        if not free:
+            return
+        sim = self.rng.choice(free)
+        r = self.rng
+        fault, fargs = {
+            "cable_pull": ("pull_cable", {"refuse_s": round(r.uniform(0.3, 2.0), 2)}),
+            "stall": ("stall", {"seconds": round(r.uniform(0.2, 1.5), 2)}),
+            "garbage": ("garbage", {"nbytes": r.randint(100, 5000)}),
+            "corrupt": ("corrupt", {"nbytes": r.randint(10, 300)}),
+            "drop": ("drop", {"n": r.randint(1, 5)}),
+        }[kind]
+        reply = self._side_door({"sim": sim, "fault": fault, "args": fargs})
+        if not reply.get("ok") and fault == "drop":  # this device cannot drop packets: pull its cable
+            kind, fault, fargs = "cable_pull", "pull_cable", {"refuse_s": 0.5}
+            reply = self._side_door({"sim": sim, "fault": fault, "args": fargs})
+        if reply.get("ok"):
+            self._event(kind, sim=sim, args=fargs)
+            self.busy_until[sim] = now + 5.0 + float(fargs.get("refuse_s", 0) or fargs.get("seconds", 0))
+        else:
+            self.events.append({"t": round(now - self.t0, 2), "fault": kind, "sim": sim,
+                                "error": reply.get("error")})
+
+    def _hostile_control(self) -> None:
+        import zmq
+
+        from medacq.protocols.control import decode_reply
+
+        name, target, parts, expect = self.rng.choice(HOSTILE_CONTROL)
+        ep = self.cfg.daemon.control_endpoint if target == "daemon" else self.cfg.recon.control_endpoint
+        s = self._socket_to(ep)
+        got: str | None = None  # the reply's error code ("ok" if none); None: no reply
+        try:
+            s.send_multipart([b"", *parts])
+            if s.poll(int((1.0 if expect is None else _CTL_TIMEOUT_S) * 1000)):
+                reply = decode_reply(s.recv_multipart()[-1])
+                got = "ok" if reply.ok else (reply.error or {}).get("code", "?")
+        except zmq.ZMQError as exc:
+            got = f"socket error: {exc}"
+        finally:
+            s.close(0)
+        alive = self._daemon_answers()
+        self.hostile_ctl.append({"t": round(time.monotonic() - self.t0, 2), "name": name, "target": target,
+                                 "expected": expect or "no reply (connection dropped)",
+                                 "got": got or "no reply", "ok": got == expect and alive,
+                                 "daemon_answers_after": alive})
+        self._event("hostile_control", request=name, target=target, got=got)
+
+    def _daemon_answers(self) -> bool:
+        from medacq.daemon.client.api import DaemonUnreachable, RequestFailed
+
+        try:
+            self.ctl.request("ping")
+            return True
+        except (DaemonUnreachable, RequestFailed):
+            return False
+
+    def _hostile_data(self) -> None:
+        n = self.rng.randint(1, 20)
+        for _ in range(n):
+            name, parts = self.rng.choice(self.hostile_msgs)
+            self.hostile.send_multipart(parts)
+            self.hostile_sent[name] += 1
+        self._event("hostile_data", messages=n)
+
+    def _subscriber_stall(self) -> None:
+        now = time.monotonic()
+        if now < self.stall_until:
+            return
+        s = round(self.rng.uniform(2.0, 6.0), 2)
+        self.stall_until = now + s
+        self.stalls.append(s)
+        self._event("subscriber_stall", seconds=s)
+
+    # kills and restarts ---------------------------------------------------------------------------
+    def _start_recorder(self) -> _Span:
+        k = len(self.spans)
+        path, log = self.rig.workdir / f"chaos-{k}.h5", self.rig.workdir / f"recorder-{k}.log"
+        proc = spawn_cli(["record", "--topics", "raw/", "--out", str(path), "--endpoint",
+                          self.cfg.daemon.data_endpoint, "--endpoint", self.hostile_endpoint, "--no-fsync",
+                          "--progress"], log)
+        self.rig.procs["recorder"] = proc
+        span = _Span(path, log, proc, time.monotonic())
+        self.spans.append(span)
+        return span
+
+    def _kill(self, name: str) -> Any:
+        p = self.rig.procs[name]
+        signal_group(p, signal.SIGKILL)
+        p.wait(10)
+        return p
+
+    def _kill_recorder(self) -> None:
+        span = self.spans[-1]
+        self._kill("recorder")
+        span.t_end, span.ended_by = time.monotonic(), "kill -9"
+        self._start_recorder()
+        self._event("kill_recorder", file=span.path.name)
+
+    def _kill_stage(self) -> None:
+        self._poll_stage()
+        self._kill("recon")
+        self.stage_bad.append(0)
+        k = len(self.stage_restarts) + 1
+        proc = spawn_cli(["recon", "--config", str(self.rig.cfg_path)], self.rig.workdir / f"recon-{k}.log")
+        self.rig.procs["recon"] = proc
+        self.stage_restarts.append(_StageRestart(time.monotonic()))
+        self._event("kill_stage")
+
+    def _poll_stage(self, timeout: float = 0.5) -> dict[str, Any] | None:
+        from medacq.daemon.client.api import ControlClient, DaemonUnreachable, RequestFailed
+
+        try:
+            with ControlClient(self.cfg.recon.control_endpoint, timeout=timeout, context=self.ctx) as c:
+                st = dict(c.request("status"))
+        except (DaemonUnreachable, RequestFailed):
+            return None
+        self.stage_bad[-1] = int(st.get("bad_messages") or 0)
+        return st
+
+    def _follow_restarts(self) -> None:
+        """The newest stage: when it answered, when it processed frames again."""
+        if self.stage_restarts and self.stage_restarts[-1].processing_after_s is None:
+            r = self.stage_restarts[-1]
+            st = self._poll_stage(0.3)
+            if st is not None:
+                now = time.monotonic()
+                if r.ping_after_s is None:
+                    r.ping_after_s = round(now - r.t, 2)
+                if any((s.get("frames_done") or 0) > 0 for s in (st.get("streams") or {}).values()):
+                    r.processing_after_s = round(now - r.t, 2)
+
+    def _check_span(self, span: _Span) -> None:
+        """Recorded = delivered for one recorder span (module doc); then the file is removed."""
+        from medacq.daemon.recording.hdf5 import check_recording
+
+        out: dict[str, Any] = {"file": span.path.name, "ended_by": span.ended_by,
+                               "started_s": round(span.t_start - self.t0, 2),
+                               "ended_s": None if span.t_end is None else round(span.t_end - self.t0, 2)}
+        try:
+            summary = check_recording(span.path)
+            rec = recorded_seqs(span.path)
+        except (OSError, ValueError) as exc:
+            out.update(frames_recorded=0, frames_expected=None, missing=None, extra=None, equal=False,
+                       problems=[f"{type(exc).__name__}: {exc}"])
+            span.result = out
+            return
+        lo, hi = math.inf, -math.inf
+        for key, r in rec.items():
+            seqs, times = self.ledger.arrays(key)
+            t = times[np.isin(seqs, r)]
+            if t.size:
+                lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+        expected = missing = extra = recorded = 0
+        for key in set(self.ledger.seqs) | set(rec):
+            seqs, times = self.ledger.arrays(key)
+            r = rec.get(key, np.zeros(0, np.uint64))
+            keep = (times > lo + 0.5) & (times < hi - 0.5)
+            if r.size:
+                keep |= (seqs >= r[0]) & (seqs <= r[-1])
+            exp = seqs[keep]
+            expected += int(exp.size)
+            recorded += int(r.size)
+            missing += int(np.setdiff1d(exp, r).size)
+            extra += int(np.setdiff1d(r, seqs).size)
+        summ = recorder_summary(span.log) or recorder_checkpoint(span.log) or {}
+        out.update(frames_recorded=recorded, frames_expected=expected, missing=missing, extra=extra,
+                   equal=missing == 0 and extra == 0 and not summary["problems"], problems=summary["problems"],
+                   recovery=summary.get("recovery"), bad_messages=summ.get("bad_messages"))
+        span.result = out
+        for p in (span.path, Path(str(span.path) + ".wal")):  # gigabytes: never kept
+            p.unlink(missing_ok=True)
+
+    # safe state ---------------------------------------------------------------------------------------
+    def _safe_state(self, device: str) -> None:
+        from medacq.protocols.control import decode_reply, encode_request
+
+        e = _SafeEntry(device, round(time.monotonic() - self.t0, 2))
+        before = self._output(device)
+        if not before or not all(before.values()):
+            e.note = f"skipped: output not on before the request ({before})"
+            self.safe.append(e)
+            return
+        s = self._socket_to(self.cfg.daemon.control_endpoint)
+        try:
+            t0 = time.perf_counter()
+            s.send_multipart([b"", encode_request("safe_state", id="chaos-safe", device=device,
+                                                  reason="bench chaos")])
+            t_off = t_reply = None
+            while (t_off is None or t_reply is None) and time.perf_counter() - t0 < 3.0:
+                if t_off is None and not any(self._output(device).values()):
+                    t_off = time.perf_counter()
+                if t_reply is None and s.poll(0 if t_off is None else 50):
+                    reply = decode_reply(s.recv_multipart()[-1])
+                    t_reply = time.perf_counter()
+                    dev = ((reply.result or {}).get("devices") or {}).get(device) or {}
+                    e.reply_state = dev.get("state") if reply.ok else f"error: {(reply.error or {}).get('code')}"
+        finally:
+            s.close(0)
+        e.ms = None if t_off is None else round((t_off - t0) * 1000, 1)
+        e.reply_ms = None if t_reply is None else round((t_reply - t0) * 1000, 1)
+        if t_off is None:
+            e.note = "the output was still on 3 s after the request"
+        self._timed("start", device=device, record=False)
+        e._t_start = time.monotonic()
+        self.safe.append(e)
+        self.busy_until[device] = math.inf  # no faults on it until its output is back
+        self._event("safe_state", device=device, ms=e.ms)
+
+    def _follow_safe(self) -> None:
+        """Devices put in their safe state and started again: when their output came back."""
+        for e in self.safe:
+            if e._t_start and e.resumed_after_s is None and self.busy_until.get(e.device) == math.inf:
+                out = self._output(e.device)
+                if out and all(out.values()):
+                    e.resumed_after_s = round(time.monotonic() - e._t_start, 2)
+                    self.busy_until[e.device] = time.monotonic() + 2.0
+                elif time.monotonic() - e._t_start > 30.0:
+                    e.note = "the output did not come back within 30 s of start"
+                    self.busy_until[e.device] = 0.0
+
+    # control probes ----------------------------------------------------------------------------------
+    def _timed(self, cmd: str, record: bool = True, **fields: Any) -> None:
+        from medacq.daemon.client.api import DaemonUnreachable, RequestFailed
+
+        t = time.perf_counter()
+        try:
+            self.ctl.request(cmd, **fields)
+        except DaemonUnreachable:
+            self.ctl_timeouts[cmd] += 1
+        except RequestFailed as exc:
+            self.ctl_errors.append(f"{cmd}: {exc}")
+        if record:
+            self.timings[cmd].append((time.perf_counter() - t) * 1000)
+
+    # the loop ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        warmup = min(10.0, 0.1 * self.duration)
+        tail = min(10.0, 0.2 * self.duration)
+        rss_every = 60.0 if self.minutes >= 5 else 10.0
+        self.t0 = t0 = time.monotonic()
+        end, fault_from, fault_end = t0 + self.duration, t0 + warmup, t0 + self.duration - tail
+        window = fault_end - fault_from
+        n_kills = max(1, int(self.minutes // 3))
+        kills = sorted([(fault_from + window * (i + self.rng.uniform(0.2, 0.6)) / n_kills, "kill_recorder")
+                        for i in range(n_kills)]
+                       + [(fault_from + window * (i + self.rng.uniform(0.4, 0.8)) / n_kills, "kill_stage")
+                          for i in range(n_kills)])
+        next_fault = fault_from + self.rng.uniform(0.5, 2.5)
+        next_safe = fault_from + min(0.2 * window, self.rng.uniform(15.0, 30.0))
+        safe_k = 0
+        next_status, next_stop, start_at = fault_from, fault_from + 2.5, math.inf
+        next_rss, next_poll, next_alive = fault_from, t0 + 5.0, t0 + 1.0
+        to_check: list[tuple[float, _Span]] = []
+        kinds, weights = list(_FAULT_WEIGHTS), list(_FAULT_WEIGHTS.values())
+        while (now := time.monotonic()) < end:
+            self._pump()
+            faulting = fault_from <= now < fault_end
+            if now >= next_alive:
+                next_alive = now + 1.0
+                try:
+                    self.rig.check_alive()
+                except RuntimeError as exc:
+                    self.problem = str(exc)
+                    _log(f"chaos: {exc}")
+                    break
+                self._follow_restarts()
+                self._follow_safe()
+            if now >= next_rss:
+                self.rss.append(rss_mb(self.rig.procs["daemon"].pid))
+                next_rss += rss_every
+            if now >= next_poll:
+                self._poll_stage(0.3)
+                next_poll = now + 5.0
+            if faulting and now >= next_status:
+                self._timed("status")
+                next_status = now + 1.0
+            if faulting and now >= next_stop:
+                self._timed("stop", device=_PROBE_DEVICE)
+                start_at, next_stop = now + 1.0, now + 5.0
+            if now >= start_at:
+                self._timed("start", device=_PROBE_DEVICE, record=faulting)
+                start_at = math.inf
+            while to_check and to_check[0][0] <= now:
+                self._check_span(to_check.pop(0)[1])
+            if kills and faulting and now >= kills[0][0]:
+                _, what = kills.pop(0)
+                if what == "kill_recorder":
+                    self._kill_recorder()
+                    to_check.append((time.monotonic() + 5.0, self.spans[-2]))
+                else:
+                    self._kill_stage()
+                continue
+            if faulting and now >= next_safe:
+                free = [d for d in _SAFE_TARGETS[safe_k:] + _SAFE_TARGETS[:safe_k]
+                        if d in self.simulators and self.busy_until.get(d, 0.0) <= now]
+                if free:
+                    self._safe_state(free[0])
+                    safe_k = (_SAFE_TARGETS.index(free[0]) + 1) % len(_SAFE_TARGETS)
+                    next_safe = time.monotonic() + self.rng.uniform(15.0, 30.0)
+                else:
+                    next_safe = now + 1.0
+                continue
+            if faulting and now >= next_fault:
+                kind = self.rng.choices(kinds, weights)[0]
+                if kind == "hostile_control":
+                    self._hostile_control()
+                elif kind == "hostile_data":
+                    self._hostile_data()
+                elif kind == "subscriber_stall":
+                    self._subscriber_stall()
+                else:
+                    self._sim_fault(kind)
+                next_fault = time.monotonic() + self.rng.uniform(0.5, 2.5)
+        if start_at < math.inf:
+            self._timed("start", device=_PROBE_DEVICE, record=False)
+        for _, span in to_check:
+            self._check_span(span)
+        self._poll_stage(1.0)
+        if self.problem is None:
+            self.rss.append(rss_mb(self.rig.procs["daemon"].pid))
+
+
+def _settings(ctl: Any) -> dict[str, Any]:
+    out = {}
+    for dev, keys in (("xr0", ("kvp", "visa_library")), ("eit0", ("amplitude_a",))):
+        try:
+            s = ctl.request("describe", device=dev)["settings"]
+            out[dev] = {k: s.get(k) for k in keys}
+        except Exception as exc:  # noqa: BLE001 - reported
+            out[dev] = {"error": str(exc)}
+    return out
+
+
+def bench_chaos(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chaos benchmark; returns the JSON object described in the module doc."""
+    import zmq
+
+    from medacq.protocols.control import MAX_REQUEST_BYTES
+
+    assert MAX_REQUEST_BYTES == _MAX_REQUEST, "HOSTILE_CONTROL's sizes follow protocols.control.MAX_REQUEST_BYTES"
+    msgs = hostile_data()
+    _check_hostile_data(msgs)
+    ctx = zmq.Context()
+    hostile = ctx.socket(zmq.PUB)
+    hostile.setsockopt(zmq.LINGER, 0)
+    feed_port, hostile_port = free_ports(2)
+    hostile_endpoint = f"tcp://127.0.0.1:{hostile_port}"
+    hostile.bind(hostile_endpoint)
+    feeds: list[_StageFeed] = []
+
+    def edit(doc: dict[str, Any]) -> None:
+        # the stage reads the daemon's stream and the hostile one through the forwarder
+        feeds.append(_StageFeed(ctx, [doc["daemon"]["data_endpoint"], hostile_endpoint],
+                                f"tcp://127.0.0.1:{feed_port}"))
+        doc["recon"]["subscribe"] = feeds[0].endpoint
+        for dev in doc["device"]:
+            if dev["name"] == "xr0":
+                dev["limits"] = {"kvp": list(_XR_KVP_LIMIT)}
+
+    chaos: _Chaos | None = None
+    load0 = os.getloadavg()[0]
+    try:
+        with terminate_as_interrupt(), RigUnderTest(record=False, view=False, faults=True, edit_config=edit,
+                                                    keep=bool(getattr(args, "keep", False))) as rig:
+            _log(f"rig up in {time.monotonic() - rig.t_up:.1f} s ({len(rig.simulators)} simulators); "
+                 f"chaos for {float(args.minutes):g} min, seed {getattr(args, 'seed', 1)}")
+            chaos = _Chaos(args, rig, hostile_endpoint, hostile, ctx)
+            try:
+                chaos._start_recorder()
+                deadline = time.monotonic() + 30
+                while not chaos.spans[0].path.exists() and time.monotonic() < deadline:
+                    rig.check_alive()
+                    time.sleep(0.05)
+                settings_before = _settings(chaos.ctl)
+                rig.start_devices()
+                chaos.run()
+                settings_after = _settings(chaos.ctl)
+                daemon_status = rig.status("daemon")
+                end_series_and_drain(rig.procs["daemon"], chaos.sub, lambda m: chaos.ledger.see(m.topic, m.header))
+                last = chaos.spans[-1]
+                t_stop = time.monotonic()
+                try:
+                    stop_recorder(last.proc, last.path, progress_log=last.log,
+                                  expect_frames=sum(int(np.count_nonzero(chaos.ledger.arrays(k)[1] >= last.t_start))
+                                                    for k in chaos.ledger.seqs), timeout_s=30.0)
+                except Exception as exc:  # noqa: BLE001 - judged below from the file itself
+                    _log(f"chaos: stopping the last recorder: {exc}")
+                last.t_end, last.ended_by = t_stop, "SIGTERM (after the daemon ended its series)"
+                chaos._check_span(last)
+            finally:
+                chaos.sub.close()
+                chaos.stall_sub.close()
+                chaos.ctl.close()
+                chaos.side.close(0)
+                for span in chaos.spans:
+                    for p in (span.path, Path(str(span.path) + ".wal")):
+                        p.unlink(missing_ok=True)
+    finally:
+        for f in feeds:
+            f.stop()
+        hostile.close(0)
+        ctx.destroy(linger=0)  # and any socket an error left open
+    assert chaos is not None
+    return _result(chaos, settings_before, settings_after, daemon_status, (load0, os.getloadavg()[0]))
+
+
+# -- the result ------------------------------------------------------------------------------------
+def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str, Any],
+            daemon_status: dict[str, Any], load: tuple[float, float]) -> dict[str, Any]:
+    led = c.ledger
+    streams = {}
+    for t in led.topics():
+        gen, dlv, ann = led.generated(t), led.delivered.get(t, 0), led.announced.get(t, 0)
+        st = (daemon_status.get("streams") or {}).get(t.split("/", 1)[1], {})
+        streams[t] = {"generated": gen, "delivered": dlv, "announced_lost": ann, "unaccounted": gen - dlv - ann,
+                      "reconnects": st.get("reconnects")}
+    frames: dict[str, Any] = {k: sum(v[k] for v in streams.values())
+                              for k in ("generated", "delivered", "announced_lost", "unaccounted")}
+    # the counting subscriber's holes in seq: announced (a gap message covers them) or not (it fell
+    # behind, or a loss no one announced), and when (s from the start, at the frame after the hole)
+    announced = [(g.topic, g.series, g.first_seq, g.count) for g in c.sub.gaps
+                 if g.announced and g.first_seq is not None]
+    holes = []
+    for key in led.seqs:
+        seqs, times = led.arrays(key)
+        for j in np.flatnonzero(np.diff(seqs.astype(np.int64)) > 1):
+            first = int(seqs[j]) + 1
+            holes.append({"topic": key[0], "first_seq": first, "count": int(seqs[j + 1] - seqs[j]) - 1,
+                          "t": round(float(times[j + 1]) - c.t0, 2),
+                          "announced": any((t, s) == key and f <= first < f + n for t, s, f, n in announced)})
+    frames["seen_as_holes"] = sum(g.count for g in c.sub.gaps if not g.announced and g.first_seq is not None)
+    frames["unannounced_holes"] = sorted((h for h in holes if not h["announced"]), key=lambda h: h["t"])[:20]
+    spans = [s.result for s in c.spans if s.result is not None]
+    growth = half_growth(c.rss)
+    half = np.asarray(c.rss[len(c.rss) // 2:], float)
+    trend = None
+    if half.size >= 3 and np.all(np.isfinite(half)) and half[0] > 0:
+        slope = np.polyfit(np.arange(half.size), half, 1)[0]
+        trend = round(100 * float(slope) * (half.size - 1) / float(half[0]), 2)
+
+    def timing(kind: str) -> dict[str, Any]:
+        v = c.timings[kind]
+        return {"n": len(v), "p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99),
+                "max_ms": round(max(v), 2) if v else None, "timeouts": c.ctl_timeouts[kind]}
+
+    control = {k: timing(k) for k in ("status", "stop", "start")}
+    control["errors"] = c.ctl_errors[-10:]
+    control["daemon_counters"] = daemon_status.get("control")
+    # the stalled subscriber: the frames it missed (of those the counting subscriber got, inside
+    # the seq range of each series it saw), and those of them no gap reported to it names
+    missed = unreported = got = 0
+    for key, mine in c.stall_seqs.items():
+        seqs, _ = led.arrays(key)
+        lo, hi = min(mine), max(mine)
+        lost = np.setdiff1d(seqs[(seqs >= lo) & (seqs <= hi)], np.fromiter(mine, np.uint64, len(mine)))
+        covered = np.zeros(lost.size, bool)
+        for g in c.stall_sub.gaps:
+            if (g.topic, g.series) == key and g.first_seq is not None:
+                covered |= (lost >= g.first_seq) & (lost < g.first_seq + g.count)
+        got += len(mine)
+        missed += int(lost.size)
+        unreported += int(lost.size - covered.sum())
+    stall = {"topics": _STALL_TOPICS, "stalls": len(c.stalls), "stalled_s": round(sum(c.stalls), 2),
+             "frames_received": got, "frames_missed": missed, "reported_as_gaps": missed - unreported,
+             "unreported": unreported}
+    safe = [{"device": e.device, "t": e.t, "ms": e.ms, "reply_state": e.reply_state, "reply_ms": e.reply_ms,
+             "resumed_after_s": e.resumed_after_s, **({"note": e.note} if e.note else {})} for e in c.safe]
+    measured = [e["ms"] for e in safe if not e.get("note", "").startswith("skipped")]  # None: never off
+    hostile_ctl_ok = all(h["ok"] for h in c.hostile_ctl)
+    rec_bad = [s.get("bad_messages") for s in spans]
+    hostile = {
+        "path": "a PUB socket of the benchmark: the counting subscriber and every recorder subscribe to it as a "
+                "second endpoint; the stage through a forwarder merging it with the daemon's stream "
+                "([recon] subscribe)",
+        "sent": sum(c.hostile_sent.values()), "by_message": dict(sorted(c.hostile_sent.items())),
+        "counted_by": {"subscriber": c.sub.bad_messages,
+                       "recorders": sum(int(b or 0) for b in rec_bad),
+                       "stages": sum(c.stage_bad)},
+        "note": "counts are lower bounds of what reached each consumer: a consumer connecting (ZeroMQ slow joiner) "
+                "misses messages, and a killed recorder's or stage's last counts are those it reported last",
+    }
+    bars = [
+        {"figure": "unaccounted frames", "value": frames["unaccounted"], "bar": "= 0",
+         "ok": frames["unaccounted"] == 0},
+        {"figure": "recorded = delivered, every recorder span",
+         "value": f"{sum(1 for s in spans if s['equal'])} of {len(c.spans)} spans",
+         "bar": "every span", "ok": len(spans) == len(c.spans) and all(s["equal"] for s in spans)},
+        {"figure": "daemon RSS growth over the second half (%)", "value": growth, "bar": f"< {RSS_BAR_PCT:g} %",
+         "ok": growth is not None and growth < RSS_BAR_PCT},
+        {"figure": "control status p99 (ms)", "value": control["status"]["p99_ms"], "bar": f"≤ {CONTROL_BAR_MS:g} ms",
+         "ok": control["status"]["p99_ms"] is not None and control["status"]["p99_ms"] <= CONTROL_BAR_MS},
+        {"figure": "control stop p99 (ms)", "value": control["stop"]["p99_ms"], "bar": f"≤ {CONTROL_BAR_MS:g} ms",
+         "ok": control["stop"]["p99_ms"] is not None and control["stop"]["p99_ms"] <= CONTROL_BAR_MS},
+        {"figure": "safe state → simulator output off, worst (ms)",
+         "value": None if not measured or None in measured else max(measured),
+         "bar": f"≤ {SAFE_BAR_MS:g} ms, each", "ok": bool(measured) and None not in measured
+         and max(measured) <= SAFE_BAR_MS},
+        {"figure": "hostile control requests answered as expected",
+         "value": f"{sum(h['ok'] for h in c.hostile_ctl)} of {len(c.hostile_ctl)}", "bar": "all",
+         "ok": hostile_ctl_ok},
+        {"figure": "settings after hostile configure requests", "value": "unchanged"
+         if settings_before == settings_after else f"{settings_before} → {settings_after}",
+         "bar": "unchanged", "ok": settings_before == settings_after},
+        {"figure": "stalled subscriber: missed frames not reported as gaps", "value": stall["unreported"],
+         "bar": "= 0", "ok": stall["unreported"] == 0},
+        {"figure": "processes exited unasked", "value": c.problem or "none", "bar": "none", "ok": c.problem is None},
+    ]
+    return {
+        "benchmark": "chaos", "minutes": c.minutes, "seed": c.seed, "cpus": os.cpu_count(),
+        "loadavg_1min": [round(load[0], 2), round(load[1], 2)],
+        "faults": {"total": sum(c.faults.values()), "by_kind": dict(sorted(c.faults.items())),
+                   "log": c.events[-30:]},
+        "frames": frames, "streams": streams, "recorder_spans": spans,
+        "rss": {"interval_s": 60.0 if c.minutes >= 5 else 10.0, "series_mb": [round(v, 1) for v in c.rss],
+                "growth_second_half_pct": growth, "trend_second_half_pct": trend},
+        "control": control, "safe_state": safe,
+        "hostile_control": {"sent": len(c.hostile_ctl), "as_expected": sum(h["ok"] for h in c.hostile_ctl),
+                            "unexpected": [h for h in c.hostile_ctl if not h["ok"]][:20],
+                            "settings_before": settings_before, "settings_after": settings_after,
+                            "reader_client": "not set up: this rig gives every local client operator rights "
+                                             "([daemon] local_operator = true, no CurveZMQ), the stage too"},
+        "hostile_data": hostile, "subscriber_stall": stall,
+        "restarts": {"stage": [{"t": round(r.t - c.t0, 2), "ping_after_s": r.ping_after_s,
+                                "processing_after_s": r.processing_after_s} for r in c.stage_restarts],
+                     "recorder": [s["started_s"] for s in spans[1:]] if len(spans) > 1 else []},
+        "processes": {"survived": c.problem is None, "problem": c.problem},
+        "bars": bars, "passed": all(b["ok"] for b in bars),
+    }
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """The chaos run as a few lines and its bars, each ok / FAIL."""
+    f = result["faults"]
+    print(f"medacq bench chaos: {result['minutes']:g} min, seed {result['seed']}, {result['cpus']} cpus, "
+          f"load {result['loadavg_1min']}")
+    print(f"faults: {f['total']} — " + ", ".join(f"{k} {v}" for k, v in f["by_kind"].items()))
+    fr = result["frames"]
+    print(f"frames: {fr['generated']} generated, {fr['delivered']} delivered, {fr['announced_lost']} announced lost, "
+          f"{fr['unaccounted']} unaccounted ({fr['seen_as_holes']} seen by the subscriber as holes in seq)")
+    for h in fr["unannounced_holes"]:
+        print(f"  unannounced hole: {h['topic']} seq {h['first_seq']} +{h['count']} at {h['t']} s")
+    for s in result["recorder_spans"]:
+        print(f"recorder {s['file']} ({s['started_s']}–{s['ended_s']} s, ended by {s['ended_by']}): "
+              f"{s['frames_recorded']} recorded, {s['frames_expected']} delivered in its window, "
+              f"missing {s['missing']}, extra {s['extra']}, problems {s['problems']}")
+    r = result["rss"]
+    print(f"daemon RSS (MB, every {r['interval_s']:g} s, and at the end): {r['series_mb']}; second half "
+          f"{r['growth_second_half_pct']} % (least-squares trend {r['trend_second_half_pct']} %)")
+    c = result["control"]
+    for k in ("status", "stop", "start"):
+        print(f"control {k}: n {c[k]['n']}, p50 {c[k]['p50_ms']} ms, p99 {c[k]['p99_ms']} ms, max {c[k]['max_ms']} ms, "
+              f"timeouts {c[k]['timeouts']}")
+    for e in result["safe_state"]:
+        print(f"safe state {e['device']} at {e['t']} s: output off after {e['ms']} ms (reply {e['reply_state']} "
+              f"after {e['reply_ms']} ms), back {e['resumed_after_s']} s after start {e.get('note', '')}")
+    h = result["hostile_control"]
+    print(f"hostile control: {h['as_expected']} of {h['sent']} as expected; reader client: {h['reader_client']}")
+    for u in h["unexpected"]:
+        print(f"  {u['name']} ({u['target']}): expected {u['expected']}, got {u['got']}")
+    d = result["hostile_data"]
+    print(f"hostile data: {d['sent']} messages sent; counted by {d['counted_by']}")
+    s = result["subscriber_stall"]
+    print(f"stalled subscriber: {s['stalls']} stalls ({s['stalled_s']} s), {s['frames_received']} frames received, "
+          f"{s['frames_missed']} missed, {s['reported_as_gaps']} reported as gaps")
+    for r in result["restarts"]["stage"]:
+        print(f"stage killed at {r['t']} s: answering after {r['ping_after_s']} s, processing after "
+              f"{r['processing_after_s']} s")
+    for b in result["bars"]:
+        print(f"{'ok  ' if b['ok'] else 'FAIL'}  {b['figure']}: {b['value']} (bar {b['bar']})")
+    print("passed" if result["passed"] else "FAILED")

@@ -1,0 +1,85 @@
+"""Child processes that never outlive their parent: ``medacq up``'s daemon, stage and view, a benchmark's rig.
+
+:func:`spawn_module` runs ``python -m MODULE ARGS`` as a child in its own process group, its
+output in a log file, through :data:`CHILD_BOOTSTRAP`: the child asks the kernel for SIGTERM when
+its parent dies (``PR_SET_PDEATHSIG``, Linux), then checks that the parent did not die before that
+took effect. :func:`signal_group` signals a child's process group (the child and whatever it
+started), :func:`stop_processes` ends a set of children: SIGTERM to each group, SIGKILL after a
+grace period.
+
+``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, not the process: spawn
+from the main thread (or one that lives as long as the children). The request is made in the new
+interpreter, not in a ``preexec_fn``: Python code between fork and exec can deadlock in a process
+with threads (``medacq up`` serves its simulators from threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["CHILD_BOOTSTRAP", "spawn_module", "signal_group", "stop_processes"]
+
+CHILD_BOOTSTRAP = """\
+import os, runpy, signal, sys
+try:  # PR_SET_PDEATHSIG (Linux): SIGTERM to this process when the thread that started it ends
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):  # the parent died before that took effect
+    sys.exit(1)
+del sys.argv[:2]  # as python -m MODULE ARGS: argv[0] becomes the module's path, argv[1:] its ARGS
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+"""How a child starts: ``python -c CHILD_BOOTSTRAP PARENT_PID MODULE ARGS...``."""
+
+
+def spawn_module(module: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
+    """Start ``python -m MODULE ARGS`` as a child of this process (module doc): stdin from
+    ``/dev/null``, stdout and stderr to ``log_path`` (truncated), its own process group, SIGTERM
+    when this process dies. ``env`` defaults to this process's environment with
+    ``PYTHONUNBUFFERED=1``."""
+    argv = [sys.executable, "-c", CHILD_BOOTSTRAP, str(os.getpid()), module, *args]
+    with open(log_path, "wb") as logf:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                env=dict(env) if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"},
+                                process_group=0)
+
+
+def signal_group(p: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal a child's process group. Only while the child is not reaped: until then its pid, and
+    so its group id, cannot be reused by an unrelated process."""
+    if p.returncode is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # not (yet) a group leader (not started by spawn_module): the child alone
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
+    """SIGTERM every child's process group, wait up to ``grace_s`` (s) in all, then SIGKILL the rest."""
+    procs = list(procs)
+    for p in procs:
+        signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(p, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
