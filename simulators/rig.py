@@ -59,7 +59,10 @@ DEFAULT_RIG: list[RigEntry] = [
     RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True}, {"daisy": True}),
     RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
              {"rate": 500, "mode": "messagepack"}),
-    RigEntry("meg0", "quspin", "quspin", "pty", "serial", {"seed": 13}, {}, ports=3),
+    # MEG: 20-ms frames (4 samples at 200 Hz), not the biosignal default of 40 ms: the sensors'
+    # merge already holds a frame for the slowest of 3 serial ports, and a frame's age counts
+    # from its first sample, so shorter frames keep recon/meg0 within 100 ms under load
+    RigEntry("meg0", "quspin", "quspin", "pty", "serial", {"seed": 13}, {"frame_samples": 4}, ports=3),
     # 3 angles at 20 B-mode frames/s: light enough to beamform live beside the whole rig on a laptop
     RigEntry("us0", "us", "ultrasound", "tcp", "tcp", {"angles": 3, "prf_hz": 60.0, "seed": 21},
              {"angles": 3, "prf_hz": 60.0}),

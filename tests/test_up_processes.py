@@ -78,6 +78,15 @@ def _children(ppid: int) -> dict[int, tuple[int, str]]:
     return out
 
 
+def _thread_nice(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (``/proc/PID/task/TID/stat`` field 19)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        out.add(int(text[text.rindex(")") + 2 :].split()[16]))
+    return out
+
+
 def _alive(pid: int, start: int) -> bool:
     st = _stat(pid)
     return st is not None and st[1] == start  # same start time: not a recycled pid
@@ -105,6 +114,13 @@ def test_up_takes_every_child_with_it(sig, tmp_path):
         roles = sorted(next(r for r in ("run", "recon", "view") if f" {r} --config" in cmd)
                        for _, cmd in children.values())
         assert roles == ["recon", "run", "view"], children
+        if sig == signal.SIGINT:  # the view yields the cores to the daemon and the stage, every thread of it
+            from medacq.daemon.bridges.view import VIEW_NICE
+
+            own = os.getpriority(os.PRIO_PROCESS, 0)
+            nice = {next(r for r in ("run", "recon", "view") if f" {r} --config" in cmd): _thread_nice(pid)
+                    for pid, (_, cmd) in children.items()}
+            assert nice == {"run": {own}, "recon": {own}, "view": {min(19, own + VIEW_NICE)}}, nice
         os.kill(up.pid, sig)
         up.wait(20)
         deadline = time.monotonic() + 8

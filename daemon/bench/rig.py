@@ -271,11 +271,12 @@ class RigUnderTest:
                 self._wait(lambda: self.rec_path.exists(), timeout, "the recorder did not open its file")
             self._spawn("recon", ["recon", "--config", cfg])
             if self.view:  # read-only (no --operator): its client only watches
-                from medacq.daemon.bridges.view import new_token
+                from medacq.daemon.bridges.view import VIEW_NICE, new_token
 
                 self.view_token = new_token()
                 self._spawn("view", ["view", "--config", cfg, "--port", str(ports[4])],
-                            {**os.environ, "PYTHONUNBUFFERED": "1", "MEDACQ_VIEW_TOKEN": self.view_token})
+                            {**os.environ, "PYTHONUNBUFFERED": "1", "MEDACQ_VIEW_TOKEN": self.view_token},
+                            nice=VIEW_NICE)
             self._spawn("daemon", ["run", "--config", cfg])
             with ControlClient(self.cfg.daemon.control_endpoint, timeout=0.5) as c:
                 def up() -> bool:
@@ -314,8 +315,8 @@ class RigUnderTest:
             raise
         return self
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.procs[name] = spawn_cli(argv, self.workdir / f"{name}.log", env)
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, nice: int = 0) -> None:
+        self.procs[name] = spawn_cli(argv, self.workdir / f"{name}.log", env, nice)
 
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

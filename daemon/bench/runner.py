@@ -352,12 +352,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
     """``python -m medacq.daemon.cli ARGV`` as a benchmark's child
     (:func:`~medacq.daemon.common.procs.spawn_module`): stdout and stderr to ``log_path``, its own
     process group (:func:`stop_processes` signals the group), SIGTERM if the benchmark dies; spawn
     from the main thread."""
-    return spawn_module("medacq.daemon.cli", argv, log_path, env)
+    return spawn_module("medacq.daemon.cli", argv, log_path, env, nice)
 
 
 @contextlib.contextmanager

@@ -138,8 +138,10 @@ def _start_view(procs: list, cfg_path: Path, port: int, workdir: Path, env: dict
     import socket
 
     token = secrets.token_urlsafe(32)
+    from medacq.daemon.bridges.view import VIEW_NICE
+
     p = spawn_module(_CLI, ["view", "--config", str(cfg_path), "--port", str(port), "--operator"],
-                     workdir / "view.log", {**env, "MEDACQ_VIEW_TOKEN": token})
+                     workdir / "view.log", {**env, "MEDACQ_VIEW_TOKEN": token}, nice=VIEW_NICE)
     procs.append(p)
     deadline = time.monotonic() + 15
     while p.poll() is None and time.monotonic() < deadline:

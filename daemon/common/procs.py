@@ -37,19 +37,22 @@ except (OSError, AttributeError):
     pass
 if os.getppid() != int(sys.argv[1]):  # the parent died before that took effect
     sys.exit(1)
-del sys.argv[:2]  # as python -m MODULE ARGS: argv[0] becomes the module's path, argv[1:] its ARGS
+if int(sys.argv[2]):  # lower priority, before any thread starts: every thread inherits it
+    os.nice(int(sys.argv[2]))
+del sys.argv[:3]  # as python -m MODULE ARGS: argv[0] becomes the module's path, argv[1:] its ARGS
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
-"""How a child starts: ``python -c CHILD_BOOTSTRAP PARENT_PID MODULE ARGS...``."""
+"""How a child starts: ``python -c CHILD_BOOTSTRAP PARENT_PID NICE MODULE ARGS...`` (``NICE``: niceness
+added in the child before it starts any thread, so every thread of it has it; 0: unchanged)."""
 
 
-def spawn_module(module: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
-                 ) -> subprocess.Popen[bytes]:
+def spawn_module(module: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+                 nice: int = 0) -> subprocess.Popen[bytes]:
     """Start ``python -m MODULE ARGS`` as a child of this process (module doc): stdin from
     ``/dev/null``, stdout and stderr to ``log_path`` (truncated), its own process group, SIGTERM
-    when this process dies. ``env`` defaults to this process's environment with
-    ``PYTHONUNBUFFERED=1``."""
-    argv = [sys.executable, "-c", CHILD_BOOTSTRAP, str(os.getpid()), module, *args]
+    when this process dies, ``nice`` added to its niceness (every thread). ``env`` defaults to this
+    process's environment with ``PYTHONUNBUFFERED=1``."""
+    argv = [sys.executable, "-c", CHILD_BOOTSTRAP, str(os.getpid()), str(int(nice)), module, *args]
     with open(log_path, "wb") as logf:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=dict(env) if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"},
