@@ -43,6 +43,12 @@ def test_sim_port_in_use():
     assert r.returncode == 1 and "already in use" in _one_line(r.stderr)
 
 
+def test_sim_off_loopback_needs_allow_remote():
+    r = run_medacq("sim", "synthetic", "--tcp", f"0.0.0.0:{free_port()}", "--for", "1")
+    line = _one_line(r.stderr)
+    assert r.returncode == 2 and "refusing to serve a simulated device on 0.0.0.0" in line and "--allow-remote" in line
+
+
 def test_unknown_simulator_and_bad_option():
     r = run_medacq("sim", "toaster", "--for", "1")
     assert r.returncode == 2 and "unknown simulator" in _one_line(r.stderr)

@@ -28,6 +28,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
     try:
         if args.tcp is not None:
             host, _, port = args.tcp.rpartition(":")
+            from medacq.daemon.common.binding import BindError, check_exposure
+
+            try:  # a device protocol has no encryption or authentication: loopback unless asked
+                check_exposure("serve a simulated device on", args.tcp, allowed=args.allow_remote,
+                               needs="--allow-remote (its protocol has no authentication: anyone who can reach "
+                               "the address drives the simulated device)")
+            except BindError as exc:
+                raise CliError(str(exc), 2) from None
             srv = SimulatorServer(iface, "tcp", host=host or "127.0.0.1", port=int(port), paced=not args.fast)
         else:
             srv = SimulatorServer(iface, "pty", paced=not args.fast, name=args.name or args.kind,
@@ -198,6 +206,8 @@ def register(sub: Any) -> None:
     sp.add_argument("--name", help="pty link name")
     sp.add_argument("--link-dir", help="folder for the pty link")
     sp.add_argument("--fast", action="store_true", help="unpaced: as fast as the host reads")
+    sp.add_argument("--allow-remote", action="store_true", help="allow --tcp off loopback (the device protocol "
+                    "has no authentication; the fault side door always stays on loopback)")
     sp.add_argument("--faults", type=int, metavar="PORT", help="serve the fault side door on 127.0.0.1:PORT")
     sp.add_argument("--for", dest="for_s", type=float)
     sp.set_defaults(fn=cmd_sim)
