@@ -177,8 +177,21 @@ class SafeStateRequest(_Req):
     reason: str | None = Field(default=None, max_length=200)
 
 
+class StudyRequest(_Req):
+    """Set, read or clear the patient and study context (fields of ``StudyContext``,
+    ``daemon/interop/study.py``). It never reaches stream headers or descriptors: ``set`` and
+    ``status`` answer the random study uid only; ``get`` (not read-only) returns the context.
+    ``study`` is left out of the request's dump, so the audit log records no patient data.
+    """
+
+    cmd: Literal["study"]
+    action: Literal["set", "get", "clear"]
+    study: dict[str, Any] | None = Field(default=None, exclude=True)
+
+
 ControlRequest = Annotated[
     Union[
+        StudyRequest,
         RecordRequest,
         ListRequest,
         DescribeRequest,
@@ -199,7 +212,7 @@ READ_ONLY_COMMANDS = frozenset({"list", "describe", "status", "ping", "descripto
 
 _REQUEST = TypeAdapter(ControlRequest)
 _COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action",
-             "record", "safe_state")
+             "record", "safe_state", "study")
 
 
 class ControlError(Exception):

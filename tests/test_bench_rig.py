@@ -121,3 +121,64 @@ def test_under_load_runs_idle_then_beside_the_rig():
     assert len(_children()) <= calls[0]["children"]
     # without --under-load: the plain run
     assert idle_and_under_load("probe", run, argparse.Namespace(under_load=False))["fps"] == 30.0
+
+
+# -- the accounting, on synthetic inputs (no rig) ----------------------------------------------------------
+import subprocess
+import sys
+
+import numpy as np
+
+from medacq.daemon.bench.rig import compare_seqs
+from medacq.daemon.bench.runner import StreamLedger, end_series_and_drain
+
+
+def test_recorded_equals_delivered_compares_frames_not_counts():
+    delivered = {("raw/a", "s1"): [0, 1, 2, 3], ("raw/b", "s1"): [0, 1, 2]}
+    same = compare_seqs(delivered, {k: np.asarray(v, np.uint64) for k, v in delivered.items()})
+    assert all(c["equal"] for c in same.values()) and same["raw/a"]["recorded"] == 4
+    # a duplicate and a loss: the counts are equal, the frames are not
+    dup_loss = compare_seqs(delivered, {("raw/a", "s1"): np.asarray([0, 1, 1, 3], np.uint64),
+                                        ("raw/b", "s1"): np.asarray([0, 1, 2], np.uint64)})
+    assert dup_loss["raw/a"]["recorded"] == dup_loss["raw/a"]["delivered"] == 4
+    assert dup_loss["raw/a"] == {"recorded": 4, "delivered": 4, "missing": 1, "extra": 1, "equal": False}
+    assert dup_loss["raw/b"]["equal"]
+    # a frame recorded under another series is both missing and extra
+    moved = compare_seqs({("raw/a", "s1"): [0, 1]}, {("raw/a", "s1"): np.asarray([0], np.uint64),
+                                                      ("raw/a", "s2"): np.asarray([1], np.uint64)})
+    assert moved["raw/a"]["missing"] == 1 and moved["raw/a"]["extra"] == 1
+    # check_recording's problems fail the bar even when the frames match
+    assert not compare_seqs(delivered, {k: np.asarray(v, np.uint64) for k, v in delivered.items()},
+                            file_ok=False)["raw/a"]["equal"]
+
+
+def test_ledger_counting_from_zero_sees_a_lost_series_start():
+    for from_zero, lost in ((False, 0), (True, 5)):
+        led = StreamLedger(count_from_zero=from_zero)
+        for seq in range(5, 10):  # series_start and frames 0..4 dropped before this subscriber
+            led.see("raw/a", {"kind": "frame", "series": "s1", "seq": seq})
+        led.see("raw/a", {"kind": "series_end", "series": "s1", "seq": 10})
+        assert led.generated("raw/a") - led.delivered["raw/a"] == lost
+
+
+class _FakeSub:
+    """recv() hands out its script: a message, or None (nothing within the timeout)."""
+
+    def __init__(self, script: list) -> None:
+        self.script = script
+
+    def recv(self, timeout: float) -> object:
+        if self.script:
+            item = self.script.pop(0)
+            if item is not None:
+                return item
+        time.sleep(timeout)
+        return None
+
+
+def test_drain_goes_on_after_a_pause_until_the_socket_is_quiet():
+    daemon = subprocess.Popen([sys.executable, "-c", "pass"])
+    daemon.wait()  # the daemon has exited; its last messages are still on their way
+    got: list = []
+    end_series_and_drain(daemon, _FakeSub(["m1", "m2", None, "m3", None, None, "m4"]), got.append)
+    assert got == ["m1", "m2", "m3", "m4"]

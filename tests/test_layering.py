@@ -93,7 +93,7 @@ def test_drivers_never_import_device_physics():
 
 
 # -- inside daemon/: one sub-package per service or tool ----------------------------------------
-DAEMON_PACKAGES = {"common", "client", "acquisition", "recon", "recording", "bridges", "cli", "bench", "_top"}
+DAEMON_PACKAGES = {"common", "client", "acquisition", "recon", "recording", "bridges", "cli", "bench", "_top", "interop"}
 
 
 def _under(name: str, package: str) -> bool:
@@ -118,6 +118,9 @@ def _daemon_violations(root: Path = ROOT) -> list[str]:
                 continue
             if pkg == "client" and not (_under(name, "medacq.protocols") or _under(name, "medacq.daemon.client")):
                 bad.append(f"client-only-protocols: {where}")
+            if pkg == "interop" and not (name == "medacq" or any(
+                    _under(name, f"medacq.{p}") for p in ("protocols", "daemon.client", "daemon.common", "daemon.interop"))):
+                bad.append(f"interop-only-protocols-client-common: {where}")
             if _under(name, "medacq.drivers") and pkg != "acquisition":
                 bad.append(f"only-acquisition-imports-drivers: {where}")
             if _under(name, "medacq.daemon.cli") and pkg != "cli":

@@ -862,7 +862,7 @@ def test_hostile_messages_are_skipped_counted_and_recording_goes_on(tmp_path):
     frame(2, dtype="O", payload=bytes(16))  # 4. numpy refuses to wrap it (escapes the decoder's checks today)
     frame(3, t_host_ns="soon")  # 5. decodes (fast path), cannot be recorded
     frame(4, dtype="<U2", shape=(2,), payload=bytes(16))  # 6. not a numeric frame
-    frame(5, shape=(0,), payload=b"")  # 7. HDF5 refuses its datasets (after creating the block's group)
+    frame(5, units="m\x00s")  # 7. HDF5 refuses its attributes (after creating the block's group)
     frame(6, t_device=10 ** 400)  # 8. no float64 holds its clock
     pub.send_multipart([b"raw/v1", encode_header(StreamHeader(  # 9. a gap no int64 holds
         stream="v1", kind=MessageKind.GAP, series=series, seq=0, gap_frames=10 ** 30, t_host_ns=1, t_mono_ns=1))])

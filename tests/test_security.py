@@ -86,8 +86,10 @@ def test_rights_and_audit(keys, endpoints):
     records = [json.loads(l) for l in audit.read_text().splitlines()]
     who = {r["who"] for r in records}
     assert [(r["command"], r["ok"]) for r in records] == [("stop", False), ("stop", True), ("start", True)]
-    assert records[0]["who"] == bob.public.decode() and records[1]["who"] == alice.public.decode()
-    assert len(who) == 2
+    # named by their key files in readers/ and operators/, with the Z85 key beside the name
+    assert [(r["who"], r["key"]) for r in records] == [("bob", bob.public.decode()), ("alice", alice.public.decode()),
+                                                       ("alice", alice.public.decode())]
+    assert who == {"bob", "alice"}
 
 
 # -- without CurveZMQ: the transport decides (ipc in a private directory: operator; TCP loopback: reader) --
@@ -98,6 +100,18 @@ import stat  # noqa: E402
 from medacq.daemon.common.security import local_rights, prepare_ipc_dir  # noqa: E402
 
 
+def private_mode() -> int:
+    """The mode the services give a directory they create: 0770 with group medacq where it exists
+    and this user may give the directory to it, else 0700."""
+    import grp
+
+    try:
+        gid = grp.getgrnam("medacq").gr_gid
+    except KeyError:
+        return 0o700
+    return 0o770 if os.geteuid() == 0 or gid in os.getgroups() else 0o700
+
+
 def test_local_rights_follow_the_transport(tmp_path):
     tcp = "tcp://127.0.0.1:5556"
     assert local_rights(tcp, None)[0] == "reader" and "local_operator = true" in local_rights(tcp, None)[1]
@@ -105,7 +119,7 @@ def test_local_rights_follow_the_transport(tmp_path):
     run = tmp_path / "run" / "medacq"
     ep = f"ipc://{run}/control"
     prepare_ipc_dir(ep)
-    assert stat.S_IMODE(run.stat().st_mode) == 0o770
+    assert stat.S_IMODE(run.stat().st_mode) == private_mode()
     assert local_rights(ep, None)[0] == "operator"
     assert local_rights(ep, False)[0] == "reader"  # the config has the last word
     os.chmod(run, 0o777)  # others may enter: the OS no longer decides who connects
@@ -151,13 +165,13 @@ def test_ipc_in_a_private_directory_or_local_operator_gives_operator_rights(endp
         control = endpoints["daemon"]["control_endpoint"]
         cfg = _rig(endpoints, control, local_operator=True)
     else:
-        run = tmp_path / "run" / "medacq"  # created by the daemon, 0770
+        run = tmp_path / "run" / "medacq"  # created by the daemon, 0770 (group medacq) or 0700
         control = f"ipc://{run}/control"
         cfg = _rig(endpoints, control)
     d = AcquisitionDaemon(cfg).start()
     try:
         if local_operator is None:
-            assert stat.S_IMODE((tmp_path / "run" / "medacq").stat().st_mode) == 0o770
+            assert stat.S_IMODE((tmp_path / "run" / "medacq").stat().st_mode) == private_mode()
         with ControlClient(control, timeout=3) as c:
             assert c.request("status")["control"]["local_rights"] == "operator"
             assert c.request("configure", device="s0", settings={"seed": 3})["settings"]["seed"] == 3

@@ -1,11 +1,12 @@
 """The one control server: request envelope, rights, audit and replies (daemon and recon stage).
 
 One thread owns the ROUTER socket(s): it waits for a request, finds who sent it (the CurveZMQ
-user id, i.e. the client's Z85 public key, or ``"local"`` without CurveZMQ), splits the ROUTER
-envelope (identity, and the empty delimiter a REQ client adds), answers, and sends the reply back
-on the same envelope. :class:`ControlServer` is the answer: it parses the request, checks the
-client's rights, calls the service's handler with the typed request, audits every
-state-changing request with what actually happened, and encodes the reply. A service (the
+user id, i.e. the client's Z85 public key, named in the audit log by its allow-list file; without
+CurveZMQ the local account over ``ipc://``, as the kernel reports it, or ``"local"`` over TCP),
+splits the ROUTER envelope (identity, and the empty delimiter a REQ client adds), answers, and
+sends the reply back on the same envelope. :class:`ControlServer` is the answer: it parses the
+request, checks the client's rights, calls the service's handler with the typed request, audits
+every state-changing request with what actually happened, and encodes the reply. A service (the
 acquisition daemon, the reconstruction stage) only writes its handler. Nothing a client sends
 can stop the loop or raise out of :meth:`ControlServer.handle_raw`.
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import zmq
 
-from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer, allowed
+from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer, allowed, local_peer
 from medacq.protocols.control import READ_ONLY_COMMANDS, ControlError, encode_reply, parse_request
 
 __all__ = ["ControlServer", "Deferred", "Handler"]
@@ -128,7 +129,8 @@ class ControlServer:
     # -- one request -----------------------------------------------------------------------
     def _audit(self, req: Any, who: str, ok: bool, outcome: str, error: str | None = None) -> None:
         if req is not None and req.cmd not in READ_ONLY_COMMANDS:
-            self.audit.record(who, req.cmd, req.model_dump(exclude_none=True), ok, error, outcome=outcome)
+            name, key = (who, None) if self.curve is None else (self.curve.name(who), who)
+            self.audit.record(name, req.cmd, req.model_dump(exclude_none=True), ok, error, outcome=outcome, key=key)
 
     def _error(self, req: Any, who: str, rid: Any, exc: ControlError, outcome: str) -> bytes:
         self.errors += 1
@@ -150,7 +152,8 @@ class ControlServer:
             rights = self.rights(who)
             if rights is None or not allowed(req.cmd, rights):
                 why = f" ({self.local_reason})" if self.curve is None and self.local_reason else ""
-                raise ControlError("forbidden", f"{req.cmd} needs operator rights; this client has "
+                client = "this client" if self.curve is None else f"this client ({self.curve.name(who)})"
+                raise ControlError("forbidden", f"{req.cmd} needs operator rights; {client} has "
                                                 f"{rights or 'no'} rights{why}")
             result = self.handler(req)
             if isinstance(result, Deferred):
@@ -292,6 +295,11 @@ class ControlServer:
                             who = frames[-1].get("User-Id") or ""
                         except zmq.ZMQError:
                             who = ""
+                    else:  # over ipc:// the kernel tells who connected (SO_PEERCRED)
+                        try:
+                            who = local_peer(frames[-1].get("Peer-Address"))
+                        except zmq.ZMQError:
+                            pass
                     parts = [f.bytes for f in frames]
                     envelope, rest = [parts[0]], parts[1:]
                     if rest and rest[0] == b"":

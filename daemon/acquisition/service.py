@@ -42,6 +42,7 @@ from medacq.protocols.control import (
     StartRequest,
     StatusRequest,
     StopRequest,
+    StudyRequest,
 )
 from medacq.protocols.stream import MessageKind, StreamHeader, encode_header
 from medacq.drivers._base import DeviceError, DriverError
@@ -57,6 +58,7 @@ from medacq.daemon.acquisition.publisher import Publisher, sndhwm_for
 from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import BindError, bind, check_exposure
 from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
+from medacq.daemon.interop.study import StudyState
 
 __all__ = ["AcquisitionDaemon", "BindError"]
 
@@ -97,6 +99,7 @@ class AcquisitionDaemon:
         self.limits: dict[str, dict[str, tuple[float, float]]] = {d.name: dict(d.limits) for d in config.device}
         self._record_lane: ThreadPoolExecutor | None = None  # record start/stop, off the control thread
         self.control = ControlServer(self.handle, None, self.audit)
+        self.study = StudyState()  # patient context: control plane and exports only, never the data plane
         # -- safe state
         self._safety_lane: ThreadPoolExecutor | None = None  # drivers' cut_output(), off the control thread
         self._safety_thread: threading.Thread | None = None
@@ -282,6 +285,11 @@ class AcquisitionDaemon:
             return {"devices": names}
         if isinstance(req, ConfigureRequest):
             return self._configure(req)
+        if isinstance(req, StudyRequest):
+            try:
+                return self.study.handle(req.action, req.study)
+            except ValueError as exc:
+                raise ControlError("bad_request", f"study: {exc}") from None
         if req.cmd == "record":  # the optional built-in recorder (daemon/recording/recorder.py)
             from medacq.daemon.recording.recorder import recording_service
 
@@ -478,6 +486,7 @@ class AcquisitionDaemon:
             "publisher_errors": self.publisher.errors if self.publisher else 0,
             "publisher": self.publisher.hwm_status() if self.publisher else {},
             "recording": self._recording.status() if getattr(self, "_recording", None) else {"state": "off"},
+            "study_uid": self.study.status()["study_uid"],
             "streams": streams,
         }
 

@@ -47,15 +47,20 @@ Figures and bars (``bars``; the table marks each ok / FAIL):
 
 * ``frames``: per raw topic and in total, from the counting subscriber: ``generated`` (numbered by
   the daemon in each series), ``delivered``, ``announced_lost`` (inside ``gap`` messages),
-  ``unaccounted`` = generated − delivered − announced_lost. Bar: 0 unaccounted.
+  ``unaccounted`` = generated − delivered − announced_lost (every series counted from seq 0: the
+  subscriber is connected before the devices start). Bars: 0 unaccounted in every stream; every
+  raw topic of the rig delivers frames in the last 3 s of the run (a driver that never
+  reconnected generates nothing, and so nothing unaccounted).
 * ``recorder_spans``: every span the recorder was up (ended by ``kill -9`` or, the last one, by
   SIGTERM once the daemon ended its series). Its file must hold exactly the frames the counting
-  subscriber received, per (topic, series), inside the seq range the file holds and inside the time
-  window its frames were received in (first + 0.5 s to last − 0.5 s, by this process's clock): a
-  span loses only its edges (joining; at a kill, what was not yet committed). ``missing``: received
-  here, not in the file; ``extra``: in the file, not received here (the counting subscriber lost
-  them: see ``frames.unannounced_holes``). Bar: every span ``missing`` = ``extra`` = 0,
-  ``check_recording`` without problems.
+  subscriber received, per (topic, series), inside the seq range the file holds and inside the
+  span's window (:func:`span_accounting`, by this process's clock): from its process's start + 10 s
+  (or its file's first frame, if earlier) + 0.5 s to its end − (flush interval + 1 s) after a
+  kill, to its end for the last span: a span loses only its edges (joining; at a kill, what was
+  not yet committed), and an empty file or a wedged writer fails. ``missing``: received here, not
+  in the file; ``extra``: in the file, not received here (the counting subscriber lost them: see
+  ``frames.unannounced_holes``). Bar: every span ``missing`` = ``extra`` = 0 (and frames to
+  compare in a window of 3 s or more), ``check_recording`` without problems.
 * ``rss``: the daemon's resident memory (``/proc/PID/statm``) once a minute (every 10 s for runs
   under 5 minutes) from the end of the warm-up, and once more at the end; its growth over the
   second half (last sample against the middle one, as ``bench soak``). Bar: < 2 %. Frames of up to
@@ -63,14 +68,22 @@ Figures and bars (``bars``; the table marks each ok / FAIL):
   (a least-squares line through the second half's samples, its rise over that half against the
   middle sample) is given beside it.
 * ``control``: reply time p50/p99/max of ``status`` and ``stop`` (and ``start``) sent while faults
-  run, at the client; a timeout counts as its 2 s. Bar: p99 ≤ 100 ms for ``status`` and ``stop``.
+  run, at the client; a timeout counts as its 2 s, an error reply is counted apart (``errors``).
+  Bar: p99 ≤ 100 ms, no timeout and no error, for ``status`` and ``stop``.
 * ``safe_state``: per entry, ms from sending the request to the simulator's output off
   (``exposing``/``source_on``, ``transmitting``, ``injecting``), the reply's state, and whether
-  the output came back after ``start``. Bar: every entry ≤ 200 ms (and at least one measured).
-* ``hostile_control``: bar: every request answered with its expected code; settings unchanged.
-* ``subscriber_stall``: bar: every frame the stalled subscriber missed was reported to it as a gap.
-* ``processes``: bar: the daemon, the stage, the recorder and the simulators never exited but when
-  killed here.
+  the output came back after ``start``. Bars: every entry ≤ 200 ms (and at least one measured);
+  every entry's output came back (``resumed_after_s`` set).
+* ``hostile_control``: bar: every request (at least one: the second drawn fault of a run is one)
+  answered with its expected code, and the daemon (and, for a stage target, the stage) answering
+  after it; requests to the stage are not drawn while a killed stage is not answering yet;
+  settings unchanged (and read both before and after).
+* ``subscriber_stall``: bar: at least one stall (the first drawn fault of a run is one), and every
+  frame the stalled subscriber missed, of every series it got any message of (the whole series,
+  as the counting subscriber got it), was reported to it as a gap (:func:`stall_accounting`; a
+  series it got no message of can be reported by none: ``unseen_series_frames``, not barred).
+* ``processes``: bar: the daemon, the stage, the recorder and the simulators (processes, and
+  each simulator's thread: the side door's ``status`` ``error``) never exited but when killed here.
 """
 
 from __future__ import annotations
@@ -98,7 +111,8 @@ from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free
                                         stop_recorder, terminate_as_interrupt)
 from medacq.daemon.common.procs import signal_group
 
-__all__ = ["bench_chaos", "print_result", "RESULT_KEYS", "HOSTILE_CONTROL", "HOSTILE_DATA", "hostile_data"]
+__all__ = ["bench_chaos", "print_result", "RESULT_KEYS", "HOSTILE_CONTROL", "HOSTILE_DATA", "hostile_data",
+           "span_accounting", "stall_accounting", "silent_topics", "settings_unchanged", "control_ok"]
 
 RESULT_KEYS = ("benchmark", "minutes", "seed", "cpus", "loadavg_1min", "faults", "frames", "streams",
                "recorder_spans", "rss", "control", "safe_state", "hostile_control", "hostile_data",
@@ -115,6 +129,11 @@ _SAFE_TARGETS = ("xr0", "us0", "eit0")
 _STALL_TOPICS = ["raw/synth0", "raw/xr0"]
 _PROBE_DEVICE = "synth0"
 _CTL_TIMEOUT_S = 2.0
+_RECORDER_FLUSH_S = 1.0  # medacq record --flush of every span
+_JOIN_S = 10.0  # a recorder must record within this long of its start
+_SPAN_EDGE_S = 0.5  # frames in flight at a span's first recorded frame
+_MIN_SPAN_S = 3.0  # a span window this long must have frames to compare
+_ALIVE_S = 3.0  # every raw topic delivers frames in the last seconds of the tail
 _XR_KVP_LIMIT = (40.0, 120.0)  # set in the chaos rig's config file for xr0
 
 
@@ -209,8 +228,8 @@ class _SeqLedger(StreamLedger):
     """A :class:`StreamLedger` that also keeps every frame's ``seq`` and receive time
     (CLOCK_MONOTONIC, s) per (topic, series)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, count_from_zero: bool = False) -> None:
+        super().__init__(count_from_zero)
         self.seqs: dict[tuple[str, str], array[int]] = {}
         self.times: dict[tuple[str, str], array[float]] = {}
 
@@ -264,7 +283,12 @@ class _StageFeed:
                 s.close(0)
 
     def stop(self) -> None:
-        self._stop.send(b"TERMINATE")
+        import zmq
+
+        try:  # never blocks: the proxy thread may have exited already
+            self._stop.send(b"TERMINATE", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
         self._thread.join(5)
         self._stop.close(0)
 
@@ -311,6 +335,103 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
+# -- accounting (pure functions of what was measured) -------------------------------------------------
+def span_accounting(frames: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+                    rec: dict[tuple[str, str], np.ndarray], t_start: float, t_end: float, end_margin_s: float,
+                    join_s: float = _JOIN_S, edge_s: float = _SPAN_EDGE_S,
+                    min_window_s: float = _MIN_SPAN_S) -> dict[str, Any]:
+    """One recorder span against the counting subscriber.
+
+    ``frames``: ``(topic, series) -> (seq, receive time here)`` of every frame the counting
+    subscriber received; ``rec``: ``(topic, series) -> seq`` of the frames in the span's file;
+    times on one clock (s). Every frame received inside the span's window must be in the file:
+    from its start (``t_start`` + ``join_s``, or the receive time of the file's first frame if
+    that is earlier) + ``edge_s`` to ``t_end`` − ``end_margin_s`` (a kill loses what was not yet
+    committed: the flush interval + 1 s; the last span, stopped after the run: 0). The window
+    comes from the span's process, not from the file: an empty file, or a writer that wedged
+    while its process stayed up, leaves frames of the window missing. So must every frame inside
+    the file's seq range of a series. Returns ``frames_expected``, ``frames_recorded``,
+    ``missing`` (expected, not in the file), ``extra`` (in the file, never received here),
+    ``window_s`` and ``ok``: ``missing`` = ``extra`` = 0 and, for a window of ``min_window_s``
+    or longer, ``frames_expected`` > 0.
+    """
+    empty = (np.zeros(0, np.uint64), np.zeros(0))
+    first = math.inf
+    for key, r in rec.items():
+        seqs, times = frames.get(key, empty)
+        t = times[np.isin(seqs, r)]
+        if t.size:
+            first = min(first, float(t.min()))
+    t_from = min(t_start + join_s, first) + edge_s
+    t_to = t_end - end_margin_s
+    expected = missing = extra = recorded = 0
+    for key in set(frames) | set(rec):
+        seqs, times = frames.get(key, empty)
+        r = rec.get(key, np.zeros(0, np.uint64))
+        keep = (times > t_from) & (times < t_to)
+        if r.size:
+            keep |= (seqs >= r[0]) & (seqs <= r[-1])
+        exp = seqs[keep]
+        expected += int(exp.size)
+        recorded += int(r.size)
+        missing += int(np.setdiff1d(exp, r).size)
+        extra += int(np.setdiff1d(r, seqs).size)
+    window = max(0.0, t_to - t_from)
+    return {"frames_recorded": recorded, "frames_expected": expected, "missing": missing, "extra": extra,
+            "window_s": round(window, 2),
+            "ok": missing == 0 and extra == 0 and (expected > 0 or window < min_window_s)}
+
+
+def stall_accounting(frames: dict[tuple[str, str], np.ndarray], got: dict[tuple[str, str], set[int]],
+                     seen: set[tuple[str, str]], gaps: list[tuple[tuple[str, str], int, int]]) -> dict[str, int]:
+    """The stalled subscriber against the counting one, per (topic, series) of its topics.
+
+    ``frames``: every seq the counting subscriber received (the whole series, not just the
+    range the stalled one saw); ``got``: the seqs the stalled subscriber received; ``seen``: the
+    series it received any message of; ``gaps``: ``((topic, series), first_seq, count)`` it was
+    told of. ``frames_missed``: frames of the series it saw that it did not receive;
+    ``unreported``: those no gap covers. A series it got no message of at all can be reported by
+    no message (``unseen_series``, ``unseen_series_frames``: a figure, not a bar).
+    """
+    missed = unreported = received = unseen = unseen_frames = 0
+    for key in set(frames) | set(got):
+        mine = got.get(key, set())
+        received += len(mine)
+        seqs = np.asarray(frames.get(key, ()), np.uint64)
+        if key not in seen and not mine:
+            unseen += 1
+            unseen_frames += int(seqs.size)
+            continue
+        lost = np.setdiff1d(seqs, np.fromiter(mine, np.uint64, len(mine)))
+        covered = np.zeros(lost.size, bool)
+        for k, first, count in gaps:
+            if k == key:
+                covered |= (lost >= first) & (lost < first + count)
+        missed += int(lost.size)
+        unreported += int(lost.size - covered.sum())
+    return {"frames_received": received, "frames_missed": missed, "reported_as_gaps": missed - unreported,
+            "unreported": unreported, "unseen_series": unseen, "unseen_series_frames": unseen_frames}
+
+
+def silent_topics(last_frame_t: dict[str, float], topics: list[str], t_end: float,
+                  window_s: float = _ALIVE_S) -> list[str]:
+    """The topics of ``topics`` whose last frame (receive time, s) came before ``t_end`` − ``window_s``
+    (or never): a driver that never reconnected, a device that never restarted."""
+    return [t for t in topics if last_frame_t.get(t, -math.inf) < t_end - window_s]
+
+
+def settings_unchanged(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """The settings bar: equal, and read on both sides (two identical errors are not "unchanged")."""
+    read = all("error" not in v for side in (before, after) for v in side.values())
+    return bool(before) and read and before == after
+
+
+def control_ok(timing: dict[str, Any], bar_ms: float = CONTROL_BAR_MS) -> bool:
+    """A control bar: p99 within ``bar_ms`` with no timeout and no error reply (neither is a fast sample)."""
+    p99 = timing.get("p99_ms")
+    return p99 is not None and p99 <= bar_ms and timing.get("timeouts", 0) == 0 and timing.get("errors", 0) == 0
+
+
 # -- the run ----------------------------------------------------------------------------------------------
 class _Chaos:
     """One chaos run on a started rig: its state, the loop (:meth:`run`) and each fault."""
@@ -327,12 +448,13 @@ class _Chaos:
         self.cfg = rig.cfg
         self.hostile_endpoint, self.hostile = hostile_endpoint, hostile_sock
         self.hostile_msgs = hostile_data()
-        self.ledger = _SeqLedger()
+        self.ledger = _SeqLedger(count_from_zero=True)  # connected before the devices start: every series from 0
         self.sub = Subscriber([self.cfg.daemon.data_endpoint, hostile_endpoint], "raw/", rcvhwm=1_000_000,
                               errors="skip", context=ctx)
         self.stall_sub = Subscriber(self.cfg.daemon.data_endpoint, _STALL_TOPICS, rcvhwm=8, errors="skip",
                                     context=ctx)
         self.stall_seqs: dict[tuple[str, str], set[int]] = {}
+        self.stall_seen: set[tuple[str, str]] = set()  # (topic, series) of any message the stalled one got
         self.stall_until = 0.0
         self.stalls: list[float] = []
         self.ctl = ControlClient(self.cfg.daemon.control_endpoint, timeout=_CTL_TIMEOUT_S, context=ctx)
@@ -343,6 +465,7 @@ class _Chaos:
         self.timings: dict[str, list[float]] = {"status": [], "stop": [], "start": []}
         self.ctl_timeouts: Counter[str] = Counter()
         self.ctl_errors: list[str] = []
+        self.ctl_error_count: Counter[str] = Counter()
         self.hostile_ctl: list[dict[str, Any]] = []
         self.hostile_sent: Counter[str] = Counter()
         self.safe: list[_SafeEntry] = []
@@ -351,8 +474,11 @@ class _Chaos:
         self.stage_bad: list[int] = [0]  # bad_messages of each stage process, the last one polled
         self.rss: list[float] = []
         self.problem: str | None = None
+        self.sim_errors: dict[str, str] = {}  # simulator -> its thread's error (the side door's status)
         self.simulators = list(rig.simulators)
         self.t0 = 0.0
+        self.t_run_end = 0.0  # when the loop ended (CLOCK_MONOTONIC, s)
+        self.forced = ["subscriber_stall", "hostile_control"]  # the first draws: every run exercises both
 
     # sockets -------------------------------------------------------------------------------
     def _socket_to(self, endpoint: str) -> Any:
@@ -372,9 +498,23 @@ class _Chaos:
             return {"ok": False, "error": "the side door did not answer"}
         return dict(json.loads(self.side.recv_multipart()[-1]))
 
-    def _output(self, sim: str) -> dict[str, bool]:
+    def _sim_status(self) -> dict[str, Any] | None:
+        """The side door's ``status`` of every simulator; ``None`` when it did not answer."""
         r = self._side_door({"fault": "status"})
-        return dict(((r.get("result") or {}).get(sim) or {}).get("output") or {}) if r.get("ok") else {}
+        return dict(r.get("result") or {}) if r.get("ok") else None
+
+    def _output(self, sim: str) -> dict[str, bool] | None:
+        """The simulator's output flags; ``None`` when unknown (the side door failed: not "off")."""
+        st = self._sim_status()
+        return None if st is None else dict((st.get(sim) or {}).get("output") or {})
+
+    def _sim_errors(self) -> None:
+        """A simulator thread that died inside the simulators' process (its ``error``) is a problem."""
+        st = self._sim_status()
+        for n, v in (st or {}).items():
+            if isinstance(v, dict) and v.get("error") and n not in self.sim_errors:
+                self.sim_errors[n] = str(v["error"])
+                _log(f"chaos: simulator {n} failed: {v['error']}")
 
     # receiving -------------------------------------------------------------------------------
     def _pump(self, budget_s: float = 0.02) -> None:
@@ -386,12 +526,19 @@ class _Chaos:
             if time.monotonic() >= end:
                 break
         if time.monotonic() >= self.stall_until:
-            for _ in range(200):
-                msg = self.stall_sub.recv(timeout=0)
-                if msg is None:
-                    break
-                if msg.kind == "frame":
-                    self.stall_seqs.setdefault((msg.topic, msg.header["series"]), set()).add(msg.header["seq"])
+            self._pump_stall()
+
+    def _pump_stall(self, n: int = 200, timeout: float = 0) -> int:
+        """Up to ``n`` messages of the stalling subscriber; returns how many came."""
+        for i in range(n):
+            msg = self.stall_sub.recv(timeout=timeout)
+            if msg is None:
+                return i
+            key = (msg.topic, msg.header["series"])
+            self.stall_seen.add(key)
+            if msg.kind == "frame":
+                self.stall_seqs.setdefault(key, set()).add(msg.header["seq"])
+        return n
 
     # faults -----------------------------------------------------------------------------------
     def _event(self, kind: str, **detail: Any) -> None:
@@ -428,7 +575,9 @@ class _Chaos:
 
         from medacq.protocols.control import decode_reply
 
-        name, target, parts, expect = self.rng.choice(HOSTILE_CONTROL)
+        restarting = bool(self.stage_restarts) and self.stage_restarts[-1].ping_after_s is None
+        name, target, parts, expect = self.rng.choice(  # a stage being restarted answers no one yet
+            [h for h in HOSTILE_CONTROL if h[1] == "daemon" or not restarting])
         ep = self.cfg.daemon.control_endpoint if target == "daemon" else self.cfg.recon.control_endpoint
         s = self._socket_to(ep)
         got: str | None = None  # the reply's error code ("ok" if none); None: no reply
@@ -441,11 +590,11 @@ class _Chaos:
             got = f"socket error: {exc}"
         finally:
             s.close(0)
-        alive = self._daemon_answers()
+        alive = self._daemon_answers() and (target != "recon" or self._poll_stage(_CTL_TIMEOUT_S) is not None)
         self.hostile_ctl.append({"t": round(time.monotonic() - self.t0, 2), "name": name, "target": target,
                                  "expected": expect or "no reply (connection dropped)",
                                  "got": got or "no reply", "ok": got == expect and alive,
-                                 "daemon_answers_after": alive})
+                                 "daemon_answers_after": alive})  # (and the stage, for a recon target)
         self._event("hostile_control", request=name, target=target, got=got)
 
     def _daemon_answers(self) -> bool:
@@ -480,7 +629,7 @@ class _Chaos:
         path, log = self.rig.workdir / f"chaos-{k}.h5", self.rig.workdir / f"recorder-{k}.log"
         proc = spawn_cli(["record", "--topics", "raw/", "--out", str(path), "--endpoint",
                           self.cfg.daemon.data_endpoint, "--endpoint", self.hostile_endpoint, "--no-fsync",
-                          "--progress"], log)
+                          "--flush", str(_RECORDER_FLUSH_S), "--progress"], log)
         self.rig.procs["recorder"] = proc
         span = _Span(path, log, proc, time.monotonic())
         self.spans.append(span)
@@ -547,27 +696,14 @@ class _Chaos:
                        problems=[f"{type(exc).__name__}: {exc}"])
             span.result = out
             return
-        lo, hi = math.inf, -math.inf
-        for key, r in rec.items():
-            seqs, times = self.ledger.arrays(key)
-            t = times[np.isin(seqs, r)]
-            if t.size:
-                lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
-        expected = missing = extra = recorded = 0
-        for key in set(self.ledger.seqs) | set(rec):
-            seqs, times = self.ledger.arrays(key)
-            r = rec.get(key, np.zeros(0, np.uint64))
-            keep = (times > lo + 0.5) & (times < hi - 0.5)
-            if r.size:
-                keep |= (seqs >= r[0]) & (seqs <= r[-1])
-            exp = seqs[keep]
-            expected += int(exp.size)
-            recorded += int(r.size)
-            missing += int(np.setdiff1d(exp, r).size)
-            extra += int(np.setdiff1d(r, seqs).size)
+        killed = span.ended_by.startswith("kill")  # it loses what it had not committed; the last one nothing
+        acc = span_accounting({k: self.ledger.arrays(k) for k in self.ledger.seqs}, rec, span.t_start,
+                              span.t_end if span.t_end is not None else time.monotonic(),
+                              _RECORDER_FLUSH_S + 1.0 if killed else 0.0)
         summ = recorder_summary(span.log) or recorder_checkpoint(span.log) or {}
-        out.update(frames_recorded=recorded, frames_expected=expected, missing=missing, extra=extra,
-                   equal=missing == 0 and extra == 0 and not summary["problems"], problems=summary["problems"],
+        out.update(frames_recorded=acc["frames_recorded"], frames_expected=acc["frames_expected"],
+                   missing=acc["missing"], extra=acc["extra"], window_s=acc["window_s"],
+                   equal=acc["ok"] and not summary["problems"], problems=summary["problems"],
                    recovery=summary.get("recovery"), bad_messages=summ.get("bad_messages"))
         span.result = out
         for p in (span.path, Path(str(span.path) + ".wal")):  # gigabytes: never kept
@@ -590,7 +726,8 @@ class _Chaos:
                                                   reason="bench chaos")])
             t_off = t_reply = None
             while (t_off is None or t_reply is None) and time.perf_counter() - t0 < 3.0:
-                if t_off is None and not any(self._output(device).values()):
+                out = self._output(device) if t_off is None else None
+                if out and not any(out.values()):  # None or {}: unknown, not off
                     t_off = time.perf_counter()
                 if t_reply is None and s.poll(0 if t_off is None else 50):
                     reply = decode_reply(s.recv_multipart()[-1])
@@ -630,8 +767,10 @@ class _Chaos:
             self.ctl.request(cmd, **fields)
         except DaemonUnreachable:
             self.ctl_timeouts[cmd] += 1
-        except RequestFailed as exc:
+        except RequestFailed as exc:  # counted apart: an error reply is not a fast sample
             self.ctl_errors.append(f"{cmd}: {exc}")
+            self.ctl_error_count[cmd] += 1
+            return
         if record:
             self.timings[cmd].append((time.perf_counter() - t) * 1000)
 
@@ -673,6 +812,7 @@ class _Chaos:
                 next_rss += rss_every
             if now >= next_poll:
                 self._poll_stage(0.3)
+                self._sim_errors()
                 next_poll = now + 5.0
             if faulting and now >= next_status:
                 self._timed("status")
@@ -704,7 +844,7 @@ class _Chaos:
                     next_safe = now + 1.0
                 continue
             if faulting and now >= next_fault:
-                kind = self.rng.choices(kinds, weights)[0]
+                kind = self.forced.pop(0) if self.forced else self.rng.choices(kinds, weights)[0]
                 if kind == "hostile_control":
                     self._hostile_control()
                 elif kind == "hostile_data":
@@ -714,8 +854,12 @@ class _Chaos:
                 else:
                     self._sim_fault(kind)
                 next_fault = time.monotonic() + self.rng.uniform(0.5, 2.5)
+        self.t_run_end = time.monotonic()
         if start_at < math.inf:
             self._timed("start", device=_PROBE_DEVICE, record=False)
+        if self.problem is None:
+            self._follow_safe()
+            self._sim_errors()
         for _, span in to_check:
             self._check_span(span)
         self._poll_stage(1.0)
@@ -779,7 +923,13 @@ def bench_chaos(args: argparse.Namespace) -> dict[str, Any]:
                 chaos.run()
                 settings_after = _settings(chaos.ctl)
                 daemon_status = rig.status("daemon")
-                end_series_and_drain(rig.procs["daemon"], chaos.sub, lambda m: chaos.ledger.see(m.topic, m.header))
+                def on_message(m: Any) -> None:
+                    chaos.ledger.see(m.topic, m.header)
+                    chaos._pump_stall()  # read on: its last messages (series_end) must reach it
+
+                end_series_and_drain(rig.procs["daemon"], chaos.sub, on_message)
+                while chaos._pump_stall(timeout=0.3):  # what it still holds
+                    pass
                 last = chaos.spans[-1]
                 t_stop = time.monotonic()
                 try:
@@ -844,32 +994,33 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
     def timing(kind: str) -> dict[str, Any]:
         v = c.timings[kind]
         return {"n": len(v), "p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99),
-                "max_ms": round(max(v), 2) if v else None, "timeouts": c.ctl_timeouts[kind]}
+                "max_ms": round(max(v), 2) if v else None, "timeouts": c.ctl_timeouts[kind],
+                "errors": c.ctl_error_count[kind]}
 
     control = {k: timing(k) for k in ("status", "stop", "start")}
     control["errors"] = c.ctl_errors[-10:]
     control["daemon_counters"] = daemon_status.get("control")
-    # the stalled subscriber: the frames it missed (of those the counting subscriber got, inside
-    # the seq range of each series it saw), and those of them no gap reported to it names
-    missed = unreported = got = 0
-    for key, mine in c.stall_seqs.items():
-        seqs, _ = led.arrays(key)
-        lo, hi = min(mine), max(mine)
-        lost = np.setdiff1d(seqs[(seqs >= lo) & (seqs <= hi)], np.fromiter(mine, np.uint64, len(mine)))
-        covered = np.zeros(lost.size, bool)
-        for g in c.stall_sub.gaps:
-            if (g.topic, g.series) == key and g.first_seq is not None:
-                covered |= (lost >= g.first_seq) & (lost < g.first_seq + g.count)
-        got += len(mine)
-        missed += int(lost.size)
-        unreported += int(lost.size - covered.sum())
-    stall = {"topics": _STALL_TOPICS, "stalls": len(c.stalls), "stalled_s": round(sum(c.stalls), 2),
-             "frames_received": got, "frames_missed": missed, "reported_as_gaps": missed - unreported,
-             "unreported": unreported}
+    # the stalled subscriber: the frames it missed (of those the counting subscriber got, the whole of
+    # each series it saw), and those of them no gap reported to it names
+    acc = stall_accounting({k: led.arrays(k)[0] for k in led.seqs if k[0] in _STALL_TOPICS}, c.stall_seqs,
+                           c.stall_seen, [((g.topic, g.series), g.first_seq, g.count) for g in c.stall_sub.gaps
+                                          if g.first_seq is not None])
+    stall = {"topics": _STALL_TOPICS, "stalls": len(c.stalls), "stalled_s": round(sum(c.stalls), 2), **acc}
     safe = [{"device": e.device, "t": e.t, "ms": e.ms, "reply_state": e.reply_state, "reply_ms": e.reply_ms,
              "resumed_after_s": e.resumed_after_s, **({"note": e.note} if e.note else {})} for e in c.safe]
     measured = [e["ms"] for e in safe if not e.get("note", "").startswith("skipped")]  # None: never off
-    hostile_ctl_ok = all(h["ok"] for h in c.hostile_ctl)
+    hostile_ctl_ok = bool(c.hostile_ctl) and all(h["ok"] for h in c.hostile_ctl)  # none sent: not exercised
+    stall_exercised = stall["stalls"] > 0 and stall["frames_received"] > 0
+    # every raw topic of the rig delivers frames at the end of the tail (a driver that never
+    # reconnected, a device that never restarted after its safe state, generates nothing unaccounted)
+    last_t: dict[str, float] = {}
+    for key in led.seqs:
+        times = led.arrays(key)[1]
+        if times.size:
+            last_t[key[0]] = max(last_t.get(key[0], -math.inf), float(times.max()))
+    silent = silent_topics(last_t, [f"raw/{d.name}" for d in c.cfg.device], c.t_run_end)
+    not_resumed = [f"{e['device']} at {e['t']} s" for e in safe
+                   if not e.get("note", "").startswith("skipped") and e["resumed_after_s"] is None]
     rec_bad = [s.get("bad_messages") for s in spans]
     hostile = {
         "path": "a PUB socket of the benchmark: the counting subscriber and every recorder subscribe to it as a "
@@ -883,30 +1034,38 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
                 "misses messages, and a killed recorder's or stage's last counts are those it reported last",
     }
     bars = [
-        {"figure": "unaccounted frames", "value": frames["unaccounted"], "bar": "= 0",
-         "ok": frames["unaccounted"] == 0},
+        {"figure": "unaccounted frames, every stream", "value": {t: s["unaccounted"] for t, s in streams.items()
+                                                                 if s["unaccounted"]} or 0,
+         "bar": "= 0 each", "ok": all(s["unaccounted"] == 0 for s in streams.values())},
+        {"figure": f"raw topics without frames in the last {_ALIVE_S:g} s", "value": silent or "none",
+         "bar": "none", "ok": not silent},
         {"figure": "recorded = delivered, every recorder span",
          "value": f"{sum(1 for s in spans if s['equal'])} of {len(c.spans)} spans",
          "bar": "every span", "ok": len(spans) == len(c.spans) and all(s["equal"] for s in spans)},
         {"figure": "daemon RSS growth over the second half (%)", "value": growth, "bar": f"< {RSS_BAR_PCT:g} %",
          "ok": growth is not None and growth < RSS_BAR_PCT},
-        {"figure": "control status p99 (ms)", "value": control["status"]["p99_ms"], "bar": f"≤ {CONTROL_BAR_MS:g} ms",
-         "ok": control["status"]["p99_ms"] is not None and control["status"]["p99_ms"] <= CONTROL_BAR_MS},
-        {"figure": "control stop p99 (ms)", "value": control["stop"]["p99_ms"], "bar": f"≤ {CONTROL_BAR_MS:g} ms",
-         "ok": control["stop"]["p99_ms"] is not None and control["stop"]["p99_ms"] <= CONTROL_BAR_MS},
+        *({"figure": f"control {k} p99 (ms), timeouts, errors",
+           "value": f"{control[k]['p99_ms']}, {control[k]['timeouts']}, {control[k]['errors']}",
+           "bar": f"≤ {CONTROL_BAR_MS:g} ms, 0, 0", "ok": control_ok(control[k])} for k in ("status", "stop")),
         {"figure": "safe state → simulator output off, worst (ms)",
          "value": None if not measured or None in measured else max(measured),
          "bar": f"≤ {SAFE_BAR_MS:g} ms, each", "ok": bool(measured) and None not in measured
          and max(measured) <= SAFE_BAR_MS},
+        {"figure": "safe states whose output did not come back after start", "value": not_resumed or "none",
+         "bar": "none", "ok": not not_resumed},
         {"figure": "hostile control requests answered as expected",
-         "value": f"{sum(h['ok'] for h in c.hostile_ctl)} of {len(c.hostile_ctl)}", "bar": "all",
-         "ok": hostile_ctl_ok},
+         "value": f"{sum(h['ok'] for h in c.hostile_ctl)} of {len(c.hostile_ctl)}"
+         if c.hostile_ctl else "not exercised", "bar": "all (at least one)", "ok": hostile_ctl_ok},
         {"figure": "settings after hostile configure requests", "value": "unchanged"
-         if settings_before == settings_after else f"{settings_before} → {settings_after}",
-         "bar": "unchanged", "ok": settings_before == settings_after},
-        {"figure": "stalled subscriber: missed frames not reported as gaps", "value": stall["unreported"],
-         "bar": "= 0", "ok": stall["unreported"] == 0},
-        {"figure": "processes exited unasked", "value": c.problem or "none", "bar": "none", "ok": c.problem is None},
+         if settings_unchanged(settings_before, settings_after) else f"{settings_before} → {settings_after}",
+         "bar": "unchanged (read both times)", "ok": settings_unchanged(settings_before, settings_after)},
+        {"figure": "stalled subscriber: missed frames not reported as gaps",
+         "value": stall["unreported"] if stall_exercised else "not exercised", "bar": "= 0 (at least one stall)",
+         "ok": stall_exercised and stall["unreported"] == 0},
+        {"figure": "processes (and simulator threads) exited unasked",
+         "value": "; ".join([*([c.problem] if c.problem else []), *(f"simulator {n}: {e}" for n, e in
+                                                                    c.sim_errors.items())]) or "none",
+         "bar": "none", "ok": c.problem is None and not c.sim_errors},
     ]
     return {
         "benchmark": "chaos", "minutes": c.minutes, "seed": c.seed, "cpus": os.cpu_count(),
@@ -926,7 +1085,8 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
         "restarts": {"stage": [{"t": round(r.t - c.t0, 2), "ping_after_s": r.ping_after_s,
                                 "processing_after_s": r.processing_after_s} for r in c.stage_restarts],
                      "recorder": [s["started_s"] for s in spans[1:]] if len(spans) > 1 else []},
-        "processes": {"survived": c.problem is None, "problem": c.problem},
+        "processes": {"survived": c.problem is None and not c.sim_errors, "problem": c.problem,
+                      "simulator_errors": dict(c.sim_errors)},
         "bars": bars, "passed": all(b["ok"] for b in bars),
     }
 
@@ -952,7 +1112,7 @@ def print_result(result: dict[str, Any]) -> None:
     c = result["control"]
     for k in ("status", "stop", "start"):
         print(f"control {k}: n {c[k]['n']}, p50 {c[k]['p50_ms']} ms, p99 {c[k]['p99_ms']} ms, max {c[k]['max_ms']} ms, "
-              f"timeouts {c[k]['timeouts']}")
+              f"timeouts {c[k]['timeouts']}, errors {c[k]['errors']}")
     for e in result["safe_state"]:
         print(f"safe state {e['device']} at {e['t']} s: output off after {e['ms']} ms (reply {e['reply_state']} "
               f"after {e['reply_ms']} ms), back {e['resumed_after_s']} s after start {e.get('note', '')}")
@@ -964,7 +1124,8 @@ def print_result(result: dict[str, Any]) -> None:
     print(f"hostile data: {d['sent']} messages sent; counted by {d['counted_by']}")
     s = result["subscriber_stall"]
     print(f"stalled subscriber: {s['stalls']} stalls ({s['stalled_s']} s), {s['frames_received']} frames received, "
-          f"{s['frames_missed']} missed, {s['reported_as_gaps']} reported as gaps")
+          f"{s['frames_missed']} missed, {s['reported_as_gaps']} reported as gaps; {s['unseen_series']} series "
+          f"({s['unseen_series_frames']} frames) it got no message of")
     for r in result["restarts"]["stage"]:
         print(f"stage killed at {r['t']} s: answering after {r['ping_after_s']} s, processing after "
               f"{r['processing_after_s']} s")

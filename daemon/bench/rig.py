@@ -30,13 +30,16 @@ Devices start over the control plane once every subscriber is connected. ``--war
 * ``superseded``, ``lost``: the stage's counters of the source stream (its ``status`` over the
   recon control endpoint at the end of the window), ``null`` where the stage does not report
   them; for ``raw/...`` topics ``lost`` = frames numbered by the daemon that this subscriber did
-  not receive (announced in ``gap`` messages or holes), over the whole run;
+  not receive (announced in ``gap`` messages or holes), over the whole run, every series from seq 0
+  (it subscribes before the devices start: a series first seen mid-way lost its head);
 * ``gaps``: gap messages and ``seq`` holes this subscriber saw on the topic, whole run;
 * ``first_frame_s``: from the start of the rig (before the simulators start) to the topic's
   first frame here.
 
-``recorded_equals_delivered``: frames in the HDF5 recording vs frames this subscriber received,
-per raw topic, over the whole run (the daemon ends every series before the recorder stops).
+``recorded_equals_delivered``: the frames in the HDF5 recording vs the frames this subscriber
+received, per raw topic, over the whole run (the daemon ends every series before the recorder
+stops), compared as sets of (series, seq) (``missing``: received here, not in the file; ``extra``:
+in the file, not received here), and ``check_recording`` without problems.
 
 Bars (``bars``, and pass/fail marks in the table): every ``recon/...`` topic p99 age ≤ 100 ms
 (biosignals, EIT, X-ray, CT, synthetic), for ultrasound B-mode ≤ 2 × its single-frame
@@ -80,11 +83,11 @@ from typing import Any
 
 import numpy as np
 
-from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, recorded_vs_delivered,
-                                        recorder_summary, spawn_cli, stop_processes, stop_recorder,
-                                        terminate_as_interrupt)
+from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free_ports, recorded_seqs,
+                                        recorder_checkpoint, recorder_summary, spawn_cli, stop_processes,
+                                        stop_recorder, terminate_as_interrupt)
 
-__all__ = ["RigUnderTest", "bench_rig", "print_result", "idle_and_under_load", "STREAM_KEYS", "AGE_BAR_MS",
+__all__ = ["RigUnderTest", "bench_rig", "print_result", "idle_and_under_load", "compare_seqs", "STREAM_KEYS", "AGE_BAR_MS",
            "US_AGE_SLACK_MS", "FPS_BAR", "FIRST_FRAME_BAR_S"]
 
 STREAM_KEYS = ("topic", "in_fps", "out_fps", "capacity_fps", "age_p50_ms", "age_p99_ms", "age_max_ms",
@@ -268,7 +271,9 @@ class RigUnderTest:
             if self.record:  # subscribers first, so they see every series from its start
                 self._spawn("recorder", ["record", "--topics", "raw/", "--out", str(self.rec_path), "--endpoint",
                                          self.cfg.daemon.data_endpoint, "--no-fsync", "--progress"])
-                self._wait(lambda: self.rec_path.exists(), timeout, "the recorder did not open its file")
+                # its first --progress line: the recorder process is up, subscribed, and checkpointing
+                self._wait(lambda: recorder_checkpoint(self.workdir / "recorder.log") is not None, timeout,
+                           "the recorder did not write its first checkpoint")
             self._spawn("recon", ["recon", "--config", cfg])
             if self.view:  # read-only (no --operator): its client only watches
                 from medacq.daemon.bridges.view import VIEW_NICE, new_token
@@ -427,7 +432,8 @@ class _Tally:
 
     def __init__(self, t_up: float) -> None:
         self.t_up_ns = int(t_up * 1e9)
-        self.ledger = StreamLedger()
+        self.ledger = StreamLedger(count_from_zero=True)  # subscribed before the devices start
+        self.seqs: dict[tuple[str, str], list[int]] = {}  # (raw topic, series) -> seq of each frame received
         self.first_ns: dict[str, int] = {}
         self.frames: dict[str, int] = {}
         self.ages: dict[str, list[float]] = {}
@@ -444,6 +450,8 @@ class _Tally:
             self.ledger.see(topic, h)
         if a is None:
             return
+        if raw:
+            self.seqs.setdefault((topic, h["series"]), []).append(int(h["seq"]))
         self.first_ns.setdefault(topic, now)
         src = h.get("source") or {}
         if not raw and topic not in self.source:
@@ -547,6 +555,7 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         sub = Subscriber([rig.cfg.daemon.data_endpoint, rig.cfg.recon.data_endpoint], ["raw/", "recon/"],
                          rcvhwm=1_000_000, errors="skip")
         try:
+            time.sleep(1.0)  # ZeroMQ's slow joiner: subscribed before the first series starts (counted from 0)
             rig.start_devices()
             _pump(sub, tally, time.monotonic() + warmup, rig)
             warm_status = rig.status("recon")  # the stage's drops so far: start-up gaps, if the warm-up covers it
@@ -566,6 +575,11 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
             recorded = stop_recorder(rig.procs["recorder"], rig.rec_path, progress_log=rig.workdir / "recorder.log",
                                      expect_frames=sum(tally.ledger.delivered.values()))
             recorded["recorder"] = recorder_summary(rig.workdir / "recorder.log")
+            try:
+                recorded["seqs"] = recorded_seqs(rig.rec_path)
+            except (OSError, ValueError) as exc:
+                recorded["seqs"] = {}
+                recorded.setdefault("problems", []).append(f"reading the seq columns: {type(exc).__name__}: {exc}")
             descriptors = sub.descriptors
             gaps: dict[str, int] = {}
             for g in sub.gaps:
@@ -606,6 +620,27 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def compare_seqs(delivered: dict[tuple[str, str], Any], recorded: dict[tuple[str, str], Any],
+                 file_ok: bool = True) -> dict[str, dict[str, Any]]:
+    """Recorded = delivered as sets of frames: per topic (of either side), frames ``recorded`` and
+    ``delivered``, ``missing`` (delivered, not in the file) and ``extra`` (in the file, not
+    delivered; a duplicate in the file counts as extra too), and ``equal``: both 0 and
+    ``file_ok``. ``delivered`` / ``recorded``: ``(topic, series) -> seqs``. Counts alone would
+    let a duplicate and a loss cancel."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(set(delivered) | set(recorded)):
+        d = np.asarray(delivered.get(key, ()), np.int64)
+        r = np.asarray(recorded.get(key, ()), np.int64)
+        c = out.setdefault(key[0], {"recorded": 0, "delivered": 0, "missing": 0, "extra": 0})
+        c["recorded"] += int(r.size)
+        c["delivered"] += int(d.size)
+        c["missing"] += int(np.setdiff1d(d, r).size)
+        c["extra"] += int(np.setdiff1d(r, d).size) + int(r.size - np.unique(r).size)
+    for c in out.values():
+        c["equal"] = bool(file_ok and c["missing"] == 0 and c["extra"] == 0)
+    return out
+
+
 def _result(args: argparse.Namespace, seconds: float, warmup: float, window: float, devices: list[str],
             modality: dict[str, str | None], capacity: dict[str, float | None], tally: _Tally,
             gaps: dict[str, int], recon_status: dict[str, Any], recorded: dict[str, Any],
@@ -626,7 +661,7 @@ def _result(args: argparse.Namespace, seconds: float, warmup: float, window: flo
     recon_topics: set[str] = {t for t in tally.first_ns if t.startswith("recon/")}
     for st in (recon_status.get("streams") or {}).values():
         recon_topics |= set(st.get("outputs_streams") or [])
-    rec_cmp = recorded_vs_delivered(tally.ledger, recorded)
+    rec_cmp = compare_seqs(tally.seqs, recorded.get("seqs") or {}, not recorded.get("problems"))
     streams: list[dict[str, Any]] = []
     bars: list[dict[str, Any]] = []
     for name in devices:
@@ -638,7 +673,7 @@ def _result(args: argparse.Namespace, seconds: float, warmup: float, window: flo
                         "age_max_ms": _r(max(ages)) if ages else None, "superseded": None, "lost": lost,
                         "gaps": gaps.get(raw, 0), "first_frame_s": first(raw)})
         bars.append({"topic": raw, "figure": "lost", "bar": "= 0", "ok": lost == 0})
-        eq = rec_cmp.get(raw, {"equal": False})["equal"]
+        eq = rec_cmp.get(raw, {"equal": False})["equal"]  # missing = extra = 0, check_recording without problems
         bars.append({"topic": raw, "figure": "recorded_equals_delivered", "bar": "recorded = delivered", "ok": eq})
         outs = sorted(t for t in recon_topics if (tally.source.get(t) or t.split("/")[1]) == name)
         main = f"recon/{name}"
@@ -680,7 +715,7 @@ def _result(args: argparse.Namespace, seconds: float, warmup: float, window: flo
                     f"({getattr(args, 'capacity_s', 1.0):g} s of process() on frames captured in the window)",
         "streams": streams,
         "recorded_equals_delivered": {"streams": per, "all": bool(per) and all(per.values())},
-        "recording": {t: {"recorded": c["recorded"], "delivered": c["delivered"]} for t, c in rec_cmp.items()},
+        "recording": {t: {k: c[k] for k in ("recorded", "delivered", "missing", "extra")} for t, c in rec_cmp.items()},
         "recording_problems": recorded.get("problems", []),
         "recorder": recorded.get("recorder"),
         "view": {"client": view_client, "acq_to_pixels_ms_p50": lat.get("p50"),

@@ -59,6 +59,7 @@ BENCHES: dict[str, str] = {
     "eit": "medacq.daemon.bench.eit:bench_eit",
     "rig": "medacq.daemon.bench.rig:bench_rig",
     "chaos": "medacq.daemon.bench.chaos:bench_chaos",
+    "dicom": "medacq.daemon.bench.dicom:bench_dicom",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
@@ -391,9 +392,14 @@ class StreamLedger:
     seen in a frame, heartbeat, ``gap`` or ``series_end``); ``delivered`` = frames received;
     ``announced`` = frames inside ``gap`` messages. generated − delivered − announced are
     holes no one announced.
+
+    ``count_from_zero``: for a subscriber connected before the devices started (every series
+    begins after it joined), every series counts from seq 0: a series first seen mid-way (its
+    ``series_start`` and first frames lost, at a high-water mark say) is a loss, not a late join.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_from_zero: bool = False) -> None:
+        self.count_from_zero = count_from_zero
         self.series_max: dict[tuple[str, str], int] = {}  # (topic, series) -> frames numbered
         self.series_from: dict[tuple[str, str], int] = {}  # first seq this subscriber could see
         self.delivered: dict[str, int] = {}
@@ -402,8 +408,8 @@ class StreamLedger:
     def see(self, topic: str, h: dict[str, Any]) -> None:
         key = (topic, h["series"])
         kind = h["kind"]
-        if key not in self.series_from:  # joined at series start, or mid-series (not a loss)
-            self.series_from[key] = 0 if kind == "series_start" else h["seq"]
+        if key not in self.series_from:  # joined at series start, or mid-series (not a loss unless count_from_zero)
+            self.series_from[key] = 0 if kind == "series_start" or self.count_from_zero else h["seq"]
         n = h["seq"] + 1 if kind == "frame" else h["seq"]
         if kind == "gap":
             n = h["seq"] + int(h.get("gap_frames") or 0)
@@ -421,17 +427,21 @@ class StreamLedger:
 
 
 def end_series_and_drain(daemon: subprocess.Popen, sub: Any, on_message: Callable[[Any], None],
-                         timeout_s: float = 5.0) -> None:
+                         timeout_s: float = 60.0, quiet_s: float = 0.5) -> None:
     """SIGTERM the daemon (it ends every series with ``series_end``) and hand every message still
-    in flight on ``sub`` (a :class:`~medacq.client.Subscriber`) to ``on_message`` until it exits."""
+    in flight on ``sub`` (a :class:`~medacq.client.Subscriber`) to ``on_message`` until it has
+    exited and ``sub`` has been quiet for ``quiet_s`` (a subscriber seconds behind still gets the
+    end of the run), or ``timeout_s``."""
     if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        msg = sub.recv(timeout=0.2)
+    last = time.monotonic()
+    while (now := time.monotonic()) < end:
+        msg = sub.recv(timeout=0.1)
         if msg is not None:
             on_message(msg)
-        elif daemon.poll() is not None:
+            last = time.monotonic()
+        elif daemon.poll() is not None and now - last >= quiet_s:
             break
 
 

@@ -8,8 +8,8 @@ import signal
 import time
 from typing import Any
 
-__all__ = ["CliError", "DEFAULT_BASE_PORT", "add_endpoint_args", "client_curve", "rig_endpoints", "parse_kv", "load_rig",
-           "parse_value", "wait_for_signal"]
+__all__ = ["CliError", "DEFAULT_BASE_PORT", "add_base_port_arg", "add_endpoint_args", "add_key_args", "client_curve",
+           "rig_endpoints", "parse_kv", "load_rig", "parse_value", "wait_for_signal"]
 
 DEFAULT_BASE_PORT = 5555
 
@@ -23,35 +23,33 @@ class CliError(Exception):
 
 
 def rig_endpoints(args: argparse.Namespace) -> tuple[str, str, list[str]]:
-    """(daemon control, recon control, data endpoints) from --config or --base-port."""
+    """(daemon control, recon control, data endpoints) from --config, else --base-port (a
+    ``medacq up`` rig on TCP loopback), else the local rig: the default ``ipc://`` endpoints in
+    the runtime directory when a daemon listens there, else ``medacq up``'s ports 5555..5558."""
     if getattr(args, "config", None):
         cfg = load_rig(args.config)
         return cfg.daemon.control_endpoint, cfg.recon.control_endpoint, [cfg.daemon.data_endpoint,
                                                                          cfg.recon.data_endpoint]
-    from medacq.simulators.rig import endpoints_for
+    from medacq.daemon.client.runtime import local_rig_endpoints, tcp_endpoints
 
-    ep = endpoints_for(args.base_port)
+    base = getattr(args, "base_port", None)
+    ep = tcp_endpoints(base) if base is not None else local_rig_endpoints()
     return (ep["daemon"]["control_endpoint"], ep["recon"]["control_endpoint"],
             [ep["daemon"]["data_endpoint"], ep["recon"]["data_endpoint"]])
 
 
-def client_curve(args: argparse.Namespace):
-    """Client keys from --keys/--server-key, or from the config's [security] section."""
-    from medacq.daemon.common.security import load_client_keys
+def client_curve(args: argparse.Namespace, tool: str = "cli"):
+    """The CurveZMQ client keys ``tool`` connects with (``None`` without CurveZMQ): --key/--keys
+    and --server-key, else ``$MEDACQ_KEY``/``$MEDACQ_SERVER_KEY``, else the config's
+    ``[security] tool_keys``/``<tool>.key_secret`` (:func:`medacq.daemon.common.security.tool_keys`)."""
+    from medacq.daemon.common.config import SecuritySection
+    from medacq.daemon.common.security import ToolKeyError, tool_keys
 
-    keys, server = getattr(args, "keys", None), getattr(args, "server_key", None)
-    if keys or server:
-        if not (keys and server):
-            raise CliError("CurveZMQ needs both --keys CLIENT.key_secret and --server-key SERVER.key", 2)
-        try:
-            return load_client_keys(keys, server)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot load keys: {exc}", 2) from None
-    if getattr(args, "config", None):
-        sec = load_rig(args.config).security
-        if sec.curve:
-            return load_client_keys(sec.client_secret_key or sec.server_secret_key, sec.server_secret_key)
-    return None
+    sec = load_rig(args.config).security if getattr(args, "config", None) else SecuritySection()
+    try:
+        return tool_keys(sec, tool, getattr(args, "keys", None), getattr(args, "server_key", None))
+    except ToolKeyError as exc:
+        raise CliError(str(exc), 2) from None
 
 
 def load_rig(path: str):
@@ -95,8 +93,22 @@ def wait_for_signal(duration: float | None) -> int | None:
 def add_endpoint_args(sp: argparse.ArgumentParser) -> None:
     """--config / --base-port / --endpoint / --keys / --server-key, for commands that talk to a rig."""
     sp.add_argument("--config", help="rig config (to find the endpoints)")
-    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                    help="without --config: the rig's first port (default %(default)s, as `medacq up`)")
+    add_base_port_arg(sp)
     sp.add_argument("--endpoint", help="explicit ZeroMQ endpoint")
-    sp.add_argument("--keys", help="CurveZMQ: this client's NAME.key_secret")
-    sp.add_argument("--server-key", help="CurveZMQ: the daemon's public key file (NAME.key)")
+    add_key_args(sp)
+
+
+def add_base_port_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--base-port", type=int, default=None,
+                    help="without --config: a `medacq up` rig's first port (TCP loopback). Default: the local "
+                         "rig's ipc:// sockets in the runtime directory if a daemon listens there, else "
+                         f"port {DEFAULT_BASE_PORT} (`medacq up`)")
+
+
+def add_key_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--key", "--keys", dest="keys", metavar="NAME.key_secret",
+                    help="CurveZMQ: this client's own key pair (default: $MEDACQ_KEY, else the config's "
+                         "[security] tool_keys)")
+    sp.add_argument("--server-key", metavar="SERVER.key",
+                    help="CurveZMQ: the daemon's public key (default: $MEDACQ_SERVER_KEY, else beside the "
+                         "config's server_secret_key)")

@@ -28,7 +28,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
     control, recon_control, data = rig_endpoints(args)
     settings = ViewSettings(control, recon_control, data, host=args.host, port=args.port, max_fps=args.max_fps,
-                            curve=client_curve(args), token=token, operator=args.operator)
+                            curve=client_curve(args, "view"), token=token, operator=args.operator)
     rights = "operator: buttons on" if args.operator else "read-only"
 
     def ready(url: str) -> None:

@@ -93,13 +93,33 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from medacq.daemon.common.security import generate_keypair
+    from medacq.daemon.common.security import TOOL_RIGHTS, generate_keypair, generate_rig_keys
 
+    if args.action == "generate-rig":
+        if args.names:
+            raise CliError("usage: medacq keys generate-rig DIR [--operator-view] (it names the keys itself)", 2)
+        try:
+            paths = generate_rig_keys(args.folder, operator_view=args.operator_view)
+        except OSError as exc:
+            raise CliError(str(exc), 2) from None
+        for tool, rights in TOOL_RIGHTS.items():
+            rights = "operators" if tool == "view" and args.operator_view else rights
+            print(f"{tool}: {paths['tools'] / (tool + '.key_secret')}  ({rights[:-1]})")
+        print(f"server: {paths['server']}\n\n[security]\nserver_secret_key = \"{paths['server'].resolve()}\"\n"
+              f"readers = \"{paths['readers'].resolve()}\"\noperators = \"{paths['operators'].resolve()}\"\n"
+              f"tool_keys = \"{paths['tools'].resolve()}\"\n\n"
+              "Each tool connects with its own key and the audit log names it. For a person or a script: "
+              "medacq keys generate DIR NAME, copy NAME.key into readers/ or operators/, and give them "
+              "NAME.key_secret ($MEDACQ_KEY or --key) with the public server.key ($MEDACQ_SERVER_KEY or --server-key).")
+        return 0
+    if not args.names:
+        raise CliError("usage: medacq keys generate DIR NAME [NAME...]", 2)
     for name in args.names:
         public, secret = generate_keypair(args.folder, name)
         print(f"{name}: public {public}  secret {secret}")
-    print("Put the daemon's NAME.key_secret in [security] server_secret_key; copy client NAME.key files into the "
-          "readers/ or operators/ folder; give each client its own NAME.key_secret and the daemon's NAME.key.")
+    print("Copy each client's NAME.key into the readers/ or operators/ folder (the audit log names the client NAME); "
+          "give each client its own NAME.key_secret and the daemon's public server.key. A whole rig "
+          "(server, and a pair for each tool): medacq keys generate-rig DIR.")
     return 0
 
 
@@ -122,9 +142,13 @@ def register(sub: Any) -> None:
     add_endpoint_args(sp)
     sp.set_defaults(fn=cmd_tail)
 
-    sp = sub.add_parser("keys", help="generate CurveZMQ key pairs (NAME.key public, NAME.key_secret)")
-    sp.add_argument("action", choices=["generate"])
+    sp = sub.add_parser("keys", help="generate CurveZMQ key pairs: a rig's (generate-rig DIR) or one per NAME")
+    sp.add_argument("action", choices=["generate", "generate-rig"],
+                    help="generate-rig: the server's pair, one pair per tool (cli, view, stage, recorder) and "
+                         "the readers/ and operators/ allow-lists; generate: NAME.key and NAME.key_secret per NAME")
     sp.add_argument("folder")
-    sp.add_argument("names", nargs="+", help="e.g. server operator1 viewer1")
+    sp.add_argument("names", nargs="*", help="generate: e.g. alice monitor1")
+    sp.add_argument("--operator-view", action="store_true",
+                    help="generate-rig: put the view's key in operators/ (for medacq view --operator)")
     sp.set_defaults(fn=cmd_keys)
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from medacq.daemon.cli._common import CliError, client_curve, rig_endpoints, load_rig
+from medacq.daemon.cli._common import CliError, add_base_port_arg, add_key_args, client_curve, load_rig, rig_endpoints
 from medacq.daemon.recording.edf_stream import edf_settle_s
 from medacq.daemon.recording.hdf5 import check_recording
 from medacq.daemon.recording.recorder import Recorder
@@ -31,12 +31,11 @@ def add_record_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--progress", action="store_true", help="print one JSON line per checkpoint on stdout")
     sp.add_argument("--check", metavar="FILE", help="recover if needed and verify a recording, print a summary")
     sp.add_argument("--config", help="rig config (to find the endpoints)")
-    sp.add_argument("--base-port", type=int, default=5555, help="without --config: the rig's first port")
+    add_base_port_arg(sp)
     sp.add_argument("--endpoint", action="append", help="data endpoint(s) to subscribe to (repeatable); "
                                                         "with start/stop/status: the control endpoint")
     sp.add_argument("--timeout", type=float, default=5.0)
-    sp.add_argument("--keys", help="CurveZMQ: this client's NAME.key_secret")
-    sp.add_argument("--server-key", help="CurveZMQ: the daemon's public key file (NAME.key)")
+    add_key_args(sp)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -89,7 +88,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         settle = edf_settle_s(interval)
     rec = Recorder(args.endpoint or data, args.topics, args.out, flush_s=args.flush, fmt=args.format,
                    durable=not args.no_fsync, on_checkpoint=progress, settle_s=settle)
-    rec.curve = client_curve(args)
+    rec.curve = client_curve(args, "recorder")
     rec.start()
     rec.ready.wait(10)
     if rec.state == "failed":

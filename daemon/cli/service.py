@@ -16,6 +16,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           + (", ".join(f"{d.name} ({d.kind} at {d.address})" for d in cfg.device) or "none"))
     print(f"  data {cfg.daemon.data_endpoint}, control {cfg.daemon.control_endpoint}, "
           f"recon {cfg.recon.data_endpoint}")
+    if cfg.security.curve:
+        from medacq.daemon.common.security import TOOL_RIGHTS, ToolKeyError, tool_keys
+
+        missing = []
+        for tool in TOOL_RIGHTS:
+            try:
+                tool_keys(cfg.security, tool, env=False)
+            except ToolKeyError:
+                missing.append(tool)
+        print(f"  CurveZMQ: tool keys in {cfg.security.tool_keys}" if not missing else
+              f"  warning: no client key for {', '.join(missing)} ([security] tool_keys); those tools will not "
+              "start: run `medacq keys generate-rig DIR`")
     if args.verbose:
         print(f"  known device kinds: {', '.join(known_kinds())}")
     return 0
@@ -37,11 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_recon(args: argparse.Namespace) -> int:
     from medacq.daemon.recon.stage import ReconStage
     from medacq.daemon.acquisition.service import BindError
+    from medacq.daemon.common.security import ToolKeyError
 
     cfg = load_rig(args.config)
     try:
         stage = ReconStage(cfg).start()
-    except BindError as exc:
+    except (BindError, ToolKeyError) as exc:
         raise CliError(str(exc)) from None
     print(f"medacq recon: {cfg.recon_source} -> {cfg.recon.data_endpoint}", flush=True)
     stage.run_forever(args.for_s)

@@ -25,17 +25,21 @@ def cmd_sim(args: argparse.Namespace) -> int:
         iface = make_simulator(args.kind, **parse_kv(args.option))
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc).strip("'\""), 2) from None
-    try:
-        if args.tcp is not None:
-            host, _, port = args.tcp.rpartition(":")
-            from medacq.daemon.common.binding import BindError, check_exposure
+    if args.tcp is not None:
+        from medacq.daemon.common.binding import BindError, check_exposure
 
-            try:  # a device protocol has no encryption or authentication: loopback unless asked
-                check_exposure("serve a simulated device on", args.tcp, allowed=args.allow_remote,
-                               needs="--allow-remote (its protocol has no authentication: anyone who can reach "
-                               "the address drives the simulated device)")
-            except BindError as exc:
-                raise CliError(str(exc), 2) from None
+        try:  # a device protocol has no encryption or authentication: loopback unless asked
+            check_exposure("serve a simulated device on", args.tcp, allowed=args.allow_remote,
+                           needs="--allow-remote (its protocol has no authentication: anyone who can reach "
+                           "the address drives the simulated device)")
+        except BindError as exc:
+            raise CliError(str(exc), 2) from None
+    try:
+        if getattr(iface, "transport", None) == "udp":  # GigE Vision cameras: GVCP/GVSP on UDP, --tcp HOST:PORT
+            host, _, port = (args.tcp or "127.0.0.1:3956").rpartition(":")
+            srv = iface.udp_server(host or "127.0.0.1", int(port))
+        elif args.tcp is not None:
+            host, _, port = args.tcp.rpartition(":")
             srv = SimulatorServer(iface, "tcp", host=host or "127.0.0.1", port=int(port), paced=not args.fast)
         else:
             srv = SimulatorServer(iface, "pty", paced=not args.fast, name=args.name or args.kind,
@@ -50,7 +54,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from medacq.simulators.faults import FaultServer
 
         faults = FaultServer({args.name or args.kind: srv}, f"tcp://127.0.0.1:{args.faults}").start()
-    print(srv.address if srv.transport == "pty" else f"{srv.address}  ({srv.tcp_address})", flush=True)
+    print(srv.address if srv.transport in ("pty", "udp") else f"{srv.address}  ({srv.tcp_address})", flush=True)
     wait_for_signal(args.for_s)
     if faults is not None:
         faults.stop()

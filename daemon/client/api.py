@@ -3,7 +3,7 @@
 Public as :mod:`medacq.client`::
 
     from medacq.client import Subscriber
-    with Subscriber("tcp://127.0.0.1:5555", "raw/eeg0") as sub:
+    with Subscriber(topics="raw/eeg0") as sub:  # no endpoints: the local rig's (ipc:// by default)
         for header, frame in sub:          # frame: ndarray, e.g. (channel, sample)
             ...
         print(sub.gaps)                    # every missing seq range, announced or not
@@ -32,6 +32,7 @@ from medacq.protocols.qos import Dropped, QosName, QosPolicy, QosQueue
 from medacq.protocols.stream import StreamDecodeError, decode_message, message_hwm
 
 from medacq.daemon.client.keys import ClientKeys
+from medacq.daemon.client.runtime import local_rig_endpoints
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -156,6 +157,9 @@ class Subscriber:
 
     Args:
         endpoints: one or more PUB endpoints (the daemon's and the reconstruction stage's).
+            ``None``: the local rig's (:func:`medacq.daemon.client.runtime.local_rig_endpoints`:
+            the default ``ipc://`` sockets in the runtime directory when a daemon listens there,
+            else ``medacq up``'s TCP ports), the daemon's and the stage's both.
         topics: topic prefixes (``"raw/"``, ``"recon/us0"``); ``""`` for everything.
         on_gap: called with each :class:`GapInfo` as it is detected.
         errors: ``"skip"`` (default: an undecodable message -- bad JSON, header, dtype, size,
@@ -188,7 +192,7 @@ class Subscriber:
 
     def __init__(
         self,
-        endpoints: str | list[str],
+        endpoints: str | list[str] | None = None,
         topics: str | list[str] = "",
         *,
         on_gap: Callable[[GapInfo], None] | None = None,
@@ -228,6 +232,9 @@ class Subscriber:
             curve.apply(self.sock)
         for t in [topics] if isinstance(topics, str) else topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        if endpoints is None:
+            local = local_rig_endpoints()
+            endpoints = [local["daemon"]["data_endpoint"], local["recon"]["data_endpoint"]]
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         for ep in self.endpoints:
             self.sock.connect(ep)
@@ -444,15 +451,18 @@ class Subscriber:
     def _track(self, h: dict[str, Any], topic: str) -> None:
         stream, kind, seq, series = h["stream"], h["kind"], h["seq"], h["series"]
         t = self.tracks.get(topic)
+        joining = t is None  # this subscriber's first message of the stream: it joined late or at the start
         if t is None:
             t = self.tracks[topic] = _StreamTrack(topic=topic, stream=stream)
         if kind == "series_start":
             t.series, t.expected = series, seq
             return
         if series != t.series:
-            had = t.series is not None
             t.series, t.expected = series, seq
-            if had and kind == "frame" and seq > 0:  # missed the start of a new series
+            # a stream followed already (its previous series open, or ended by series_end): a new series
+            # first seen at seq > 0 (a frame, or a control message carrying the next frame's seq) lost its
+            # head here; a late joiner (first message of the stream) never saw the frames before it joined
+            if not joining and seq > 0:  # missed the start of a new series
                 self._gap(t, stream, 0, seq, False, "missing seq (series start not seen)")
         if kind == "descriptor":
             t.descriptor = h.get("descriptor")
@@ -533,9 +543,11 @@ class ControlClient:
 
     _ids = itertools.count(1)
 
-    def __init__(self, endpoint: str, timeout: float = 5.0, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-                 curve: ClientKeys | None = None) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | None = None, timeout: float = 5.0,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None, curve: ClientKeys | None = None) -> None:
+        """``endpoint``: the daemon's (or the stage's) control endpoint; ``None``: the local
+        rig's daemon (:func:`medacq.daemon.client.runtime.local_rig_endpoints`)."""
+        self.endpoint = endpoint or local_rig_endpoints()["daemon"]["control_endpoint"]
         self.timeout = timeout
         self.ctx = context or zmq.Context.instance()
         self.curve = curve

@@ -7,15 +7,22 @@ encryption or authentication (OpenIGTLink, LSL) — and never at all for the liv
 (no TLS: reach it through an SSH tunnel or a TLS reverse proxy). A refusal, and a failed bind, is
 one :class:`BindError` line that names the address and says what is missing, never a bare
 ``ZMQError``/``OSError``.
+
+An ``ipc://`` endpoint's directory is created closed to other users (and the runtime directory
+checked: :func:`medacq.daemon.common.security.prepare_ipc_dir`), and a socket another process
+still listens on is refused: ZeroMQ would otherwise unlink it and take it over silently.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import zmq
 
+from medacq.daemon.client.runtime import ipc_live, ipc_path
 from medacq.daemon.common.config import endpoint_is_local
+from medacq.daemon.common.security import RuntimeDirError, prepare_ipc_dir
 
 __all__ = ["BindError", "bind", "check_exposure", "host_is_loopback", "address_is_local"]
 
@@ -81,9 +88,31 @@ def bind(sock: zmq.Socket, endpoint: str, what: str, curve: bool = True) -> None
     """
     check_exposure(f"bind {what} endpoint", endpoint, allowed=curve,
                    needs="CurveZMQ ([security] server_secret_key)")
+    if endpoint.startswith("ipc://"):
+        try:
+            prepare_ipc_dir(endpoint)
+        except RuntimeDirError as exc:
+            raise BindError(str(exc)) from None
+        except OSError as exc:
+            raise BindError(f"cannot bind {what} endpoint {endpoint}: {exc}") from None
+        if ipc_live(endpoint):
+            raise BindError(f"{what} endpoint {endpoint} is already in use (another medacq running?)")
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         if exc.errno == zmq.EADDRINUSE:
             raise BindError(f"{what} endpoint {endpoint} is already in use (another medacq running?)") from None
         raise BindError(f"cannot bind {what} endpoint {endpoint}: {exc}") from None
+    path = ipc_path(endpoint)
+    if path is not None:
+        # connecting to a Unix socket needs write permission on it: the owner and the directory's
+        # group (medacq) may, whatever the umask and primary group (systemd's UMask=0027 would lock
+        # the group out); the directory's mode keeps everyone else out
+        try:
+            os.chown(path, -1, path.parent.stat().st_gid)
+        except OSError:
+            pass
+        try:
+            os.chmod(path, 0o660)
+        except OSError:
+            pass

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medacq.protocols.qos import QosPolicy
 
+from medacq.daemon.client.runtime import default_endpoints
+
 
 __all__ = [
     "Check",
@@ -68,22 +70,28 @@ def _check_endpoint(v: str) -> str:
 
 
 class SecuritySection(BaseModel):
-    """``[security]``: CurveZMQ authentication, rights and the audit log.
+    """``[security]``: CurveZMQ authentication, rights, each tool's key pair and the audit log.
 
     Without ``server_secret_key`` every socket binds loopback/ipc only, and a local client of
     the daemon's control socket has the rights ``[daemon] local_operator`` gives it (operator
-    over an ``ipc://`` endpoint in a private directory, reader over TCP loopback, by default).
-    With it, every socket (data, control, reconstruction) is a CurveZMQ
-    server; only clients whose public key is in ``readers`` (subscribe, ``status``, ``list``,
-    ``describe``, ``ping``, ``descriptor``) or ``operators`` (everything) may connect, and
-    non-loopback endpoints are allowed.
+    over an ``ipc://`` endpoint in a private directory, such as the default endpoints; reader
+    over TCP loopback, by default). With it, every socket (data, control, reconstruction) is a
+    CurveZMQ server; only clients whose public key is in ``readers`` (subscribe, ``status``,
+    ``list``, ``describe``, ``ping``, ``descriptor``) or ``operators`` (everything) may connect,
+    and non-loopback endpoints are allowed. The audit log names each client by its key's file
+    name in those folders (``operators/cli.key``: ``cli``).
 
     Attributes:
-        server_secret_key: the daemon's key pair (``medacq keys generate``: NAME.key_secret).
+        server_secret_key: the daemon's key pair (``medacq keys generate-rig``: ``server.key_secret``;
+            clients find the public ``server.key`` beside it). It identifies the daemon and
+            the stage to their clients and is never a tool's client key.
         readers: folder of client public keys (``*.key``) with read-only rights.
         operators: folder of client public keys with operator rights (configure, start/stop, record).
-        client_secret_key: the key pair the reconstruction stage and local tools connect with
-            (default: the server's own, which always has operator rights).
+        tool_keys: folder of the tools' own key pairs, one per tool: ``stage.key_secret`` (the
+            reconstruction stage), ``recorder.key_secret`` (the daemon's recorder and ``medacq
+            record``), ``view.key_secret`` (``medacq view``), ``cli.key_secret`` (``medacq ctl``,
+            ``tail``, ``record start``...). A user's own tool uses its own pair instead
+            (``--key``, ``$MEDACQ_KEY``). Made by ``medacq keys generate-rig DIR`` (``DIR/tools``).
         audit_log: file the audit records (JSON lines) are appended to; empty: the
             ``medacq.audit`` logger only (the journal under systemd).
     """
@@ -93,19 +101,28 @@ class SecuritySection(BaseModel):
     server_secret_key: str | None = None
     readers: str | None = None
     operators: str | None = None
-    client_secret_key: str | None = None
+    tool_keys: str | None = None
     audit_log: str = ""
 
     @property
     def curve(self) -> bool:
         return bool(self.server_secret_key)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "client_secret_key" in data:
+            raise ValueError("client_secret_key is gone: every tool has a key pair of its own now; run "
+                             "`medacq keys generate-rig DIR` and set tool_keys = \"DIR/tools\" (the stage, "
+                             "recorder, view and CLI each load theirs; the audit log names each)")
+        return data
+
     @model_validator(mode="after")
     def _files(self) -> "SecuritySection":
         if self.curve:
             for label, path, is_dir in (("server_secret_key", self.server_secret_key, False),
                                         ("readers", self.readers, True), ("operators", self.operators, True),
-                                        ("client_secret_key", self.client_secret_key, False)):
+                                        ("tool_keys", self.tool_keys, True)):
                 if path and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
                     raise ValueError(f"{label}: {path} does not exist")
             if not (self.readers or self.operators):
@@ -117,8 +134,11 @@ class DaemonSection(BaseModel):
     """``[daemon]``: sockets, queues and timers of the acquisition daemon.
 
     Attributes:
-        data_endpoint: PUB socket the frames go out on.
-        control_endpoint: ROUTER socket for control requests.
+        data_endpoint: PUB socket the frames go out on. Default ``ipc://RUNTIME/data`` in the
+            runtime directory (:func:`medacq.daemon.client.runtime.runtime_dir`: ``/run/medacq``
+            under systemd, else ``$XDG_RUNTIME_DIR/medacq``, else ``/tmp/medacq-UID``), which the
+            daemon creates closed to other users: the OS decides who may connect.
+        control_endpoint: ROUTER socket for control requests (default ``ipc://RUNTIME/control``).
         queue_depth: frames buffered per device between driver and publisher; a full
             queue drops (and counts) rather than grows.
         queue_mb: the same bound in payload megabytes (whichever is reached first).
@@ -146,8 +166,8 @@ class DaemonSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_endpoint: str = "tcp://127.0.0.1:5555"
-    control_endpoint: str = "tcp://127.0.0.1:5556"
+    data_endpoint: str = Field(default_factory=lambda: default_endpoints()["daemon"]["data_endpoint"])
+    control_endpoint: str = Field(default_factory=lambda: default_endpoints()["daemon"]["control_endpoint"])
     queue_depth: int = Field(default=256, ge=1, le=1_000_000)
     queue_mb: float = Field(default=64.0, gt=0)
     sndhwm: int = Field(default=1000, ge=1)
@@ -236,8 +256,9 @@ class ReconSection(BaseModel):
 
     Attributes:
         enabled: ``medacq up`` starts it.
-        data_endpoint: PUB socket of the ``recon/...`` results.
-        control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests.
+        data_endpoint: PUB socket of the ``recon/...`` results (default ``ipc://RUNTIME/recon-data``).
+        control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests
+            (default ``ipc://RUNTIME/recon-control``).
         subscribe: where raw frames come from (default: the daemon's data endpoint).
         queue_depth: default frame bound (``max_frames``) of each stream's queue.
         settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
@@ -250,8 +271,8 @@ class ReconSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    data_endpoint: str = "tcp://127.0.0.1:5557"
-    control_endpoint: str = "tcp://127.0.0.1:5558"
+    data_endpoint: str = Field(default_factory=lambda: default_endpoints()["recon"]["data_endpoint"])
+    control_endpoint: str = Field(default_factory=lambda: default_endpoints()["recon"]["control_endpoint"])
     subscribe: str | None = None
     queue_depth: int = Field(default=64, ge=1)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -297,10 +297,12 @@ class ReconStage:
     def start(self) -> "ReconStage":
         rc = self.config.recon
         if self.config.security.curve:
-            from medacq.daemon.common.security import CurveServer
+            from medacq.daemon.common.security import CurveServer, tool_keys
 
+            # the stage's own key pair ([security] tool_keys/stage.key_secret: a reader), never the
+            # server's; loaded first, so that a missing key stops the start before any thread runs
+            self.client_keys = tool_keys(self.config.security, "stage", env=False)
             self.curve = CurveServer(self.config.security, self.ctx)
-            self.client_keys = self.curve.client_keys()
             self.control.curve = self.curve
         pub = self.ctx.socket(zmq.PUB)
         if self.curve is not None:

@@ -1,7 +1,10 @@
 """HDF5 recordings: the writer, and opening / checking a recording (recovering it first).
 
 The writer buffers the frames of one flush interval and appends them at each checkpoint through
-:class:`~medacq.daemon.recording.wal.CheckpointedFile`, so the file on disk is always one an HDF5 reader opens.
+:class:`~medacq.daemon.recording.wal.CheckpointedFile`, so the file on disk is always one an HDF5 reader opens
+once its recorder has stopped (or died). While it records, the recorder holds an exclusive ``flock``
+on it, which HDF5's own file locking meets: :func:`open_recording` and :func:`check_recording` then
+raise :class:`RecordingBusyError` (live reading is not supported).
 
 Crash consistency (see ``docs/operations.md``): HDF5 updates its metadata in place and
 is not crash-safe by itself. The h5py file here does not write to the recording directly:
@@ -11,7 +14,7 @@ since the last checkpoint in memory. A checkpoint (``h5py.File.flush()`` then
 HDF5 ignores until the superblock points there), then a write-ahead log ``<file>.wal``
 with every in-place change and a CRC'd commit record, then applies those changes and
 deletes the log. So at any instant the recording on disk is the byte-exact image of the
-file after some ``H5Fflush`` (it opens with any HDF5 reader), except during the few
+file after some ``H5Fflush`` (what a reader finds after a crash), except during the few
 milliseconds of step "apply", when a committed log exists and :func:`recover` (run by
 :func:`open_recording`, ``medacq record --check`` and every recorder at start) replays it.
 Every count (``frame_count`` of a data block, ``frames`` of a stream) is written in the
@@ -39,6 +42,7 @@ descriptor shape has ``-1`` (one block per distinct shape).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -48,18 +52,41 @@ from typing import Any
 import numpy as np
 
 
-from medacq.daemon.recording.wal import CheckpointedFile, recover
+from medacq.daemon.recording.wal import CheckpointedFile, FileLockedError, recover
 
-__all__ = ["RECORDING_FORMAT", "Hdf5RecordingWriter", "check_recording", "open_recording"]
+__all__ = ["RECORDING_FORMAT", "Hdf5RecordingWriter", "RecordingBusyError", "check_recording", "open_recording"]
 
 RECORDING_FORMAT = 1
+
+class RecordingBusyError(FileLockedError, ValueError):
+    """The recording is being written: a live recorder holds its lock (a ``ValueError`` too, so callers
+    that report an unusable recording report this one)."""
+
+
+def _refuse_if_recording(path: str | os.PathLike[str], recovery: str) -> None:
+    """Raise :class:`RecordingBusyError` when a recorder holds the file (HDF5's own file locking would
+    refuse it anyway, with ``errno 11``: say why instead)."""
+    busy = recovery == "busy"
+    if not busy:
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+        except BlockingIOError:
+            busy = True
+        finally:
+            os.close(fd)
+    if busy:
+        raise RecordingBusyError(f"{os.fspath(path)} is being recorded (locked by the recorder): open it after "
+                                 "`medacq record stop`")
+
 
 def open_recording(path: str | os.PathLike[str]) -> Any:
     """Recover if needed, then open a recording read-only (an ``h5py.File``).
 
-    Raises ``ValueError`` for an empty file (a recorder killed before its header commit).
+    Raises ``ValueError`` for an empty file (a recorder killed before its header commit),
+    :class:`RecordingBusyError` (a ``ValueError``) while a recorder is writing it.
     """
-    recover(path)
+    _refuse_if_recording(path, recover(path))
     return _open_h5(path)
 
 
@@ -77,9 +104,11 @@ def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns a summary: ``{"recovery", "complete", "checkpoints", "streams": {topic:
     {"frames", "gap_frames", "gaps", "series", "blocks"}}, "problems": [...]}``. Raises
-    ``ValueError`` for an empty file, ``OSError`` for one that is not HDF5.
+    ``ValueError`` for an empty file, :class:`RecordingBusyError` (a ``ValueError``) for one a
+    recorder is writing, ``OSError`` for one that is not HDF5.
     """
     rec = recover(path)
+    _refuse_if_recording(path, rec)
     problems: list[str] = []
     streams: dict[str, Any] = {}
     with _open_h5(path) as f:
@@ -265,8 +294,11 @@ class Hdf5RecordingWriter:
         key = (arr.dtype.str, arr.shape, tuple(h.get("axes") or ()), h.get("units") or "")
         b = st.blocks.get(key)
         if b is None:
-            if arr.dtype.kind not in "biufc" or arr.dtype.itemsize == 0:
-                raise ValueError(f"frames of dtype {arr.dtype.str} are not recorded (numeric dtypes only)")
+            dt = arr.dtype
+            if (dt.kind not in "biufc" or dt.itemsize == 0 or (dt.kind == "f" and dt.itemsize > 8)
+                    or (dt.kind == "c" and dt.itemsize > 16)):  # as the stream protocol: no long double
+                raise ValueError(f"frames of dtype {dt.str} are not recorded (numeric dtypes only: bool, int, "
+                                 "uint, float <= 64 bit, complex <= 128 bit)")
             name = f"data_{len(st.blocks):03d}"
             g = st.group.create_group(name)
             try:
@@ -285,8 +317,10 @@ class Hdf5RecordingWriter:
                         "units": units, "frame_count": 0})
         per = max(1, arr.nbytes)
         k = int(max(1, min(4096, self.target_chunk_bytes // per)))
-        ds = g.create_dataset("frames", shape=(0, *arr.shape), maxshape=(None, *arr.shape),
-                              chunks=(k, *arr.shape), dtype=arr.dtype)
+        # a 0-length frame axis: HDF5 needs chunk dimensions >= 1, and h5py a chunk no larger than a fixed
+        # dimension, so that axis is made resizable (it stays 0 long; @frame_shape has the frame's shape)
+        ds = g.create_dataset("frames", shape=(0, *arr.shape), maxshape=(None, *(d or None for d in arr.shape)),
+                              chunks=(k, *(max(1, d) for d in arr.shape)), dtype=arr.dtype)
         ds.attrs["units"] = units
         ds.attrs["axes"] = json.dumps(["frame", *axes])
         kk = max(k, 1024)
@@ -403,6 +437,21 @@ class Hdf5RecordingWriter:
         self.last_checkpoint_s = time.perf_counter() - t0
         self.max_checkpoint_s = max(self.max_checkpoint_s, self.last_checkpoint_s)
         return n_total
+
+    def abort(self, error: str = "") -> None:
+        """The recorder failed: release the file (its handle and lock) WITHOUT committing anything.
+
+        The file on disk stays its last checkpoint (``complete`` false); a checkpoint that failed
+        half-way is finished or undone by the next :func:`recover` / :func:`open_recording`.
+        Idempotent; ``error`` is not written (nothing more reaches the disk).
+        """
+        try:
+            if self.h5.id.valid:
+                self.h5.close()  # into CheckpointedFile's memory only: it is never committed
+        except Exception:  # noqa: BLE001 - a broken h5py state must not keep the file locked
+            pass
+        finally:
+            self._file.close()
 
     def close(self, reason: str = "recording stopped") -> None:
         """Final checkpoint (series still open get ``end_reason``), mark complete, close the file."""

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from medacq.daemon.recording.edf_stream import EdfStreamWriter, edf_settle_s
@@ -162,12 +163,15 @@ class Recorder(threading.Thread):
         settle_s: ``edf``/``bdf`` only: seconds after the first frame to wait for the other
             streams' descriptors before the file is created (default :func:`edf_settle_s`).
         queue_frames, queue_bytes: bound of the queue between the receive and writer threads.
+        attrs: ``hdf5`` only: more root attributes (the daemon's study context, ``study``: JSON,
+            :meth:`medacq.daemon.interop.study.StudyState.recording_attrs`; never in the streams).
     """
 
     def __init__(self, endpoints: str | list[str], topics: list[str], path: str | os.PathLike[str],
                  flush_s: float = 1.0, fmt: str = "hdf5", durable: bool = True,
                  max_pending_bytes: int = 256 << 20, rcvhwm: int = 1000, on_checkpoint: Any = None,
-                 settle_s: float | None = None, queue_frames: int = 100_000, queue_bytes: int = 256 << 20) -> None:
+                 settle_s: float | None = None, queue_frames: int = 100_000, queue_bytes: int = 256 << 20,
+                 attrs: dict[str, str] | None = None) -> None:
         super().__init__(name="recorder", daemon=True)
         if not 0 < flush_s <= 3600:
             raise ValueError("flush interval must be in (0, 3600] s")
@@ -177,6 +181,7 @@ class Recorder(threading.Thread):
             raise ValueError("the receive queue needs room for at least one frame")
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.topics = list(topics) or [""]
+        self.attrs = dict(attrs or {})
         self.path = os.fspath(path)
         self.flush_s = flush_s
         self.fmt = fmt
@@ -225,8 +230,9 @@ class Recorder(threading.Thread):
         try:
             if self.fmt == "hdf5":
                 self.writer = Hdf5RecordingWriter(
-                    self.path, {"topics": json.dumps(self.topics), "endpoints": json.dumps(self.endpoints),
-                                "flush_interval_s": self.flush_s}, durable=self.durable)
+                    self.path, {**self.attrs, "topics": json.dumps(self.topics),
+                                "endpoints": json.dumps(self.endpoints), "flush_interval_s": self.flush_s},
+                    durable=self.durable)
             else:
                 self.writer = EdfStreamWriter(self.path, bdf=self.fmt == "bdf", topics=self.topics, settle_s=self.settle_s)
             self._rx = threading.Thread(target=self._receive, name="recorder-rx", daemon=True)
@@ -289,7 +295,7 @@ class Recorder(threading.Thread):
 
     def _abort_writer(self) -> None:
         """After a failure: let the writer close its file (EDF/BDF: readable up to the failure,
-        with an annotation saying so). A writer without ``abort`` (HDF5) keeps its last checkpoint."""
+        with an annotation saying so; HDF5: its last checkpoint, released without committing more)."""
         abort = getattr(self.writer, "abort", None)
         if abort is None:
             return
@@ -507,6 +513,8 @@ class RecordingService:
         self.data_endpoints = data_endpoints
         self.curve = curve  # ClientKeys when the daemon uses CurveZMQ
         self.settle_s = settle_s  # EDF/BDF: descriptor wait (see Recorder)
+        #: root attributes of each new HDF5 recording, asked at ``record start`` (the study context)
+        self.study_attrs: Callable[[], dict[str, str]] = dict
         self.recorder: Recorder | None = None
         self.last: dict[str, Any] | None = None
 
@@ -538,7 +546,7 @@ class RecordingService:
             raise ControlError("busy", f"already recording to {self.recorder.path}")
         path = self._resolve(req.path, req.format)
         rec = Recorder(self.data_endpoints, req.topics, path, flush_s=req.flush_s, fmt=req.format,
-                       settle_s=self.settle_s)
+                       settle_s=self.settle_s, attrs=self.study_attrs())
         rec.curve = self.curve
         rec.start()
         rec.ready.wait(5)
@@ -565,11 +573,19 @@ def recording_service(daemon: Any) -> RecordingService:
     """The daemon's recording service (created on first use)."""
     svc = getattr(daemon, "_recording", None)
     if svc is None:
+        from medacq.daemon.common.security import ToolKeyError, tool_keys
+        from medacq.protocols.control import ControlError
+
         cfg = daemon.config
-        curve = getattr(daemon, "curve", None)
-        svc = RecordingService([cfg.daemon.data_endpoint, cfg.recon.data_endpoint],
-                               curve.client_keys() if curve is not None else None,
+        try:  # the recorder's own key pair ([security] tool_keys/recorder.key_secret), never the server's
+            keys = tool_keys(cfg.security, "recorder", env=False)
+        except ToolKeyError as exc:
+            raise ControlError("internal", str(exc)) from None
+        svc = RecordingService([cfg.daemon.data_endpoint, cfg.recon.data_endpoint], keys,
                                settle_s=edf_settle_s(cfg.daemon.descriptor_interval_s))
+        study = getattr(daemon, "study", None)
+        if study is not None:  # the operator's study context goes into the file's root attributes
+            svc.study_attrs = study.recording_attrs
         daemon._recording = svc
     return svc
 

@@ -20,7 +20,7 @@ from typing import Any
 
 
 
-__all__ = ["CheckpointedFile", "FileLockedError", "recover", "wal_path"]
+__all__ = ["CheckpointFailedError", "CheckpointedFile", "FileLockedError", "recover", "wal_path"]
 
 _PAGE = 4096
 _WAL_MAGIC = b"MEDACQWL"
@@ -31,6 +31,12 @@ _WAL_END = struct.Struct("<cI")  # b"C", crc32 of everything before
 
 class FileLockedError(RuntimeError):
     """The file is held (``flock``) by another writer, in this process or another."""
+
+
+class CheckpointFailedError(OSError):
+    """A commit of this :class:`CheckpointedFile` failed earlier: the file on disk may be half-applied
+    (with its committed log next to it), so the object refuses further commits. Close it; reopening the
+    file (or :func:`recover`) finishes or undoes the interrupted checkpoint."""
 
 
 def wal_path(path: str | os.PathLike[str]) -> str:
@@ -131,6 +137,7 @@ class CheckpointedFile(io.RawIOBase):
         self._pos = 0
         self.commits = 0
         self.bytes_committed = 0
+        self.failed: str | None = None  # why a commit failed: then no further commit (see CheckpointFailedError)
 
     # io.RawIOBase protocol (what h5py's fileobj driver calls)
     def readable(self) -> bool:
@@ -237,9 +244,25 @@ class CheckpointedFile(io.RawIOBase):
         return bool(self._patches or self._tail or self.size != self._disk)
 
     def commit(self, durable: bool = True) -> int:
-        """Publish every change since the last commit. Returns the bytes written to the file."""
+        """Publish every change since the last commit. Returns the bytes written to the file.
+
+        Any failure (``ENOSPC``, ``EIO``...) leaves the object refusing every later commit with
+        :class:`CheckpointFailedError`: the log of a checkpoint that failed while being applied must be
+        replayed by a recovery, never overwritten by the next commit's log (and an ``fsync`` retried
+        after ``EIO`` may falsely succeed).
+        """
+        if self.failed is not None:
+            raise CheckpointFailedError(errno.EIO, f"{self.path}: an earlier checkpoint failed ({self.failed}); "
+                                        "close it and reopen the file to recover it")
         if not self.dirty:
             return 0
+        try:
+            return self._commit(durable)
+        except BaseException as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            raise
+
+    def _commit(self, durable: bool) -> int:
         new_size = self.size
         extents: list[tuple[int, bytes | memoryview]] = []
         run: list[bytearray] = []  # adjacent pages become one extent: one log record, one write

@@ -1,0 +1,159 @@
+"""``medacq export``: DICOM files (and a PACS) from an HDF5 recording's reconstructed streams.
+
+Reads the recording layout of ``daemon/recording/hdf5.py`` (``/recon/<stream>[.<output>]``:
+``data_NNN`` blocks of ``frames``, ``seq``, ``series_index``, ``t_host_ns``; ``series/NNNN``
+with the stream ``series`` uuid and its ``descriptor`` JSON), rebuilds each frame as a
+:class:`~medacq.daemon.interop.dicom.ReconFrame` and runs it through
+:class:`~medacq.daemon.interop.dicom.DicomWriter`. Per-frame header ``meta`` is not recorded,
+so what the writer needs comes from the descriptor (geometry, channel names, rates).
+Topics with no IOD (band power, heart rate, CT projections) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.filewriter import dcmwrite
+
+from medacq.daemon.interop.deid import deidentify
+from medacq.daemon.interop.dicom import DicomExportError, DicomWriter, ReconFrame
+from medacq.daemon.interop.pacs import DicomOutbox, PacsAddress
+from medacq.daemon.interop.study import StudyContext
+
+__all__ = ["ExportReport", "export_recording", "recon_frames", "study_from_recording", "write_dicom"]
+
+
+@dataclass
+class ExportReport:
+    """What an export did: ``files`` written (paths), ``skipped`` topics → reason, ``sent``/``pending`` PACS."""
+
+    files: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    rejected_frames: int = 0
+    sent: int = 0
+    pending: int = 0
+    pacs_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": len(self.files), "skipped": self.skipped, "rejected_frames": self.rejected_frames,
+                "sent": self.sent, "pending": self.pending, "pacs_error": self.pacs_error}
+
+
+def _attr_json(group: Any, key: str) -> Any:
+    v = group.attrs.get(key)
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v.startswith("(see dataset"):
+        raw = group[key][()]
+        v = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def recon_frames(h5: Any) -> Iterator[ReconFrame]:
+    """Every recorded ``recon/...`` frame of an open recording (``h5py.File``), per stream in seq order."""
+    if "recon" not in h5:
+        return
+    for name in sorted(h5["recon"]):
+        g = h5["recon"][name]
+        topic = str(g.attrs.get("topic", f"recon/{name.replace('.', '/')}"))
+        stream = str(g.attrs.get("stream", topic.removeprefix("recon/")))
+        series = {}
+        for sname in sorted(g["series"]):
+            sg = g["series"][sname]
+            series[int(sname)] = (str(sg.attrs.get("series", "")), _attr_json(sg, "descriptor") or {})
+        for bname in sorted(k for k in g if k.startswith("data_")):
+            b = g[bname]
+            n = int(b.attrs.get("frame_count", b["frames"].shape[0]))
+            axes = json.loads(b.attrs.get("axes", "[]"))[1:]
+            units = str(b.attrs.get("units", ""))
+            frames, seqs, sidx = b["frames"], b["seq"][:n], b["series_index"][:n]
+            t_host, t_mono = b["t_host_ns"][:n], b["t_mono_ns"][:n]
+            for i in range(n):
+                uuid, desc = series.get(int(sidx[i]), ("", {}))
+                arr = np.asarray(frames[i])
+                header = {"v": 1, "stream": stream, "kind": "frame", "series": uuid, "seq": int(seqs[i]),
+                          "dtype": arr.dtype.str, "shape": list(arr.shape), "axes": axes, "units": units,
+                          "t_host_ns": int(t_host[i]), "t_mono_ns": int(t_mono[i]), "meta": {}}
+                yield ReconFrame(topic, header, arr, desc or {"stream": stream, "modality": ""})
+
+
+def study_from_recording(h5: Any) -> StudyContext | None:
+    """The study context a recording's root attribute ``study`` holds (JSON), if any."""
+    v = h5.attrs.get("study")
+    if v is None:
+        return None
+    return StudyContext.model_validate_json(v if isinstance(v, (str, bytes)) else str(v))
+
+
+def write_dicom(ds: Dataset, out_dir: Path) -> Path:
+    """Write ``ds`` as ``<out_dir>/<Modality>/<SOP Instance UID>.dcm`` (Part 10 file); returns the path."""
+    d = out_dir / str(ds.Modality)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{ds.SOPInstanceUID}.dcm"
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def export_recording(h5: Any, out_dir: str | os.PathLike[str] | None, study: StudyContext, *,
+                     deidentify_profile: bool = False, retain_dates: bool = False, pacs: PacsAddress | None = None,
+                     outbox_dir: str | os.PathLike[str] | None = None, pacs_timeout_s: float = 60.0,
+                     writer: DicomWriter | None = None) -> ExportReport:
+    """Export every reconstructed stream of an open recording to DICOM files and/or a PACS.
+
+    Args:
+        h5: the open recording (``h5py.File``; ``medacq.daemon.recording.hdf5.open_recording``).
+        out_dir: folder for the files (``<Modality>/<SOP Instance UID>.dcm``), or None for PACS only.
+        study: patient and study context.
+        deidentify_profile: apply PS3.15 Basic profile (:func:`~medacq.daemon.interop.deid.deidentify`).
+        retain_dates: with it, the Retain Longitudinal Temporal Information Full Dates option.
+        pacs: C-STORE everything through a durable outbox in ``outbox_dir`` (default ``<out_dir>/.outbox``).
+        pacs_timeout_s: how long to keep retrying; what is not sent stays in the outbox (``pending``).
+    """
+    rep = ExportReport()
+    w = writer or DicomWriter(study)
+    out = Path(out_dir) if out_dir is not None else None
+    outbox = None
+    if pacs is not None:
+        box = Path(outbox_dir) if outbox_dir else (out / ".outbox" if out else None)
+        if box is None:
+            raise ValueError("a PACS export needs out_dir or outbox_dir (the durable outbox lives on disk)")
+        outbox = DicomOutbox(box, pacs)
+    strings = study.patient_strings()
+
+    def emit(objs: list[Dataset]) -> None:
+        for ds in objs:
+            if deidentify_profile:
+                deidentify(ds, retain_dates=retain_dates, patient_strings=strings)
+            if out is not None:
+                rep.files.append(str(write_dicom(ds, out)))
+            if outbox is not None:
+                outbox.put(ds)
+
+    for frame in recon_frames(h5):
+        if frame.topic in rep.skipped:
+            continue
+        try:
+            emit(w.add(frame))
+        except DicomExportError as exc:
+            if frame.data.ndim and "no DICOM IOD" in str(exc):
+                rep.skipped[frame.topic] = str(exc)
+            else:
+                rep.rejected_frames += 1
+    emit(w.flush())
+    if outbox is not None:
+        outbox.drain(pacs_timeout_s)
+        st = outbox.status()
+        rep.sent, rep.pending, rep.pacs_error = int(st["sent"]), int(st["pending"]), str(st["last_error"])
+    return rep

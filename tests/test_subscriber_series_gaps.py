@@ -1,0 +1,112 @@
+"""Subscriber gap tracking across series (review 15, D4): a subscriber that follows a stream reports
+the head of a new series it did not see, also after a ``series_end``; a late joiner reports nothing
+for the frames published before it joined. Over a real PUB socket."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from medacq.client import Subscriber
+from medacq.protocols.stream import HeaderTemplate, MessageKind, StreamHeader, encode_header, new_series_id
+
+from conftest import free_port
+
+TOPIC = b"raw/s0"
+
+
+class _Pub:
+    def __init__(self) -> None:
+        self.ep = f"tcp://127.0.0.1:{free_port()}"
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock.bind(self.ep)
+
+    def control(self, kind: MessageKind, series: str, seq: int) -> None:
+        h = StreamHeader(stream="s0", kind=kind, series=series, seq=seq, t_host_ns=time.time_ns(),
+                         t_mono_ns=time.monotonic_ns())
+        self.sock.send_multipart([TOPIC, encode_header(h)])
+
+    def frames(self, series: str, seqs: range) -> None:
+        tpl = HeaderTemplate("s0", series, "<f4", [4], ["sample"], "")
+        for seq in seqs:
+            self.sock.send_multipart([TOPIC, tpl.frame(seq, time.time_ns(), time.monotonic_ns()),
+                                      np.full(4, seq, "<f4").tobytes()])
+
+
+def _joined(sub: Subscriber, pub: _Pub, series: str, seq: int) -> None:
+    """Heartbeats (of ``series``, carrying the next frame's ``seq``) until the subscriber has seen one."""
+    deadline = time.monotonic() + 10
+    while "raw/s0" not in sub.tracks:
+        assert time.monotonic() < deadline
+        pub.control(MessageKind.HEARTBEAT, series, seq)
+        sub.recv(timeout=0.05)
+
+
+def _drain(sub: Subscriber, last_seq: int) -> list[int]:
+    """The seqs of the frames received, up to the one numbered ``last_seq``."""
+    seqs: list[int] = []
+    deadline = time.monotonic() + 10
+    while last_seq not in seqs:
+        assert time.monotonic() < deadline, seqs
+        m = sub.recv(timeout=0.2)
+        if m is not None and m.array is not None:
+            seqs.append(m.header["seq"])
+    return seqs
+
+
+def _gaps(sub: Subscriber) -> list[tuple[str, int | None, int, str]]:
+    return [(g.series, g.first_seq, g.count, g.reason) for g in sub.gaps]
+
+
+def test_a_series_whose_start_was_missed_after_a_series_end_is_a_head_gap():
+    pub = _Pub()
+    a, b, c = new_series_id(), new_series_id(), new_series_id()
+    with Subscriber(pub.ep, "raw/") as sub:
+        pub.control(MessageKind.SERIES_START, a, 0)
+        _joined(sub, pub, a, 0)
+        pub.frames(a, range(0, 5))
+        pub.control(MessageKind.SERIES_END, a, 5)
+        # series b: its series_start and frames 0..6 never reach this subscriber (dropped at a HWM)
+        pub.frames(b, range(7, 10))
+        pub.control(MessageKind.SERIES_END, b, 10)
+        # series c: first seen at a heartbeat carrying the next frame's seq 3
+        pub.control(MessageKind.HEARTBEAT, c, 3)
+        pub.frames(c, range(3, 6))
+        seqs = _drain(sub, 5)
+    pub.sock.close(0)
+    assert seqs[-6:] == [7, 8, 9, 3, 4, 5]
+    assert _gaps(sub) == [(b, 0, 7, "missing seq (series start not seen)"),
+                          (c, 0, 3, "missing seq (series start not seen)")]
+    assert sub.counters.gap_frames == 10
+
+
+def test_a_late_joiner_reports_no_gap_for_what_was_published_before_it_joined():
+    pub = _Pub()
+    a, b = new_series_id(), new_series_id()
+    pub.control(MessageKind.SERIES_START, a, 0)
+    pub.frames(a, range(0, 40))  # before the subscriber exists
+    with Subscriber(pub.ep, "raw/") as sub:
+        _joined(sub, pub, a, 40)  # first message: a heartbeat of series a at seq 40
+        pub.frames(a, range(40, 45))
+        pub.frames(a, range(46, 48))  # 45 lost: a real gap
+        pub.control(MessageKind.SERIES_END, a, 48)
+        pub.control(MessageKind.SERIES_START, b, 0)
+        pub.frames(b, range(0, 3))
+        seqs = _drain(sub, 2)
+    with Subscriber(pub.ep, "raw/") as late:  # joins mid-series, first message a frame at seq > 0
+        deadline = time.monotonic() + 10
+        nxt = 3
+        while not late.tracks:
+            assert time.monotonic() < deadline
+            pub.frames(b, range(nxt, nxt + 1))
+            nxt += 1
+            late.recv(timeout=0.05)
+        pub.frames(b, range(nxt, nxt + 3))
+        late_seqs = _drain(late, nxt + 2)
+    pub.sock.close(0)
+    assert seqs == [40, 41, 42, 43, 44, 46, 47, 0, 1, 2]
+    assert _gaps(sub) == [(a, 45, 1, "missing seq")]
+    assert late_seqs[-3:] == [nxt, nxt + 1, nxt + 2] and late_seqs[0] > 0
+    assert late.gaps == []
