@@ -13,8 +13,9 @@ from medacq.daemon.client.api import (
     RequestFailed,
     Subscriber,
 )
+from medacq.daemon.client.keys import ClientKeys
 from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import HeaderError, StreamDecodeError
 
 __all__ = ["Subscriber", "Message", "GapInfo", "HeaderError", "StreamDecodeError", "QosPolicy", "ControlClient",
-           "DaemonUnreachable", "RequestFailed"]
+           "DaemonUnreachable", "RequestFailed", "ClientKeys"]
