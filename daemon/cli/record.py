@@ -86,6 +86,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         interval = load_rig(args.config).daemon.descriptor_interval_s if args.config else \
             DaemonSection.model_fields["descriptor_interval_s"].default
         settle = edf_settle_s(interval)
+    from medacq.daemon.common.malloc import pin_malloc_thresholds
+
+    pin_malloc_thresholds()  # frames queued while the writer catches up go back to the OS once written
     rec = Recorder(args.endpoint or data, args.topics, args.out, flush_s=args.flush, fmt=args.format,
                    durable=not args.no_fsync, on_checkpoint=progress, settle_s=settle)
     rec.curve = client_curve(args, "recorder")

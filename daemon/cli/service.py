@@ -35,7 +35,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from medacq.daemon.acquisition.service import AcquisitionDaemon, BindError
+    from medacq.daemon.common.malloc import pin_malloc_thresholds
 
+    pin_malloc_thresholds()  # freed frames go back to the OS (RSS stays flat after a subscriber stalls)
     cfg = load_rig(args.config)
     try:
         d = AcquisitionDaemon(cfg).start()
@@ -49,8 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_recon(args: argparse.Namespace) -> int:
     from medacq.daemon.recon.stage import ReconStage
     from medacq.daemon.acquisition.service import BindError
+    from medacq.daemon.common.malloc import pin_malloc_thresholds
     from medacq.daemon.common.security import ToolKeyError
 
+    pin_malloc_thresholds()
     cfg = load_rig(args.config)
     try:
         stage = ReconStage(cfg).start()
