@@ -21,6 +21,8 @@ DRIVERS: dict[str, str] = {
     "flatpanel": "medacq.drivers.flatpanel:FlatPanelDriver",
     "sciospec": "medacq.drivers.sciospec:SciospecDriver",
     "openeit": "medacq.drivers.openeit:OpenEITDriver",
+    "pet": "medacq.drivers.pet:PetDriver",
+    "spect": "medacq.drivers.spect:SpectDriver",
 }
 
 

@@ -156,7 +156,7 @@ class RecordRequest(_Req):
     topics: list[str] = Field(default_factory=lambda: ["raw/"], max_length=64)
     path: str | None = Field(default=None, max_length=4096)
     flush_s: float = Field(default=1.0, gt=0, le=60)
-    format: Literal["hdf5", "edf", "bdf"] = "hdf5"
+    format: Literal["hdf5", "edf", "bdf", "petsird"] = "hdf5"
 
 
 class SafeStateRequest(_Req):

@@ -60,6 +60,7 @@ BENCHES: dict[str, str] = {
     "rig": "medacq.daemon.bench.rig:bench_rig",
     "chaos": "medacq.daemon.bench.chaos:bench_chaos",
     "dicom": "medacq.daemon.bench.dicom:bench_dicom",
+    "nuclear": "medacq.daemon.bench.nuclear:bench_nuclear",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}

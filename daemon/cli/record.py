@@ -20,10 +20,11 @@ def add_record_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                     help="control the daemon's built-in recorder instead of recording here")
     sp.add_argument("--topics", nargs="+", default=["raw/"], help="topic prefixes (default: raw/)")
-    sp.add_argument("--out", help="output file (.h5; or .edf/.bdf with --format)")
+    sp.add_argument("--out", help="output file (.h5; or .edf/.bdf/.petsird with --format)")
     sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
     sp.add_argument("--flush", type=float, default=1.0, help="checkpoint interval, s (default 1)")
-    sp.add_argument("--format", choices=["hdf5", "edf", "bdf"], default="hdf5")
+    sp.add_argument("--format", choices=["hdf5", "edf", "bdf", "petsird"], default="hdf5",
+                    help="hdf5 (any stream), edf/bdf (biosignals), petsird (PET list mode of one pet stream)")
     sp.add_argument("--settle", type=float, metavar="S",
                     help="edf/bdf: wait up to S seconds after the first frame for every stream's descriptor "
                          "before creating the file (default: the rig's descriptor interval + 1 s, at least 2 s)")
@@ -80,7 +81,7 @@ def cmd_record(args: argparse.Namespace) -> int:
                               "bad_messages": st.get("bad_messages", 0)}), flush=True)
 
     settle = args.settle
-    if settle is None and args.format != "hdf5":
+    if settle is None and args.format in ("edf", "bdf"):
         from medacq.daemon.common.config import DaemonSection
 
         interval = load_rig(args.config).daemon.descriptor_interval_s if args.config else \

@@ -32,6 +32,8 @@ RECONSTRUCTORS: dict[str, str] = {
     "eit": "medacq.daemon.recon.modalities.eit:EitImager",
     "us": "medacq.daemon.recon.modalities.ultrasound:BModeReconstructor",
     "synthetic": "medacq.daemon.recon.modalities.synthetic:RunningMean",
+    "pet": "medacq.daemon.recon.modalities.pet:PetReconstructor",
+    "spect": "medacq.daemon.recon.modalities.spect:SpectReconstructor",
 }
 
 

@@ -154,7 +154,8 @@ class Recorder(threading.Thread):
         topics: topic prefixes (``raw/``, ``recon/``, ``raw/eeg0``).
         path: output file.
         flush_s: checkpoint interval, seconds (the most a ``kill -9`` can lose).
-        fmt: ``hdf5``, ``edf`` or ``bdf``.
+        fmt: ``hdf5``, ``edf``, ``bdf``, or ``petsird`` (PET list mode of one ``pet`` stream:
+            :class:`~medacq.daemon.recording.petsird.PetsirdStreamWriter`, needs the ``petsird`` package).
         durable: fsync at each checkpoint.
         max_pending_bytes: checkpoint early when this much frame data is buffered.
         rcvhwm: receive high-water mark per SUB socket (messages); beyond it ZeroMQ drops,
@@ -175,8 +176,8 @@ class Recorder(threading.Thread):
         super().__init__(name="recorder", daemon=True)
         if not 0 < flush_s <= 3600:
             raise ValueError("flush interval must be in (0, 3600] s")
-        if fmt not in ("hdf5", "edf", "bdf"):
-            raise ValueError("format must be hdf5, edf or bdf")
+        if fmt not in ("hdf5", "edf", "bdf", "petsird"):
+            raise ValueError("format must be hdf5, edf, bdf or petsird")
         if queue_frames < 1 or queue_bytes < 1:
             raise ValueError("the receive queue needs room for at least one frame")
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -233,6 +234,10 @@ class Recorder(threading.Thread):
                     self.path, {**self.attrs, "topics": json.dumps(self.topics),
                                 "endpoints": json.dumps(self.endpoints), "flush_interval_s": self.flush_s},
                     durable=self.durable)
+            elif self.fmt == "petsird":
+                from medacq.daemon.recording.petsird import PetsirdStreamWriter
+
+                self.writer = PetsirdStreamWriter(self.path, topics=self.topics)
             else:
                 self.writer = EdfStreamWriter(self.path, bdf=self.fmt == "bdf", topics=self.topics, settle_s=self.settle_s)
             self._rx = threading.Thread(target=self._receive, name="recorder-rx", daemon=True)
@@ -482,6 +487,8 @@ class Recorder(threading.Thread):
         if isinstance(w, Hdf5RecordingWriter):
             out["streams"] = {t: {"frames": s.frames, "gap_frames": s.gap_frames, "series": len(s.series)}
                               for t, s in list(w.streams.items())}
+        elif self.fmt == "petsird" and w is not None:
+            out["petsird"] = w.status()
         elif isinstance(w, EdfStreamWriter):
             out["streams"] = w.stream_status()
             out["edf"] = w.status()
