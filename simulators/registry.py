@@ -23,6 +23,7 @@ SIMULATORS: dict[str, str] = {
     "flatpanel": "medacq.simulators.flatpanel:make",
     "sciospec": "medacq.simulators.sciospec:make",
     "openeit": "medacq.simulators.openeit:make",
+    "gige": "medacq.simulators.gige_camera:make",
     "pet": "medacq.simulators.pet_ring:make",
     "spect": "medacq.simulators.gamma_camera:make",
 }

@@ -59,6 +59,7 @@ BENCHES: dict[str, str] = {
     "eit": "medacq.daemon.bench.eit:bench_eit",
     "rig": "medacq.daemon.bench.rig:bench_rig",
     "chaos": "medacq.daemon.bench.chaos:bench_chaos",
+    "cameras": "medacq.daemon.bench.cameras:bench_cameras",
     "dicom": "medacq.daemon.bench.dicom:bench_dicom",
     "nuclear": "medacq.daemon.bench.nuclear:bench_nuclear",
 }
@@ -76,8 +77,8 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=1, help="chaos: seed of the fault schedule (default %(default)s)")
     sp.add_argument("--e2e-s", type=float, default=20.0, help="detector: end-to-end seconds (default %(default)s)")
     sp.add_argument("--frames", type=int, default=40, help="detector: full frames per read measurement")
-    sp.add_argument("--seconds", type=float, default=60.0, help="rig: measured seconds, after the warm-up "
-                    "(default %(default)s)")
+    sp.add_argument("--seconds", type=float, default=None, help="rig: measured seconds, after the warm-up "
+                    "(default 60); cameras: seconds of GVSP ingest (default 10)")
     sp.add_argument("--warmup-s", type=float, default=10.0, help="rig, --under-load: seconds the rig runs before "
                     "measuring (default %(default)s)")
     sp.add_argument("--capacity-s", type=float, default=1.0, help="rig: seconds of reconstructor timing per stream "
