@@ -20,17 +20,15 @@ shows up as that jump. The connection is kept.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medacq.protocols.petsys import BadFrame, Command, PetsysConnection, Reply, ReplyCode, SinglesBlock
+from medacq.protocols.petsys import PetsysConnection, SinglesBlock
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
+from ._base import DeviceError, Frame, Gap
+from ._framed_tcp import FramedTcpDriver
 from .transports import TcpTransport
 
 __all__ = ["PetDriver", "PetSettings", "singles_to_frame"]
@@ -71,7 +69,7 @@ def singles_to_frame(singles: np.ndarray) -> np.ndarray:
     return out
 
 
-class PetDriver(CodecDriver):
+class PetDriver(FramedTcpDriver):
     """PETsys-style singles driver (kind ``pet``, modality ``pet``)."""
 
     kind = "pet"
@@ -79,56 +77,10 @@ class PetDriver(CodecDriver):
     Settings = PetSettings
 
     def __init__(self, name: str, address: str, settings: PetSettings) -> None:
-        super().__init__(name, address, settings)
+        super().__init__(name, address, settings, buffer_bytes=8 << 20)
         self.settings: PetSettings = settings
-        self._tcp: TcpTransport | None = None
         self._codec = PetsysConnection("host")
-        self._buf = bytearray(8 << 20)
-        self._view = memoryview(self._buf)
-        self._expected: int | None = None
-        self.config: dict[str, Any] = {}
 
-    # ---- link --------------------------------------------------------------------------------
-    def _pump(self, timeout: float) -> bool:
-        tcp = self._tcp
-        if tcp is None:
-            raise ConnectionLost(f"{self.name}: not connected")
-        n = tcp.recv_into(self._view, timeout)
-        if not n:
-            return False
-        self._t_in_ns = time.monotonic_ns()
-        self._codec.receive_data(self._view[:n])
-        return True
-
-    def _events(self) -> Iterator[Any]:
-        for ev in super()._events():
-            if isinstance(ev, BadFrame):
-                self.count("bad_frames")
-                continue
-            yield ev
-
-    def _hold(self, ev: Any) -> None:
-        if isinstance(ev, Reply):
-            self.count("stray_replies")
-        else:
-            self._pending.append(ev)
-
-    def command(self, text: str, timeout: float | None = None) -> str:
-        """Send one command; return the reply text (:class:`DeviceError` on a non-OK code)."""
-        rid = self._codec.next_request_id()
-        t = timeout or self.settings.command_timeout_s
-        r = self._request(self._codec.send(Command(rid, text)),
-                          lambda ev: isinstance(ev, Reply) and ev.request_id == rid,
-                          t, f"no reply to {text!r} within {t} s")
-        if r.code != ReplyCode.OK:
-            try:
-                name = ReplyCode(r.code).name
-            except ValueError:
-                name = f"code {r.code}"
-            raise DeviceError(f"{self.name}: device answered {name} ({r.text!r}) to {text!r}")
-        return str(r.text)
-
-    # ---- Driver ------------------------------------------------------------------------------
     def open(self) -> None:
         s = self.settings
         self._link = self._tcp = TcpTransport(self.address)
@@ -146,21 +98,6 @@ class PetDriver(CodecDriver):
             self.config = json.loads(self.command("GET CONFIG"))
         except json.JSONDecodeError as exc:
             raise DeviceError(f"{self.name}: GET CONFIG is not JSON: {exc}") from None
-
-    def close(self) -> None:
-        self._tcp = None
-        super().close()
-
-    def start(self) -> None:
-        self._expected = None
-        self.command("START")
-
-    def stop(self) -> None:
-        if self._link is not None:
-            try:
-                self.command("STOP", timeout=1.0)
-            except (DeviceError, ConnectionLost):
-                pass
 
     def descriptor(self) -> StreamDescriptor:
         c = self.config
@@ -183,16 +120,9 @@ class PetDriver(CodecDriver):
             if not isinstance(ev, SinglesBlock):
                 self.count("stray_replies")
                 continue
-            exp = self._expected
-            if exp is not None and ev.counter != exp:
-                lost = (ev.counter - exp) & 0xFFFFFFFF
-                if lost < 0x80000000:
-                    self.count("lost_blocks", lost)
-                    out.append(Gap(lost_frames=lost, lost_samples=None,
-                                   reason=f"block counter {exp}->{ev.counter}"))
-                else:
-                    self.count("out_of_order")
-            self._expected = (ev.counter + 1) & 0xFFFFFFFF
+            gap = self._counter_gap(ev.counter)
+            if gap is not None:
+                out.append(gap)
             self.count("singles", len(ev.singles))
             self.count("dead_singles", ev.dead_singles)
             out.append(Frame(singles_to_frame(ev.singles), t_host, t_mono, t_device=ev.t_start_ps * 1e-12,

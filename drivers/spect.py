@@ -16,8 +16,6 @@ Frames: one per event block, float64 ``(n, 6)``, axes ``("event", "field")``, fi
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,17 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols.anger import (
     AngerConnection,
-    BadFrame,
-    Command,
     EventBlock,
-    Reply,
-    ReplyCode,
     anger_centroid,
     interp_grid,
 )
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
+from ._base import DeviceError, Frame, Gap
+from ._framed_tcp import FramedTcpDriver
 from .transports import TcpTransport
 
 __all__ = ["SpectDriver", "SpectSettings", "AngerCorrector"]
@@ -87,7 +82,7 @@ class AngerCorrector:
         return x, y, e, w
 
 
-class SpectDriver(CodecDriver):
+class SpectDriver(FramedTcpDriver):
     """Anger camera driver (kind ``spect``, modality ``spect``)."""
 
     kind = "spect"
@@ -95,54 +90,10 @@ class SpectDriver(CodecDriver):
     Settings = SpectSettings
 
     def __init__(self, name: str, address: str, settings: SpectSettings) -> None:
-        super().__init__(name, address, settings)
+        super().__init__(name, address, settings, buffer_bytes=4 << 20)
         self.settings: SpectSettings = settings
-        self._tcp: TcpTransport | None = None
         self._codec = AngerConnection("host")
-        self._buf = bytearray(4 << 20)
-        self._view = memoryview(self._buf)
-        self._expected: int | None = None
-        self.config: dict[str, Any] = {}
         self.corrector: AngerCorrector | None = None
-
-    def _pump(self, timeout: float) -> bool:
-        tcp = self._tcp
-        if tcp is None:
-            raise ConnectionLost(f"{self.name}: not connected")
-        n = tcp.recv_into(self._view, timeout)
-        if not n:
-            return False
-        self._t_in_ns = time.monotonic_ns()
-        self._codec.receive_data(self._view[:n])
-        return True
-
-    def _events(self) -> Iterator[Any]:
-        for ev in super()._events():
-            if isinstance(ev, BadFrame):
-                self.count("bad_frames")
-                continue
-            yield ev
-
-    def _hold(self, ev: Any) -> None:
-        if isinstance(ev, Reply):
-            self.count("stray_replies")
-        else:
-            self._pending.append(ev)
-
-    def command(self, text: str, timeout: float | None = None) -> str:
-        """Send one command; the reply text (:class:`DeviceError` on a non-OK code)."""
-        rid = self._codec.next_request_id()
-        t = timeout or self.settings.command_timeout_s
-        r = self._request(self._codec.send(Command(rid, text)),
-                          lambda ev: isinstance(ev, Reply) and ev.request_id == rid,
-                          t, f"no reply to {text!r} within {t} s")
-        if r.code != ReplyCode.OK:
-            try:
-                name = ReplyCode(r.code).name
-            except ValueError:
-                name = f"code {r.code}"
-            raise DeviceError(f"{self.name}: device answered {name} ({r.text!r}) to {text!r}")
-        return str(r.text)
 
     def open(self) -> None:
         s = self.settings
@@ -160,21 +111,6 @@ class SpectDriver(CodecDriver):
         except json.JSONDecodeError as exc:
             raise DeviceError(f"{self.name}: GET CONFIG is not JSON: {exc}") from None
         self.corrector = AngerCorrector(self.config)
-
-    def close(self) -> None:
-        self._tcp = None
-        super().close()
-
-    def start(self) -> None:
-        self._expected = None
-        self.command("START")
-
-    def stop(self) -> None:
-        if self._link is not None:
-            try:
-                self.command("STOP", timeout=1.0)
-            except (DeviceError, ConnectionLost):
-                pass
 
     def descriptor(self) -> StreamDescriptor:
         c = self.config
@@ -195,13 +131,9 @@ class SpectDriver(CodecDriver):
             if not isinstance(ev, EventBlock) or corr is None:
                 self.count("stray_replies")
                 continue
-            exp = self._expected
-            if exp is not None and ev.counter != exp:
-                lost = (ev.counter - exp) & 0xFFFFFFFF
-                if lost < 0x80000000:
-                    self.count("lost_blocks", lost)
-                    out.append(Gap(lost_frames=lost, reason=f"block counter {exp}->{ev.counter}"))
-            self._expected = (ev.counter + 1) & 0xFFFFFFFF
+            gap = self._counter_gap(ev.counter)
+            if gap is not None:
+                out.append(gap)
             n = len(ev.events)
             if ev.events.dtype["pmt"].shape != (len(corr.pmt_xy),):
                 self.count("bad_shape")
