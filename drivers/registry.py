@@ -21,6 +21,7 @@ DRIVERS: dict[str, str] = {
     "flatpanel": "medacq.drivers.flatpanel:FlatPanelDriver",
     "sciospec": "medacq.drivers.sciospec:SciospecDriver",
     "openeit": "medacq.drivers.openeit:OpenEITDriver",
+    "mri": "medacq.drivers.mri:MriDriver",
     "gige": "medacq.drivers.gige:GigEDriver",
     "pet": "medacq.drivers.pet:PetDriver",
     "spect": "medacq.drivers.spect:SpectDriver",

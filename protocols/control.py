@@ -39,6 +39,7 @@ __all__ = [
     "ActionRequest",
     "RecordRequest",
     "SafeStateRequest",
+    "MarkRequest",
     "ControlReply",
     "ControlError",
     "ErrorCode",
@@ -156,7 +157,7 @@ class RecordRequest(_Req):
     topics: list[str] = Field(default_factory=lambda: ["raw/"], max_length=64)
     path: str | None = Field(default=None, max_length=4096)
     flush_s: float = Field(default=1.0, gt=0, le=60)
-    format: Literal["hdf5", "edf", "bdf", "petsird"] = "hdf5"
+    format: Literal["hdf5", "edf", "bdf", "petsird", "ismrmrd"] = "hdf5"
 
 
 class SafeStateRequest(_Req):
@@ -175,6 +176,19 @@ class SafeStateRequest(_Req):
     cmd: Literal["safe_state"]
     device: str | None = None
     reason: str | None = Field(default=None, max_length=200)
+
+
+class MarkRequest(_Req):
+    """Publish a software marker on ``markers/<source>`` (``medacq mark "text"``), stamped with the
+    daemon's clocks when it takes the request. ``text`` is at most 128 UTF-8 bytes (the daemon
+    checks the bytes); ``source`` names the stream (default ``operator``; a device's name is
+    refused: ``markers/<device>`` carries that device's hardware triggers). The reply gives the
+    marker's ``topic``, ``seq``, ``t_host_ns`` and ``t_mono_ns``.
+    """
+
+    cmd: Literal["mark"]
+    text: str = Field(max_length=128)
+    source: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class StudyRequest(_Req):
@@ -203,6 +217,7 @@ ControlRequest = Annotated[
         DescriptorRequest,
         ActionRequest,
         SafeStateRequest,
+        MarkRequest,
     ],
     Field(discriminator="cmd"),
 ]
@@ -212,7 +227,7 @@ READ_ONLY_COMMANDS = frozenset({"list", "describe", "status", "ping", "descripto
 
 _REQUEST = TypeAdapter(ControlRequest)
 _COMMANDS = ("list", "describe", "configure", "start", "stop", "status", "ping", "descriptor", "action",
-             "record", "safe_state", "study")
+             "record", "safe_state", "study", "mark")
 
 
 class ControlError(Exception):

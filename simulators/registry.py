@@ -24,6 +24,7 @@ SIMULATORS: dict[str, str] = {
     "sciospec": "medacq.simulators.sciospec:make",
     "openeit": "medacq.simulators.openeit:make",
     "gige": "medacq.simulators.gige_camera:make",
+    "mri": "medacq.simulators.mri:make",
     "pet": "medacq.simulators.pet_ring:make",
     "spect": "medacq.simulators.gamma_camera:make",
 }

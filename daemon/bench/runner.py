@@ -51,6 +51,7 @@ __all__ = ["BENCHES", "UNDER_LOAD", "add_bench_arguments", "run_bench", "bench_t
 #: name -> "module:function(args) -> dict"; the function prints nothing itself.
 BENCHES: dict[str, str] = {
     "transport": "medacq.daemon.bench.runner:bench_transport",
+    "mri": "medacq.daemon.bench.mri:bench_mri",
     "soak": "medacq.daemon.bench.soak:bench_soak",
     "biosignal": "medacq.daemon.bench.biosignal:bench_biosignal",
     "detector": "medacq.daemon.bench.xray:bench_detector",

@@ -20,11 +20,12 @@ def add_record_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                     help="control the daemon's built-in recorder instead of recording here")
     sp.add_argument("--topics", nargs="+", default=["raw/"], help="topic prefixes (default: raw/)")
-    sp.add_argument("--out", help="output file (.h5; or .edf/.bdf/.petsird with --format)")
+    sp.add_argument("--out", help="output file (.h5; or .edf/.bdf/.petsird/.h5 with --format)")
     sp.add_argument("--for", dest="for_s", type=float, help="stop after SECONDS")
     sp.add_argument("--flush", type=float, default=1.0, help="checkpoint interval, s (default 1)")
-    sp.add_argument("--format", choices=["hdf5", "edf", "bdf", "petsird"], default="hdf5",
-                    help="hdf5 (any stream), edf/bdf (biosignals), petsird (PET list mode of one pet stream)")
+    sp.add_argument("--format", choices=["hdf5", "edf", "bdf", "petsird", "ismrmrd"], default="hdf5",
+                    help="hdf5 (any stream), edf/bdf (biosignals), petsird (PET list mode of one pet stream), "
+                    "ismrmrd (the k-space lines of one mri stream)")
     sp.add_argument("--settle", type=float, metavar="S",
                     help="edf/bdf: wait up to S seconds after the first frame for every stream's descriptor "
                          "before creating the file (default: the rig's descriptor interval + 1 s, at least 2 s)")

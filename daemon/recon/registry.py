@@ -30,6 +30,7 @@ RECONSTRUCTORS: dict[str, str] = {
     "ct": "medacq.daemon.recon.modalities.xray:CTReconstructor",
     "xray": "medacq.daemon.recon.modalities.xray:XrayReconstructor",
     "eit": "medacq.daemon.recon.modalities.eit:EitImager",
+    "mri": "medacq.daemon.recon.modalities.mri:MriReconstructor",
     "us": "medacq.daemon.recon.modalities.ultrasound:BModeReconstructor",
     "thermal": "medacq.daemon.recon.modalities.cameras:ThermalReconstructor",
     "photo": "medacq.daemon.recon.modalities.cameras:PhotoReconstructor",

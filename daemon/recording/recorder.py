@@ -155,7 +155,9 @@ class Recorder(threading.Thread):
         path: output file.
         flush_s: checkpoint interval, seconds (the most a ``kill -9`` can lose).
         fmt: ``hdf5``, ``edf``, ``bdf``, or ``petsird`` (PET list mode of one ``pet`` stream:
-            :class:`~medacq.daemon.recording.petsird.PetsirdStreamWriter`, needs the ``petsird`` package).
+            :class:`~medacq.daemon.recording.petsird.PetsirdStreamWriter`, needs the ``petsird`` package),
+            or ``ismrmrd`` (the lines of one ``mri`` stream as ISMRMRD v1 HDF5:
+            :class:`~medacq.daemon.recording.ismrmrd.IsmrmrdStreamWriter`).
         durable: fsync at each checkpoint.
         max_pending_bytes: checkpoint early when this much frame data is buffered.
         rcvhwm: receive high-water mark per SUB socket (messages); beyond it ZeroMQ drops,
@@ -176,8 +178,8 @@ class Recorder(threading.Thread):
         super().__init__(name="recorder", daemon=True)
         if not 0 < flush_s <= 3600:
             raise ValueError("flush interval must be in (0, 3600] s")
-        if fmt not in ("hdf5", "edf", "bdf", "petsird"):
-            raise ValueError("format must be hdf5, edf, bdf or petsird")
+        if fmt not in ("hdf5", "edf", "bdf", "petsird", "ismrmrd"):
+            raise ValueError("format must be hdf5, edf, bdf, petsird or ismrmrd")
         if queue_frames < 1 or queue_bytes < 1:
             raise ValueError("the receive queue needs room for at least one frame")
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -238,6 +240,10 @@ class Recorder(threading.Thread):
                 from medacq.daemon.recording.petsird import PetsirdStreamWriter
 
                 self.writer = PetsirdStreamWriter(self.path, topics=self.topics)
+            elif self.fmt == "ismrmrd":
+                from medacq.daemon.recording.ismrmrd import IsmrmrdStreamWriter
+
+                self.writer = IsmrmrdStreamWriter(self.path, topics=self.topics)
             else:
                 self.writer = EdfStreamWriter(self.path, bdf=self.fmt == "bdf", topics=self.topics, settle_s=self.settle_s)
             self._rx = threading.Thread(target=self._receive, name="recorder-rx", daemon=True)
@@ -487,8 +493,8 @@ class Recorder(threading.Thread):
         if isinstance(w, Hdf5RecordingWriter):
             out["streams"] = {t: {"frames": s.frames, "gap_frames": s.gap_frames, "series": len(s.series)}
                               for t, s in list(w.streams.items())}
-        elif self.fmt == "petsird" and w is not None:
-            out["petsird"] = w.status()
+        elif self.fmt in ("petsird", "ismrmrd") and w is not None:
+            out[self.fmt] = w.status()
         elif isinstance(w, EdfStreamWriter):
             out["streams"] = w.stream_status()
             out["edf"] = w.status()
@@ -529,7 +535,7 @@ class RecordingService:
         from medacq.protocols.control import ControlError
 
         base = recordings_dir().resolve()
-        ext = ".h5" if fmt == "hdf5" else f".{fmt}"
+        ext = ".h5" if fmt in ("hdf5", "ismrmrd") else f".{fmt}"
         p = Path(path) if path else Path(time.strftime(f"medacq-%Y%m%dT%H%M%S{ext}"))
         full = (p if p.is_absolute() else base / p).resolve()
         if full != base and base not in full.parents:
