@@ -23,18 +23,20 @@ Daisy, a sample whose main or Daisy half is missing is lost.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medacq.protocols import cyton as cy
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import CounterUnwrapper
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
+from .triggers import sample_trigger
 
 __all__ = ["CytonDriver", "CytonSettings", "CYTON_LABELS_16", "dongle_rate_hz"]
 
@@ -62,6 +64,11 @@ class CytonSettings(BaseModel):
         labels: channel names (default 10–20 montage).
         mains_hz: local mains frequency (descriptor hint for the notch filter).
         timeout_s: reply timeout of configuration commands.
+        trigger_line: a digital input with a TTL trigger cabled to it (``D11``, ``D12``, ``D13``,
+            ``D17``, ``D18``): the board is put in digital-read mode (``/3``: the accelerometer is
+            off, the aux bytes carry the pins every sample) and each rising edge becomes a trigger
+            event in frame ``meta["triggers"]`` (published on ``markers/<device>``). 8 channels
+            only: a Daisy pair's aux bytes are not decoded.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +86,7 @@ class CytonSettings(BaseModel):
     labels: list[str] | None = None
     mains_hz: float = Field(default=50.0, ge=0)
     timeout_s: float = Field(default=3.0, gt=0)
+    trigger_line: Literal["D11", "D12", "D13", "D17", "D18"] | None = None
 
     @field_validator("gain")
     @classmethod
@@ -106,6 +114,13 @@ class CytonSettings(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _trigger(self) -> "CytonSettings":
+        if self.trigger_line is not None and self.daisy:
+            raise ValueError("trigger_line needs daisy = false: the digital inputs ride in each packet's aux bytes, "
+                             "which this driver does not decode for a Daisy pair")
+        return self
+
+    @model_validator(mode="after")
     def _rate(self) -> "CytonSettings":
         v = self.sample_rate_hz
         rate = dongle_rate_hz(self.daisy)
@@ -124,6 +139,11 @@ class CytonSettings(BaseModel):
 def dongle_rate_hz(daisy: bool) -> int:
     """Samples per second per channel that stream over the dongle (250, or 125 with a Daisy)."""
     return cy.DONGLE_SAMPLE_RATE_HZ // (2 if daisy else 1)
+
+
+#: digital-read aux words (firmware updateChannelData, board mode digital): input -> (word, bit)
+_DIGITAL_AUX_BITS: dict[str, tuple[int, int]] = {"D11": (0, 8), "D12": (0, 0), "D13": (1, 8), "D17": (1, 0),
+                                                 "D18": (2, 0)}
 
 
 class CytonDriver(CodecDriver):
@@ -149,6 +169,8 @@ class CytonDriver(CodecDriver):
         self._board_rate_hz: int | None = None
         self._last_board_ms: int | None = None
         self._streaming = False
+        self._trig_level = False
+        self._trig_pending: list[int] = []  # sample indices of rising edges not yet in a frame
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -218,6 +240,10 @@ class CytonDriver(CodecDriver):
                 raise DeviceError(f"{self.name}: channel {ch} settings refused: {r!r}")
             self._gains[ch - 1] = gains[ch - 1]
         self.labels()  # validate
+        if s.trigger_line is not None:
+            r = self._command(cy.SetBoardMode(3))
+            if "digital" not in r:
+                raise DeviceError(f"{self.name}: the board refused digital-read mode ('/3'): {r!r}")
 
     def _ensure_dongle_rate(self) -> None:
         """Firmware v3 keeps a ``~n`` rate across ``v``; ``b`` would then reset the ADS to
@@ -252,6 +278,8 @@ class CytonDriver(CodecDriver):
         self._accel = None
         self._accel_counts = [None, None, None]
         self._last_board_ms = None
+        self._trig_level = False
+        self._trig_pending = []
         self._send(cy.StartStreaming())
         self._streaming = True
 
@@ -304,7 +332,24 @@ class CytonDriver(CodecDriver):
             self._accel = [float(a) * cy.ACCEL_SCALE_G for a in ac]  # type: ignore[arg-type]
 
     def _frame_meta(self, first: int, n: int) -> dict[str, Any] | None:
-        return {"accel_g": self._accel} if self._accel is not None else None
+        meta: dict[str, Any] | None = {"accel_g": self._accel} if self._accel is not None else None
+        if self._trig_pending and self._framer is not None:
+            mine = [i for i in self._trig_pending if first <= i < first + n]
+            if mine:
+                self._trig_pending = [i for i in self._trig_pending if i >= first + n]
+                meta = {**(meta or {}), FRAME_TRIGGERS_KEY: [
+                    sample_trigger(self._framer, i, self.settings.trigger_line or "", self.sample_rate_hz).to_meta()
+                    for i in mine]}
+        return meta
+
+    def _digital(self, i: int, aux: bytes) -> None:
+        """The digital-read aux words of sample ``i``: a rising edge on the trigger line is noted."""
+        word, bit = _DIGITAL_AUX_BITS[self.settings.trigger_line or "D11"]
+        level = bool(int.from_bytes(aux[2 * word:2 * word + 2], "big") >> bit & 1)
+        if level and not self._trig_level:
+            self._trig_pending.append(i)
+            self.count("trigger_edges")
+        self._trig_level = level
 
     # -- streaming -------------------------------------------------------------------
     def read(self, timeout: float) -> list[Frame | Gap]:
@@ -338,6 +383,8 @@ class CytonDriver(CodecDriver):
                         continue
                     idx.append(i)
                     cols.append(ev.channels)
+                    if self.settings.trigger_line is not None:
+                        self._digital(i, ev.aux)
                     readings = ev.accel_readings
                     if readings:
                         self._take_accel(readings)

@@ -46,9 +46,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols.scpi import split_units, split_values
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import ConnectionLost, DeviceError, DeviceNotFound, Driver, Frame, Gap
+from ._clockfit import DeviceClock
+from .triggers import clock_trigger
 
 __all__ = ["FlatPanelDriver", "FlatPanelSettings", "READOUT_FPS", "PIXEL_PITCH_MM", "parse_visa_socket"]
 
@@ -459,6 +462,8 @@ class FlatPanelDriver(Driver):
         self._outstanding = False
         self._finished = False
         self._next_index = None
+        # the panel clock (µs ticks) -> host CLOCK_MONOTONIC, from each frame's ready time and arrival
+        self._panel_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)
         self.command("SOUR:OUTP OFF" if self.settings.frame_type == "dark" else "SOUR:OUTP ON")
         self.command("INIT")
 
@@ -563,9 +568,13 @@ class FlatPanelDriver(Driver):
             self.count("bad_blocks")
             return []
         out: list[Frame | Gap] = []
+        sync: float | None = None
         try:
-            idx_s, ang_s, t_s, kind = split_values(meta_text)[:4]
+            fields = split_values(meta_text)
+            idx_s, ang_s, t_s, kind = fields[:4]
             idx, angle, t_dev = int(idx_s), float(ang_s), float(t_s)
+            if len(fields) > 4 and fields[4].upper() != "NAN":  # trigger-input edge, panel clock (s)
+                sync = float(fields[4])
         except ValueError:
             self.count("bad_meta")
             idx, angle, t_dev, kind = (self._next_index or 0), 0.0, None, "IMAGE"
@@ -582,5 +591,13 @@ class FlatPanelDriver(Driver):
         if self.settings.mode == "CT":
             meta["projection"] = idx % self.settings.ct_projections
             meta["rotation"] = idx // self.settings.ct_projections
+        if t_dev is not None and math.isfinite(t_dev):
+            self._panel_clock.update(int(round(t_dev * 1e6)), t_mono)
+            if sync is not None and math.isfinite(sync):
+                # the panel timestamps the edge itself (µs ticks): mapped as it is, no half period
+                ev = clock_trigger(self._panel_clock, int(round(sync * 1e6)), "frame_sync", t_host - t_mono,
+                                   t_device=sync, latched=False, sample=idx)
+                meta[FRAME_TRIGGERS_KEY] = [ev.to_meta()]
+                self.count("trigger_edges")
         out.append(Frame(arr.reshape(rows, cols), t_host, t_mono, t_device=t_dev, meta=meta))
         return out

@@ -33,12 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medacq.protocols import hackeeg as he
 from medacq.protocols._sansio import Garbage
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import CounterUnwrapper
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
+from .triggers import sample_trigger
 
 __all__ = ["HackEEGDriver", "HackEEGSettings", "HACKEEG_LEADS", "HACKEEG_RATES"]
 
@@ -62,6 +64,10 @@ class HackEEGSettings(BaseModel):
         labels: channel names (default I, II, V1–V6).
         mains_hz: local mains frequency (descriptor hint for the notch filter).
         timeout_s: reply timeout of configuration commands.
+        trigger_gpio: an ADS1298 GPIO input (1-4, inputs at reset) with a TTL trigger cabled to
+            it: each sample's status word carries the GPIO data bits (its low nibble, GPIOD4..1,
+            GPIO1 in bit 0); each rising edge becomes a trigger event in frame
+            ``meta["triggers"]`` (published on ``markers/<device>``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +80,7 @@ class HackEEGSettings(BaseModel):
     labels: list[str] | None = None
     mains_hz: float = Field(default=50.0, ge=0)
     timeout_s: float = Field(default=3.0, gt=0)
+    trigger_gpio: int | None = Field(default=None, ge=1, le=4)
 
     @field_validator("rate")
     @classmethod
@@ -122,6 +129,8 @@ class HackEEGDriver(CodecDriver):
         self._framer: SampleFramer | None = None
         self._unwrap = CounterUnwrapper(32, 1)
         self._scale = np.ones(8)
+        self._trig_level = False
+        self._trig_pending: list[int] = []
 
     @property
     def frame_samples(self) -> int:
@@ -235,8 +244,11 @@ class HackEEGDriver(CodecDriver):
         super().close()
 
     def start(self) -> None:
-        self._framer = SampleFramer(8, float(self.settings.rate), self.frame_samples)
+        self._framer = SampleFramer(8, float(self.settings.rate), self.frame_samples,
+                                    self._frame_meta if self.settings.trigger_gpio else None)
         self._unwrap = CounterUnwrapper(32, 1)
+        self._trig_level = False
+        self._trig_pending = []
         self._command("start")
         self._send(he.HackEEGCommand("rdatac"))
         # the 200 reply comes back among the samples; read() skips responses
@@ -262,6 +274,15 @@ class HackEEGDriver(CodecDriver):
                               "sample = 0; advanced by the board's unwrapped uint32 sample number)"},
         )
 
+    def _frame_meta(self, first: int, n: int) -> dict[str, Any] | None:
+        mine = [i for i in self._trig_pending if first <= i < first + n]
+        if not mine or self._framer is None:
+            return None
+        self._trig_pending = [i for i in self._trig_pending if i >= first + n]
+        line = f"GPIO{self.settings.trigger_gpio}"
+        return {FRAME_TRIGGERS_KEY: [sample_trigger(self._framer, i, line, float(self.settings.rate)).to_meta()
+                                     for i in mine]}
+
     # -- streaming -------------------------------------------------------------------
     def read(self, timeout: float) -> list[Frame | Gap]:
         assert self._framer is not None
@@ -273,10 +294,18 @@ class HackEEGDriver(CodecDriver):
         idx: list[int] = []
         cols: list[tuple[int, ...]] = []
         unwrap = self._unwrap
+        gpio_bit = None if self.settings.trigger_gpio is None else self.settings.trigger_gpio - 1
         for ev in events:
             if type(ev) is he.HackEEGSample:
-                idx.append(unwrap(ev.sample_number))
+                i = unwrap(ev.sample_number)
+                idx.append(i)
                 cols.append(ev.channels)
+                if gpio_bit is not None:
+                    level = bool(ev.status >> gpio_bit & 1)
+                    if level and not self._trig_level:
+                        self._trig_pending.append(i)
+                        self.count("trigger_edges")
+                    self._trig_level = level
             elif isinstance(ev, he.HackEEGResponse):
                 if ev.status_code != he.STATUS_OK:
                     self.count("error_replies")

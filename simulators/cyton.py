@@ -35,6 +35,7 @@ from medacq.protocols import cyton as cy
 
 from ._interface import DeviceInterface
 from .biosignal_models import EEG_LABELS_16, EEGModel
+from .trigger_bus import TriggerInput
 
 __all__ = ["CytonInterface", "BANNER_HEAD", "FIRMWARE_VERSION", "make"]
 
@@ -95,6 +96,8 @@ class CytonInterface(DeviceInterface):
         self.packet_type = _ACCEL
         self.streaming = False
         self._model: EEGModel | None = None
+        #: the rig trigger bus's cable on a digital input (``D11``...), read in board mode digital
+        self.trigger: TriggerInput | None = None
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -410,6 +413,8 @@ class CytonInterface(DeviceInterface):
         if self._marker is not None and self.board_mode == 4:  # marker mode: into auxData[0]
             self._aux_data[0] = self._marker
             self._marker = None
+        if self.trigger is not None and self.board_mode == 3:  # digital read (updateChannelData)
+            self._aux_data = _digital_aux(self.trigger, self._stream_t0 + k * self.packet_period)
         pt = self.packet_type
         ts = None
         if pt in (_ACCEL_TIME_SET, _ACCEL_TIME_SYNC, _RAW_AUX_TIME_SET, _RAW_AUX_TIME_SYNC):
@@ -464,6 +469,19 @@ class CytonInterface(DeviceInterface):
         if self._model is not None:
             d.update(self._model.truth())
         return d
+
+
+_DIGITAL_AUX_BITS = {"D11": (0, 8), "D12": (0, 0), "D13": (1, 8), "D17": (1, 0), "D18": (2, 0)}
+
+
+def _digital_aux(trigger: TriggerInput, t: float) -> list[int]:
+    """The firmware's digital-read aux words (board mode 3): ``auxData[0] = D11 << 8 | D12``,
+    ``auxData[1] = D13 << 8 | D17``, ``auxData[2] = D18``; the cabled input read at ``t``, the others 0."""
+    aux = [0, 0, 0]
+    word, bit = _DIGITAL_AUX_BITS.get(trigger.line, (0, 8))
+    if trigger.level(t):
+        aux[word] |= 1 << bit
+    return aux
 
 
 def _fields(s: cy.ChannelSettings) -> tuple[int, ...]:

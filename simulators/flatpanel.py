@@ -34,7 +34,10 @@ Command set (short/long forms, case-insensitive, ``;`` compound messages)
                                                even behind a waiting ``FETC?``: see below)
 ``FETCh[:IMAGe]?``                             oldest frame, IEEE 488.2 block, see below
 ``FETCh:ANGLe?``                               gantry angle (deg, NR3) of the last fetched frame
-``FETCh:META?``                                ``<index>,<angle deg>,<t s>,<kind>`` of it
+``FETCh:META?``                                ``<index>,<angle deg>,<t s>,<kind>,<sync s>`` of it
+                                               (sync: the panel-clock time of the first rising
+                                               edge on its trigger input during the frame's
+                                               integration, µs resolution; ``NAN``: none)
 ``FETCh:ROWS?`` / ``FETCh:COLumns?``           frame shape at the current binning
 ``ACQuire:STATe?`` / ``:COUNt?`` / ``:READy?``  RUN|IDLE, frames taken, frames waiting
 ``ACQuire:OVERruns?``                          frames lost to the on-board buffer (16)
@@ -91,6 +94,7 @@ from ..protocols.scpi import (
     parse_numeric,
 )
 from ._interface import DeviceInterface
+from .trigger_bus import TriggerInput
 from .xray_model import DetectorConfig, XrayModel
 
 __all__ = ["FlatPanelInterface", "READOUT_S", "FRAME_BUFFER", "make"]
@@ -110,6 +114,7 @@ class _Frame:
     t_ready: float
     kind: str
     angle_deg: float
+    sync: float | None = None
 
 
 class _Deferred(Exception):
@@ -138,6 +143,8 @@ class FlatPanelInterface(DeviceInterface):
         self._now = 0.0
         #: tube high-voltage enable (``SOUR:OUTP``): ON at power-on, not reset by ``*RST``
         self.source_on = True
+        #: the rig trigger bus's cable on the panel's trigger/sync input (``FETC:META?`` sync field)
+        self.trigger: TriggerInput | None = None
         self._reset_state()
 
     # ----------------------------------------------------------------- state
@@ -264,6 +271,15 @@ class FlatPanelInterface(DeviceInterface):
         ):
             self.running = False
 
+    def _sync(self, t_ready: float) -> float | None:
+        """The panel-clock time (µs resolution) of the first rising edge on the trigger input during
+        the integration of the frame ready at ``t_ready``; ``None`` without one."""
+        trig = self.trigger
+        if trig is None:
+            return None
+        e = trig.bus.first_edge(trig.epoch + t_ready - self.period, trig.epoch + t_ready)
+        return None if e is None else round((e - trig.epoch) * 1e6) / 1e6
+
     def _emit_frame(self, t_ready: float) -> None:
         i = self._produced
         self._produced += 1
@@ -275,7 +291,7 @@ class FlatPanelInterface(DeviceInterface):
             self.frames_dropped.append(i)
         else:
             kind = _KIND_NAME[self.frame_kind] if self.source_on else "dark"  # no beam: a dark frame
-            self._ready.append(_Frame(i, t_ready, kind, angle))
+            self._ready.append(_Frame(i, t_ready, kind, angle, self._sync(t_ready)))
             if len(self._ready) > FRAME_BUFFER:
                 self._ready.popleft()
                 self.overruns += 1
@@ -477,7 +493,8 @@ class FlatPanelInterface(DeviceInterface):
         f = self._last
         if f is None:
             return "-1,0.000000E+00,0.000000E+00,NONE"
-        return f"{f.index},{f.angle_deg:.6E},{f.t_ready:.6E},{f.kind.upper()}"
+        sync = "NAN" if f.sync is None else f"{f.sync:.6f}"
+        return f"{f.index},{f.angle_deg:.6E},{f.t_ready:.6E},{f.kind.upper()},{sync}"
 
 
 

@@ -26,6 +26,7 @@ from medacq.protocols import hackeeg as he
 
 from ._interface import DeviceInterface
 from .biosignal_models import DEVICE_LEADS, EKGModel
+from .trigger_bus import TriggerInput
 
 __all__ = ["HackEEGInterface", "DRIVER_VERSION", "make"]
 
@@ -82,6 +83,9 @@ class HackEEGInterface(DeviceInterface):
         self._model: EKGModel | None = None
         self._t0 = 0.0
         self._k = 0
+        #: the rig trigger bus's cable on a GPIO input (``GPIO1``..``GPIO4``): its level is the
+        #: status word's GPIO data bit (low nibble = GPIOD4..GPIOD1, GPIO1 in bit 0)
+        self.trigger: TriggerInput | None = None
 
     def _reset_registers(self) -> None:
         self.regs = bytearray(_N_REGS)
@@ -248,7 +252,12 @@ class HackEEGInterface(DeviceInterface):
         for j in range(n):
             k = self._k + j
             ts_us = int(round((self._t0 + k * self.period) * 1e6)) & 0xFFFFFFFF
-            s = he.HackEEGSample(ts_us, self.sample_number & 0xFFFFFFFF, 0xC00000,
+            status = 0xC00000
+            trig = self.trigger
+            if trig is not None and trig.level(self._t0 + k * self.period):
+                pin = trig.line.removeprefix("GPIO")
+                status |= 1 << (int(pin) - 1 if pin in ("1", "2", "3", "4") else 0)
+            s = he.HackEEGSample(ts_us, self.sample_number & 0xFFFFFFFF, status,
                                  tuple(int(v) for v in counts[:, j]))
             self.sample_number += 1
             if self._to_drop:  # fault side door: the sample never left the board

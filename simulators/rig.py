@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.registry import make_simulator
+from medacq.simulators.trigger_bus import TriggerBus, attach
 
 __all__ = ["RigEntry", "DEFAULT_RIG", "SIMULATOR_NICE", "SimulatedRig", "endpoints_for", "lower_priority"]
 
@@ -33,6 +34,9 @@ class RigEntry:
         ports: simulators served for this one instrument (e.g. one OPM sensor per serial
             port); with more than one, simulator ``i`` gets option ``sensor=i``, is served as
             ``<name>-<i>`` (``i`` ≥ 1) and the driver's address lists them comma-separated.
+        trigger_line: the simulator's input the rig's trigger bus is cabled to (``D11`` on a
+            Cyton, ``GPIO1`` on a HackEEG, ``frame_sync`` on the flat panel; see
+            :mod:`medacq.simulators.trigger_bus`); the driver's settings name it too.
     """
 
     name: str
@@ -43,6 +47,7 @@ class RigEntry:
     sim_options: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     ports: int = 1
+    trigger_line: str | None = None
 
 
 DEFAULT_RIG: list[RigEntry] = [
@@ -120,6 +125,8 @@ class SimulatedRig:
         self.entries = list(DEFAULT_RIG if entries is None else entries)
         self.paced = paced
         self.servers: dict[str, SimulatorServer] = {}
+        #: the rig's one TTL line, cabled to every entry with a ``trigger_line``
+        self.trigger_bus = TriggerBus()
 
     def start(self) -> "SimulatedRig":
         try:
@@ -129,6 +136,8 @@ class SimulatedRig:
                     name = e.name if i == 0 else f"{e.name}-{i}"
                     iface = make_simulator(e.sim_kind, **opts)
                     self.servers[name] = SimulatorServer(iface, e.transport, paced=self.paced, name=name).start()
+                    if e.trigger_line and i == 0:
+                        attach(self.servers[name], self.trigger_bus, e.trigger_line)
         except BaseException:
             self.stop()
             raise

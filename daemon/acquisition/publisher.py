@@ -119,10 +119,12 @@ class Publisher(threading.Thread):
         self.largest_frame_bytes = 0
         self.oversized: tuple[str, ...] = ()  # replaced whole, so status reads it from another thread safely
 
-    def add_stream(self, name: str, queue: FrameQueue, stats: StreamStats) -> StreamChannel:
-        ch = StreamChannel(name, queue, stats, topic_for(name, self.prefix))
+    def add_stream(self, name: str, queue: FrameQueue, stats: StreamStats, topic: str | None = None) -> StreamChannel:
+        """Publish ``queue`` as stream ``name`` on ``<prefix>/<name>``, or on ``topic`` when given
+        (``markers/eeg0``: then the channel is keyed by its topic, beside a ``raw/eeg0`` of that name)."""
+        ch = StreamChannel(name, queue, stats, topic.encode() if topic else topic_for(name, self.prefix))
         with self._lock:
-            self.channels[name] = ch
+            self.channels[topic or name] = ch
         return ch
 
     def stop(self) -> None:

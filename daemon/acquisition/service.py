@@ -37,6 +37,7 @@ from medacq.protocols.control import (
     DescribeRequest,
     DescriptorRequest,
     ListRequest,
+    MarkRequest,
     PingRequest,
     SafeStateRequest,
     StartRequest,
@@ -55,6 +56,8 @@ from medacq.daemon.acquisition.devices import check_settings_change, effective_l
 from medacq.daemon.common.config import RigConfig
 from medacq.daemon.common.security import LOCAL_USER, AuditLog, CurveServer, local_rights, prepare_ipc_dir
 from medacq.daemon.acquisition.publisher import Publisher, sndhwm_for
+from medacq.daemon.acquisition.markers import MarkerHub
+from medacq.protocols.markers import MarkerError
 from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import BindError, bind, check_exposure
 from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
@@ -94,6 +97,7 @@ class AcquisitionDaemon:
         self.workers: dict[str, AcquisitionWorker] = {}
         self.kinds: dict[str, str] = {}
         self.publisher: Publisher | None = None
+        self.markers: MarkerHub | None = None  # markers/<source> streams (software markers, device triggers)
         self._control_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.limits: dict[str, dict[str, tuple[float, float]]] = {d.name: dict(d.limits) for d in config.device}
@@ -150,6 +154,7 @@ class AcquisitionDaemon:
             raise
         self.publisher = Publisher(pub, self.wake, dc.heartbeat_s, dc.descriptor_interval_s,
                                    max_frame_bytes=int(dc.max_frame_mb * 1e6))
+        self.markers = MarkerHub(self.publisher, self.wake)
         for dev in self.config.device:
             cls = driver_class(dev.kind)
             settings = cls.validate_settings(dev.settings)
@@ -157,7 +162,8 @@ class AcquisitionDaemon:
             stats = StreamStats()
             self.publisher.add_stream(dev.name, q, stats)
             w = AcquisitionWorker(dev.name, cls, dev.address, settings, q, stats, dc.reconnect_max_s,
-                                  on_fault=dev.safety.on_fault, on_safety=self._on_safety)
+                                  on_fault=dev.safety.on_fault, on_safety=self._on_safety,
+                                  on_triggers=self.markers.triggers)
             self.workers[dev.name] = w
             self.kinds[dev.name] = dev.kind
         self.publisher.start()
@@ -183,6 +189,8 @@ class AcquisitionDaemon:
         for w in self.workers.values():
             w.join(max(0.05, deadline - time.monotonic()))
         self._stop.set()
+        if self.markers is not None:
+            self.markers.close()
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher.join(max(0.05, deadline - time.monotonic()))
@@ -249,6 +257,15 @@ class AcquisitionDaemon:
             why = f"operator: {req.reason}" if req.reason else "operator: safe_state request"
             return Deferred(self.request_safe_state(names, why, "operator"), self.safe_reply_s + 5.0,
                             what="safe_state")
+        if isinstance(req, MarkRequest):
+            if req.source in self.workers:
+                raise ControlError("bad_request", f"marker source {req.source!r} is a device: markers/{req.source} "
+                                                  "carries its hardware triggers; choose another source name")
+            assert self.markers is not None
+            try:
+                return self.markers.mark(req.source, req.text)
+            except MarkerError as exc:
+                raise ControlError("bad_request", f"mark: {exc}") from None
         if isinstance(req, PingRequest):
             return {"t_host_ns": time.time_ns(), "t_mono_ns": time.monotonic_ns(), "pid": os.getpid()}
         if isinstance(req, StatusRequest):
@@ -487,6 +504,7 @@ class AcquisitionDaemon:
             "publisher": self.publisher.hwm_status() if self.publisher else {},
             "recording": self._recording.status() if getattr(self, "_recording", None) else {"state": "off"},
             "study_uid": self.study.status()["study_uid"],
+            "markers": self.markers.status() if self.markers else {},
             "streams": streams,
         }
 

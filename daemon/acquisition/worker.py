@@ -143,6 +143,9 @@ class AcquisitionWorker(threading.Thread):
             state at reconnect and do not resume.
         on_safety: called (on this thread) with every :class:`SafetyEvent`: the daemon
             publishes and audits it.
+        on_triggers: called (on this thread) with ``(device, events)`` for a frame whose
+            ``meta["triggers"]`` lists trigger events its driver decoded: the daemon publishes
+            them on ``markers/<device>``.
     """
 
     #: how often (s) a running driver's ``descriptor()`` is re-read; a changed one (e.g. a
@@ -164,6 +167,7 @@ class AcquisitionWorker(threading.Thread):
         reconnect_max_s: float = 5.0,
         on_fault: bool = False,
         on_safety: Callable[[SafetyEvent], None] | None = None,
+        on_triggers: Callable[[str, Any], Any] | None = None,
     ) -> None:
         super().__init__(name=f"acq-{name}", daemon=True)
         self.device = name
@@ -190,6 +194,7 @@ class AcquisitionWorker(threading.Thread):
         # -- safe state
         self.on_fault = on_fault
         self.on_safety = on_safety
+        self.on_triggers = on_triggers
         #: the driver has an output to make safe (it overrides Driver.enter_safe_state)
         self.has_output = driver_cls.enter_safe_state is not Driver.enter_safe_state
         #: the driver has a thread-safe fast path (Driver.cut_output)
@@ -381,6 +386,12 @@ class AcquisitionWorker(threading.Thread):
                     self._seq = seq + 1
                     stats.frames_acquired += 1
                     q.put_frame(FrameItem(seq, item))
+                    meta = item.meta
+                    if meta and "triggers" in meta and self.on_triggers is not None:
+                        try:
+                            self.on_triggers(self.device, meta["triggers"])
+                        except Exception:  # noqa: BLE001 - a marker must never stop the stream
+                            log.exception("%s: publishing trigger events failed", self.device)
                 elif isinstance(item, Gap):
                     q.put_control(GapItem(self._seq, item.lost_frames, item.lost_samples, item.reason))
                     self._seq += item.lost_frames

@@ -63,6 +63,7 @@ BENCHES: dict[str, str] = {
     "cameras": "medacq.daemon.bench.cameras:bench_cameras",
     "dicom": "medacq.daemon.bench.dicom:bench_dicom",
     "nuclear": "medacq.daemon.bench.nuclear:bench_nuclear",
+    "timeline": "medacq.daemon.bench.timeline:bench_timeline",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
@@ -86,6 +87,7 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
                     "(default %(default)s)")
     sp.add_argument("--keep", action="store_true", help="rig: keep the rig's config and logs (printed on stderr; "
                     "the recording is always removed)")
+    sp.add_argument("--triggers", type=int, default=200, help="timeline: trigger events (default %(default)s)")
     sp.add_argument("--under-load", action="store_true", help="detector, ultrasound: run the benchmark idle, then "
                     "again beside the whole default rig (as bench rig runs it); report both")
 

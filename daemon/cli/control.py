@@ -52,6 +52,23 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mark(args: argparse.Namespace) -> int:
+    """``medacq mark TEXT [--source NAME]``: a software marker on ``markers/<source>``."""
+    from medacq.daemon.client.api import ControlClient, DaemonUnreachable, RequestFailed
+
+    control, _, _ = rig_endpoints(args)
+    endpoint = args.endpoint or control
+    try:
+        with ControlClient(endpoint, timeout=args.timeout, curve=client_curve(args)) as c:
+            result = c.request("mark", text=args.text, source=args.source)
+    except DaemonUnreachable:
+        raise CliError(f"no medacq daemon answers at {endpoint} (is it running? --config/--endpoint?)", 3) from None
+    except RequestFailed as exc:
+        raise CliError(f"daemon refused mark: {exc}", 1) from None
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from medacq.daemon.client.api import Subscriber
 
@@ -134,6 +151,13 @@ def register(sub: Any) -> None:
     sp.add_argument("--timeout", type=float, default=5.0)
     add_endpoint_args(sp)
     sp.set_defaults(fn=cmd_ctl)
+
+    sp = sub.add_parser("mark", help="publish a software marker on markers/<source> (host clocks at receipt)")
+    sp.add_argument("text", help="the marker's label (at most 128 UTF-8 bytes)")
+    sp.add_argument("--source", default="operator", help="marker stream name (default operator)")
+    sp.add_argument("--timeout", type=float, default=5.0)
+    add_endpoint_args(sp)
+    sp.set_defaults(fn=cmd_mark)
 
     sp = sub.add_parser("tail", help="print live headers and rates of a topic prefix")
     sp.add_argument("topic", nargs="?", default="", help="topic prefix, e.g. raw/eeg0 or recon/")

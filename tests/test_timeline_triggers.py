@@ -1,0 +1,148 @@
+"""The rig trigger bus: TTL edges in each simulated device's own data, decoded by the real drivers,
+published on markers/<device> by the daemon, placed on the host timeline by each stream's clock fit
+and corrected by the bus."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medacq.daemon.bench.timeline import bus_corrected, run_timeline
+from medacq.protocols import cyton as cy
+from medacq.protocols import hackeeg as he
+from medacq.protocols._sansio import NEED_DATA
+from medacq.simulators.cyton import CytonInterface
+from medacq.simulators.hackeeg import HackEEGInterface
+from medacq.simulators.trigger_bus import DelayedInterface, TriggerBus, TriggerInput, apply_trigger_fault
+
+
+def test_bus_pulses_levels_and_side_door():
+    bus = TriggerBus(width_s=0.01)
+    bus.pulse(1.0)
+    assert not bus.level(0.999) and bus.level(1.0) and bus.level(1.0099) and not bus.level(1.01)
+    with pytest.raises(ValueError):
+        bus.pulse(1.005)  # overlaps
+    r = apply_trigger_fault(bus, "trigger_train", {"n": 5, "period_s": 0.1, "start_in_s": 10.0})
+    assert len(r["edges"]) == 5 and np.allclose(np.diff(r["edges"]), 0.1)
+    with pytest.raises(ValueError):
+        apply_trigger_fault(bus, "trigger_train", {"n": 2, "period_s": 0.005})  # width >= period
+    with pytest.raises(ValueError):
+        apply_trigger_fault(bus, "explode", {})
+
+
+def _cyton_packets(data: bytes) -> list[cy.CytonSample]:
+    c = cy.CytonHostCodec()
+    c.receive_data(data)
+    out = []
+    while (ev := c.next_event()) is not NEED_DATA:
+        if isinstance(ev, cy.CytonSample):
+            out.append(ev)
+    return out
+
+
+@pytest.mark.parametrize("line, word, bit", [("D11", 0, 8), ("D12", 0, 0), ("D17", 1, 0), ("D18", 2, 0)])
+def test_cyton_digital_read_aux_carries_the_line_at_its_own_sample_clock(line, word, bit):
+    """Board mode digital: auxData[0] = D11<<8 | D12, [1] = D13<<8 | D17, [2] = D18 (firmware
+    updateChannelData), the level read at each packet's own time on a +1000 ppm crystal."""
+    bus = TriggerBus(width_s=0.02)
+    sim = CytonInterface(seed=1, daisy=False, clock_ppm=1000.0)
+    sim.trigger = TriggerInput(bus, line, epoch=100.0)
+    t_edge = 100.0 + 0.5  # true time; the stream starts at adapter time 0
+    bus.pulse(t_edge)
+    sim.on_bytes(b"/3", 0.0)
+    sim.on_bytes(b"b", 0.0)
+    pk = _cyton_packets(sim.poll(1.0))
+    period = 1 / (250 * (1 + 1000e-6))
+    high = [k for k, p in enumerate(pk) if int.from_bytes(p.aux[2 * word:2 * word + 2], "big") >> bit & 1]
+    first = int(np.ceil(0.5 / period - 1e-9))  # the first packet sampled at or after the edge
+    assert high[0] == first and len(high) in (5, 6)  # 20 ms at ~4 ms per packet
+    assert high == list(range(first, first + len(high)))
+    other = [w for w in range(3) if w != word]
+    assert all(p.aux[2 * w:2 * w + 2] == b"\0\0" for p in pk for w in other)
+
+
+def test_hackeeg_status_word_gpio_bit():
+    bus = TriggerBus(width_s=0.005)
+    sim = HackEEGInterface(seed=1, rate=1000)
+    sim.trigger = TriggerInput(bus, "GPIO3", epoch=0.0)
+    bus.pulse(0.2503)
+    sim.on_bytes(b"jsonlines\n", 0.0)
+    sim.on_bytes(b'{"COMMAND":"rdatac"}\n', 0.0)
+    codec = he.HackEEGHostCodec()
+    codec.receive_data(sim.poll(0.5))
+    st = []
+    while (ev := codec.next_event()) is not NEED_DATA:
+        if isinstance(ev, he.HackEEGSample):
+            st.append(ev.status)
+    high = [k for k, s in enumerate(st) if s & 0b100]
+    assert high == list(range(251, 256))  # samples at 251..255 ms see the 250.3..255.3 ms pulse
+    assert all(s >> 20 == 0b1100 and s & 0b1011 == 0 for s in st)
+
+
+def test_delayed_interface_delays_bytes_not_the_device_timeline():
+    sim = HackEEGInterface(seed=1, rate=1000, usb_frame_s=0.0)
+    d = DelayedInterface(sim, latency_s=0.01, jitter_s=0.0)
+    d.on_bytes(b"jsonlines\n", 0.0)
+    d.on_bytes(b'{"COMMAND":"rdatac"}\n', 0.01)  # the device's clock reads 0 then (its bytes leave 10 ms later)
+    assert d.next_deadline() == pytest.approx(0.01)  # sample 0, taken at device t = 0, leaves at 10 ms
+    codec = he.HackEEGHostCodec()
+    codec.receive_data(d.poll(0.0105))
+    got = []
+    while (ev := codec.next_event()) is not NEED_DATA:
+        if isinstance(ev, he.HackEEGSample):
+            got.append(ev.sample_number)
+    assert got == [0]
+    assert d.next_deadline() == pytest.approx(sim.next_deadline() + 0.01) == pytest.approx(0.011)
+    assert d.truth()["link_latency_s"] == 0.01
+
+
+def test_bus_correction_removes_a_constant_offset_from_previous_events_only():
+    e = [5.0 + (0.1 if i % 2 else -0.1) for i in range(20)]
+    e[3] = None
+    c = bus_corrected(e, window=50, min_events=5)
+    assert c[:6] == [None] * 6  # events 0-5: fewer than 5 earlier ones (event 3 missed)
+    assert all(abs(v) <= 0.2 + 1e-9 for v in c[6:] if v is not None) and c[3] is None
+
+
+@pytest.fixture(scope="module")
+def timeline():
+    # +-1000 ppm crystals (so drift shows within seconds) and a 5 ms latency on the Cyton's link that no
+    # clock fit can see; 2 ms jitter on every link
+    return run_timeline(40, drift_ppm=1000.0, jitter_s=0.002, seed=3, latency_s={"eeg0": 0.005}, warmup_s=3.0)
+
+
+def test_a_trigger_is_recovered_in_every_stream_that_carries_it(timeline):
+    r = timeline
+    assert r["bad_messages"] == 0
+    for s in r["per_stream"]:
+        assert s["events_seen"] == 40, s  # every pulse, in every stream, matched to its true time
+    for name, errs in r["errors_ms"].items():
+        bar = next(s["bar_ms"] for s in r["per_stream"] if s["stream"] == name)
+        corrected = [v for v in bus_corrected(errs) if v is not None]
+        assert len(corrected) >= 34
+        # half a sample period (1 ms at >= 1 kHz) plus 1 ms for the clock fit's noise on a loaded host
+        assert max(abs(v) for v in corrected) <= bar + 1.0, (name, corrected)
+
+
+def test_the_bus_corrects_what_the_clock_fit_cannot_see(timeline):
+    err = timeline["errors_ms"]
+    raw = np.array([v for v in err["eeg0"] if v is not None])
+    assert 3.0 < np.median(raw) < 8.0  # the 5 ms link latency stays in the fitted host times
+    cor = np.array([v for v in bus_corrected(err["eeg0"]) if v is not None])
+    assert abs(np.median(cor)) < 1.0
+
+
+def test_drifting_device_clocks_are_corrected(timeline):
+    """The device's own clock (sample index / nominal rate) runs 1000 ppm off; the stream's host
+    times (fitted mapping) do not: their error does not grow across the train."""
+    edges = np.array(timeline["edges_s"])
+    for name, rate, sign in (("eeg0", 250.0, 1), ("ekg0", 1000.0, -1)):
+        k = np.array([np.nan if v is None else v for v in timeline["samples"][name]], dtype=float)
+        e = np.array([np.nan if v is None else v for v in timeline["errors_ms"][name]], dtype=float)
+        ok = ~np.isnan(k)
+        nominal = (k[ok] - k[ok][0]) / rate  # device time since the first event
+        drift_ms = (nominal - (edges[ok] - edges[ok][0])) * 1e3  # grows ~1 ms per s (+- a sample)
+        span = edges[ok][-10:].mean() - edges[ok][:10].mean()
+        expected = sign * 1000e-6 * span * 1e3
+        assert abs((drift_ms[-10:].mean() - drift_ms[:10].mean()) - expected) < 0.5 * abs(expected)
+        assert abs(e[ok][-10:].mean() - e[ok][:10].mean()) < 1.5  # the fitted host times do not drift
