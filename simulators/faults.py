@@ -33,7 +33,8 @@ from medacq.simulators.adapters import SimulatorServer
 
 __all__ = ["FaultServer", "apply_fault", "FAULTS"]
 
-FAULTS = ("pull_cable", "stall", "corrupt", "garbage", "slow_replies", "drop", "device_error")
+FAULTS = ("pull_cable", "stall", "corrupt", "garbage", "slow_replies", "drop", "device_error", "trigger",
+          "trigger_train")
 
 _DEVICE_ERROR_ARGS = frozenset({"message", "n", "code"})
 
@@ -65,6 +66,14 @@ def apply_fault(server: SimulatorServer, fault: str, args: dict[str, Any]) -> di
                 code = int(code, 0)  # "0x81" as well as "129"
             server.call(device.inject_error, str(args.get("message", "device fault")), int(args.get("n", 1)),
                         None if code is None else int(code))
+        elif fault in ("trigger", "trigger_train"):  # a pulse on the rig trigger bus this device is cabled to
+            dev = getattr(server.interface, "inner", server.interface)
+            cable = getattr(dev, "trigger", None)
+            if cable is None:
+                raise ValueError(f"{fault}: no trigger input is cabled to this simulator (RigEntry trigger_line)")
+            from medacq.simulators.trigger_bus import apply_trigger_fault
+
+            return {"address": server.address, "applied": fault, **apply_trigger_fault(cable.bus, fault, args)}
         else:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
     except KeyError as exc:

@@ -146,3 +146,24 @@ def test_drifting_device_clocks_are_corrected(timeline):
         expected = sign * 1000e-6 * span * 1e3
         assert abs((drift_ms[-10:].mean() - drift_ms[:10].mean()) - expected) < 0.5 * abs(expected)
         assert abs(e[ok][-10:].mean() - e[ok][:10].mean()) < 1.5  # the fitted host times do not drift
+
+
+def test_the_fault_side_door_fires_the_bus_a_device_is_cabled_to():
+    """``medacq fault eeg0 trigger`` / ``trigger_train``: pulses on the bus of the simulator's cable;
+    a simulator with no cable says so."""
+    from medacq.simulators.adapters import SimulatorServer
+    from medacq.simulators.faults import apply_fault
+
+    bus = TriggerBus(width_s=0.005)
+    cabled = CytonInterface(seed=1, daisy=False)
+    cabled.trigger = TriggerInput(bus, "D11", epoch=0.0)
+    srv, bare = SimulatorServer(cabled, "tcp"), SimulatorServer(HackEEGInterface(seed=2), "tcp")
+    try:
+        r = apply_fault(srv, "trigger_train", {"n": 3, "period_s": 0.05, "start_in_s": 1.0})
+        assert r["applied"] == "trigger_train" and len(r["edges"]) == 3 and np.allclose(np.diff(r["edges"]), 0.05)
+        assert bus.level(r["edges"][1]) and not bus.level(r["edges"][1] - 0.001)
+        with pytest.raises(ValueError, match="no trigger input is cabled"):
+            apply_fault(bare, "trigger", {})
+    finally:
+        srv.stop()
+        bare.stop()
