@@ -24,6 +24,8 @@ DRIVERS: dict[str, str] = {
     "mri": "medacq.drivers.mri:MriDriver",
     "gige": "medacq.drivers.gige:GigEDriver",
     "pet": "medacq.drivers.pet:PetDriver",
+    "tactile": "medacq.drivers.tactile:TactileDriver",
+    "us_swe": "medacq.drivers.us_elastography:ElastographyDriver",
     "spect": "medacq.drivers.spect:SpectDriver",
 }
 

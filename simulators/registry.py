@@ -26,6 +26,8 @@ SIMULATORS: dict[str, str] = {
     "gige": "medacq.simulators.gige_camera:make",
     "mri": "medacq.simulators.mri:make",
     "pet": "medacq.simulators.pet_ring:make",
+    "tactile": "medacq.simulators.tactile:make",
+    "us_swe": "medacq.simulators.us_swe:make",
     "spect": "medacq.simulators.gamma_camera:make",
 }
 

@@ -17,7 +17,9 @@ from conftest import run_medacq
 
 # one plausible typo per modality (the key a user meant, misspelt or borrowed from the device)
 TYPOS = {"synthetic": "alpah", "us": "angles", "eeg": "windows_s", "ekg": "hr_leads", "meg": "notch",
-         "xray": "publish_evry", "ct": "output_sz", "eit": "lambda"}
+         "xray": "publish_evry", "ct": "output_sz", "eit": "lambda", "mri": "combne", "pet": "iteratons",
+         "spect": "subset", "thermal": "emisivity", "photo": "gama", "endoscope": "white_balanse",
+         "tactile": "treshold", "swe": "axial_windw"}
 
 
 def test_every_registered_modality_has_a_strict_settings_model_with_documented_defaults():

@@ -63,6 +63,7 @@ BENCHES: dict[str, str] = {
     "cameras": "medacq.daemon.bench.cameras:bench_cameras",
     "dicom": "medacq.daemon.bench.dicom:bench_dicom",
     "nuclear": "medacq.daemon.bench.nuclear:bench_nuclear",
+    "elastography": "medacq.daemon.bench.elastography:bench_elastography",
     "timeline": "medacq.daemon.bench.timeline:bench_timeline",
 }
 

@@ -52,14 +52,18 @@ class ThermalSettings(BaseModel):
 
     blackbody_c: float | None = Field(35.0, description="the reference black body's temperature, °C (None: no "
                                       "drift correction)")
-    blackbody_roi: Roi = Field(default_factory=lambda: [40 / 480, 40 / 640, 100 / 480, 100 / 640])
-    canthus_roi: Roi = Field(default_factory=lambda: [165 / 480, 285 / 640, 195 / 480, 355 / 640])
-    face_roi: Roi = Field(default_factory=lambda: [60 / 480, 210 / 640, 330 / 480, 430 / 640])
+    blackbody_roi: Roi = Field(default_factory=lambda: [40 / 480, 40 / 640, 100 / 480, 100 / 640],
+                               description="the black body's region, [y0, x0, y1, x1] fractions of the frame")
+    canthus_roi: Roi = Field(default_factory=lambda: [165 / 480, 285 / 640, 195 / 480, 355 / 640],
+                             description="the inner eye corners' region (screening maximum), fractions")
+    face_roi: Roi = Field(default_factory=lambda: [60 / 480, 210 / 640, 330 / 480, 430 / 640],
+                          description="the face's region (statistics), fractions")
     drift_tau_frames: float = Field(30.0, ge=1, description="running mean of the black-body error, frames")
     fever_threshold_c: float = Field(37.5, description="canthus maximum at or above this: fever")
     emissivity: float | None = Field(None, gt=0, le=1, description="override the device's emissivity")
     view_every: int = Field(1, ge=1, description="publish the colour view every N frames")
-    view_range_c: list[float] = Field(default_factory=lambda: [20.0, 40.0])
+    view_range_c: list[float] = Field(default_factory=lambda: [20.0, 40.0],
+                                      description="colour view range [low, high], °C")
 
 
 class ThermalReconstructor(Reconstructor):
@@ -112,7 +116,8 @@ class EndoscopeSettings(BaseModel):
 
     white_balance: str = Field("gray_world", description="gray_world (auto, smoothed) or fixed")
     wb_gains: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="fixed R, G, B gains")
-    color_matrix: list[list[float]] = Field(default_factory=lambda: np.eye(3).tolist())
+    color_matrix: list[list[float]] = Field(default_factory=lambda: np.eye(3).tolist(),
+                                            description="3x3 colour correction matrix applied to linear RGB")
     distortion_k1: float = Field(-0.12, description="radial distortion of the optics (0: none)")
     demosaic: str = Field("superpixel", description="superpixel (half resolution, fast: the live view) or "
                           "bilinear (full resolution)")
@@ -168,8 +173,8 @@ class PhotoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chart_roi: Roi | None = Field(None, description="[y0, x0, y1, x1] fractions; None: the simulator's layout")
-    gap_ratio: float = Field(0.125, ge=0, le=1)
-    publish_image: bool = True
+    gap_ratio: float = Field(0.125, ge=0, le=1, description="gap between patches as a fraction of a patch's side")
+    publish_image: bool = Field(True, description="also publish the colour-corrected image (else the figures only)")
 
 
 def _default_chart(h: int, w: int) -> list[float]:

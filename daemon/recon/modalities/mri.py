@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
@@ -36,8 +36,9 @@ class MriReconSettings(BaseModel):
     log |k| too."""
 
     model_config = ConfigDict(extra="forbid")
-    combine: Literal["rss", "adaptive"] = "rss"
-    kspace_view: bool = True
+    combine: Literal["rss", "adaptive"] = Field(
+        "rss", description="coil combination: rss (root-sum-of-squares) or adaptive (Walsh, 7x7 neighbourhoods)")
+    kspace_view: bool = Field(True, description="also publish coil 0's log |k| on recon/<stream>/kspace")
 
 
 class MriReconstructor(Reconstructor):

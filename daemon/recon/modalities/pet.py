@@ -70,17 +70,18 @@ class PetReconSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_s: float = Field(2.0, gt=0)
-    dynamic: bool = False
-    image_size: int = Field(128, ge=16, le=512)
-    fov_mm: float = Field(320.0, gt=0)
-    subsets: int = Field(10, ge=1, le=90)
-    iterations: int = Field(3, ge=1, le=50)
-    mu_map: str = "phantom"
-    delay_ps: float = Field(100_000.0, gt=0)
-    cwindow_ps: float | None = Field(None, gt=0)
-    ewindow_kev: tuple[float, float] | None = None
-    scatter: bool = True
+    frame_s: float = Field(2.0, gt=0, description="device seconds per published image.")
+    dynamic: bool = Field(False, description="each image holds only its frame's counts (dynamic frames); "
+                          "else counts accumulate.")
+    image_size: int = Field(128, ge=16, le=512, description="pixels per side.")
+    fov_mm: float = Field(320.0, gt=0, description="image side, mm.")
+    subsets: int = Field(10, ge=1, le=90, description="OSEM subsets per iteration.")
+    iterations: int = Field(3, ge=1, le=50, description="OSEM iterations per image.")
+    mu_map: str = Field("phantom", description="phantom, none or a path to a .npy μ-map (1/mm, (image_size,)*2).")
+    delay_ps: float = Field(100_000.0, gt=0, description="delayed-window offset, ps.")
+    cwindow_ps: float | None = Field(None, gt=0, description="override the device's windows.")
+    ewindow_kev: tuple[float, float] | None = Field(None, description="override the device's windows.")
+    scatter: bool = Field(True, description="estimate and model scatter (tail fit).")
 
 
 class PetFrameAccumulator:

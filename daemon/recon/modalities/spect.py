@@ -55,18 +55,20 @@ class SpectReconSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_s: float | None = Field(None, gt=0)
-    image_size: int = Field(128, ge=16, le=512)
-    fov_mm: float = Field(320.0, gt=0)
-    slice_mm: float = Field(20.0, gt=0)
-    subsets: int = Field(6, ge=1, le=60)
-    iterations: int = Field(4, ge=1, le=50)
-    peak_pct: float = Field(10.0, gt=0, le=30)
-    side_kev: float = Field(6.0, gt=0, le=30)
-    energy_fwhm: float = Field(0.10, gt=0, le=0.5)
-    intrinsic_fwhm_mm: float = Field(3.5, ge=0)
-    mu_map: str = "phantom"
-    scatter: bool = True
+    frame_s: float | None = Field(None, gt=0,
+                                  description="device seconds per image (None: one rotation, stops x dwell).")
+    image_size: int = Field(128, ge=16, le=512, description="image grid (projections use the same bins).")
+    fov_mm: float = Field(320.0, gt=0, description="image grid (projections use the same bins).")
+    slice_mm: float = Field(20.0, gt=0, description="axial slab reconstructed.")
+    subsets: int = Field(6, ge=1, le=60, description="OSEM subsets per iteration.")
+    iterations: int = Field(4, ge=1, le=50, description="OSEM iterations per image.")
+    peak_pct: float = Field(10.0, gt=0, le=30, description="photopeak window, ± percent of the photon energy.")
+    side_kev: float = Field(6.0, gt=0, le=30, description="width of each TEW side window, keV.")
+    energy_fwhm: float = Field(0.10, gt=0, le=0.5, description="relative energy resolution (photopeak acceptance).")
+    intrinsic_fwhm_mm: float = Field(3.5, ge=0, description="intrinsic resolution of the camera.")
+    mu_map: str = Field("phantom", description="phantom, none or a .npy of μ at 511 keV (1/mm; scaled to the "
+                        "photon energy).")
+    scatter: bool = Field(True, description="TEW scatter estimate on/off.")
 
 
 class SpectReconstructor(Reconstructor):

@@ -1,0 +1,302 @@
+"""``medacq bench elastography``: tissue stiffness figures (issue #18).
+
+Tactile imaging (one JSON object with ``--json``):
+
+* The probe is calibrated first, as on the bench: the zero map at open, and a gain map
+  from a 5 kPa uniform bladder load (the same simulated cells, in-process, unpaced;
+  ``tactile_calibration_s``).
+* ``tactile_gaps``: a 32×32 MTP/1 probe simulator (another process, ``medacq sim tactile``,
+  paced, on a pty) at the protocol's full rate (``tactile_rate_hz``, 500 frames/s) → driver
+  → daemon → ZeroMQ → subscriber, for ``tactile_duration_s``: every frame lost anywhere on
+  the way (driver counter jumps, daemon queue drops, subscriber holes). ``tactile_fps``
+  is the delivered rate; ``tactile_frames`` the frames delivered.
+* ``tactile_position_error_cells``: the reconstruction stage's inclusion estimate
+  (``recon/tac0/inclusion``) on every frame at full press, against the simulator's truth:
+  the largest Euclidean distance, in cells. ``tactile_diameter_mm`` (a surface footprint,
+  next to ``tactile_true_diameter_mm``), ``tactile_relative_stiffness`` (pressure-vs-depth
+  slope over the inclusion / background, next to the model's surface contrast
+  ``tactile_surface_stiffness_ratio``); ``tactile_recon_dropped``: frames the stage's
+  ``fifo`` (250 ms age bound) queue dropped.
+
+Shear-wave elastography: one push ensemble of the ``us_swe`` scanner simulator (150
+frames at 10 kHz = 15 ms of plane-wave tracking, 101 lines × 0.3 mm, 12..40 mm deep, the
+int16 IQ that goes on the wire), processed as the ``swe`` reconstructor does:
+
+* ``modulus_error_inclusion`` / ``modulus_error_background``: relative error of the median
+  Young's modulus in the stiff inclusion's core (within 0.6 radius) / in the background
+  (≥ 2 mm from both inclusions, ≥ 6 mm from the push), against the phantom's truth.
+* ``inclusion_diameter_error_mm``: the segmented stiff region's equivalent diameter minus
+  the true one. ``soft_modulus_error``: the same as the first, for the soft inclusion.
+* ``displacement_bias_um``: mean of (Loupas interframe displacement − the simulator's true
+  interframe displacement at the pixel) over every frame and pixel of that region;
+  ``displacement_rms_um`` beside it.
+* ``swe_process_ms_p99``: displacement + speed map + modulus + segmentation of one ensemble
+  (p99 of 20; the numba kernel when installed), ``swe_process_ms_p99_numpy`` with the plain
+  numpy displacement kernel (p99 of 5) in the same run, and ``loupas_ms_numba`` /
+  ``loupas_ms_numpy`` for the displacement kernel alone. The simulator renders *beamformed*
+  IQ: no DAS beamforming is in this figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bench_elastography"]
+
+TACTILE_RATE_HZ = 500.0
+TACTILE_OPTIONS = {"rows": 32, "cols": 32, "pitch_mm": 1.25, "seed": 3, "inclusion_x_mm": -6.25,
+                   "inclusion_y_mm": 5.0}
+
+
+def _log(msg: str) -> None:
+    print(f"  elastography: {msg}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _calibrate_gain_map(path: str) -> float:
+    """Bladder calibration of the bench's probe (same seed, so the same cells): 5 kPa uniform,
+    the simulator unpaced on a pty, through the daemon (no gain map: every cell at gain 1);
+    the map (mean reading / 5 kPa per cell, as ``medacq.drivers.tactile.gain_map_from_uniform``)
+    is saved to ``path``. Returns the seconds taken."""
+    from medacq.client import Subscriber
+    from medacq.daemon.acquisition.service import AcquisitionDaemon
+    from medacq.daemon.common.config import parse_config
+    from medacq.simulators.adapters import SimulatorServer
+    from medacq.simulators.tactile import make
+
+    t0 = time.perf_counter()
+    kpa = 5.0
+    sim = make(**TACTILE_OPTIONS, load="bladder", bladder_kpa=kpa, air_s=0.5, creep_tau_s=0.2)
+    ep = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
+    frames: list[np.ndarray] = []
+    with SimulatorServer(sim, "pty", paced=False) as srv:
+        cfg = parse_config({"daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1]},
+                            "device": [{"name": "cal", "kind": "tactile", "address": srv.address,
+                                        "settings": {"rate_hz": TACTILE_RATE_HZ,
+                                                     "pitch_mm": float(TACTILE_OPTIONS["pitch_mm"])}}]})
+        with Subscriber(cfg.daemon.data_endpoint, "raw/cal") as sub:
+            sub.wait_connected()
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                deadline = time.monotonic() + 60
+                while len(frames) < 300 and time.monotonic() < deadline:
+                    m = sub.recv(timeout=1.0)
+                    if m is not None and m.array is not None and (m.header.get("t_device") or 0) >= 1.5:
+                        frames.append(np.array(m.array, dtype=np.float64))
+            finally:
+                d.shutdown()
+    if len(frames) < 300:
+        raise RuntimeError(f"bladder calibration: only {len(frames)} frames")
+    f = np.stack(frames)
+    n = np.isfinite(f).sum(axis=0)
+    g = np.where(n > 0, np.nansum(f, axis=0) / np.maximum(n, 1), np.nan) / kpa
+    g[~np.isfinite(g) | (g <= 0.05)] = np.nan
+    np.save(path, g)
+    return time.perf_counter() - t0
+
+
+def _tactile(duration: float) -> dict[str, Any]:
+    from medacq.client import Subscriber
+    from medacq.daemon.acquisition.service import AcquisitionDaemon
+    from medacq.daemon.common.config import parse_config
+    from medacq.daemon.recon.stage import ReconStage
+    from medacq.simulators.tactile_model import TactileOptions, TissueContact
+
+    opts = TactileOptions.model_validate(TACTILE_OPTIONS)
+    truth = TissueContact(opts).truth()
+    ep = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(4)]
+    link_dir = tempfile.mkdtemp(prefix="medacq-bench-tactile-")
+    gain_map = os.path.join(link_dir, "gain_map.npy")
+    cal_s = _calibrate_gain_map(gain_map)
+    sim = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "sim", "tactile",
+                            *[f"{k}={v}" for k, v in TACTILE_OPTIONS.items()],
+                            "--name", "tac0", "--link-dir", link_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        address = sim.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the tactile simulator did not start")
+        cfg = parse_config({
+            "daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1]},
+            "recon": {"data_endpoint": ep[2], "control_endpoint": ep[3]},
+            "device": [{"name": "tac0", "kind": "tactile", "address": address,
+                        "settings": {"rate_hz": TACTILE_RATE_HZ, "pitch_mm": opts.pitch_mm,
+                                     "gain_map": gain_map}}],
+        })
+        stage = ReconStage(cfg).start()
+        with Subscriber(cfg.daemon.data_endpoint, "raw/tac0") as raw, \
+                Subscriber(cfg.recon.data_endpoint, "recon/tac0/inclusion") as rec:
+            raw.wait_connected()
+            rec.wait_connected()
+            d = AcquisitionDaemon(cfg).start()
+            try:
+                n = 0
+                t_first = t_last = 0.0
+                counters: list[int] = []
+                seqs: list[int] = []
+                incs: list[dict[str, Any]] = []
+                end = None
+                t_wait = time.monotonic() + 30
+                while end is None or time.monotonic() < end:
+                    m = raw.recv(timeout=0.02)
+                    if m is not None and m.array is not None and m.header["stream"] == "tac0":
+                        now = time.monotonic()
+                        if n == 0:
+                            t_first, end = now, now + duration
+                        t_last = now
+                        n += 1
+                        counters.append(int(m.header["meta"]["device_frame"]))
+                        seqs.append(int(m.header["seq"]))
+                    while (r := rec.recv(timeout=0)) is not None:
+                        if r.array is not None:
+                            incs.append({**r.header["meta"], "seq": (r.header.get("source") or {}).get("seq")})
+                    if end is None and time.monotonic() > t_wait:
+                        break
+                time.sleep(0.3)
+                while (r := rec.recv(timeout=0.05)) is not None:
+                    if r.array is not None:
+                        incs.append({**r.header["meta"], "seq": (r.header.get("source") or {}).get("seq")})
+                dstat = d.status()["streams"]["tac0"]
+                sstat = stage.status()["streams"]["tac0"]
+            finally:
+                d.shutdown()
+                stage.shutdown()
+            raw_gap_frames = sum(g.count for g in raw.gaps)
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+        shutil.rmtree(link_dir, ignore_errors=True)
+    counter_holes = int(np.sum(np.diff(counters) - 1)) if len(counters) > 1 else 0
+    lost = int(dstat.get("gap_frames", 0)) + int(dstat.get("drops", 0)) + raw_gap_frames
+    # the recon results of the frames the raw window saw (the stage may run ahead of or behind it)
+    lo, hi = (min(seqs), max(seqs)) if seqs else (0, -1)
+    window = {m["seq"]: m for m in incs if m.get("seq") is not None and lo <= m["seq"] <= hi}
+    deep = [m for m in window.values() if (m.get("depth_mm") or 0) >= opts.depth_max_mm - 1e-6]
+    found = [m for m in deep if m.get("found")]
+    errs = [float(np.hypot(m["row"] - truth["inclusion_row"], m["col"] - truth["inclusion_col"])) for m in found]
+    rel = [m["relative_stiffness"] for m in found if m.get("relative_stiffness") is not None]
+    return {
+        "tactile_rate_hz": TACTILE_RATE_HZ,
+        "tactile_calibration_s": round(cal_s, 2),
+        "tactile_cells": [opts.rows, opts.cols],
+        "tactile_duration_s": duration,
+        "tactile_frames": n,
+        "tactile_fps": round((n - 1) / (t_last - t_first), 2) if n > 1 else 0.0,
+        "tactile_gaps": max(lost, counter_holes),
+        "tactile_counter_holes": counter_holes,
+        "tactile_recon_dropped": int(sstat.get("dropped", 0)),
+        "tactile_recon_results_in_window": len(window),
+        "tactile_full_press_frames": len(deep),
+        "tactile_detected_frames": len(found),
+        "tactile_position_error_cells": round(max(errs), 3) if errs and len(found) == len(deep) else None,
+        "tactile_position_error_cells_median": round(float(np.median(errs)), 3) if errs else None,
+        "tactile_diameter_mm": round(float(np.median([m["diameter_mm"] for m in found])), 2) if found else None,
+        "tactile_true_diameter_mm": truth["inclusion_diameter_mm"],
+        "tactile_relative_stiffness": round(float(np.median(rel)), 3) if rel else None,
+        "tactile_surface_stiffness_ratio": round(truth["surface_stiffness_ratio"], 3),
+        "tactile_true_modulus_ratio": round(truth["e_inclusion_kpa"] / truth["e_background_kpa"], 3),
+    }
+
+
+def _swe() -> dict[str, Any]:
+    from medacq.daemon.recon.algorithms import elastography as el
+    from medacq.simulators.swe_model import TrackingSetup
+    from medacq.simulators.us_swe import ElastographyScannerInterface
+
+    sim = ElastographyScannerInterface(setup=TrackingSetup(), seed=4)
+    t0 = time.perf_counter()
+    q, scale, ens = sim.ensemble()
+    render_s = time.perf_counter() - t0
+    s = ens.setup
+    iq = (q[..., 0].astype(np.float32) + 1j * q[..., 1].astype(np.float32)).astype(np.complex64) / np.float32(scale)
+    x, z = ens.x_mm, ens.z_mm
+    X, Z = np.meshgrid(x, z[::2])  # the maps' grid: every 2nd depth sample (process_ensemble's axial_step)
+    stiff, soft = sim.phantom.regions
+    args = (iq, ens.t_s, x, z, s.f0_hz, s.fs_iq_hz)
+    kernel = "numba" if el.HAVE_NUMBA else "numpy"
+    r = el.process_ensemble(*args, kernel=kernel)  # warm-up (numba compile or cache load)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        r = el.process_ensemble(*args, kernel=kernel)
+        times.append((time.perf_counter() - t) * 1e3)
+    times_np = []
+    for _ in range(5):
+        t = time.perf_counter()
+        r_np = el.process_ensemble(*args, kernel="numpy")
+        times_np.append((time.perf_counter() - t) * 1e3)
+    lk = {}
+    for name in (["numba"] if el.HAVE_NUMBA else []) + ["numpy"]:
+        fn = el.loupas_numba if name == "numba" else el.loupas_numpy
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn(iq, s.f0_hz, s.fs_iq_hz, 1540.0, 9, 2)
+            ts.append((time.perf_counter() - t) * 1e3)
+        lk[f"loupas_ms_{name}"] = round(float(np.median(ts)), 2)
+    core = (X - stiff.x_mm) ** 2 + (Z - stiff.z_mm) ** 2 <= (0.6 * stiff.radius_mm) ** 2
+    soft_core = (X - soft.x_mm) ** 2 + (Z - soft.z_mm) ** 2 <= (0.6 * soft.radius_mm) ** 2
+    bg = X > sim.wave().x_push_mm + 6.0
+    for reg in (stiff, soft):
+        bg &= (X - reg.x_mm) ** 2 + (Z - reg.z_mm) ** 2 > (reg.radius_mm + 2.0) ** 2
+    e_in = float(np.nanmedian(r.modulus_kpa[core]))
+    e_bg = float(np.nanmedian(r.modulus_kpa[bg]))
+    e_soft = float(np.nanmedian(r.modulus_kpa[soft_core]))
+    err = (r.velocity_um - np.diff(ens.displacement_um, axis=0)[:, ::2])[:, bg | core | soft_core]
+    inc = r.inclusion
+    return {
+        "modulus_error_inclusion": round(abs(e_in - stiff.e_kpa) / stiff.e_kpa, 4),
+        "modulus_error_background": round(abs(e_bg - sim.phantom.e_background_kpa) / sim.phantom.e_background_kpa, 4),
+        "inclusion_diameter_error_mm": round(abs(inc.diameter_mm - 2 * stiff.radius_mm), 3) if inc.found else None,
+        "displacement_bias_um": round(abs(float(err.mean())), 6),
+        "displacement_rms_um": round(float(np.sqrt((err ** 2).mean())), 4),
+        "swe_process_ms_p99": round(float(np.percentile(times, 99)), 1),
+        "swe_process_ms_p50": round(float(np.percentile(times, 50)), 1),
+        "swe_kernel": kernel,
+        "swe_process_ms_p99_numpy": round(float(np.percentile(times_np, 99)), 1),
+        "swe_process_ms_p50_numpy": round(float(np.percentile(times_np, 50)), 1),
+        **lk,
+        "swe_e_inclusion_kpa": round(e_in, 2), "swe_true_e_inclusion_kpa": stiff.e_kpa,
+        "swe_e_background_kpa": round(e_bg, 2), "swe_true_e_background_kpa": sim.phantom.e_background_kpa,
+        "soft_modulus_error": round(abs(e_soft - soft.e_kpa) / soft.e_kpa, 4),
+        "swe_inclusion_diameter_mm": round(inc.diameter_mm, 3) if inc.found else None,
+        "swe_true_inclusion_diameter_mm": 2 * stiff.radius_mm,
+        "swe_kernels_max_diff_um": round(float(np.max(np.abs(r.velocity_um - r_np.velocity_um))), 4),
+        "swe_kernels_e_inclusion_kpa_numpy": round(float(np.nanmedian(r_np.modulus_kpa[core])), 2),
+        "swe_ensemble_shape": list(q.shape), "swe_render_s": round(render_s, 2),
+        "swe_beamforming_included": False,
+    }
+
+
+def bench_elastography(args: argparse.Namespace) -> dict[str, Any]:
+    """Elastography and tactile benchmark; see the module docstring for the keys."""
+    result: dict[str, Any] = {"benchmark": "elastography"}
+    _log("shear-wave elastography: render one push ensemble, then process it ...")
+    result.update(_swe())
+    _log(f"swe: E inclusion error {result['modulus_error_inclusion']}, background {result['modulus_error_background']}, "
+         f"diameter error {result['inclusion_diameter_error_mm']} mm, p99 {result['swe_process_ms_p99']} ms "
+         f"({result['swe_kernel']}; numpy {result['swe_process_ms_p99_numpy']} ms)")
+    duration = max(5.0, 2.5 * float(getattr(args, "duration", 2.0)))
+    _log(f"tactile: 32x32 probe at {TACTILE_RATE_HZ:g} Hz for {duration} s through the daemon ...")
+    result.update(_tactile(duration))
+    _log(f"tactile: {result['tactile_fps']} fps, {result['tactile_gaps']} gaps, position error "
+         f"{result['tactile_position_error_cells']} cells")
+    return result

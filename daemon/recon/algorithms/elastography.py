@@ -1,0 +1,258 @@
+"""Shear-wave elastography algorithms: Loupas displacement, time-of-flight speed, modulus.
+
+Arrays are ``(frame, z, x)`` (slow time, depth, lateral) for ensembles and ``(z, x)`` for
+maps. Units: µm, mm, s, m/s, kPa.
+
+* :func:`loupas_displacement` -- the 2D autocorrelator of Loupas, Powers & Gill (1995):
+  between successive frames, the slow-time lag-one autocorrelation ``R(0,1)`` and the
+  fast-time lag-one autocorrelation ``R(1,0)``, each summed over an axial window of ``M``
+  samples, give the axial displacement ``u = -c/(4π) · arg R(0,1) / (f_demod + fs·arg R(1,0)/2π)``
+  (the mean RF frequency corrects for the attenuation downshift). Sign: positive =
+  away from the transducer (deeper), the convention of the IQ model ``exp(-j 4π f0 z / c)``.
+  A numba kernel (:func:`loupas_numba`, when numba is importable) and the plain numpy one
+  (:func:`loupas_numpy`) compute the same thing.
+* :func:`time_of_flight_speed` -- time to peak of the displacement at each pixel (parabolic
+  sub-frame interpolation), then the lateral slope of arrival time by least squares over
+  ``± half_window_mm``: ``c = 1 / |dT/dx|``; confidence = the fit's R² times a factor that
+  falls to 0 where the peak displacement is below ``min_peak_um``.
+* :func:`modulus_kpa` -- ``E = 3 ρ c²`` (ρ = 1000 kg/m³) in kPa.
+* :func:`segment_stiff_inclusion` -- the stiffest confident region (slowness beyond halfway
+  between the background median and the 99.5th percentile of speed), its equivalent diameter and
+  median modulus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["loupas_numpy", "loupas_numba", "loupas_displacement", "time_of_flight_speed", "modulus_kpa",
+           "segment_stiff_inclusion", "InclusionMap", "SweResult", "process_ensemble", "RHO_KG_M3",
+           "HAVE_NUMBA"]
+
+RHO_KG_M3 = 1000.0
+
+
+def _window_sum_z(a: np.ndarray, m: int) -> np.ndarray:
+    """Sum over a centred window of ``m`` samples along axis 1 (edges: what exists)."""
+    c = np.cumsum(a, axis=1)
+    c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)
+    nz = a.shape[1]
+    lo = np.clip(np.arange(nz) - m // 2, 0, nz)
+    hi = np.clip(np.arange(nz) - m // 2 + m, 0, nz)
+    return c[:, hi] - c[:, lo]
+
+
+def loupas_numpy(iq: np.ndarray, f_demod_hz: float, fs_hz: float, c_m_s: float = 1540.0,
+                 axial_window: int = 9, axial_step: int = 1) -> np.ndarray:
+    """Interframe axial displacement, µm ``float32 (frame - 1, z, x)``, plain numpy; with
+    ``axial_step`` > 1 only every ``axial_step``-th depth sample (``z[::axial_step]``) is estimated."""
+    a = np.asarray(iq, dtype=np.complex64)
+    r01 = np.conj(a[:-1]) * a[1:]
+    # fast-time lag one, over both frames of the pair
+    r10f = np.zeros_like(a)
+    r10f[:, :-1] = np.conj(a[:, :-1]) * a[:, 1:]
+    r10 = r10f[:-1] + r10f[1:]
+    s01 = _window_sum_z(r01, axial_window)[:, ::axial_step]
+    s10 = _window_sum_z(r10, axial_window)[:, ::axial_step]
+    f_mean = f_demod_hz + fs_hz * np.angle(s10) / (2 * np.pi)
+    return (-c_m_s / (4 * np.pi) * np.angle(s01) / f_mean * 1e6).astype(np.float32)
+
+
+try:  # optional compiled kernel
+    import numba as _nb
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba is optional
+    _nb = None
+    HAVE_NUMBA = False
+
+_numba_kernel: Callable[..., Any] | None = None
+
+
+def _build_numba() -> Callable[..., Any]:
+    assert _nb is not None
+
+    @_nb.njit(parallel=True, fastmath=True, cache=True)
+    def kernel(a, f_demod, fs, c, m, step, out):  # pragma: no cover - compiled
+        nf, nz, nx = a.shape
+        half = m // 2
+        k = -c / (4 * np.pi) * 1e6
+        for n in _nb.prange(nf - 1):
+            p01 = np.empty((nz + 1, nx), np.complex64)  # cumulative sums along z, row 0 = 0
+            p10 = np.empty((nz + 1, nx), np.complex64)
+            for x in range(nx):
+                p01[0, x] = 0
+                p10[0, x] = 0
+            for z in range(nz):
+                for x in range(nx):
+                    a0 = a[n, z, x]
+                    a1 = a[n + 1, z, x]
+                    p01[z + 1, x] = p01[z, x] + np.conj(a0) * a1
+                    if z + 1 < nz:
+                        v = np.conj(a0) * a[n, z + 1, x] + np.conj(a1) * a[n + 1, z + 1, x]
+                    else:
+                        v = 0
+                    p10[z + 1, x] = p10[z, x] + v
+            for zo in range(out.shape[1]):
+                zc = zo * step
+                lo = max(zc - half, 0)
+                hi = min(zc - half + m, nz)
+                for x in range(nx):
+                    s01 = p01[hi, x] - p01[lo, x]
+                    s10 = p10[hi, x] - p10[lo, x]
+                    f_mean = f_demod + fs * np.arctan2(s10.imag, s10.real) / (2 * np.pi)
+                    out[n, zo, x] = k * np.arctan2(s01.imag, s01.real) / f_mean
+    return kernel
+
+
+def loupas_numba(iq: np.ndarray, f_demod_hz: float, fs_hz: float, c_m_s: float = 1540.0,
+                 axial_window: int = 9, axial_step: int = 1) -> np.ndarray:
+    """Same as :func:`loupas_numpy`, compiled with numba (ImportError without numba)."""
+    global _numba_kernel
+    if not HAVE_NUMBA:
+        raise ImportError("numba is not installed")
+    if _numba_kernel is None:
+        _numba_kernel = _build_numba()
+    a = np.ascontiguousarray(iq, dtype=np.complex64)
+    nzo = (a.shape[1] + axial_step - 1) // axial_step
+    out = np.empty((a.shape[0] - 1, nzo, a.shape[2]), np.float32)
+    _numba_kernel(a, float(f_demod_hz), float(fs_hz), float(c_m_s), int(axial_window), int(axial_step), out)
+    return out
+
+
+def loupas_displacement(iq: np.ndarray, f_demod_hz: float, fs_hz: float, c_m_s: float = 1540.0,
+                        axial_window: int = 9, axial_step: int = 1) -> np.ndarray:
+    """The numba kernel when available, else numpy."""
+    if HAVE_NUMBA:
+        return loupas_numba(iq, f_demod_hz, fs_hz, c_m_s, axial_window, axial_step)
+    return loupas_numpy(iq, f_demod_hz, fs_hz, c_m_s, axial_window, axial_step)
+
+
+def time_of_flight_speed(disp_um: np.ndarray, t_s: np.ndarray, x_mm: np.ndarray, half_window_mm: float = 1.5,
+                         min_peak_um: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(speed m/s (z, x), confidence 0..1 (z, x), arrival s (z, x))`` from the cumulative
+    displacement ``disp_um (frame, z, x)`` at frame times ``t_s``."""
+    nf = disp_um.shape[0]
+    i = np.argmax(disp_um, axis=0)
+    ic = np.clip(i, 1, nf - 2)
+    zz, xx = np.indices(i.shape)
+    y0, y1, y2 = disp_um[ic - 1, zz, xx], disp_um[ic, zz, xx], disp_um[ic + 1, zz, xx]
+    den = y0 - 2 * y1 + y2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(den < 0, 0.5 * (y0 - y2) / den, 0.0)
+    frac = np.clip(frac, -0.5, 0.5)
+    dt = float(t_s[1] - t_s[0])
+    arrival = t_s[0] + (ic + frac) * dt
+    peak = y1
+    edge = (i == 0) | (i == nf - 1)
+    # lateral least-squares slope of arrival time over ±half_window (box sums)
+    pitch = float(x_mm[1] - x_mm[0])
+    k = max(1, int(round(half_window_mm / pitch)))
+    size = 2 * k + 1
+    xs = np.broadcast_to(x_mm[None, :], arrival.shape)
+    valid = (~edge).astype(np.float64)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter1d(a, size=size, axis=1, mode="constant") * size
+
+    n = box(valid)
+    sx, st = box(xs * valid), box(arrival * valid)
+    sxx, sxt, stt = box(xs * xs * valid), box(xs * arrival * valid), box(arrival * arrival * valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vx = sxx - sx * sx / n
+        vt = stt - st * st / n
+        cxt = sxt - sx * st / n
+        slope = cxt / vx  # s/mm
+        r2 = np.clip(cxt * cxt / (vx * vt), 0, 1)
+        speed = 1e-3 / np.abs(slope)  # m/s
+    ok = (n >= size - 0.5) & np.isfinite(speed)
+    amp_factor = np.clip((peak - min_peak_um) / min_peak_um, 0, 1)
+    conf = np.where(ok, r2 * amp_factor, 0.0)
+    speed = np.where(ok, speed, np.nan)
+    return speed.astype(np.float32), conf.astype(np.float32), arrival.astype(np.float32)
+
+
+def modulus_kpa(speed_m_s: np.ndarray) -> np.ndarray:
+    """Young's modulus ``E = 3 ρ c²`` in kPa (ρ = 1000 kg/m³)."""
+    return (3 * RHO_KG_M3 * np.asarray(speed_m_s, dtype=np.float64) ** 2 / 1e3).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionMap:
+    """The stiffest region: ``mask (z, x)``, centre (mm), equivalent ``diameter_mm``,
+    median ``e_kpa`` inside it (pixels ≥ 1 mm from its edge where there are any), and the
+    background median ``e_background_kpa``."""
+
+    found: bool
+    mask: np.ndarray
+    x_mm: float
+    z_mm: float
+    diameter_mm: float
+    e_kpa: float
+    e_background_kpa: float
+
+
+def segment_stiff_inclusion(e_kpa: np.ndarray, conf: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray,
+                            min_conf: float = 0.5) -> InclusionMap:
+    """Segment the stiffest confident region of a modulus map (module doc)."""
+    nan = float("nan")
+    good = (conf >= min_conf) & np.isfinite(e_kpa)
+    if good.sum() < 20:
+        return InclusionMap(False, np.zeros(e_kpa.shape, bool), nan, nan, nan, nan, nan)
+    c = np.sqrt(np.where(good, e_kpa, 0.0))
+    c_bg = float(np.median(c[good]))
+    c_hi = float(np.percentile(c[good], 99.5))
+    if c_hi < 1.3 * c_bg:
+        return InclusionMap(False, np.zeros(e_kpa.shape, bool), nan, nan, nan, nan, float(c_bg ** 2))
+    thr = 2.0 / (1.0 / c_bg + 1.0 / c_hi)  # halfway in slowness (the TOF fit averages slowness laterally)
+    cand = good & (c >= thr)
+    labels, nlab = ndimage.label(cand)
+    if nlab == 0:
+        return InclusionMap(False, cand, nan, nan, nan, nan, float(c_bg ** 2))
+    sizes = ndimage.sum(cand, labels, index=np.arange(1, nlab + 1))
+    mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = ndimage.binary_fill_holes(mask)
+    dx = float(x_mm[1] - x_mm[0])
+    dz = float(z_mm[1] - z_mm[0])
+    area = float(mask.sum()) * dx * dz
+    zz, xx = np.nonzero(mask)
+    dist = ndimage.distance_transform_edt(mask, sampling=(dz, dx))
+    inner = mask & (dist >= 1.0) & good
+    e_in = float(np.median(e_kpa[inner])) if inner.any() else float(np.median(e_kpa[mask & good]))
+    bg = good & ~ndimage.binary_dilation(mask, iterations=int(np.ceil(2.0 / dx)))
+    return InclusionMap(True, mask, float(x_mm[xx].mean()), float(z_mm[zz].mean()), float(2 * np.sqrt(area / np.pi)),
+                        e_in, float(np.median(e_kpa[bg])) if bg.any() else nan)
+
+
+@dataclass(frozen=True, slots=True)
+class SweResult:
+    """One push ensemble processed: interframe ``velocity_um`` (µm per frame), cumulative
+    ``displacement_um``, ``speed_m_s``, ``modulus_kpa``, ``confidence`` (maps ``(z, x)`` on the
+    depths ``z_mm``: every ``axial_step``-th input depth), and the stiff inclusion."""
+
+    velocity_um: np.ndarray
+    displacement_um: np.ndarray
+    speed_m_s: np.ndarray
+    modulus_kpa: np.ndarray
+    confidence: np.ndarray
+    inclusion: InclusionMap
+    z_mm: np.ndarray
+
+
+def process_ensemble(iq: np.ndarray, t_s: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, f_demod_hz: float,
+                     fs_hz: float, c_m_s: float = 1540.0, axial_window: int = 9, half_window_mm: float = 1.5,
+                     min_peak_um: float = 0.5, kernel: str = "auto", axial_step: int = 2) -> SweResult:
+    """Displacement (Loupas) → cumulative displacement → TOF speed → E map → inclusion, on
+    every ``axial_step``-th depth sample (the axial window still spans ``axial_window`` samples)."""
+    fn = {"auto": loupas_displacement, "numpy": loupas_numpy, "numba": loupas_numba}[kernel]
+    vel = fn(iq, f_demod_hz, fs_hz, c_m_s, axial_window, axial_step)
+    disp = np.concatenate([np.zeros_like(vel[:1]), np.cumsum(vel, axis=0)], axis=0)
+    speed, conf, _ = time_of_flight_speed(disp, t_s, x_mm, half_window_mm, min_peak_um)
+    e = modulus_kpa(speed)
+    z_out = np.asarray(z_mm)[::axial_step]
+    inc = segment_stiff_inclusion(e, conf, x_mm, z_out)
+    return SweResult(vel, disp, speed, e, conf, inc, z_out)
