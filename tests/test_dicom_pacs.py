@@ -211,3 +211,63 @@ def test_an_object_refused_for_good_is_set_aside_and_the_rest_arrive(tmp_path):
     assert [p.name.split("-")[1] for p in (tmp_path / "outbox" / "refused").iterdir()] == [bad]
     assert sorted(stored) == sorted(str(d.SOPInstanceUID) for d in objs[1:]) and busy_once == [busy]
     assert box.status()["dead_letters"] == 1 and box.refused == 2
+
+
+def _tls_files(d):
+    """A CA, and a PACS certificate it signed for 127.0.0.1 (openssl, as a site's PKI would make them)."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=medacq test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "pacs.key", "-out", "pacs.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "pacs.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "pacs.pem",
+        "-days", "2", "-extfile", "san.cnf")
+    return d / "ca.pem", d / "pacs.pem", d / "pacs.key"
+
+
+def test_a_pacs_off_loopback_needs_tls_and_tls_associations_store(tmp_path):
+    """The rig's exposure rule for associations we open: a PACS off loopback without TLS is refused
+    before anything is sent (the address below is never contacted); over TLS (PS3.15 B.1) to a TLS
+    SCP with a certificate our CA signed, every object arrives; a plain association to it fails and
+    the objects wait in the outbox."""
+    import ssl
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from medacq.daemon.interop.pacs import PacsError, check_pacs_exposure, tls_context
+
+    ca, cert, key = _tls_files(tmp_path)
+    client = tls_context(str(ca))
+    far = PacsAddress("PACS", "192.0.2.10", 11112)  # TEST-NET-1: documentation only, never reached
+    with pytest.raises(PacsError, match="refusing to send DICOM objects to 192.0.2.10:11112 without TLS"):
+        check_pacs_exposure(far, None)
+    with pytest.raises(PacsError):
+        DicomOutbox(tmp_path / "far", far)
+    check_pacs_exposure(far, client)  # with TLS it may leave the machine
+    check_pacs_exposure(PacsAddress("PACS", "127.0.0.1", 11112), None)  # loopback needs none
+
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert), str(key))
+    stored: list[str] = []
+    ae = AE(ae_title="TLSPACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server,
+                          evt_handlers=[(evt.EVT_C_STORE, lambda e: (stored.append(str(e.request.AffectedSOPInstanceUID)), 0)[1])])
+    try:
+        objs = objects(5)[:4]
+        plain = DicomOutbox(tmp_path / "plain", PacsAddress("TLSPACS", "127.0.0.1", port), timeout_s=3)
+        for ds in objs:
+            plain.put(ds)
+        assert plain.send_pending().error and len(plain.pending()) == 4 and stored == []
+        box = DicomOutbox(tmp_path / "tls", PacsAddress("TLSPACS", "127.0.0.1", port), tls=client)
+        for ds in objs:
+            box.put(ds)
+        assert box.drain(timeout_s=20) and box.pending() == []
+    finally:
+        scp.shutdown()
+    assert sorted(stored) == sorted(str(d.SOPInstanceUID) for d in objs)

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deidentify", action="store_true", help="PS3.15 Basic Application Level Confidentiality Profile")
     p.add_argument("--retain-dates", action="store_true", help="with --deidentify: keep full dates (longitudinal option)")
     p.add_argument("--pacs-timeout", type=float, default=60.0, help="seconds to keep retrying the PACS (default 60)")
+    p.add_argument("--tls-ca", metavar="CA.pem", help="TLS to the PACS, its certificate checked against this CA "
+                   "(required for a PACS off loopback)")
+    p.add_argument("--tls-cert", metavar="CERT.pem", help="our certificate, for a PACS that asks for one")
+    p.add_argument("--tls-key", metavar="KEY.pem", help="the key of --tls-cert")
     p.set_defaults(fn=run)
 
 
@@ -45,10 +49,18 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give a RECORDING.h5 or --live (not both)", 2)
     if args.pacs and not (args.out or args.outbox):
         raise CliError("--pacs needs --out or --outbox (the outbox lives on disk)", 2)
+    from medacq.daemon.interop.pacs import PacsError, check_pacs_exposure, tls_context
+
     try:
         pacs = PacsAddress.parse(args.pacs) if args.pacs else None
-    except ValueError as exc:
+        tls = tls_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+        if pacs is not None:
+            check_pacs_exposure(pacs, tls)
+    except (ValueError, PacsError) as exc:
         raise CliError(str(exc), 2) from None
+    if (args.tls_cert or args.tls_key) and not args.tls_ca:
+        raise CliError("--tls-cert/--tls-key need --tls-ca (the PACS's certificate is always checked)", 2)
+    args.tls = tls
     if args.live:
         return _live(args, pacs)
     try:
@@ -69,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one INFO line per C-STORE otherwise
         rep = export_recording(h5, args.out, study, deidentify_profile=args.deidentify,
                                retain_dates=args.retain_dates, pacs=pacs, outbox_dir=args.outbox,
-                               pacs_timeout_s=args.pacs_timeout)
+                               pacs_timeout_s=args.pacs_timeout, tls=args.tls)
     print(json.dumps(rep.as_dict()))
     if rep.pending:
         raise CliError(f"{rep.pending} object(s) not yet stored at {pacs} ({rep.pacs_error}); they wait in the "
@@ -94,7 +106,7 @@ def _live(args: argparse.Namespace, pacs) -> int:
     endpoints = args.endpoint or rig_endpoints(argparse.Namespace(config=args.config, base_port=args.base_port))[2]
     outbox = args.outbox or (str(Path(args.out) / ".outbox") if args.out else None)
     sink = DicomSink(endpoints, study, args.topics, out_dir=args.out, pacs=pacs, outbox_dir=outbox,
-                     deidentify_profile=args.deidentify, retain_dates=args.retain_dates)
+                     deidentify_profile=args.deidentify, retain_dates=args.retain_dates, tls=args.tls)
     sink.start()
     try:
         wait_for_signal(args.duration)

@@ -34,7 +34,12 @@ _M_MMAP_THRESHOLD = -3
 
 def pin_malloc_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Fix glibc's mmap and trim thresholds for this process (module doc). Call once at start,
-    before threads allocate. Returns whether it took effect (False off glibc, e.g. musl, macOS)."""
+    before threads allocate. Returns whether it took effect (False off glibc, e.g. musl, macOS,
+    or with ``MEDACQ_MALLOC_PIN=0`` in the environment: glibc's own dynamic thresholds)."""
+    import os
+
+    if os.environ.get("MEDACQ_MALLOC_PIN", "1") == "0":
+        return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")

@@ -109,7 +109,7 @@ def write_dicom(ds: Dataset, out_dir: Path) -> Path:
 def export_recording(h5: Any, out_dir: str | os.PathLike[str] | None, study: StudyContext, *,
                      deidentify_profile: bool = False, retain_dates: bool = False, pacs: PacsAddress | None = None,
                      outbox_dir: str | os.PathLike[str] | None = None, pacs_timeout_s: float = 60.0,
-                     writer: DicomWriter | None = None) -> ExportReport:
+                     writer: DicomWriter | None = None, tls: Any = None) -> ExportReport:
     """Export every reconstructed stream of an open recording to DICOM files and/or a PACS.
 
     Args:
@@ -120,6 +120,8 @@ def export_recording(h5: Any, out_dir: str | os.PathLike[str] | None, study: Stu
         retain_dates: with it, the Retain Longitudinal Temporal Information Full Dates option.
         pacs: C-STORE everything through a durable outbox in ``outbox_dir`` (default ``<out_dir>/.outbox``).
         pacs_timeout_s: how long to keep retrying; what is not sent stays in the outbox (``pending``).
+        tls: TLS client context for the PACS (:func:`~medacq.daemon.interop.pacs.tls_context`);
+            required off loopback.
     """
     rep = ExportReport()
     w = writer or DicomWriter(study)
@@ -129,7 +131,7 @@ def export_recording(h5: Any, out_dir: str | os.PathLike[str] | None, study: Stu
         box = Path(outbox_dir) if outbox_dir else (out / ".outbox" if out else None)
         if box is None:
             raise ValueError("a PACS export needs out_dir or outbox_dir (the durable outbox lives on disk)")
-        outbox = DicomOutbox(box, pacs)
+        outbox = DicomOutbox(box, pacs, tls=tls)
     strings = study.patient_strings()
 
     def emit(objs: list[Dataset]) -> None:

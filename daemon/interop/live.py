@@ -37,12 +37,14 @@ class DicomSink:
         pacs, outbox_dir: C-STORE through a durable outbox in ``outbox_dir``.
         deidentify_profile, retain_dates: as :func:`~medacq.daemon.interop.export.export_recording`.
         writer: a configured :class:`DicomWriter` (default settings otherwise).
+        tls: TLS client context for the PACS (required off loopback).
     """
 
     def __init__(self, endpoints: str | list[str], study: StudyContext, topics: str | list[str] = "recon/", *,
                  out_dir: str | os.PathLike[str] | None = None, pacs: PacsAddress | None = None,
                  outbox_dir: str | os.PathLike[str] | None = None, deidentify_profile: bool = False,
-                 retain_dates: bool = False, writer: DicomWriter | None = None, curve: Any = None) -> None:
+                 retain_dates: bool = False, writer: DicomWriter | None = None, curve: Any = None,
+                 tls: Any = None) -> None:
         if out_dir is None and pacs is None:
             raise ValueError("a DICOM sink needs out_dir, pacs, or both")
         if pacs is not None and outbox_dir is None:
@@ -50,7 +52,7 @@ class DicomSink:
         self.study = study
         self.writer = writer or DicomWriter(study)
         self.out = Path(out_dir) if out_dir is not None else None
-        self.outbox = DicomOutbox(outbox_dir, pacs) if pacs is not None and outbox_dir is not None else None
+        self.outbox = DicomOutbox(outbox_dir, pacs, tls=tls) if pacs is not None and outbox_dir is not None else None
         self.deid, self.retain_dates = deidentify_profile, retain_dates
         self.sub = Subscriber(endpoints, topics, qos="lossless", curve=curve)
         self.objects = 0

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from pydicom import Dataset, dcmread
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["DicomOutbox", "PacsAddress", "PacsError", "SendReport", "store_files"]
+__all__ = ["DicomOutbox", "PacsAddress", "PacsError", "SendReport", "check_pacs_exposure", "store_files",
+           "tls_context"]
 
 log = logging.getLogger("medacq.interop.pacs")
 
@@ -67,6 +69,36 @@ class PacsAddress:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def tls_context(ca_file: str, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
+    """A TLS client context for DICOM associations (PS3.15 B.1, the Basic TLS Secure Transport
+    Connection Profile): the PACS's certificate verified against ``ca_file`` (and its host name),
+    and our own certificate for a PACS that asks for one. ``ValueError`` naming the file that
+    could not be read."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        if cert_file:
+            ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"TLS for the PACS: {exc}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def check_pacs_exposure(pacs: PacsAddress, tls: ssl.SSLContext | None) -> None:
+    """The rule every socket of the rig follows (:func:`~medacq.daemon.common.binding.check_exposure`),
+    for the associations we open: patient data leaves the machine encrypted or not at all. A PACS
+    off loopback without TLS is refused (``PacsError``, one line), before anything is sent."""
+    from medacq.daemon.common.binding import BindError, check_exposure
+
+    try:
+        check_exposure("send DICOM objects to", f"{pacs.host}:{pacs.port}" if ":" not in pacs.host
+                       else f"[{pacs.host}]:{pacs.port}", allowed=tls is not None,
+                       needs="TLS (--tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem]): DICOM objects "
+                       "carry patient data")
+    except BindError as exc:
+        raise PacsError(str(exc)) from None
+
+
 @dataclass(slots=True)
 class SendReport:
     """What one send attempt did: files stored and deleted, files refused, files still waiting."""
@@ -86,8 +118,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def store_files(paths: list[Path], pacs: PacsAddress, calling_ae: str = "MEDACQ", timeout_s: float = 10.0,
-                on_stored: Any = None, on_refused: Any = None) -> SendReport:
-    """C-STORE ``paths`` over one association; ``on_stored(path)`` after each stored object,
+                on_stored: Any = None, on_refused: Any = None, tls: ssl.SSLContext | None = None) -> SendReport:
+    """C-STORE ``paths`` over one association (over TLS with ``tls``: :func:`tls_context`; a PACS off
+    loopback needs it, :func:`check_pacs_exposure`); ``on_stored(path)`` after each stored object,
     ``on_refused(path, status)`` after each object the PACS refused for good (:func:`_permanent`).
 
     Returns a report; an unreachable PACS or a refused association is ``error`` (nothing stored),
@@ -99,6 +132,7 @@ def store_files(paths: list[Path], pacs: PacsAddress, calling_ae: str = "MEDACQ"
     rep = SendReport()
     if not paths:
         return rep
+    check_pacs_exposure(pacs, tls)
     classes: dict[str, None] = {}
     for p in paths:
         try:
@@ -110,7 +144,8 @@ def store_files(paths: list[Path], pacs: PacsAddress, calling_ae: str = "MEDACQ"
     ae.connection_timeout = timeout_s
     ae.requested_contexts = [build_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
                              for uid in list(classes)[:128]]
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title,
+                         tls_args=(tls, pacs.host) if tls is not None else None)
     if not assoc.is_established:
         rep.error = f"no association with {pacs} ({'rejected' if assoc.is_rejected else 'unreachable or aborted'})"
         rep.remaining = len(paths)
@@ -156,11 +191,14 @@ class DicomOutbox:
         retry_initial_s, retry_max_s: backoff after a failed attempt (doubles, capped).
         batch: objects per association.
         timeout_s: connection, ACSE and DIMSE timeouts.
+        tls: TLS client context (:func:`tls_context`); required for a PACS off loopback.
     """
 
     def __init__(self, directory: str | os.PathLike[str], pacs: PacsAddress, calling_ae: str = "MEDACQ",
                  retry_initial_s: float = 0.5, retry_max_s: float = 30.0, batch: int = 256,
-                 timeout_s: float = 10.0, durable: bool = True) -> None:
+                 timeout_s: float = 10.0, durable: bool = True, tls: ssl.SSLContext | None = None) -> None:
+        check_pacs_exposure(pacs, tls)  # refused at once, not at the first send
+        self.tls = tls
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pacs, self.calling_ae, self.timeout_s = pacs, calling_ae, timeout_s
@@ -243,7 +281,7 @@ class DicomOutbox:
         self.attempts += 1
         dead_before = self.dead_letters
         rep = store_files(files, self.pacs, self.calling_ae, self.timeout_s, on_stored=self._stored,
-                          on_refused=self._refused_for_good)
+                          on_refused=self._refused_for_good, tls=self.tls)
         self.refused += rep.refused
         retried = rep.refused - (self.dead_letters - dead_before)  # refusals that stay in the outbox
         if rep.error or retried:
