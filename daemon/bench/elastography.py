@@ -168,7 +168,8 @@ def _tactile(duration: float) -> dict[str, Any]:
                     if end is None and time.monotonic() > t_wait:
                         break
                 time.sleep(0.3)
-                while (r := rec.recv(timeout=0.05)) is not None:
+                drain_end = time.monotonic() + 1.0  # the results of the window's last frames; the rig runs on
+                while time.monotonic() < drain_end and (r := rec.recv(timeout=0.05)) is not None:
                     if r.array is not None:
                         incs.append({**r.header["meta"], "seq": (r.header.get("source") or {}).get("seq")})
                 dstat = d.status()["streams"]["tac0"]
