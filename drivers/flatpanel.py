@@ -313,6 +313,7 @@ class FlatPanelDriver(Driver):
         self._geometry: dict[str, Any] = {}
         self._outstanding = False
         self._finished = False
+        self._bad_in_row = 0  # replies out of step in a row (see _resync)
         self._next_index: int | None = None
         self.fast_path = False
         # every write (and query) to the instrument, so that cut_output() may write from another thread
@@ -367,6 +368,9 @@ class FlatPanelDriver(Driver):
             raise ConnectionLost(f"{self.name}: VISA I/O failed: {exc}") from None
         except (OSError, EOFError) as exc:
             raise ConnectionLost(f"{self.name}: connection failed: {exc}") from None
+        except UnicodeDecodeError as exc:  # a text reply with bytes no SCPI device sends: the stream is out of step
+            raise ConnectionLost(f"{self.name}: garbled reply ({exc.reason} at byte {exc.start}): the reply stream "
+                                 "is out of step; reconnecting") from None
 
     def query(self, text: str) -> str:
         """One text query through pyvisa (``*IDN?``, ``CONF:BINN?``...)."""
@@ -534,6 +538,26 @@ class FlatPanelDriver(Driver):
     def _alloc(self, n: int) -> np.ndarray:
         return np.empty(n // 2 + (n & 1), dtype="<u2") if n % 2 == 0 else np.empty(n, dtype=np.uint8)
 
+    #: replies out of step in a row (garbage where a block was due, a block of the wrong size) before
+    #: the link counts as lost and is reconnected: each one is followed by a drain of the link
+    resync_limit = 3
+
+    def _resync(self) -> None:
+        """A reply was not the block it should have been (corrupted bytes on the wire, a reply that
+        lost its start): drop whatever is in flight (the device's replies to the queries already
+        sent, read until the link is quiet), so the next ``FETC?`` is answered in step. After
+        :attr:`resync_limit` in a row the link is lost (``ConnectionLost``: the worker reconnects,
+        which clears the device's output queue)."""
+        self._bad_in_row += 1
+        self.count("resyncs")
+        link = self._link
+        if self._bad_in_row >= self.resync_limit or not isinstance(link, _SocketLink):
+            self._bad_in_row = 0
+            raise ConnectionLost(f"{self.name}: {self.resync_limit} replies in a row out of step with their "
+                                 "queries; reconnecting")
+        with self._wlock:
+            self._io(link.drain, 0.1)
+
     def _read_reply(self) -> tuple[np.ndarray | None, int, str]:
         arr, n = self._io(self._link.read_block, self._alloc)  # type: ignore[union-attr]
         if n < 0:
@@ -565,8 +589,11 @@ class FlatPanelDriver(Driver):
             return []
         rows, cols = self._shape
         if arr is None or n != rows * cols * 2:
-            self.count("bad_blocks")
+            if arr is not None:
+                self.count("bad_blocks")
+            self._resync()
             return []
+        self._bad_in_row = 0
         out: list[Frame | Gap] = []
         sync: float | None = None
         try:
