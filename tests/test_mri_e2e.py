@@ -21,26 +21,38 @@ def test_lines_stream_through_the_daemon_and_the_image_fills_in(endpoints):
     iface = make()
     with SimulatorServer(iface, "tcp", paced=False) as sim:
         cfg = parse_config({**endpoints,
-                            "device": [{"name": "mri0", "kind": "mri", "address": sim.tcp_address,
+                            "device": [{"name": "mri0", "kind": "mri", "address": sim.tcp_address, "autostart": False,
                                         "settings": {"sequence": {"sequence": "gre", "matrix": n, "te_ms": 5,
                                                                   "tr_ms": 40, "flip_deg": 30},
                                                      "lines_per_run": 4, "dummy_scans": 4, "repetitions": 3}}]})
         stage = ReconStage(cfg).start()
-        d = AcquisitionDaemon(cfg).start()
+        d = None
         try:
             with Subscriber(cfg.recon.data_endpoint, "recon/mri0") as sub:
+                sub.wait_connected()
+                d = AcquisitionDaemon(cfg).start()
+                # started once the stage's subscription to the daemon is up too: the console is unpaced
+                # (a whole image in milliseconds), so lines sent before that would be lost to the slow joiner
+                time.sleep(1.0)
+                from medacq.client import ControlClient
+
+                with ControlClient(cfg.daemon.control_endpoint, timeout=5) as c:
+                    c.request("start", device="mri0")
                 got = []
-                deadline = time.monotonic() + 30
-                # image 1: image 0's first lines may pass before the subscriptions reach the publishers
-                for h, a in sub.frames(timeout=5):
-                    if time.monotonic() > deadline:
-                        break
+                deadline = time.monotonic() + 60
+                # image 1: image 0's first lines may pass before the stage's own subscription reaches the daemon
+                while time.monotonic() < deadline:  # bounded: descriptors keep coming after the last image
+                    m = sub.recv(0.5)
+                    if m is None or m.array is None:
+                        continue
+                    h = m.header
                     if h["stream"] == "mri0" and h["meta"]["image"] == 1:
-                        got.append((h, a.copy()))
+                        got.append((h, m.array.copy()))
                         if h["meta"]["complete"]:
                             break
         finally:
-            d.shutdown()
+            if d is not None:
+                d.shutdown()
             stage.shutdown()
     assert got, "no images on recon/mri0"
     h, img = got[-1]
