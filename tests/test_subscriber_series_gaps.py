@@ -4,6 +4,7 @@ for the frames published before it joined. Over a real PUB socket."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -110,3 +111,28 @@ def test_a_late_joiner_reports_no_gap_for_what_was_published_before_it_joined():
     assert _gaps(sub) == [(a, 45, 1, "missing seq")]
     assert late_seqs[-3:] == [nxt, nxt + 1, nxt + 2] and late_seqs[0] > 0
     assert late.gaps == []
+
+
+def test_frames_deadline_ends_the_loop_while_heartbeats_keep_coming():
+    """``frames(timeout=)`` counts silence, and heartbeats are not silence: with a publisher that
+    only sends heartbeats the loop would never end. ``deadline`` ends it whatever arrives; the frames
+    sent before it are still yielded."""
+    pub = _Pub()
+    series = new_series_id()
+    with Subscriber(pub.ep, "raw/") as sub:
+        _joined(sub, pub, series, 0)
+        pub.frames(series, range(3))
+        stop = time.monotonic() + 3.0
+        def beat() -> None:
+            while time.monotonic() < stop:
+                pub.control(MessageKind.HEARTBEAT, series, 3)
+                time.sleep(0.02)
+
+        t = threading.Thread(target=beat, daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        got = [h["seq"] for h, _ in sub.frames(timeout=1.0, deadline=0.6)]
+        took = time.monotonic() - t0
+        t.join()
+    assert got == [0, 1, 2]
+    assert 0.55 <= took < 2.5, took  # the deadline: heartbeats go on for 3 s, then 1 s of silence

@@ -8,15 +8,18 @@ seconds, that no child is alive and that every port of the rig can be bound agai
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from medacq.client import ControlClient, DaemonUnreachable
+from medacq.daemon.common.procs import SHUTDOWN_BOUND_S
 
 from conftest import medacq_cmd
 
@@ -82,7 +85,10 @@ def _thread_nice(pid: int) -> set[int]:
     """The niceness of every thread of ``pid`` (``/proc/PID/task/TID/stat`` field 19)."""
     out = set()
     for tid in os.listdir(f"/proc/{pid}/task"):
-        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended since the listing
+            continue
         out.add(int(text[text.rindex(")") + 2 :].split()[16]))
     return out
 
@@ -90,6 +96,34 @@ def _thread_nice(pid: int) -> set[int]:
 def _alive(pid: int, start: int) -> bool:
     st = _stat(pid)
     return st is not None and st[1] == start  # same start time: not a recycled pid
+
+
+def _child_logs(children: dict[int, tuple[int, str]]) -> str:
+    """The tails of the logs in the run directories the children's command lines name."""
+    dirs = {m.group(1) for _, cmd in children.values() for m in [re.search(r"--config (\S+)/rig\.toml", cmd)] if m}
+    out = []
+    for d in sorted(dirs):
+        for f in sorted(Path(d).glob("*.log")):
+            out.append(f"--- {f}\n{f.read_text(errors='replace')[-3000:]}")
+    return "\n".join(out)
+
+
+def test_exit_within_ends_a_process_whose_shutdown_hangs(tmp_path):
+    """The hard bound on a stopping process: a non-daemon thread that never ends would keep the
+    interpreter from exiting; exit_within ends it at the bound, with every thread's stack in its
+    stderr (what held it up)."""
+    code = ("import threading, time\n"
+            "from medacq.daemon.common.procs import exit_within\n"
+            "threading.Thread(target=lambda: time.sleep(3600), name='wedged').start()\n"
+            "exit_within(0.5)\n")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    assert 0.4 < took < 10, took
+    err = p.stderr.decode(errors="replace")
+    assert "Timeout (0:00:00.500000)!" in err, err
+    assert err.count("Thread 0x") >= 2, err  # the main thread and the wedged one
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
@@ -124,12 +158,13 @@ def test_up_takes_every_child_with_it(sig, tmp_path):
         os.kill(up.pid, sig)
         up.wait(20)
         # the daemon's own shutdown may take ~8 s (workers 1.5 s, a publisher still sending up to 5 s more,
-        # control and safety threads 0.5 s each) after the SIGTERM its PR_SET_PDEATHSIG delivers
-        deadline = time.monotonic() + 15
+        # control and safety threads 0.5 s each) after the SIGTERM its PR_SET_PDEATHSIG delivers; whatever
+        # hangs, each child exits SHUTDOWN_BOUND_S after it was asked to (exit_within)
+        deadline = time.monotonic() + SHUTDOWN_BOUND_S + 5
         while any(_alive(pid, start) for pid, (start, _) in children.items()) and time.monotonic() < deadline:
             time.sleep(0.1)
         survivors = {pid: cmd for pid, (start, cmd) in children.items() if _alive(pid, start)}
-        assert survivors == {}, f"children of medacq up survived {sig.name}: {survivors}"
+        assert survivors == {}, f"children of medacq up survived {sig.name}: {survivors}\n{_child_logs(children)}"
         ports = [base + i for i in range(5)] + [view_port]
         deadline = time.monotonic() + 3
         while not all(_port_free(p) for p in ports) and time.monotonic() < deadline:

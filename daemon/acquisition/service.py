@@ -509,8 +509,10 @@ class AcquisitionDaemon:
         }
 
     # -- process main ------------------------------------------------------------------
-    def run_forever(self, duration_s: float | None = None) -> None:
-        """Serve until SIGTERM/SIGINT (or ``duration_s``), speaking sd_notify when under systemd."""
+    def run_forever(self, duration_s: float | None = None, exit_within_s: float | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or ``duration_s``), speaking sd_notify when under systemd.
+        ``exit_within_s``: once stopping, the process exits by then whatever hangs
+        (:func:`~medacq.daemon.common.procs.exit_within`; process mains only)."""
         notifier = Notifier()
         stop = threading.Event()
 
@@ -539,6 +541,10 @@ class AcquisitionDaemon:
                     last_status = line
                 stop.wait(min(wd or 0.5, 0.5))
         finally:
+            if exit_within_s is not None:
+                from medacq.daemon.common.procs import exit_within
+
+                exit_within(exit_within_s)
             notifier.notify("STOPPING=1")
             self.shutdown()
             notifier.close()

@@ -1426,9 +1426,10 @@ def _make_host_guard() -> Any:
 
 
 def run_view(settings: ViewSettings, duration_s: float | None = None,
-             on_ready: Callable[[str], None] | None = None) -> None:
+             on_ready: Callable[[str], None] | None = None, exit_within_s: float | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or ``duration_s``); ``on_ready(login_url)`` once listening
-    (the URL with ``?token=``)."""
+    (the URL with ``?token=``). ``exit_within_s``: once stopping, the process exits by then whatever
+    hangs (process mains only)."""
     import signal
 
     server = ViewServer(settings).start()
@@ -1439,6 +1440,10 @@ def run_view(settings: ViewSettings, duration_s: float | None = None,
     try:
         stop.wait(duration_s)
     finally:
+        if exit_within_s is not None:
+            from medacq.daemon.common.procs import exit_within
+
+            exit_within(exit_within_s)
         server.stop()
         for s, h in old.items():
             signal.signal(s, h)

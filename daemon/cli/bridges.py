@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from medacq.daemon.cli._common import CliError, add_endpoint_args, client_curve, rig_endpoints
+from medacq.daemon.common.procs import SHUTDOWN_BOUND_S
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         print(f"medacq view: {shown}  [{rights}]", flush=True)
 
     try:
-        run_view(settings, args.for_s, on_ready=ready)
+        run_view(settings, args.for_s, on_ready=ready, exit_within_s=SHUTDOWN_BOUND_S)
     except (BindError, ViewTokenError) as exc:
         raise CliError(str(exc), 2) from None
     except OSError as exc:

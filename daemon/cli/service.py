@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from medacq.daemon.cli._common import CliError, load_rig
+from medacq.daemon.common.procs import SHUTDOWN_BOUND_S
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BindError as exc:
         raise CliError(str(exc)) from None
     print(f"medacq daemon: data {cfg.daemon.data_endpoint}, control {cfg.daemon.control_endpoint}", flush=True)
-    d.run_forever(args.for_s)
+    d.run_forever(args.for_s, exit_within_s=SHUTDOWN_BOUND_S)
     return 0
 
 
@@ -61,7 +62,7 @@ def cmd_recon(args: argparse.Namespace) -> int:
     except (BindError, ToolKeyError) as exc:
         raise CliError(str(exc)) from None
     print(f"medacq recon: {cfg.recon_source} -> {cfg.recon.data_endpoint}", flush=True)
-    stage.run_forever(args.for_s)
+    stage.run_forever(args.for_s, exit_within_s=SHUTDOWN_BOUND_S)
     return 0
 
 

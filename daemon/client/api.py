@@ -488,13 +488,24 @@ class Subscriber:
     def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         return self.frames()
 
-    def frames(self, timeout: float | None = None, max_frames: int | None = None
-               ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-        """Yield ``(header, array)`` for frames; stop after ``timeout`` s of silence or ``max_frames``."""
+    def frames(self, timeout: float | None = None, max_frames: int | None = None,
+               deadline: float | None = None) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        """Yield ``(header, array)`` for frames; stop after ``timeout`` s without any message, after
+        ``max_frames`` frames, or ``deadline`` s after the call whatever arrives (descriptors and
+        series messages reset ``timeout``'s silence, not ``deadline``)."""
         n = 0
+        end = None if deadline is None else time.monotonic() + deadline
         while max_frames is None or n < max_frames:
-            msg = self.recv(timeout)
+            wait = timeout
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                wait = left if wait is None else min(wait, left)
+            msg = self.recv(wait)
             if msg is None:
+                if end is not None and time.monotonic() < end and (timeout is None or wait < timeout):
+                    continue  # not silent for `timeout` yet: only the deadline's slice ended
                 return
             if msg.array is not None:
                 n += 1

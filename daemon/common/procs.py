@@ -16,6 +16,7 @@ with threads (``medacq up`` serves its simulators from threads).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import subprocess
@@ -24,7 +25,21 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["CHILD_BOOTSTRAP", "spawn_module", "signal_group", "stop_processes"]
+__all__ = ["CHILD_BOOTSTRAP", "SHUTDOWN_BOUND_S", "exit_within", "spawn_module", "signal_group", "stop_processes"]
+
+SHUTDOWN_BOUND_S = 12.0
+"""How long (s) a medacq process (daemon, stage, view) may take to stop once asked: its orderly
+shutdown takes ~8 s at most (workers 1.5 s, a publisher still sending 5 s, control threads 1 s)."""
+
+
+def exit_within(seconds: float = SHUTDOWN_BOUND_S) -> None:
+    """Arm a hard bound on this process's exit: if it is still running ``seconds`` (s) from now, the
+    stack of every thread goes to stderr (its log: what held it up) and the process exits with
+    status 1 (``faulthandler``, which needs no working Python thread to fire). For a process's
+    main, once it was asked to stop: a shutdown that hangs would leave an orphan holding its ports
+    (after ``medacq up`` is killed) or make systemd wait for its stop timeout. Never call it in a
+    process that must outlive its component (a test runner): it ends the whole process."""
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
 
 CHILD_BOOTSTRAP = """\
 import os, runpy, signal, sys

@@ -68,6 +68,7 @@ from medacq.protocols.control import (
     PingRequest,
     StatusRequest,
 )
+from medacq.protocols.markers import MARKER_TOPIC_PREFIX, marker_descriptor
 from medacq.protocols.qos import Dropped, QosQueue
 from medacq.protocols.stream import (HeaderError, MessageKind, SourceRef, StreamDescriptor, StreamHeader,
                                      encode_header, message_hwm)
@@ -276,7 +277,10 @@ class ReconStage:
         self.preload_result: dict[str, float | str] | None = None
         self.preload_s: float | None = None
         self.sndhwm = 0  # the PUB socket's send high-water mark (messages per subscriber), set by start()
-        self.ctx = zmq.Context() if config.security.curve else (context or zmq.Context.instance())
+        # a context of its own unless given one: shutdown() terminates it, so that when it returns the
+        # sockets are closed and their endpoints free (libzmq closes a listener asynchronously)
+        self._own_ctx = context is None
+        self.ctx = context if context is not None else zmq.Context()
         self.curve = None
         self.client_keys = None
         from medacq.daemon.common.security import AuditLog
@@ -375,9 +379,20 @@ class ReconStage:
                 for name, out in st.outputs.items():
                     self._queue_control(st, name, out, MessageKind.SERIES_END, reason="reconstruction stage stopped")
         if self._publisher is not None:
-            self._publisher.stop(max(0.5, deadline - time.monotonic()))
+            self._publisher.stop(max(2.0, deadline - time.monotonic()))
         if self.curve is not None:
             self.curve.stop()
+        busy = [t.name for t in (self._rx, self._ctl_thread, self._publisher.thread if self._publisher else None)
+                if t is not None and t.is_alive()]
+        if self._own_ctx and not busy:
+            term = threading.Thread(target=self.ctx.term, name="recon-ctx-term", daemon=True)
+            term.start()
+            term.join(2.0)
+            if term.is_alive():
+                log.warning("reconstruction stage: sockets still closing at shutdown (context not terminated)")
+        elif busy:
+            log.warning("reconstruction stage: %s still running at shutdown; their sockets are left to them",
+                        ", ".join(busy))
 
     # -- receiving -----------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -779,7 +794,14 @@ class ReconStage:
 
     # -- publishing (workers queue, the publisher thread sends) ----------------------------
     def _out_stream(self, st: _StreamState, name: str) -> str:
+        if name.startswith(MARKER_TOPIC_PREFIX):  # a marker output: its source name
+            return name.removeprefix(MARKER_TOPIC_PREFIX)
         return f"{st.name}/{name}" if name else st.name
+
+    def _out_topic(self, st: _StreamState, name: str) -> str:
+        """``recon/<stream>[/<name>]``, or ``markers/<source>`` for an output named so (an event
+        stream, e.g. the EKG's R peaks, published in the marker format of :mod:`medacq.protocols.markers`)."""
+        return name if name.startswith(MARKER_TOPIC_PREFIX) else f"recon/{self._out_stream(st, name)}"
 
     def _publish(self, st: _StreamState, out: Output, src: SourceRef, source_series: str) -> None:
         data = np.ascontiguousarray(out.data)
@@ -792,22 +814,31 @@ class ReconStage:
                 o = st.outputs[out.name] = _OutState(series)
                 self._queue_control(st, out.name, o, MessageKind.SERIES_START)
             sig = (data.dtype.str, data.shape, tuple(out.axes), out.units)
+            marker = out.name.startswith(MARKER_TOPIC_PREFIX)
             if sig != o.signature:
                 o.signature = sig
                 assert st.recon is not None
-                o.descriptor = StreamDescriptor(
-                    stream=stream, modality=f"{st.recon.modality}", device=f"recon:{type(st.recon).__name__}",
-                    dtype=data.dtype.str, shape=list(data.shape), axes=out.axes, units=out.units,
-                    geometry=out.descriptor_meta.pop("geometry", {}), meta={"source": st.name, **out.descriptor_meta},
-                )
+                if marker:
+                    md = marker_descriptor(stream)
+                    o.descriptor = md.model_copy(update={"meta": {**md.meta, "source": st.name, **out.descriptor_meta}})
+                else:
+                    o.descriptor = StreamDescriptor(
+                        stream=stream, modality=f"{st.recon.modality}", device=f"recon:{type(st.recon).__name__}",
+                        dtype=data.dtype.str, shape=list(data.shape), axes=out.axes, units=out.units,
+                        geometry=out.descriptor_meta.pop("geometry", {}),
+                        meta={"source": st.name, **out.descriptor_meta})
                 self._queue_control(st, out.name, o, MessageKind.DESCRIPTOR, descriptor=o.descriptor)
                 o.last_descriptor = time.monotonic()
+            meta = dict(out.meta or {})
+            # recon headers carry the *source* acquisition clocks in t_*; a marker its event's own
+            # clocks (meta t_host_ns, t_mono_ns, t_device, taken out of meta)
+            clk = (meta.pop("t_host_ns", src.t_host_ns), meta.pop("t_mono_ns", src.t_mono_ns),
+                   meta.pop("t_device", src.t_device)) if marker else (src.t_host_ns, src.t_mono_ns, src.t_device)
             h = StreamHeader(stream=stream, kind=MessageKind.FRAME, series=o.series, seq=o.seq, dtype=data.dtype.str,
-                             shape=list(data.shape), axes=out.axes, units=out.units, t_host_ns=src.t_host_ns,
-                             t_mono_ns=src.t_mono_ns, t_device=src.t_device, source=src, meta=out.meta or {})
-            # recon headers carry the *source* acquisition clocks in t_*
+                             shape=list(data.shape), axes=out.axes, units=out.units, t_host_ns=int(clk[0]),
+                             t_mono_ns=int(clk[1]), t_device=clk[2], source=src, meta=meta)
             assert self._publisher is not None
-            self._publisher.put((f"recon/{stream}".encode(), encode_header(h), data))
+            self._publisher.put((self._out_topic(st, out.name).encode(), encode_header(h), data))
             o.seq += 1
         st.outputs_sent += 1
         with st.lock:
@@ -819,7 +850,7 @@ class ReconStage:
         h = StreamHeader(stream=stream, kind=kind, series=o.series, seq=o.seq, t_host_ns=time.time_ns(),
                          t_mono_ns=time.monotonic_ns(), **fields)
         assert self._publisher is not None
-        self._publisher.put((f"recon/{stream}".encode(), encode_header(h)))
+        self._publisher.put((self._out_topic(st, name).encode(), encode_header(h)))
 
     def _descriptor_timers(self) -> None:
         """Republish each output's descriptor every ``descriptor_interval_s`` (publisher thread)."""
@@ -871,7 +902,7 @@ class ReconStage:
                   "queue_depth": len(q), "queue_high_water": q.high_water, "actions_pending": len(st.actions)}
             proc, lat, age = list(st.proc_us), list(st.latency_us), list(st.age_ms)
         with self._out_lock:
-            outs = sorted(f"recon/{self._out_stream(st, n)}" for n in st.outputs)
+            outs = sorted(self._out_topic(st, n) for n in st.outputs)
         recon = st.recon
         busy_since, busy_what = st.busy_since, st.busy_what
         busy_s = None if busy_since is None else round(now - busy_since, 3)
@@ -932,7 +963,9 @@ class ReconStage:
                 "publish_queue": pub.pending if pub else 0, "publish_queue_high_water": pub.high_water if pub else 0,
                 "publish_errors": pub.errors if pub else 0}
 
-    def run_forever(self, duration_s: float | None = None) -> None:
+    def run_forever(self, duration_s: float | None = None, exit_within_s: float | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or ``duration_s``), speaking sd_notify when under systemd.
+        ``exit_within_s``: once stopping, the process exits by then whatever hangs (process mains only)."""
         import signal
 
         stop = threading.Event()
@@ -957,6 +990,10 @@ class ReconStage:
                     n.notify("WATCHDOG=1")
                 stop.wait(min(wd or 0.5, 0.5))
         finally:
+            if exit_within_s is not None:
+                from medacq.daemon.common.procs import exit_within
+
+                exit_within(exit_within_s)
             n.notify("STOPPING=1")
             self.shutdown()
             for s, h in old.items():
