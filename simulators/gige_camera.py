@@ -110,7 +110,7 @@ class GigECameraDevice(DeviceFaults):
         self.last_frame: np.ndarray | None = None
         self.counters = {"commands": 0, "denied": 0, "garbage": 0, "resend_requests": 0, "resent_packets": 0,
                          "resend_unavailable": 0, "frames": 0, "packets": 0, "dropped_packets": 0, "lost_packets": 0,
-                         "heartbeat_expired": 0}
+                         "heartbeat_expired": 0, "frames_skipped_busy": 0}
         self.keep_frames = 0  # tests: keep the last n frames' pixels (frame index → array)
         self.frames: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -448,6 +448,22 @@ class GigECameraDevice(DeviceFaults):
             return []
         return self.commit(job, *self.build(job))
 
+    def skip_due(self, t: float) -> bool:
+        """A frame due by ``t`` that the camera cannot take because its frame buffer is full (the
+        link has not carried the previous ones yet): its slot passes without an exposure, a block
+        id or a frame index, counted in ``frames_skipped_busy`` (a real camera's frame-buffer
+        overrun: what ``ResultingFrameRate`` below ``AcquisitionFrameRate`` means). ``True`` when a
+        slot was skipped."""
+        if (not self.acquiring or self.stream_dest is None or self.trigger_mode or self._next_frame is None
+                or t < self._next_frame):
+            return False
+        period = 1.0 / self.model.frame_rate_hz
+        self._next_frame += period
+        if self._next_frame < t - 2 * period:
+            self._next_frame = t + period
+        self.counters["frames_skipped_busy"] += 1
+        return True
+
     def take_due(self, t: float) -> "_FrameJob | None":
         """The frame due by ``t``, if any (its block id and frame index are taken now)."""
         self._now = t
@@ -616,6 +632,11 @@ class GigEVisionServer:
         host, port: GVCP bind address (port 3956 is what Aravis talks to; 0 picks a free one).
         link_MBps: simulated link rate for GVSP (MB/s; 125 ≈ 1 GbE; 0 = unpaced).
         sndbuf: GVSP socket send buffer (bytes).
+        frame_buffer: frames the camera holds while the link carries them (the one being sent
+            included): a frame due while that many are still queued is skipped
+            (:meth:`GigECameraDevice.skip_due`), so a frame never waits behind a growing backlog
+            (on a machine too busy to send 124 MB/s from Python, the timestamps of queued frames
+            would otherwise fall further and further behind their send time).
 
     Same surface as :class:`~medacq.simulators.adapters.SimulatorServer` where the fault side
     door needs it (``interface``, ``faults``, ``call``, ``address``, ``connections``,
@@ -627,8 +648,10 @@ class GigEVisionServer:
     transport = "udp"
 
     def __init__(self, device: GigECameraDevice, host: str = "127.0.0.1", port: int = GVCP_PORT, *,
-                 link_MBps: float = 125.0, sndbuf: int = 4 << 20) -> None:
+                 link_MBps: float = 125.0, sndbuf: int = 4 << 20, frame_buffer: int = 2) -> None:
         self.interface = device
+        self.frame_buffer = max(1, int(frame_buffer))
+        self._queued_frames: deque[int] = deque()  # packets left of each queued frame, oldest first
         self.device = device
         self.faults = FaultInjector()
         self.link_Bps = link_MBps * 1e6
@@ -711,6 +734,7 @@ class GigEVisionServer:
                 f.pull_requested = False
                 f.cable_pulls += 1
                 self._out.clear()
+                self._queued_frames.clear()
             return now_m < f.stall_until, now_m < f.refuse_until
 
     def _control_loop(self) -> None:
@@ -741,7 +765,8 @@ class GigEVisionServer:
         while not self._stop.is_set():
             stalled, unplugged = self._blocked()
             with self._lock:
-                job = None if stalled else dev.take_due(self._now())
+                busy = len(self._queued_frames) >= self.frame_buffer
+                job = None if stalled or (busy and dev.skip_due(self._now())) else dev.take_due(self._now())
                 dl = dev.next_deadline()
             if job is not None:
                 img, pk = dev.build(job)
@@ -750,11 +775,14 @@ class GigEVisionServer:
                 if unplugged:
                     wire = []
                 self._out.extend(wire)
+                if wire:
+                    self._queued_frames.append(len(wire))
                 garbage = self.faults._take_garbage(self._rng)
                 if garbage and wire:
                     self._out.append((garbage, wire[0][1]))
             if unplugged:
                 self._out.clear()
+                self._queued_frames.clear()
             if not stalled:
                 self._drain()
             if job is None and not self._out:
@@ -780,6 +808,21 @@ class GigEVisionServer:
             self._sendto(self.gvsp, pkt, dest)
             self._credit -= len(pkt) + 28
             sent += 1
+        self._frame_packets_sent(sent)
+
+    def _frame_packets_sent(self, n: int) -> None:
+        """Account ``n`` packets just sent against the queued frames, oldest first (resent packets
+        and garbage datagrams in the queue are counted too: a frame leaves the buffer no later
+        than its last packet)."""
+        q = self._queued_frames
+        while n > 0 and q:
+            if q[0] <= n:
+                n -= q.popleft()
+            else:
+                q[0] -= n
+                n = 0
+        if not self._out:
+            q.clear()
 
     def _sendto(self, sock: socket.socket, pkt: bytes, dest: Dest) -> None:
         try:

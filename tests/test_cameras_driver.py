@@ -238,3 +238,30 @@ def test_medacq_sim_serves_the_camera_on_udp():
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_a_link_slower_than_the_frames_skips_exposures_and_never_builds_a_backlog():
+    """A camera whose link cannot carry its frame rate holds at most ``frame_buffer`` frames: a
+    frame due while they are still queued is skipped (``frames_skipped_busy``), without a block id,
+    so nothing is announced lost, and the frames that do leave are recent. Without the bound the
+    simulator queued every frame and their timestamps fell further behind their send time (seconds
+    after a minute at 1080p60 on a busy machine)."""
+    dev = make(model="thermal")  # 640 x 480 Mono16: 614 400 B a frame
+    srv = GigEVisionServer(dev, "127.0.0.1", 0, link_MBps=3.0, frame_buffer=2).start()  # ~4.9 frames/s
+    d = GigEDriver("thermal0", srv.address, GigESettings(frame_rate_hz=30))
+    d.open()
+    try:
+        d.start()
+        t0 = time.monotonic()
+        frames, gaps = _collect(d, 8, timeout=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        d.close()
+        srv.stop()
+    assert srv.error is None
+    assert len(frames) >= 8 and not gaps, (len(frames), gaps)
+    carried = 3.0e6 * elapsed / (640 * 480 * 2)  # frames the link could carry meanwhile
+    assert dev.counters["frames"] <= carried + 2 + 1, (dev.counters["frames"], carried)
+    assert dev.counters["frames_skipped_busy"] >= 2 * dev.counters["frames"], dev.counters
+    ids = [f.meta["block_id"] for f in frames]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), ids  # consecutive: skipped slots took no block id
