@@ -12,8 +12,9 @@ One run, one throw-away Orthanc (``/usr/sbin/Orthanc`` on free loopback ports, t
 * ``outbox_per_s``: the durable path (fsync'd put into the outbox, then drained).
 * ``lost_in_outage``: Orthanc stopped, objects put into the outbox while the background sender
   retries, Orthanc restarted: instances that never arrive (bar 0).
-* ``dciodvfy_errors``: dciodvfy errors over one object of every kind and the first CT files
-  (bar 0). Debian's dicom3tools has no Routine Scalp EEG table; that object is checked as
+* ``dciodvfy_errors``: dciodvfy errors over one object of every kind (DX, XA, CT, US, ECG, EEG,
+  EIT and thermal SC, MR, PET, NM, VL Endoscopic, VL Photographic) and the first CT files (bar 0);
+  ``dciodvfy_errors_by_iod`` per IOD key. Debian's dicom3tools has no Routine Scalp EEG table; that object is checked as
   General ECG (same modules) and listed in ``dciodvfy_no_iod_table``.
 """
 
@@ -67,9 +68,14 @@ def bench_dicom(args: argparse.Namespace) -> dict[str, Any]:
         # validity
         errors, no_table = 0, []
         check = [files[0], files[-1]]
-        w2 = DicomWriter(study, us_cine_frames=8)
-        kinds = [ds for f in samples.every_kind() for ds in w2.add(f)] + w2.flush()
+        w2 = DicomWriter(study, us_cine_frames=8, radiopharmaceutical="Fluorodeoxyglucose F^18^",
+                         injected_dose_bq=3.7e8, injection_time_ns=samples.T0_NS - 3_600_000_000_000)
+        kinds = [ds for f in samples.every_kind() + samples.family_kinds() for ds in w2.add(f)] + w2.flush()
+        iod_names = {str(uid): key for key, uid in SOP_CLASSES.items()}
+        by_iod: dict[str, int] = {}
+        checked_iod: list[tuple[Path, str]] = []
         for k, ds in enumerate(kinds):
+            checked_iod.append((root / "kinds" / f"{k:02d}.dcm", iod_names.get(str(ds.SOPClassUID), "?")))
             if str(ds.SOPClassUID) == SOP_CLASSES["EEG"]:
                 no_table.append("EEG (Routine Scalp EEG): checked as General ECG")
                 ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES["ECG"]
@@ -79,9 +85,14 @@ def bench_dicom(args: argparse.Namespace) -> dict[str, Any]:
             pydicom.dcmwrite(p, ds, enforce_file_format=True)
             check.append(p)
         if shutil.which("dciodvfy"):
+            iod_of_path = {p: key for p, key in checked_iod}
             for p in check:
-                errors += len(_dciodvfy(p))
+                e = len(_dciodvfy(p))
+                errors += e
+                key = iod_of_path.get(p, "CT")
+                by_iod[key] = by_iod.get(key, 0) + e
             res["dciodvfy_errors"] = errors
+            res["dciodvfy_errors_by_iod"] = dict(sorted(by_iod.items()))
             res["dciodvfy_checked"] = len(check)
             res["dciodvfy_no_iod_table"] = no_table
         else:

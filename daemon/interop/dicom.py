@@ -17,7 +17,16 @@ stream (modality/output)  IOD (SOP class)                          pixels / samp
 ``eeg`` ``recon/<s>``     Routine Scalp EEG                        int16, Channel Sensitivity µV
 ``eit`` ``recon/<s>``     Multi-frame Grayscale Word Secondary     uint16, Rescale → dσ/σ
                           Capture (see :data:`EIT_CHOICE`)
+``thermal`` ``recon/<s>`` the same (see :data:`THERMAL_CHOICE`)    uint16, Rescale → °C
+``mri`` ``recon/<s>``     MR Image                                 uint16, Real World Value Map (a.u.)
+``pet`` ``recon/<s>``     PET Image                                uint16, Rescale Slope → Bq/mL (BQML)
+``spect`` ``recon/<s>``   NM Image (RECON TOMO)                    uint16, Real World Value Map Bq/mL
+``endoscope`` ``...``     VL Endoscopic Image                      uint8 RGB, exact
+``photo`` ``recon/<s>``   VL Photographic Image                    uint8 RGB, exact
 =======================  =======================================  ===============================
+
+MR/PET/NM planes: the scanner frame taken as LPS of a head-first supine patient, turned by the
+``patient_position`` rig setting (docs/dicom.md, "MR, PET, NM geometry").
 
 Identity: the Study Instance UID is the study context's random uid; Series Instance UIDs are
 derived from (study uid, topic, stream series) and SOP Instance UIDs from (study uid, topic,
@@ -46,18 +55,23 @@ from pydicom.uid import (
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     GeneralECGWaveformStorage,
+    MRImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage,
     PYDICOM_IMPLEMENTATION_UID,
     RoutineScalpElectroencephalogramWaveformStorage,
     TwelveLeadECGWaveformStorage,
     UltrasoundMultiFrameImageStorage,
+    VLEndoscopicImageStorage,
+    VLPhotographicImageStorage,
     XRayAngiographicImageStorage,
 )
 
 from medacq import __version__ as _medacq_version
 from medacq.daemon.interop.study import StudyContext
 
-__all__ = ["DicomExportError", "DicomWriter", "EIT_CHOICE", "ReconFrame", "derived_uid", "iod_of",
+__all__ = ["DicomExportError", "DicomWriter", "EIT_CHOICE", "THERMAL_CHOICE", "ReconFrame", "derived_uid", "iod_of",
            "SOP_CLASSES", "ECG_LEADS"]
 
 EIT_CHOICE = (
@@ -69,6 +83,14 @@ EIT_CHOICE = (
     "Slope/Intercept (dσ/σ), and every PACS and viewer displays it."
 )
 
+THERMAL_CHOICE = (
+    "Thermograms go out as Multi-frame Grayscale Word Secondary Capture with Rescale Slope/Intercept to "
+    "degrees Celsius (and a Real World Value Mapping in UCUM 'Cel'), not as a Parametric Map: a Parametric "
+    "Map needs a Frame of Reference and per-frame plane position/orientation in patient millimetres, and "
+    "an infrared camera looking at a face has no patient coordinate system; any geometry written would be "
+    "invented. Secondary Capture keeps the temperatures exact to the quantisation step and every PACS shows it."
+)
+
 SOP_CLASSES: dict[str, UID] = {
     "DX": DigitalXRayImageStorageForPresentation,
     "XA": XRayAngiographicImageStorage,
@@ -78,6 +100,11 @@ SOP_CLASSES: dict[str, UID] = {
     "ECG": GeneralECGWaveformStorage,
     "EEG": RoutineScalpElectroencephalogramWaveformStorage,
     "SC": MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    "MR": MRImageStorage,
+    "PT": PositronEmissionTomographyImageStorage,
+    "NM": NuclearMedicineImageStorage,
+    "ES": VLEndoscopicImageStorage,
+    "XC": VLPhotographicImageStorage,
 }
 
 # ISO/IEEE 11073 MDC codes of the standard leads (partition 2: MDC_ECG_LEAD_*), as DICOM CID 3001 uses them
@@ -90,6 +117,8 @@ ECG_LEADS: dict[str, tuple[str, str]] = {
 }
 _LOCAL_SCHEME = "99MEDACQ"  # a private coding scheme (PS3.3 8.1: "99" prefix) for EEG electrode labels
 _ROOT_SERIES = {"DX": 1, "XA": 2, "CT": 3, "US": 4, "ECG12": 5, "ECG": 5, "EEG": 6, "SC": 7}
+#: one image per frame, each its own object (the rest batch frames into multi-frame or waveform objects)
+_SINGLE = ("DX", "XA", "CT", "MR", "PT", "NM", "ES", "XC")
 
 
 class DicomExportError(ValueError):
@@ -142,8 +171,18 @@ def iod_of(modality: str, output: str, data: np.ndarray | None = None,
         return "CT"
     if key == ("us", ""):
         return "US"
-    if key == ("eit", ""):
+    if key in (("eit", ""), ("thermal", "")):
         return "SC"
+    if key == ("mri", ""):
+        return "MR"
+    if key == ("pet", ""):
+        return "PT"
+    if key == ("spect", ""):
+        return "NM"
+    if key == ("endoscope", ""):
+        return "ES"
+    if key == ("photo", ""):
+        return "XC"
     if key == ("eeg", ""):
         return "EEG"
     if key == ("ekg", ""):
@@ -188,6 +227,34 @@ def _to_uint16(img: np.ndarray, lo: float | None = None, hi: float | None = None
     return stored, slope, intercept
 
 
+
+#: patient position -> signs taking the scanner frame (LPS of a head-first supine patient) to patient LPS
+_PATIENT_POSITIONS: dict[str, tuple[int, int, int]] = {
+    "HFS": (1, 1, 1), "HFP": (-1, -1, 1), "FFS": (-1, 1, -1), "FFP": (1, -1, -1)}
+_FAMILY_IODS = {"MR": "_mr", "PT": "_pt", "NM": "_nm", "ES": "_vl", "XC": "_vl"}
+_NUCLIDES = {"F-18": ("cid4020", "_18Fluorine"), "Ga-68": ("cid4020", "_68Gallium"),
+             "Tc-99m": ("cid18", "_99mTechnetium")}
+
+
+def _radionuclide_code(isotope: str) -> Dataset | None:
+    """The DICOM code (CID 4020 PET / CID 18 isotopes, SNOMED CT) of ``F-18``, ``Ga-68``, ``Tc-99m``."""
+    from pydicom.sr.codedict import codes
+
+    where = _NUCLIDES.get(isotope)
+    if where is None:
+        return None
+    c = getattr(getattr(codes, where[0]), where[1])
+    return _code(c.value, c.scheme_designator, c.meaning)
+
+
+def _isotope(name: str) -> tuple[float, float] | None:
+    """(half-life s, positron fraction) of an isotope the nuclear phantom knows."""
+    from medacq.protocols.models.nuclear_phantom import ISOTOPES
+
+    iso = ISOTOPES.get(name)
+    return (float(iso.half_life_s), float(iso.positron_fraction)) if iso is not None else None
+
+
 @dataclass
 class _Pending:
     """Frames of one multi-frame object (US cine, waveform) waiting for their batch to fill."""
@@ -216,13 +283,25 @@ class DicomWriter:
             how the panel is mounted relative to the patient, a property of the rig. The default
             (``L``, ``F``) is a PA view: columns toward the patient's left, rows toward the feet.
         station_name, institution_name, manufacturer: General Equipment.
+        patient_position: Patient Position of MR/PET/NM slices (how the patient lies in the
+            scanner: ``HFS``, ``FFS``, ``HFP`` ...), a rig setting; with ``HFS`` the scanner's x, y, z
+            (MRI: magnet axes; PET/SPECT: ring x, y up, z) map to DICOM LPS as documented in docs/dicom.md.
+        radiopharmaceutical: PET/NM Radiopharmaceutical (free text, e.g. ``Fluorodeoxyglucose F^18^``;
+            a DICOM CID 4021/25 meaning is coded): an operator/rig setting the device does not know.
+        injected_dose_bq, injection_time_ns: Radionuclide Total Dose (Bq) and Radiopharmaceutical Start
+            DateTime (CLOCK_REALTIME ns): operator settings; omitted when None.
+        spect_radionuclide: the SPECT isotope (``Tc-99m``): the SPECT reconstruction's output descriptor
+            does not name it (the PET one does).
     """
 
     def __init__(self, study: StudyContext, *, ct_mu_water_per_mm: float = 0.0195,
                  ct_slice_thickness_mm: float | None = None, us_cine_frames: int = 32,
                  us_dynamic_range_db: float | None = None, waveform_seconds: float = 10.0,
                  dx_patient_orientation: tuple[str, str] = ("L", "F"),
-                 station_name: str = "medacq", institution_name: str = "", manufacturer: str = "medacq") -> None:
+                 station_name: str = "medacq", institution_name: str = "", manufacturer: str = "medacq",
+                 patient_position: str = "HFS", radiopharmaceutical: str = "",
+                 injected_dose_bq: float | None = None, injection_time_ns: int | None = None,
+                 spect_radionuclide: str = "Tc-99m") -> None:
         if us_cine_frames < 1 or waveform_seconds <= 0 or ct_mu_water_per_mm <= 0:
             raise ValueError("us_cine_frames >= 1, waveform_seconds > 0 and ct_mu_water_per_mm > 0 are required")
         self.study = study
@@ -233,6 +312,13 @@ class DicomWriter:
         self.us_dynamic_range_db = us_dynamic_range_db
         self.waveform_seconds = waveform_seconds
         self.station_name, self.institution_name, self.manufacturer = station_name, institution_name, manufacturer
+        if patient_position not in _PATIENT_POSITIONS:
+            raise ValueError(f"patient_position must be one of {sorted(_PATIENT_POSITIONS)}")
+        self.patient_position = patient_position
+        self.radiopharmaceutical = radiopharmaceutical
+        self.injected_dose_bq = injected_dose_bq
+        self.injection_time_ns = injection_time_ns
+        self.spect_radionuclide = spect_radionuclide
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._series_numbers: dict[tuple[str, str], int] = {}
         self._emitted: dict[tuple[str, str], int] = {}
@@ -247,7 +333,7 @@ class DicomWriter:
             iod = iod_of(str(desc.get("modality", "")), frame.output, frame.data,
                          meta.get("channel_names") or desc.get("channel_names"),
                          meta.get("sample_rate_hz") or desc.get("sample_rate_hz"))
-            if iod in ("DX", "XA", "CT"):
+            if iod in _SINGLE:
                 return [self._image(iod, frame)]
             key = (frame.topic, str(frame.header.get("series", "")))
             # a batch of a different series (or shape) is complete
@@ -361,8 +447,10 @@ class DicomWriter:
     # ---- images ---------------------------------------------------------------------------
     def _check(self, iod: str, frame: ReconFrame) -> None:
         d = frame.data
-        if iod in ("DX", "XA", "CT", "US", "SC") and d.ndim != 2:
+        if iod in ("DX", "XA", "CT", "US", "SC", "MR", "PT", "NM") and d.ndim != 2:
             raise DicomExportError(f"{frame.topic}: an image needs 2 axes, got shape {d.shape}")
+        if iod in ("ES", "XC") and (d.ndim != 3 or d.shape[2] != 3 or d.dtype != np.uint8):
+            raise DicomExportError(f"{frame.topic}: a colour image needs uint8 (y, x, 3), got {d.dtype} {d.shape}")
         if iod in ("ECG12", "ECG", "EEG") and (d.ndim != 2 or d.shape[1] == 0):
             raise DicomExportError(f"{frame.topic}: a waveform needs (channel, sample), got shape {d.shape}")
         if not np.issubdtype(d.dtype, np.number) or np.iscomplexobj(d):
@@ -376,6 +464,8 @@ class DicomWriter:
         data = np.asarray(frame.data, dtype=np.float64)
         if iod == "CT":
             return self._ct(frame, data, geo, seq)
+        if iod in _FAMILY_IODS:
+            return getattr(self, _FAMILY_IODS[iod])(frame, seq)
         ds = self._base(iod, frame, seq, "DX" if iod == "DX" else "XA")
         pitch = float(geo.get("pixel_pitch_mm", 0) or 0) * float(geo.get("binning", 1) or 1)
         if pitch <= 0:
@@ -470,6 +560,271 @@ class DicomWriter:
         ds.ConvolutionKernel = "RAMLAK"
         self._pixels(ds, stored)
         ds.BitsStored, ds.HighBit = 16, 15
+        return ds
+
+    # ---- cross-sectional images of the newer families (MR, PET, NM) -------------------------
+    def _plane(self, ds: Dataset, frame: ReconFrame, spacing_mm: tuple[float, float], first_xyz_mm: Sequence[float],
+               thickness_mm: float, top_level: bool = True) -> None:
+        """Frame of Reference + Image Plane from the scanner frame (module doc of docs/dicom.md).
+
+        ``first_xyz_mm``: centre of pixel (0, 0) in the scanner's LPS-for-HFS frame; rows advance along
+        +y, columns along +x of that frame. The patient position turns it into patient LPS.
+        """
+        sx, sy, sz = _PATIENT_POSITIONS[self.patient_position]
+        ds.Laterality = ""  # dciodvfy asks for it (Type 2C) in cross-sectional series
+        if top_level:
+            ds.PatientPosition = self.patient_position
+        ds.FrameOfReferenceUID = derived_uid(self.study.study_uid, frame.topic, frame.header.get("series", ""), "FoR")
+        ds.PositionReferenceIndicator = ""
+        x, y, z = (float(v) for v in first_xyz_mm)
+        ipp = [_ds_str(sx * x), _ds_str(sy * y), _ds_str(sz * z)]
+        iop = [_ds_str(float(sx)), "0", "0", "0", _ds_str(float(sy)), "0"]
+        if top_level:
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = ipp, iop
+            ds.SliceLocation = _ds_str(sz * z)
+        ds.PixelSpacing = [_ds_str(spacing_mm[0]), _ds_str(spacing_mm[1])]
+        ds.SliceThickness = _ds_str(thickness_mm)
+
+    @staticmethod
+    def _rwvm(slope: float, intercept: float, last: int, units: tuple[str, str, str], label: str) -> Dataset:
+        """A Real World Value Mapping item: ``value = stored * slope + intercept`` in UCUM ``units``."""
+        m = Dataset()
+        m.RealWorldValueFirstValueMapped, m.RealWorldValueLastValueMapped = 0, last
+        m.RealWorldValueIntercept, m.RealWorldValueSlope = float(intercept), float(slope)
+        m.LUTExplanation = f"{label} ({units[2]})"[:64]
+        m.LUTLabel = label[:16]
+        m.MeasurementUnitsCodeSequence = DicomSequence([_code(units[0], units[1], units[2])])
+        return m
+
+    def _mr(self, frame: ReconFrame, seq: int) -> Dataset:
+        desc = frame.descriptor
+        geo = dict(desc.get("geometry") or {})
+        meta = dict(desc.get("meta") or {})
+        try:
+            dy, dx = (float(v) * 1e3 for v in geo["pixel_spacing_m"])
+            # a multi-slice scan puts each slice's origin (its z) in the frame meta; else the descriptor's
+            origin = [float(v) * 1e3 for v in ((frame.header.get("meta") or {}).get("origin_m") or geo["origin_m"])]
+        except (KeyError, TypeError, ValueError):
+            raise DicomExportError(f"{frame.topic}: MR needs geometry.pixel_spacing_m and origin_m") from None
+        sq = dict(meta.get("sequence") or {})
+        ds = self._base("MR", frame, seq, "MR")
+        data = np.asarray(frame.data, dtype=np.float64)
+        stored, slope, intercept = _to_uint16(data, lo=0.0)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+        kind = str(sq.get("sequence", ""))
+        ds.ScanningSequence = "GR" if kind == "gre" else "SE"
+        ds.SequenceVariant = "SP" if kind == "gre" else "NONE"  # spoiled gradient echo
+        ds.ScanOptions = "PFP" if float(sq.get("partial_fourier", 1.0) or 1.0) < 1.0 else ""
+        ds.MRAcquisitionType = "2D"
+        ds.SequenceName = {"se": "se2d", "gre": "gre2d", "tse": "tse2d"}.get(kind, "")
+        ds.RepetitionTime = _ds_str(float(sq["tr_ms"])) if "tr_ms" in sq else ""
+        ds.EchoTime = _ds_str(float(sq["te_ms"])) if "te_ms" in sq else ""
+        ds.EchoTrainLength = int(sq.get("etl", 1)) if kind == "tse" else (1 if sq else "")
+        if "flip_deg" in sq:
+            ds.FlipAngle = _ds_str(float(sq["flip_deg"]))
+        if sq.get("larmor_hz"):
+            ds.ImagingFrequency = _ds_str(float(sq["larmor_hz"]) / 1e6)  # MHz
+        if sq.get("b0_t"):
+            ds.MagneticFieldStrength = _ds_str(float(sq["b0_t"]))
+        if sq.get("bandwidth_hz") and geo.get("matrix"):
+            ds.PixelBandwidth = _ds_str(float(sq["bandwidth_hz"]) / float(geo["matrix"][-1]))  # Hz per pixel
+        ds.ImagedNucleus = "1H"
+        ds.NumberOfAverages = "1"
+        ds.AngioFlag = "N"
+        matrix = geo.get("matrix") or list(stored.shape)
+        ds.AcquisitionMatrix = [0, int(matrix[-1]), int(matrix[0]), 0]  # frequency rows, columns; phase rows, columns
+        ds.InPlanePhaseEncodingDirection = "COL"  # phase along y = down the columns
+        thick = float(geo.get("slice_mm") or sq.get("slice_mm") or 0.0)
+        self._plane(ds, frame, (dy, dx), origin, thick)
+        if not thick:
+            ds.SliceThickness = ""
+        ds.AcquisitionNumber = int((frame.header.get("meta") or {}).get("image", seq)) + 1
+        self._pixels(ds, stored)
+        ds.RealWorldValueMappingSequence = DicomSequence([self._rwvm(slope, intercept, 65535, ("1", "UCUM", "no units"),
+                                                                     "magnitude")])
+        ds.WindowCenter = _ds_str(float(stored.max()) / 2.0)
+        ds.WindowWidth = _ds_str(max(float(stored.max()), 2.0))
+        ds.ImageComments = f"magnitude (a.u.) = stored * {_ds_str(slope)}"
+        return ds
+
+    def _nuclear_common(self, ds: Dataset, frame: ReconFrame, isotope: str, pet: bool) -> None:
+        """Radiopharmaceutical Information and the NM/PET Patient Orientation (the NM Isotope module
+        has no half-life, positron fraction or start DateTime)."""
+        ri = Dataset()
+        if self.radiopharmaceutical:
+            ri.Radiopharmaceutical = self.radiopharmaceutical[:64]
+        nuclide = _radionuclide_code(isotope)
+        ri.RadionuclideCodeSequence = DicomSequence([nuclide] if nuclide is not None else [])
+        iso = _isotope(isotope)
+        if iso is not None and pet:
+            ri.RadionuclideHalfLife = _ds_str(iso[0])
+            if iso[1] > 0:
+                ri.RadionuclidePositronFraction = _ds_str(iso[1])
+        if self.injected_dose_bq is not None:
+            ri.RadionuclideTotalDose = _ds_str(float(self.injected_dose_bq))
+        if self.injection_time_ns is not None and pet:
+            ri.RadiopharmaceuticalStartDateTime = _dt_parts(int(self.injection_time_ns))[2]
+        ds.RadiopharmaceuticalInformationSequence = DicomSequence([ri])
+        # PS3.16 CID 19 / CID 21: recumbent, supine or prone; headfirst or feet-first
+        pos = self.patient_position
+        orient = _code("102538003", "SCT", "recumbent")
+        orient.PatientOrientationModifierCodeSequence = DicomSequence(
+            [_code("40199007", "SCT", "supine") if pos.endswith("S") else _code("1240000", "SCT", "prone")])
+        ds.PatientOrientationCodeSequence = DicomSequence([orient])
+        ds.PatientGantryRelationshipCodeSequence = DicomSequence(
+            [_code("102540008", "SCT", "headfirst") if pos.startswith("H") else _code("102541007", "SCT", "feet-first")])
+
+    def _slice_geometry(self, frame: ReconFrame) -> tuple[tuple[float, float], list[float], float]:
+        """PET/SPECT slice: ((row, column) spacing mm, centre of pixel (0, 0) in the LPS-for-HFS frame, slice mm).
+
+        The reconstructions publish ``origin_mm`` = (x of column 0, y of row 0) with y up (row 0 at +y):
+        LPS-for-HFS y (posterior) is minus that y.
+        """
+        geo = dict(frame.descriptor.get("geometry") or {})
+        try:
+            py, px = (float(v) for v in geo["pixel_mm"])
+            x0, y0 = (float(v) for v in geo["origin_mm"])
+            thick = float(geo["slice_mm"])
+        except (KeyError, TypeError, ValueError):
+            raise DicomExportError(f"{frame.topic}: a slice needs geometry.pixel_mm, origin_mm and slice_mm") from None
+        return (py, px), [x0, -y0, 0.0], thick
+
+    @staticmethod
+    def _timing(frame: ReconFrame, half_life_s: float | None) -> tuple[int, float, float, float]:
+        """(wall-clock ns of device time 0, frame start s, frame duration s, decay factor) of a nuclear image.
+
+        ``t_host_ns`` is the host time of the last source block (device time ``t_end_s``) when the
+        frame meta says so; a recording keeps no per-frame meta, so then the frame is taken as ending at
+        ``t_host_ns`` with unknown duration (0) and decay factor 1."""
+        m = dict(frame.header.get("meta") or {})
+        t_host = int(frame.header.get("t_host_ns") or 0)
+        if "t_end_s" in m and "t_start_s" in m:
+            t0, t1 = float(m["t_start_s"]), float(m["t_end_s"])
+            zero = t_host - int(round(t1 * 1e9))
+            dur = max(t1 - t0, 0.0)
+            exp = float(m.get("exposure_s") or 0.0)
+            if exp > 0 and dur > 0:
+                factor = dur / exp  # ∫dt / ∫exp(-λt)dt: the factor the counts were scaled by to reach t = 0
+            elif half_life_s:
+                lam = np.log(2) / half_life_s
+                factor = float(np.exp(lam * (t0 + t1) / 2))
+            else:
+                factor = 1.0
+            return zero, t0, dur, factor
+        return t_host, 0.0, 0.0, 1.0
+
+    def _pt(self, frame: ReconFrame, seq: int) -> Dataset:
+        desc = frame.descriptor
+        geo = dict(desc.get("geometry") or {})
+        units = str(frame.header.get("units") or desc.get("units") or "")
+        if units != "Bq/mL":
+            raise DicomExportError(f"{frame.topic}: PET image units {units!r}: only Bq/mL is mapped (BQML)")
+        spacing, first, thick = self._slice_geometry(frame)
+        isotope = str(geo.get("isotope", ""))
+        iso = _isotope(isotope)
+        zero_ns, t0, dur, factor = self._timing(frame, iso[0] if iso else None)
+        meta = dict(frame.header.get("meta") or {})
+        ds = self._base("PT", frame, seq, "PT")
+        # Series Date/Time = device time 0: decay correction (START) and Frame Reference Time refer to it
+        da0, tm0, _ = _dt_parts(zero_ns)
+        ds.SeriesDate, ds.SeriesTime = da0, tm0
+        da1, tm1, dt1 = _dt_parts(zero_ns + int(round(t0 * 1e9)))
+        ds.AcquisitionDate, ds.AcquisitionTime, ds.AcquisitionDateTime = da1, tm1, dt1
+        data = np.asarray(frame.data, dtype=np.float64)
+        stored, slope, _ = _to_uint16(np.clip(data, 0.0, None), lo=0.0)  # PET Image: Rescale Intercept 0
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.Units = "BQML"
+        ds.CountsSource = "EMISSION"
+        ds.SeriesType = ["DYNAMIC" if meta.get("dynamic") else "STATIC", "IMAGE"]
+        if meta.get("dynamic"):
+            ds.NumberOfTimeSlices = 1  # streamed: each image its own time frame object
+        ds.NumberOfSlices = 1
+        corrected = ["DECY", "ATTN", "RAN", "DTIM", "NORM"] + (["SCAT"] if meta.get("scatter_fraction") else [])
+        ds.CorrectedImage = corrected
+        ds.DecayCorrection = "START"
+        ds.RandomsCorrectionMethod = "DLYD"
+        ds.ReconstructionMethod = (f"OSEM {meta['iterations']}i{meta['subsets']}s" if "iterations" in meta
+                                   else "OSEM")[:64]
+        ds.AttenuationCorrectionMethod = "measured mu-map (phantom)"
+        ds.ScatterCorrectionMethod = "tail fit" if "SCAT" in corrected else ""
+        ds.CollimatorType = "NONE"
+        ds.AxialAcceptance = ""
+        self._nuclear_common(ds, frame, isotope, pet=True)
+        self._plane(ds, frame, spacing, first, thick)
+        del ds.PatientPosition  # PET uses the Patient Orientation code sequences instead
+        ds.RescaleIntercept, ds.RescaleSlope = "0", _ds_str(slope)
+        # the time at which the decay factor applies: exp(λ t_ref) = factor (the mid-frame without a decay model)
+        t_ref = float(np.log(factor) * iso[0] / np.log(2)) if iso and factor > 1 else t0 + dur / 2
+        ds.FrameReferenceTime = _ds_str(1000.0 * t_ref)
+        ds.ImageIndex = 1
+        ds.ActualFrameDuration = int(round(dur * 1000))
+        ds.DecayFactor = _ds_str(factor)
+        ds.AcquisitionNumber = seq + 1
+        self._pixels(ds, stored)
+        ds.WindowCenter = _ds_str(float(stored.max()) * slope / 2.0)
+        ds.WindowWidth = _ds_str(max(float(stored.max()) * slope, 1e-3))
+        return ds
+
+    def _nm(self, frame: ReconFrame, seq: int) -> Dataset:
+        desc = frame.descriptor
+        units = str(frame.header.get("units") or desc.get("units") or "")
+        if units != "Bq/mL":
+            raise DicomExportError(f"{frame.topic}: SPECT image units {units!r}: only Bq/mL is mapped")
+        spacing, first, thick = self._slice_geometry(frame)
+        ds = self._base("NM", frame, seq, "NM")
+        data = np.asarray(frame.data, dtype=np.float64)
+        stored, slope, _ = _to_uint16(np.clip(data, 0.0, None), lo=0.0)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
+        ds.FrameIncrementPointer = [(0x0054, 0x0080)]  # Slice Vector
+        ds.SliceVector = [1]
+        ds.NumberOfSlices = 1
+        ds.CorrectedImage = ["DECY", "ATTN", "SCAT"] if (frame.header.get("meta") or {}).get("scatter_fraction") \
+            else ["DECY", "ATTN"]
+        self._nuclear_common(ds, frame, self.spect_radionuclide, pet=False)
+        ds.EnergyWindowInformationSequence = DicomSequence([])
+        ds.NumberOfEnergyWindows = 1
+        ds.NumberOfDetectors = 1
+        ds.NumberOfRotations = 1
+        ds.RotationInformationSequence = DicomSequence([])  # the gantry plan is the source stream's, not known here
+        ds.CountsAccumulated = int((frame.header.get("meta") or {}).get("events", 0)) or ""
+        self._plane(ds, frame, spacing, first, thick, top_level=False)
+        sx, sy, sz = _PATIENT_POSITIONS[self.patient_position]
+        det = Dataset()  # RECON TOMO: the plane's position and orientation live in the Detector Information item
+        det.ImagePositionPatient = [_ds_str(sx * first[0]), _ds_str(sy * first[1]), _ds_str(sz * first[2])]
+        det.ImageOrientationPatient = [_ds_str(float(sx)), "0", "0", "0", _ds_str(float(sy)), "0"]
+        det.CollimatorType = "PARA"  # parallel-hole (the SPECT model's collimator)
+        ds.DetectorInformationSequence = DicomSequence([det])
+        ds.SpacingBetweenSlices = _ds_str(thick)
+        ds.SliceLocation = "0"
+        ds.ReconstructionDiameter = _ds_str(float((desc.get("geometry") or {}).get("fov_mm", 0) or 0))
+        ds.ConvolutionKernel = "OSEM"
+        self._pixels(ds, stored, frames=1)
+        ds.NumberOfFrames = 1
+        ds.RealWorldValueMappingSequence = DicomSequence([self._rwvm(slope, 0.0, 65535, ("Bq/ml", "UCUM",
+                                                                                        "Becquerels/milliliter"),
+                                                                     "activity")])
+        ds.ImageComments = f"Bq/mL = stored * {_ds_str(slope)} (decay-corrected to device time 0)"
+        ds.AcquisitionNumber = seq + 1
+        return ds
+
+    # ---- visible light -----------------------------------------------------------------------
+    def _vl(self, frame: ReconFrame, seq: int) -> Dataset:
+        iod = "ES" if str(frame.descriptor.get("modality")) == "endoscope" else "XC"
+        ds = self._base(iod, frame, seq, iod)
+        rgb = np.ascontiguousarray(frame.data, dtype=np.uint8)
+        ds.ImageType = ["DERIVED", "PRIMARY"]  # demosaiced, white-balanced, colour-corrected
+        ds.Laterality = ""  # unknown to the camera (dciodvfy wants the Type 2C element)
+        ds.PatientOrientation = ""
+        ds.BurnedInAnnotation = "NO"
+        ds.LossyImageCompression = "00"
+        ds.AcquisitionContextSequence = DicomSequence([])
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"  # uncompressed: RGB (YBR_FULL_422 is for JPEG)
+        ds.PlanarConfiguration = 0  # colour-by-pixel, as (y, x, c) is laid out
+        ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = rgb.tobytes()
+        ds.AcquisitionNumber = seq + 1
         return ds
 
     # ---- batched objects ------------------------------------------------------------------
@@ -578,10 +933,16 @@ class DicomWriter:
         ds.PatientOrientation = ""
         ds.RescaleIntercept, ds.RescaleSlope = _ds_str(intercept), _ds_str(slope)
         ds.RescaleType = "US"
-        ds.FrameTime = _ds_str(self._frame_time_ms(frames))
-        ds.FrameIncrementPointer = (0x0018, 0x1063)
+        if len(frames) > 1:  # one frame: no Frame Increment Pointer (dciodvfy: 1C condition unsatisfied)
+            ds.FrameTime = _ds_str(self._frame_time_ms(frames))
+            ds.FrameIncrementPointer = (0x0018, 0x1063)
         ds.NumberOfFrames = len(frames)
-        ds.ImageComments = "EIT dsigma/sigma (time-difference); " + EIT_CHOICE[:60]
+        if str(f0.descriptor.get("modality")) == "thermal":
+            ds.ImageComments = f"temperature degC = stored * {_ds_str(slope)} + {_ds_str(intercept)}"
+            ds.RealWorldValueMappingSequence = DicomSequence([self._rwvm(slope, intercept, 65535,
+                                                                         ("Cel", "UCUM", "degree Celsius"), "temperature")])
+        else:
+            ds.ImageComments = "EIT dsigma/sigma (time-difference); " + EIT_CHOICE[:60]
         ds.PresentationLUTShape = "IDENTITY"
         self._pixels(ds, stored, frames=len(frames))
         ds.BitsStored, ds.HighBit = 16, 15

@@ -28,7 +28,11 @@ from medacq.daemon.interop.dicom import DicomExportError, DicomWriter, ReconFram
 from medacq.daemon.interop.pacs import DicomOutbox, PacsAddress
 from medacq.daemon.interop.study import StudyContext
 
-__all__ = ["ExportReport", "export_recording", "recon_frames", "study_from_recording", "write_dicom"]
+__all__ = ["COPY_FORMATS", "ExportReport", "deidentified_copy", "export_recording", "recon_frames",
+           "study_from_recording", "write_dicom"]
+
+#: ``medacq export --format`` values that write a de-identified copy of the input in its own format
+COPY_FORMATS = ("hdf5", "edf", "ismrmrd")
 
 
 @dataclass
@@ -159,3 +163,50 @@ def export_recording(h5: Any, out_dir: str | os.PathLike[str] | None, study: Stu
         st = outbox.status()
         rep.sent, rep.pending, rep.pacs_error = int(st["sent"]), int(st["pending"]), str(st["last_error"])
     return rep
+
+
+def deidentified_copy(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], deid: Any, *,
+                      fmt: str | None = None, h5: Any = None) -> dict[str, Any]:
+    """A de-identified copy of one recording in its own format, as ``<out_dir>/<file name>``.
+
+    Args:
+        path: an HDF5 recording, an EDF+/BDF+ file or an ISMRMRD file (:func:`~medacq.daemon.interop.
+            deid_files.detect_format` tells which from its first bytes).
+        out_dir: where the copy goes (created); the copy never replaces ``path``.
+        deid: the export's :class:`~medacq.daemon.interop.deid.Deidentifier` (options, UID map, time offset,
+            identifying strings: share it between the files of one export).
+        fmt: ``hdf5``, ``edf`` (EDF+ and BDF+) or ``ismrmrd``: checked against the file (``ValueError`` when
+            they differ: a copy does not convert); None accepts any.
+        h5: the recording already open (``h5py.File``, recovered by ``open_recording``); HDF5 only.
+
+    Returns what the format's function returns, with ``format``. Raises ``ValueError`` (not a file we
+    know, a format mismatch), :class:`~medacq.daemon.interop.deid.DeidError` (an identifying string survived:
+    no file is left).
+    """
+    from medacq.daemon.interop.deid_files import deidentify_edf, deidentify_hdf5, deidentify_ismrmrd, detect_format
+
+    found = detect_format(path)
+    kind = "edf" if found in ("edf", "bdf") else found
+    if fmt is not None and fmt != kind:
+        raise ValueError(f"{os.fspath(path)} is {found.upper()}, not {fmt}: --format {fmt} writes a de-identified "
+                         f"copy in the input's own format (use --format {kind})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dst = out / Path(path).name
+    if dst.exists() and dst.resolve() == Path(path).resolve():
+        raise ValueError(f"the copy would replace {os.fspath(path)}: choose another --out")
+    if kind == "edf":
+        rep = deidentify_edf(path, dst, deid)
+    elif kind == "ismrmrd":
+        import h5py
+
+        with h5py.File(os.fspath(path), "r") as f:
+            rep = deidentify_ismrmrd(f, dst, deid)
+    elif h5 is not None:
+        rep = deidentify_hdf5(h5, dst, deid)
+    else:
+        import h5py
+
+        with h5py.File(os.fspath(path), "r") as f:
+            rep = deidentify_hdf5(f, dst, deid)
+    return {"format": found, **rep}

@@ -15,7 +15,8 @@ import numpy as np
 from medacq.daemon.interop.dicom import ECG_LEADS, ReconFrame
 
 __all__ = ["xray_frames", "dsa_frames", "ct_slices", "bmode_frames", "ekg_chunks", "eeg_chunks", "eit_frames",
-           "every_kind"]
+           "every_kind", "mri_images", "pet_images", "spect_images", "endoscope_frames", "photo_frames",
+           "thermal_frames", "family_kinds"]
 
 T0_NS = 1_780_000_000_000_000_000  # 2026-05-28T20:26:40Z
 
@@ -157,3 +158,146 @@ def every_kind(seed: int = 0) -> list[ReconFrame]:
     """One short run of each kind, in publication order per stream."""
     return (xray_frames(seed=seed) + dsa_frames(seed=seed + 1) + ct_slices(seed=seed + 2) + bmode_frames(seed=seed + 3)
             + ekg_chunks(seed=seed + 4) + eeg_chunks(seed=seed + 5) + eit_frames(seed=seed + 6))
+
+
+# ---- the families built after the first writer: MRI, PET, SPECT, cameras ------------------------------
+def _recon_desc(stream: str, modality: str, cls: str, arr: np.ndarray, axes: list[str], units: str,
+                geometry: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    """A recon output descriptor as the stage builds it: geometry from the output, meta ``source`` + extras."""
+    return {"stream": stream, "modality": modality, "device": f"recon:{cls}", "dtype": arr.dtype.str,
+            "shape": list(arr.shape), "axes": axes, "units": units, "geometry": geometry,
+            "meta": {"source": stream, **meta}}
+
+
+def mri_images(n: int = 2, matrix: int = 64, fov_m: float = 0.2, seed: int = 7) -> list[ReconFrame]:
+    """``recon/mr0``: float32 ``(y, x)`` magnitude (a.u.), row 0 = most negative y, column 0 = most negative x;
+    descriptor geometry as ``MriReconstructor`` publishes it, meta ``sequence`` (TE/TR ... of the source)."""
+    rng = np.random.default_rng(seed)
+    d = fov_m / matrix
+    yy, xx = (np.mgrid[0:matrix, 0:matrix] - matrix / 2) * d
+    geo = {"pixel_spacing_m": [d, d], "fov_m": [fov_m, fov_m], "matrix": [matrix, matrix], "axes": ["y", "x"],
+           "row_direction": [0.0, 1.0, 0.0], "column_direction": [1.0, 0.0, 0.0],
+           "origin_m": [-matrix / 2 * d, -matrix / 2 * d, 0.0], "slice_mm": 5.0}
+    sequence = {"sequence": "se", "te_ms": 15.0, "tr_ms": 500.0, "fov_mm": fov_m * 1e3, "matrix": matrix,
+                "bandwidth_hz": 50000.0, "flip_deg": 90.0, "slice_mm": 5.0, "etl": 8, "echo_spacing_ms": 12.0,
+                "partial_fourier": 1.0, "larmor_hz": 8_515_500.0, "b0_t": 0.2}
+    series = _series(seed, "mr0")
+    out = []
+    for i in range(n):
+        img = np.where((xx / 0.07) ** 2 + (yy / 0.09) ** 2 < 1, 1.0, 0.0)
+        img[(xx - 0.02) ** 2 + yy ** 2 < 0.015 ** 2] = 0.4  # an off-centre insert (orientation)
+        img = np.abs(img * 3e-4 + 1e-5 * rng.standard_normal(img.shape)).astype(np.float32)
+        meta = {"lines_filled": matrix, "complete": True, "image": i, "last_line": matrix - 1}
+        out.append(ReconFrame("recon/mr0", _hdr("mr0", series, i, img, ["y", "x"], "a.u.", T0_NS + i * 32_000_000_000,
+                                                 meta),
+                              img, _recon_desc("mr0", "mri", "MriReconstructor", img, ["y", "x"], "a.u.", geo,
+                                               sequence=sequence)))
+    return out
+
+
+def _hot_disc(size: int, fov_mm: float, bg: float, rng: np.random.Generator) -> np.ndarray:
+    px = fov_mm / size
+    c = (np.arange(size) + 0.5) * px - fov_mm / 2
+    x, y = np.meshgrid(c, -c)  # row 0 at +y, column 0 at -x
+    img = np.where(x ** 2 / 120 ** 2 + y ** 2 / 85 ** 2 < 1, bg, 0.0)
+    img[(x - 50) ** 2 + (y - 30) ** 2 < 18 ** 2] = 4 * bg  # hot sphere right (+x) and up (+y)
+    return np.clip(img * (1 + 0.05 * rng.standard_normal(img.shape)), 0, None).astype(np.float32)
+
+
+def pet_images(n: int = 2, size: int = 64, fov_mm: float = 320.0, frame_s: float = 2.0, seed: int = 8,
+               dynamic: bool = False) -> list[ReconFrame]:
+    """``recon/pet0``: float32 ``(y, x)`` Bq/mL decay-corrected to device time 0 (``PetReconstructor``)."""
+    rng = np.random.default_rng(seed)
+    px = fov_mm / size
+    geo = {"pixel_mm": [px, px], "slice_mm": 4.0, "fov_mm": fov_mm, "origin_mm": [-fov_mm / 2 + px / 2, fov_mm / 2 - px / 2],
+           "orientation": "row 0 at +y (top), column 0 at -x", "isotope": "F-18", "units": "Bq/mL",
+           "decay_corrected_to": "device time 0"}
+    lam = np.log(2) / (109.77 * 60.0)
+    series = _series(seed, "pet0")
+    out = []
+    for i in range(n):
+        img = _hot_disc(size, fov_mm, 5300.0, rng)
+        t0 = i * frame_s if dynamic else 0.0
+        t1 = (i + 1) * frame_s
+        exposure = float((np.exp(-lam * t0) - np.exp(-lam * t1)) / lam)
+        meta = {"prompts": 200_000 * (i + 1), "delayed": 20_000 * (i + 1), "scatter_fraction": 0.3, "live_fraction": 0.9,
+                "singles": 4_000_000 * (i + 1), "t_start_s": t0, "t_end_s": t1, "exposure_s": exposure,
+                "iterations": 3, "subsets": 10, "decay_corrected_to_s": 0.0, "dynamic": dynamic}
+        out.append(ReconFrame("recon/pet0", _hdr("pet0", series, i, img, ["y", "x"], "Bq/mL",
+                                                  T0_NS + int(t1 * 1e9), meta),
+                              img, _recon_desc("pet0", "pet", "PetReconstructor", img, ["y", "x"], "Bq/mL", geo)))
+    return out
+
+
+def spect_images(n: int = 1, size: int = 64, fov_mm: float = 320.0, seed: int = 9) -> list[ReconFrame]:
+    """``recon/spect0``: float32 ``(y, x)`` Bq/mL, one per rotation (``SpectReconstructor``)."""
+    rng = np.random.default_rng(seed)
+    px = fov_mm / size
+    geo = {"pixel_mm": [px, px], "slice_mm": 20.0, "fov_mm": fov_mm,
+           "origin_mm": [-fov_mm / 2 + px / 2, fov_mm / 2 - px / 2],
+           "orientation": "row 0 at +y (top), column 0 at -x", "units": "Bq/mL", "decay_corrected_to": "device time 0"}
+    series = _series(seed, "spect0")
+    out = []
+    for i in range(n):
+        img = _hot_disc(size, fov_mm, 20000.0, rng)
+        meta = {"events": 900_000, "photopeak_counts": 400_000.0, "scatter_fraction": 0.25, "stops_seen": 30,
+                "iterations": 4, "subsets": 6, "decay_corrected_to_s": 0.0}
+        out.append(ReconFrame("recon/spect0", _hdr("spect0", series, i, img, ["y", "x"], "Bq/mL",
+                                                    T0_NS + (i + 1) * 6_000_000_000, meta),
+                              img, _recon_desc("spect0", "spect", "SpectReconstructor", img, ["y", "x"], "Bq/mL", geo)))
+    return out
+
+
+def _rgb(h: int, w: int, i: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), np.full((h, w), (40 * i) % 256)], -1)
+    return np.clip(img + rng.integers(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def endoscope_frames(n: int = 2, h: int = 60, w: int = 80, seed: int = 10) -> list[ReconFrame]:
+    """``recon/endo0``: uint8 sRGB ``(y, x, c)`` (``EndoscopeReconstructor``), no geometry."""
+    rng = np.random.default_rng(seed)
+    series = _series(seed, "endo0")
+    out = []
+    for i in range(n):
+        img = _rgb(h, w, i, rng)
+        out.append(ReconFrame("recon/endo0", _hdr("endo0", series, i, img, ["y", "x", "c"], "", T0_NS + i * 33_333_333,
+                                                   {"wb_gains": [1.1, 1.0, 0.9]}),
+                              img, _recon_desc("endo0", "endoscope", "EndoscopeReconstructor", img, ["y", "x", "c"], "",
+                                               {})))
+    return out
+
+
+def photo_frames(n: int = 1, h: int = 64, w: int = 96, seed: int = 11) -> list[ReconFrame]:
+    """``recon/photo0``: uint8 sRGB ``(y, x, c)`` after the chart calibration (``PhotoReconstructor``)."""
+    rng = np.random.default_rng(seed)
+    series = _series(seed, "photo0")
+    out = []
+    for i in range(n):
+        img = _rgb(h, w, i + 3, rng)
+        meta = {"deltaE_mean": 1.2, "deltaE_max": 3.4, "matrix": np.eye(3).tolist()}
+        out.append(ReconFrame("recon/photo0", _hdr("photo0", series, i, img, ["y", "x", "c"], "", T0_NS + i * 10**9, meta),
+                              img, _recon_desc("photo0", "photo", "PhotoReconstructor", img, ["y", "x", "c"], "", {})))
+    return out
+
+
+def thermal_frames(n: int = 8, h: int = 48, w: int = 64, seed: int = 12) -> list[ReconFrame]:
+    """``recon/ir0``: float32 ``(y, x)`` object temperature in °C (``ThermalReconstructor``), no geometry."""
+    rng = np.random.default_rng(seed)
+    series = _series(seed, "ir0")
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(n):
+        t = (22.0 + 14.0 * np.exp(-(((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 5)) ** 2))
+             + 0.05 * rng.standard_normal((h, w))).astype(np.float32)
+        meta = {"canthus_max_c": float(t.max()), "face_max_c": float(t.max()), "blackbody_c": 35.0,
+                "drift_offset_k": 0.01, "fever": False}
+        out.append(ReconFrame("recon/ir0", _hdr("ir0", series, i, t, ["y", "x"], "degC", T0_NS + i * 33_333_333, meta),
+                              t, _recon_desc("ir0", "thermal", "ThermalReconstructor", t, ["y", "x"], "degC", {})))
+    return out
+
+
+def family_kinds(seed: int = 0) -> list[ReconFrame]:
+    """One short run of each newer family's imaging output (MR, PET, NM, endoscope, photo, thermal)."""
+    return (mri_images(seed=seed + 7) + pet_images(seed=seed + 8) + spect_images(seed=seed + 9)
+            + endoscope_frames(seed=seed + 10) + photo_frames(seed=seed + 11) + thermal_frames(seed=seed + 12))
