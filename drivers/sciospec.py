@@ -22,6 +22,15 @@ Stream frame: ``float32 (measurement,)``, V. ``quantity = "real"`` (default) pub
 in-phase (real) part of each differential voltage, ``"magnitude"`` its modulus. 16
 electrodes → 208 values, 32 → 928. The descriptor's ``geometry`` carries the pattern
 (``ex_mat``, ``meas_mat``, 0-based) so a subscriber needs nothing else to reconstruct.
+
+Frame start (``frame_triggers = true``): each published EIT frame's start -- the device
+timestamp (ms) of its first sub-frame, the device's own frame-start event -- is published as a
+trigger event on ``markers/<device>`` (line ``frame_start``). The device's ms clock is fitted to
+the arrival times of the first sub-frames (:class:`~medacq.drivers._clockfit.DeviceClock`, lower
+envelope; u32 wrap unwrapped), so the event's host time carries the fit's error, the 1 ms
+timestamp resolution and the first sub-frame's own measuring time (1 / (fps × sub-frames)),
+not a half frame period. The Sciospec protocol here has no trigger input, so the rig's trigger
+bus is not cabled to it.
 """
 
 from __future__ import annotations
@@ -37,9 +46,12 @@ from medacq.protocols._sansio import Garbage
 from medacq.protocols.eit_pattern import Pattern, adjacent_pattern
 from medacq.protocols.stream import StreamDescriptor
 
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
+
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import DeviceClock
 from .transports import SerialTransport
+from .triggers import clock_trigger
 
 __all__ = ["SciospecDriver", "SciospecSettings", "FrameAssembler"]
 
@@ -57,6 +69,8 @@ class SciospecSettings(BaseModel):
         burst_count: frames per start, 0 = until stopped.
         quantity: ``real`` (in-phase part of each differential voltage) or ``magnitude``.
         baudrate: serial line rate (ignored on ptys and sockets).
+        frame_triggers: publish each EIT frame's start on ``markers/<device>`` (line
+            ``frame_start``; module doc).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,6 +84,7 @@ class SciospecSettings(BaseModel):
     burst_count: int = Field(default=0, ge=0, le=65535)
     quantity: Literal["real", "magnitude"] = "real"
     baudrate: int = 921600
+    frame_triggers: bool = False
 
 
 class FrameAssembler:
@@ -183,6 +198,9 @@ class SciospecDriver(CodecDriver):
         self._running = False
         self._clock = DeviceClock(settings.fps)
         self._k = np.arange(self.pattern.n_exc)[:, None]
+        self._ts_clock = DeviceClock(1000.0)  # device ms of first sub-frames -> host
+        self._ts_last: int | None = None      # last raw u32 ms seen, and its unwrapped value
+        self._ts_unwrapped = 0
 
     # -- command/ack ---------------------------------------------------------------------
     def _garbage(self, ev: Garbage) -> None:
@@ -240,6 +258,7 @@ class SciospecDriver(CodecDriver):
     def start(self) -> None:
         self._asm = FrameAssembler(self.settings.n_el, self._pairs, self.settings.fps)
         self._clock = DeviceClock(self.settings.fps)
+        self._ts_clock, self._ts_last, self._ts_unwrapped = DeviceClock(1000.0), None, 0
         self._pending.clear()
         self._running = True
         try:
@@ -299,6 +318,8 @@ class SciospecDriver(CodecDriver):
                 if isinstance(ev, sc.Ack) and ev.code == sc.AckCode.DATA_HOLDUP:
                     self.count("data_holdup")
                 continue
+            if self.settings.frame_triggers and self._asm._position(ev) == 0:
+                self._ts_clock.update(self._unwrap_ms(ev.timestamp_ms), t_mono)
             for item in self._asm.push(ev):
                 if item[0] == "gap":
                     self.count("incomplete_frames" if "incomplete" in item[2] else "missing_frames", item[1])
@@ -307,6 +328,18 @@ class SciospecDriver(CodecDriver):
                     _, idx, U, ts = item
                     self._clock.update(idx, t_mono)
                     t0 = int(self._clock.time_of(idx)) - period_ns
-                    out.append(Frame(self._measurements(U), t0 + off, t0, t_device=ts / 1000.0,
-                                     meta={"device_frame": idx}))
+                    meta: dict[str, Any] = {"device_frame": idx}
+                    if self.settings.frame_triggers and self._ts_last == ts:
+                        meta[FRAME_TRIGGERS_KEY] = [clock_trigger(
+                            self._ts_clock, self._ts_unwrapped, "frame_start", off, t_device=ts / 1000.0,
+                            latched=False, sample=idx).to_meta()]
+                    out.append(Frame(self._measurements(U), t0 + off, t0, t_device=ts / 1000.0, meta=meta))
         return out
+
+    def _unwrap_ms(self, raw: int) -> int:
+        """The device's u32 ms timestamp, unwrapped (steps back of under 2^31 ms stay steps back)."""
+        if self._ts_last is not None:
+            d = (raw - self._ts_last) % (1 << 32)
+            self._ts_unwrapped += d - (1 << 32) if d > (1 << 31) else d
+        self._ts_last = raw
+        return self._ts_unwrapped

@@ -21,6 +21,15 @@ this scanner keeps the sequence armed for ``UNFREEZE`` and is refused unless run
 ``GET STATUS`` must report ``state=stopped`` (no acoustic output). Only ``start()`` sends
 ``START`` again.
 
+Frame trigger and trigger input (``markers/<device>``, :mod:`medacq.protocols.markers`): the
+IGTL header timestamp is the frame's start on the scanner clock; a fit of that clock to the
+arrival times (:class:`~medacq.drivers._clockfit.DeviceClock`, lower envelope, µs ticks) places
+scanner times on the host timeline. With ``frame_triggers`` every frame's start is published as a
+trigger event (line ``frame_start``); a frame whose metadata holds ``trigger_in`` (scanner-clock
+seconds of a rising edge on the scanner's trigger input, the simulated scanner's key) always
+yields an event on line ``trigger_in``. Both are timestamped by the scanner, so no half-period
+quantisation applies; the error is the fit's (the scanner's minimum delivery latency included).
+
 Ingest path: ``recv_into`` a preallocated 8 MiB buffer, handed to the codec as a
 memoryview (one copy into the codec's bounded buffer, one out of it per message).
 """
@@ -28,6 +37,7 @@ memoryview (one copy into the codec's bounded buffer, one out of it per message)
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,8 +49,12 @@ from medacq.protocols.igtl import BadMessage, ConnectionClosed, IgtlConnection, 
 from medacq.protocols.stream import StreamDescriptor
 from medacq.protocols.us_geometry import MAX_ANGLE_DEG, MAX_ANGLES, PlaneWaveAcquisition
 
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
+
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
+from ._clockfit import DeviceClock
 from .transports import TcpTransport
+from .triggers import clock_trigger
 
 __all__ = ["UltrasoundDriver", "UltrasoundSettings"]
 
@@ -59,6 +73,8 @@ class UltrasoundSettings(BaseModel):
             voltage is not a setting of this driver.)
         check_crc: verify each message's CRC64 (recommended).
         command_timeout_s: how long to wait for a command reply.
+        frame_triggers: publish every frame's start as a trigger event on ``markers/<device>``
+            (line ``frame_start``; default off: 20 markers/s at 20 frames/s).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +88,7 @@ class UltrasoundSettings(BaseModel):
     prf_hz: float = Field(300.0, gt=0, le=50000, json_schema_extra={"limited": True})
     check_crc: bool = True
     command_timeout_s: float = Field(3.0, gt=0)
+    frame_triggers: bool = False
 
     @model_validator(mode="after")
     def _one_depth(self) -> "UltrasoundSettings":
@@ -102,6 +119,7 @@ class UltrasoundDriver(CodecDriver):
         self._expected: int | None = None
         self._lost_reasons: dict[str, int] = {}
         self.acquisition: PlaneWaveAcquisition | None = None
+        self._scanner_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)  # scanner µs -> host
 
     # ---- link --------------------------------------------------------------------------
     def _pump(self, timeout: float) -> bool:
@@ -173,6 +191,7 @@ class UltrasoundDriver(CodecDriver):
     def start(self) -> None:
         self._expected = None
         self._lost_reasons.clear()
+        self._scanner_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)
         self.command("START")
 
     def stop(self) -> None:
@@ -239,5 +258,33 @@ class UltrasoundDriver(CodecDriver):
                     self.count("out_of_order")
             self._lost_reasons.clear()
             self._expected = seq + 1
-            out.append(Frame(img, t_host, t_mono, t_device=ev.timestamp, meta={"seq": seq}))
+            meta: dict[str, Any] = {"seq": seq}
+            trig = self._triggers(ev, seq, t_mono, t_host - t_mono)
+            if trig:
+                meta[FRAME_TRIGGERS_KEY] = trig
+            out.append(Frame(img, t_host, t_mono, t_device=ev.timestamp, meta=meta))
+        return out
+
+    def _triggers(self, ev: ImageMessage, seq: int, t_mono: int, real_minus_mono: int) -> list[dict[str, Any]]:
+        """The frame's trigger events (frame start, trigger input edge) on the fitted scanner clock."""
+        ts = ev.timestamp
+        if not (math.isfinite(ts) and ts > 0):
+            return []
+        self._scanner_clock.update(int(round(ts * 1e6)), t_mono)
+        out = []
+        if self.settings.frame_triggers:
+            out.append(clock_trigger(self._scanner_clock, int(round(ts * 1e6)), "frame_start", real_minus_mono,
+                                     t_device=ts, latched=False, sample=seq).to_meta())
+        raw = ev.metadata.get("trigger_in")
+        if raw is not None:
+            try:
+                edge = float(raw)
+                if not math.isfinite(edge):
+                    raise ValueError(raw)
+            except ValueError:
+                self.count("bad_trigger_meta")
+            else:
+                out.append(clock_trigger(self._scanner_clock, int(round(edge * 1e6)), "trigger_in", real_minus_mono,
+                                         t_device=edge, latched=False, sample=seq).to_meta())
+                self.count("trigger_edges")
         return out

@@ -16,7 +16,10 @@ subscriber, the recorder and the HDF5 file handle it like any other stream:
 * ``meta``: ``text``, ``origin`` (``software`` or ``trigger``) and, for triggers, ``line``
   (the input, e.g. ``D11``), ``edge`` (``rising``/``falling``), ``sample`` (device sample index
   or frame number where it was seen) and ``period_s`` (that sample's period: the event lies in
-  ``[t - period_s / 2, t + period_s / 2)``).
+  ``[t - period_s / 2, t + period_s / 2)``); where the daemon aligns the device to the rig's
+  trigger reference (``[daemon] trigger_reference``), ``t_mono_ns_fit`` (the uncorrected fitted
+  time) and ``bus_offset_ns`` (what was removed) too. A trigger on line ``frame_start`` is the
+  device's own frame-start event (ultrasound, EIT), not an edge of the rig's trigger line.
 
 Within one ``markers/<source>`` stream ``seq`` and the clocks increase together (markers in
 order). A driver hands trigger events to the daemon in its frames' ``meta["triggers"]``
@@ -110,6 +113,9 @@ class TriggerEvent:
         t_mono_ns, t_host_ns: the fitted host time of the event (CLOCK_MONOTONIC /
             CLOCK_REALTIME, ns): the middle of the sample period in which the edge was seen.
         period_s: that sample's period, s (the event's time is known to +- half of it).
+        frame_clock: the stream's frames are stamped on the same fitted device clock as this
+            event (Cyton, HackEEG: one sample clock), so a correction of the event's clock (the
+            daemon's trigger-bus alignment) applies to the frames too.
     """
 
     line: str
@@ -119,11 +125,13 @@ class TriggerEvent:
     t_mono_ns: int
     t_host_ns: int
     period_s: float
+    frame_clock: bool = False
 
     def to_meta(self) -> dict[str, Any]:
         """A JSON-able dict (frame ``meta["triggers"]`` entry)."""
         return {"line": self.line, "edge": self.edge, "sample": int(self.sample), "t_device": float(self.t_device),
-                "t_mono_ns": int(self.t_mono_ns), "t_host_ns": int(self.t_host_ns), "period_s": float(self.period_s)}
+                "t_mono_ns": int(self.t_mono_ns), "t_host_ns": int(self.t_host_ns), "period_s": float(self.period_s),
+                "frame_clock": bool(self.frame_clock)}
 
     @classmethod
     def from_meta(cls, d: Any) -> "TriggerEvent":
@@ -133,7 +141,7 @@ class TriggerEvent:
             if edge not in ("rising", "falling"):
                 raise MarkerError(f"trigger edge {edge!r:.20} is not rising/falling")
             ev = cls(str(d["line"])[:32], edge, int(d["sample"]), float(d["t_device"]), int(d["t_mono_ns"]),
-                     int(d["t_host_ns"]), float(d["period_s"]))
+                     int(d["t_host_ns"]), float(d["period_s"]), bool(d.get("frame_clock", False)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, MarkerError):
                 raise

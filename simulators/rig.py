@@ -35,7 +35,8 @@ class RigEntry:
             port); with more than one, simulator ``i`` gets option ``sensor=i``, is served as
             ``<name>-<i>`` (``i`` ≥ 1) and the driver's address lists them comma-separated.
         trigger_line: the simulator's input the rig's trigger bus is cabled to (``D11`` on a
-            Cyton, ``GPIO1`` on a HackEEG, ``frame_sync`` on the flat panel; see
+            Cyton, ``GPIO1`` on a HackEEG, ``frame_sync`` on the flat panel, ``trigger_in`` on the
+            ultrasound scanner; see
             :mod:`medacq.simulators.trigger_bus`); the driver's settings name it too.
     """
 

@@ -118,6 +118,12 @@ class TriggerInput:
         """The level the device reads at its own adapter time ``t_device_s``."""
         return self.bus.level(self.epoch + t_device_s)
 
+    def first_edge(self, lo_s: float, hi_s: float) -> float | None:
+        """The first rising edge in ``[lo_s, hi_s)`` of the device's adapter time, on that time
+        (a device that timestamps edges itself: the ultrasound scanner), or ``None``."""
+        t = self.bus.first_edge(self.epoch + lo_s, self.epoch + hi_s)
+        return None if t is None else t - self.epoch
+
 
 def attach(server: Any, bus: TriggerBus, line: str, device: Any | None = None) -> TriggerInput:
     """Cable ``bus`` to input ``line`` of the device a started SimulatorServer serves (through a
@@ -125,7 +131,8 @@ def attach(server: Any, bus: TriggerBus, line: str, device: Any | None = None) -
     dev = device if device is not None else server.interface
     inner = dev.inner if isinstance(dev, DelayedInterface) else dev
     if not hasattr(inner, "trigger"):
-        raise ValueError(f"{type(inner).__name__} has no trigger input (Cyton, HackEEG and the flat panel have one)")
+        raise ValueError(f"{type(inner).__name__} has no trigger input (Cyton, HackEEG, the flat panel and the "
+                         "ultrasound scanner have one)")
     inp = TriggerInput(bus, line, server._t0)  # the adapter's t = 0 (SimulatorServer.start sets it)
     inner.trigger = inp
     return inp

@@ -25,6 +25,14 @@ samples)``, little-endian; the **sequence counter** travels in the extended head
 message id (u32, wraps) and, unwrapped, in the metadata key ``"seq"``; the header
 timestamp is the adapter time of the frame (s). Frames are paced at PRF / angles; in
 unpaced mode they come out as fast as the transport takes them, byte-identical.
+
+Frame trigger and trigger input: the header timestamp is the frame's start on the scanner clock
+(its first transmit: the scanner's frame-trigger event). The scanner's trigger input (the rig's
+trigger bus, :mod:`medacq.simulators.trigger_bus`, cabled as ``trigger_in``) is timestamped on
+the same clock: a frame whose metadata holds ``"trigger_in"`` (decimal seconds, the header
+timestamp's clock) had a rising edge on the input at that time, the first since the previous
+frame's start (an edge is reported with the next frame, once it has happened). This metadata
+key is this simulated scanner's own (OpenIGTLink 3 metadata is free key/value text).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from medacq.protocols.igtl import (
 )
 from medacq.protocols.us_geometry import PlaneWaveAcquisition, plane_wave_angles
 from medacq.simulators._interface import DeviceInterface
+from medacq.simulators.trigger_bus import TriggerInput
 from medacq.simulators.us_model import PlaneWaveRFModel
 
 __all__ = ["UltrasoundScannerInterface", "make"]
@@ -64,6 +73,10 @@ class UltrasoundScannerInterface(DeviceInterface):
         self._drop_next = 0
         self._restart = False  # the frame train starts afresh at the next poll (see poll)
         self.faulted_seqs: list[int] = []
+        #: the rig trigger bus's cable on the trigger input (``trigger_in``), set by
+        #: :func:`medacq.simulators.trigger_bus.attach`; ``None``: nothing connected
+        self.trigger: TriggerInput | None = None
+        self._prev_frame_t: float | None = None
 
     # ---- faults side door (call under SimulatorServer.call) -----------------------------
     def corrupt_next_frames(self, n: int = 1) -> None:
@@ -133,6 +146,7 @@ class UltrasoundScannerInterface(DeviceInterface):
         if self._restart:
             self._restart = False
             self._next = t
+            self._prev_frame_t = None  # edges before the new train are not reported
         period = 1.0 / self.model.acquisition.frame_rate_hz
         frame_t = self._next
         self._next += period
@@ -147,7 +161,7 @@ class UltrasoundScannerInterface(DeviceInterface):
             return b""
         rf = self.model.frame(frame_t)
         msg = ImageMessage(image=rf, device_name="RF", timestamp=frame_t, header_version=2,
-                           message_id=self.seq & 0xFFFFFFFF, metadata={"seq": str(self.seq)})
+                           message_id=self.seq & 0xFFFFFFFF, metadata=self._frame_metadata(frame_t))
         self.seq += 1
         wire = self.codec.send(msg)
         if self._corrupt_next:
@@ -161,6 +175,16 @@ class UltrasoundScannerInterface(DeviceInterface):
             self.faulted_seqs.append(self.seq - 1)
             return wire[: len(wire) // 2]
         return wire
+
+    def _frame_metadata(self, frame_t: float) -> dict[str, str]:
+        """``seq``, and ``trigger_in`` where the input saw a rising edge since the previous frame."""
+        meta = {"seq": str(self.seq)}
+        prev, self._prev_frame_t = self._prev_frame_t, frame_t
+        if self.trigger is not None and prev is not None:
+            edge = self.trigger.first_edge(prev, frame_t)
+            if edge is not None:
+                meta["trigger_in"] = repr(float(edge))
+        return meta
 
     def truth(self) -> dict:
         return {**self.model.truth(), "seq": self.seq, "state": self.state, "transmitting": self.transmitting,

@@ -167,3 +167,58 @@ def test_the_fault_side_door_fires_the_bus_a_device_is_cabled_to():
     finally:
         srv.stop()
         bare.stop()
+
+
+def test_the_daemon_aligns_every_cabled_stream_to_the_reference(timeline):
+    """[daemon] trigger_reference = "ekg0": the daemon itself removes each device's offset from the
+    reference (learnt from earlier common edges) -- the Cyton's 5 ms link latency included -- from its
+    trigger markers and, sharing the same sample clock, from its frames."""
+    r = timeline
+    al = r["daemon_alignment"]
+    assert al["reference"] == "ekg0" and al["matched"] >= 2 * 35  # eeg0 and xr0, 40 edges each
+    assert 3.0 < al["offsets_ms"]["eeg0"] < 8.0  # the latency no fit can see, measured by the daemon
+    assert al["frames_corrected"] == ["eeg0"]  # the panel's frames are not on its trigger clock
+    d = r["errors_ms_daemon"]
+    eeg = np.array([v for v in d["eeg0"] if v is not None])
+    ref = np.array([v for v in d["ekg0"] if v is not None])
+    assert len(eeg) >= 30 and abs(np.median(eeg) - np.median(ref)) < 1.0  # on the reference's clock
+    assert r["align_by"] == "daemon" and r["align_p99_ms"] < r["align_p99_ms_no_trigger"] - 2.0
+    # eeg0's frames moved with its markers: a marker's sample placed by its frame's clocks lands on
+    # the marker's published (aligned) time, 5 ms from the fit's own
+    fm = r["eeg0_frames_vs_markers_ms"]
+    assert fm["n"] >= 30 and fm["aligned_p99"] < 0.2 and 3.0 < -fm["fit_median"] < 8.0
+
+
+def test_bus_aligner_matches_edges_in_any_arrival_order():
+    from medacq.daemon.acquisition.markers import BusAligner
+
+    al = BusAligner("ref", window_ns=40_000_000, keep=50, min_matches=5)
+    edges = [int(1e9) + k * 150_000_000 for k in range(12)]
+    for k, t in enumerate(edges):
+        if k % 2:  # the device's edge first, then the reference's: it waits, then matches
+            al.observe("dev", t + 7_000_000 + (k % 3) * 100_000, frame_clock=True)
+            al.observe("ref", t)
+        else:
+            al.observe("ref", t)
+            al.observe("dev", t + 7_000_000 + (k % 3) * 100_000, frame_clock=True)
+        al.observe("panel", t - 2_000_000)
+        if k < 4:
+            assert al.offset_ns("dev") is None and al.frame_offset_ns("dev") == 0
+    assert al.offset_ns("ref") == 0 and al.frame_offset_ns("ref") == 0
+    assert al.offset_ns("dev") == 7_100_000  # median of 7.0, 7.1, 7.2 ms
+    assert al.frame_offset_ns("dev") == 7_100_000
+    assert al.offset_ns("panel") == -2_000_000 and al.frame_offset_ns("panel") == 0  # frames on another clock
+    al.observe("dev", edges[-1] + 500_000_000, frame_clock=True)  # no reference edge within 40 ms: waits, then expires
+    al.observe("ref", edges[-1] + 3_000_000_000)
+    st = al.status()
+    assert st["matched"] == 24 and st["unmatched"] == 1 and st["frames_corrected"] == ["dev"]
+
+
+def test_trigger_reference_must_name_a_device_of_the_rig():
+    from medacq.daemon.common.config import ConfigError, parse_config
+
+    dev = [{"name": "ekg0", "kind": "hackeeg", "address": "/dev/null"}]
+    assert parse_config({"daemon": {"trigger_reference": "ekg0"}, "device": dev}).daemon.trigger_reference == "ekg0"
+    assert parse_config({"device": dev}).daemon.trigger_reference is None
+    with pytest.raises(ConfigError, match="trigger_reference"):
+        parse_config({"daemon": {"trigger_reference": "eeg9"}, "device": dev})

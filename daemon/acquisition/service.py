@@ -154,7 +154,7 @@ class AcquisitionDaemon:
             raise
         self.publisher = Publisher(pub, self.wake, dc.heartbeat_s, dc.descriptor_interval_s,
                                    max_frame_bytes=int(dc.max_frame_mb * 1e6))
-        self.markers = MarkerHub(self.publisher, self.wake)
+        self.markers = MarkerHub(self.publisher, self.wake, trigger_reference=dc.trigger_reference)
         for dev in self.config.device:
             cls = driver_class(dev.kind)
             settings = cls.validate_settings(dev.settings)
@@ -163,7 +163,7 @@ class AcquisitionDaemon:
             self.publisher.add_stream(dev.name, q, stats)
             w = AcquisitionWorker(dev.name, cls, dev.address, settings, q, stats, dc.reconnect_max_s,
                                   on_fault=dev.safety.on_fault, on_safety=self._on_safety,
-                                  on_triggers=self.markers.triggers)
+                                  on_triggers=self.markers.triggers, frame_offset_ns=self.markers.frame_offset_ns)
             self.workers[dev.name] = w
             self.kinds[dev.name] = dev.kind
         self.publisher.start()

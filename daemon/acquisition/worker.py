@@ -146,6 +146,8 @@ class AcquisitionWorker(threading.Thread):
         on_triggers: called (on this thread) with ``(device, events)`` for a frame whose
             ``meta["triggers"]`` lists trigger events its driver decoded: the daemon publishes
             them on ``markers/<device>``.
+        frame_offset_ns: called (on this thread) with the device name for each frame: ns to
+            remove from its clocks (the trigger-bus alignment, :class:`~.markers.BusAligner`).
     """
 
     #: how often (s) a running driver's ``descriptor()`` is re-read; a changed one (e.g. a
@@ -168,6 +170,7 @@ class AcquisitionWorker(threading.Thread):
         on_fault: bool = False,
         on_safety: Callable[[SafetyEvent], None] | None = None,
         on_triggers: Callable[[str, Any], Any] | None = None,
+        frame_offset_ns: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__(name=f"acq-{name}", daemon=True)
         self.device = name
@@ -195,6 +198,7 @@ class AcquisitionWorker(threading.Thread):
         self.on_fault = on_fault
         self.on_safety = on_safety
         self.on_triggers = on_triggers
+        self.frame_offset_ns = frame_offset_ns
         #: the driver has an output to make safe (it overrides Driver.enter_safe_state)
         self.has_output = driver_cls.enter_safe_state is not Driver.enter_safe_state
         #: the driver has a thread-safe fast path (Driver.cut_output)
@@ -382,6 +386,9 @@ class AcquisitionWorker(threading.Thread):
                     data = item.data
                     if not data.flags.c_contiguous:
                         item.data = np.ascontiguousarray(data)
+                    if self.frame_offset_ns is not None and (off := self.frame_offset_ns(self.device)):
+                        item.t_host_ns -= off
+                        item.t_mono_ns -= off
                     seq = self._seq
                     self._seq = seq + 1
                     stats.frames_acquired += 1

@@ -2,35 +2,43 @@
 
 A simulated rig trigger bus (:class:`~medacq.simulators.trigger_bus.TriggerBus`) fires ``--triggers``
 TTL pulses (default 200, every 100 ms plus a random 0-50 ms so they fall on every phase of each
-device's sample grid) into three simulated devices, each served on its own real link with its own
+device's sample grid) into simulated devices, each served on its own real link with its own
 clock and a transport jitter, and read by its real driver inside a real :class:`AcquisitionDaemon`:
 
 * ``eeg0`` Cyton, 8 channels at 250 Hz, crystal +50 ppm, link jitter U[0, 2 ms), pty: the TTL on
   digital input D11 (board mode digital, aux bytes);
 * ``ekg0`` HackEEG / ADS1298 at 1 kHz, crystal -50 ppm, its 1 ms USB frames plus U[0, 2 ms), pty:
-  the TTL on GPIO1 (the status word's GPIO bits);
+  the TTL on GPIO1 (the status word's GPIO bits); the daemon's ``trigger_reference``;
 * ``xr0`` flat panel, fluoroscopy 20 frames/s, U[0, 2 ms) on its TCP link: the TTL on its
   trigger/sync input, timestamped by the panel (``FETC:META?`` sync field; the simulated panel
-  clock has no drift).
+  clock has no drift);
+* (``medacq bench timeline``; ``run_timeline(imaging=True)``) ``us0`` ultrasound scanner, 1 angle
+  at 20 frames/s, U[0, 2 ms) on its TCP link: the TTL on its trigger input, timestamped by the
+  scanner (OpenIGTLink metadata ``trigger_in``); and ``eit0`` Sciospec EIT at 20 frames/s, pty:
+  not on the bus (no trigger input in its protocol); its own frame starts (``frame_triggers``)
+  are judged against the simulator's true frame starts instead.
 
-Each driver decodes the edges and maps them through its stream's fitted device→host clock
-(``t_host_ns`` as every frame of the stream gets it); the daemon publishes them on
-``markers/<device>``; this benchmark subscribes to ``markers/`` like any client. Truth is the bus's
-own schedule (CLOCK_MONOTONIC of this host, the clock the simulators run on).
+Each driver decodes the edges and maps them through its stream's fitted device→host clock; the
+daemon aligns every cabled device to the reference from the common edges
+(:class:`~medacq.daemon.acquisition.markers.BusAligner`) and publishes them on
+``markers/<device>`` with both times (the aligned one in the header, the fit's own in
+``meta.t_mono_ns_fit``); this benchmark subscribes to ``markers/`` like any client. Truth is the
+bus's own schedule (CLOCK_MONOTONIC of this host, the clock the simulators run on).
 
-Figures, for every event seen by every stream:
+Figures, for every event seen by every stream on the bus:
 
 * ``align_p99_ms_no_trigger``: the spread (max - min across streams) of the event's host time as
   clock fitting alone places it: the fitted time of the device sample in which the edge lies
   (the middle of its period) -- what locating that instant in each stream by its fitted clock
   gives, with the 50 ppm drifts and 2 ms jitters configured.
-* ``align_p99_ms``: the same after the trigger bus's correction: each stream's offset from the
-  bus is estimated from the *previous* events only (running median of the last 50; the host knows
-  when it fired each pulse) and removed, so what is left is the sample quantisation and the
-  fit's short-term wander.
-* ``per_stream``: each stream's p99 |error| against the true time, with and without the
-  correction, and its bar: 1 ms for a stream sampled at >= 1 kHz, half a sample period for slower
-  ones (the panel's bar is half a frame period; it timestamps the edge itself).
+* ``align_p99_ms``: the same spread as the daemon publishes it, aligned to the reference
+  (offsets from earlier edges only; events before a stream's first offset are not scored).
+* ``align_p99_ms_bench_correction``: the same after a bench-side correction that knows the true
+  times: each stream's offset from the bus, running median of the previous 50 events, removed.
+* ``per_stream``: each stream's p99 |error| against the true time (daemon-aligned: it includes
+  the reference's own offset, common to all), by the fit alone and with the bench's correction,
+  the daemon's offset, and its bar: 1 ms for a stream sampled at >= 1 kHz, half a sample period
+  for slower ones (the panel's and scanner's bar is half a frame period; they timestamp the edge).
 
 Out of scope here (reported as ``null``): ``cross_host_offset_uncertainty_ms`` -- daemons on
 several hosts and the ping-based offset estimate are not built in this slice.
@@ -53,6 +61,8 @@ _PHASE_JITTER_S = 0.05
 _WARMUP_S = 4.0
 _CAL_EVENTS = 50  # running-median window of the bus correction
 _CAL_MIN = 5      # events before a correction is applied (earlier ones are not scored "with trigger")
+_US_FPS = 20.0    # us0: 1 angle at 20 Hz PRF = 20 frames/s
+_EIT_FPS = 20.0   # eit0
 
 
 def _log(msg: str) -> None:
@@ -81,10 +91,14 @@ def bus_corrected(errors_ms: list[float | None], window: int = _CAL_EVENTS, min_
 
 def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float = 0.002, seed: int = 1,
                  period_s: float = _TRAIN_PERIOD_S, latency_s: dict[str, float] | None = None,
-                 warmup_s: float = _WARMUP_S) -> dict[str, Any]:
+                 warmup_s: float = _WARMUP_S, imaging: bool = False, reference: str | None = "ekg0") -> dict[str, Any]:
     """Run the rig above and return the figures (module doc). ``latency_s`` adds a fixed link
     latency to named devices (a USB latency timer, a slow network hop); ``errors_ms`` in the result
-    holds every event's error per stream (host time - true time, ms; ``None``: missed)."""
+    holds every event's error per stream (host time - true time, ms; ``None``: missed).
+    ``imaging`` adds the ultrasound scanner ``us0`` (its trigger input on the bus) and the EIT
+    device ``eit0`` (its frame starts, judged against the simulator's own frame times).
+    ``reference``: the daemon's ``trigger_reference`` (``None``: the daemon does not align, and
+    only the bench-side correction is reported)."""
     lat = latency_s or {}
     from medacq.client import Subscriber
     from medacq.daemon.acquisition.service import AcquisitionDaemon
@@ -94,7 +108,9 @@ def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float
     from medacq.simulators.cyton import CytonInterface
     from medacq.simulators.flatpanel import FlatPanelInterface
     from medacq.simulators.hackeeg import HackEEGInterface
+    from medacq.simulators.sciospec import make as make_sciospec
     from medacq.simulators.trigger_bus import DelayedInterface, TriggerBus, attach
+    from medacq.simulators.us_scanner import make as make_us
 
     bus = TriggerBus(width_s=0.005)
     devs = {
@@ -105,10 +121,18 @@ def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float
         "xr0": (DelayedInterface(FlatPanelInterface(seed=31), lat.get("xr0", 0.0), jitter_s, seed + 2), "tcp",
                 "frame_sync", 20.0),
     }
+    if imaging:
+        devs["us0"] = (DelayedInterface(make_us(angles=1, prf_hz=_US_FPS, samples=512, seed=21, cache=False),
+                                        lat.get("us0", 0.0), jitter_s, seed + 3), "tcp", "trigger_in", _US_FPS)
+    bus_names = list(devs)
+    if imaging:  # not on the bus: the Sciospec protocol has no trigger input; its frame starts are the events
+        devs["eit0"] = (DelayedInterface(make_sciospec(n_el=16, seed=2), lat.get("eit0", 0.0), jitter_s, seed + 4),
+                        "pty", None, _EIT_FPS)
     servers = {n: SimulatorServer(d[0], d[1], paced=True, name=n) for n, d in devs.items()}
     p = free_ports(4)
     ep = [f"tcp://127.0.0.1:{x}" for x in p]
-    doc = {"daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1], "local_operator": True},
+    doc = {"daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1], "local_operator": True,
+                      "trigger_reference": reference},
            "recon": {"data_endpoint": ep[2], "control_endpoint": ep[3]},
            "device": [
                {"name": "eeg0", "kind": "cyton", "address": servers["eeg0"].address,
@@ -119,14 +143,26 @@ def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float
                 "address": f"TCPIP::{servers['xr0'].host}::{servers['xr0'].port}::SOCKET",
                 "settings": {"mode": "FLUORO", "binning": 4, "exposure_s": 0.05}},
            ]}
+    if imaging:
+        doc["device"] += [
+            {"name": "us0", "kind": "ultrasound", "address": servers["us0"].tcp_address,
+             "settings": {"angles": 1, "prf_hz": _US_FPS, "samples": 512}},
+            {"name": "eit0", "kind": "sciospec", "address": servers["eit0"].address,
+             "settings": {"n_el": 16, "fps": _EIT_FPS, "frame_triggers": True}},
+        ]
+    frame_starts: list[tuple[int, float]] = []  # eit0: (t_mono_ns, device time s)
     daemon = None
-    seen: dict[str, list[tuple[int, int]]] = {n: [] for n in devs}  # (t_mono_ns, device sample/frame)
+    # (published t_mono_ns, device sample/frame, the fit's own t_mono_ns, daemon alignment applied)
+    seen: dict[str, list[tuple[int, int, int, bool]]] = {n: [] for n in devs}
+    alignment: dict[str, Any] = {}
+    eeg_frames: list[tuple[int, int, int]] = []
     try:
         for n, s in servers.items():
             s.start()
-            attach(s, bus, devs[n][2])
+            if devs[n][2] is not None:
+                attach(s, bus, devs[n][2])
         daemon = AcquisitionDaemon(parse_config(doc)).start()
-        with Subscriber(ep[0], "markers/") as sub:
+        with Subscriber(ep[0], ["markers/", "raw/eeg0"]) as sub:
             end = time.monotonic() + 20
             while not daemon.streams_up() and time.monotonic() < end:
                 time.sleep(0.1)
@@ -140,11 +176,24 @@ def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float
                 msg = sub.recv(timeout=0.2)
                 if msg is None or msg.array is None:
                     continue
+                if msg.topic == "raw/eeg0":  # (first sample, samples, t_mono_ns): frames vs markers below
+                    eeg_frames.append((int(msg.header["t_device"]), int(msg.array.shape[-1]),
+                                       int(msg.header["t_mono_ns"])))
+                    continue
                 src = msg.topic.removeprefix("markers/")
                 meta = msg.header.get("meta", {})
                 if src in seen and meta.get("origin") == "trigger":
-                    seen[src].append((int(msg.header["t_mono_ns"]), int(meta.get("sample", -1))))
+                    if meta.get("line") == "frame_start":
+                        frame_starts.append((int(msg.header["t_mono_ns"]), float(msg.header["t_device"])))
+                    else:
+                        t = int(msg.header["t_mono_ns"])
+                        applied = reference is not None and (src == reference or meta.get("bus_offset_ns") is not None)
+                        seen[src].append((t, int(meta.get("sample", -1)), int(meta.get("t_mono_ns_fit", t)), applied))
             bad = sub.bad_messages
+            alignment = daemon.status().get("markers", {}).get("trigger_alignment", {})
+        if imaging:  # the EIT device's true frame starts: its adapter's t = 0 + its own start + i / fps
+            eit = devs["eit0"][0].inner
+            eit_t0 = servers["eit0"]._t0 + eit._t_start
     finally:
         if daemon is not None:
             daemon.shutdown()
@@ -152,79 +201,133 @@ def run_timeline(n_triggers: int = 200, drift_ppm: float = 50.0, jitter_s: float
             s.stop()
     truth = np.asarray(edges)
     # match each stream's trigger markers to the bus's edges (nearest, within half the train period)
-    err: dict[str, list[float | None]] = {}
+    err: dict[str, list[float | None]] = {}     # the clock fit's own time - true time, ms
+    err_d: dict[str, list[float | None]] = {}   # the daemon's aligned time - true time (None: not aligned yet)
     samples: dict[str, list[int | None]] = {}
     for n, ts in seen.items():
         e: list[float | None] = [None] * len(truth)
+        ed: list[float | None] = [None] * len(truth)
         k: list[int | None] = [None] * len(truth)
-        for t, sample in ts:
-            ts_s = t / 1e9
+        for t, sample, t_fit, applied in ts:
+            ts_s = t_fit / 1e9
             i = int(np.argmin(np.abs(truth - ts_s)))
             if abs(truth[i] - ts_s) < period_s / 2 and e[i] is None:
                 e[i], k[i] = (ts_s - truth[i]) * 1e3, sample
-        err[n], samples[n] = e, k
-    # the bus correction: each stream's offset from the bus, from previous events only
-    corr = {n: bus_corrected(e) for n, e in err.items()}
-    names = list(devs)
-    spread_raw, spread_cor = [], []
+                ed[i] = (t / 1e9 - truth[i]) * 1e3 if applied else None
+        err[n], err_d[n], samples[n] = e, ed, k
+    # the bench-side correction: each stream's offset from the bus's true times, previous events only
+    corr = {n: bus_corrected(e) for n, e in err.items() if n in bus_names}
+    names = bus_names
+    spread = {"raw": [], "bench": [], "daemon": []}  # type: dict[str, list[float]]
     for i in range(len(truth)):
-        raw = [err[n][i] for n in names]
-        if all(v is not None for v in raw):
-            spread_raw.append(max(raw) - min(raw))  # type: ignore[type-var, operator]
-        cor = [corr[n][i] for n in names]
-        if all(v is not None for v in cor):
-            spread_cor.append(max(cor) - min(cor))  # type: ignore[type-var, operator]
+        for key, src in (("raw", err), ("bench", corr), ("daemon", err_d)):
+            vals = [src[n][i] for n in names]
+            if all(v is not None for v in vals):
+                spread[key].append(max(vals) - min(vals))  # type: ignore[type-var, operator]
+    # the figure "with the trigger bus": the daemon's own alignment where it aligns, else the bench's
+    key_with = "daemon" if reference is not None else "bench"
+    with_bus = err_d if reference is not None else corr
     per_stream = []
     for n in names:
         rate = devs[n][3]
         bar = 1.0 if rate >= 1000 else 0.5e3 / rate
         raw = [v for v in err[n] if v is not None]
-        cor = [v for v in corr[n] if v is not None]
+        cor = [v for v in with_bus[n] if v is not None]
+        bench = [v for v in corr[n] if v is not None]
         p_cor, p_raw = _p99(cor), _p99(raw)
         per_stream.append({
             "stream": n, "topic": f"markers/{n}", "line": devs[n][2], "rate_hz": rate,
-            "clock_ppm": {"eeg0": drift_ppm, "ekg0": -drift_ppm, "xr0": 0.0}[n],
+            "clock_ppm": {"eeg0": drift_ppm, "ekg0": -drift_ppm}.get(n, 0.0),
             "link_jitter_ms": jitter_s * 1e3, "events_seen": len(raw), "events_missed": len(truth) - len(raw),
             "bar_ms": round(bar, 4), "align_p99_ms": p_cor, "align_p99_ms_no_trigger": p_raw,
+            "align_p99_ms_bench_correction": _p99(bench), "events_aligned": len(cor),
+            "daemon_offset_ms": (alignment.get("offsets_ms") or {}).get(n, 0.0 if n == reference else None),
             "mean_offset_ms_no_trigger": round(float(np.mean(raw)), 4) if raw else None,
             "within_bar": p_cor is not None and p_cor <= bar,
+            "event": "trigger bus edge, " + ("timestamped by the device" if n in ("xr0", "us0")
+                                             else "latched at the device's next sample"),
         })
+    if imaging:
+        lo, hi = (edges[0] - period_s) * 1e9, (edges[-1] + period_s) * 1e9  # the same window as the bus events
+        err["eit0"] = _frame_start_errors([fs for fs in frame_starts if lo <= fs[0] <= hi], eit_t0, _EIT_FPS)
+        fs_err = [v for v in err["eit0"] if v is not None]
+        p_raw = _p99(fs_err)
+        per_stream.append({
+            "stream": "eit0", "topic": "markers/eit0", "line": "frame_start", "rate_hz": _EIT_FPS, "clock_ppm": 0.0,
+            "link_jitter_ms": jitter_s * 1e3, "events_seen": len(fs_err), "events_missed": None,
+            "bar_ms": round(0.5e3 / _EIT_FPS, 4), "align_p99_ms": p_raw, "align_p99_ms_no_trigger": p_raw,
+            "mean_offset_ms_no_trigger": round(float(np.mean(fs_err)), 4) if fs_err else None,
+            "within_bar": p_raw is not None and p_raw <= 0.5e3 / _EIT_FPS,
+            "event": "the device's own frame start (not on the bus: no trigger input), against the simulator's "
+                     "true frame start; no bus correction",
+        })
+    # eeg0's frames carry the same alignment as its markers: the time its frame gives the marker's
+    # sample (middle of the period before it) minus the marker's published time, and its fitted time
+    starts = np.array([f[0] for f in eeg_frames], dtype=np.int64)
+    resid, resid_fit = [], []
+    for t, sample, t_fit, applied in seen["eeg0"]:
+        j = int(np.searchsorted(starts, sample, side="right")) - 1
+        if applied and j >= 0 and sample < starts[j] + eeg_frames[j][1]:
+            pred = eeg_frames[j][2] + (sample - starts[j] - 0.5) / devs["eeg0"][3] * 1e9
+            resid.append((pred - t) / 1e6)
+            resid_fit.append((pred - t_fit) / 1e6)
+
+    def pct(x: list[float], q: float) -> float | None:
+        return round(float(np.percentile(x, q)), 4) if x else None
+
     return {
         "benchmark": "timeline", "triggers": len(truth), "streams": names,
-        "events_in_every_stream": len(spread_raw),
-        "align_p99_ms": round(float(np.percentile(spread_cor, 99)), 4) if spread_cor else None,
-        "align_p99_ms_no_trigger": round(float(np.percentile(spread_raw, 99)), 4) if spread_raw else None,
-        "align_median_ms": round(float(np.median(spread_cor)), 4) if spread_cor else None,
-        "align_median_ms_no_trigger": round(float(np.median(spread_raw)), 4) if spread_raw else None,
-        "align_note": "spread across streams (max - min) of one event's host time, p99 over events; with the bus "
-                      f"correction only after {_CAL_MIN} events per stream",
+        "events_in_every_stream": len(spread["raw"]),
+        "align_p99_ms": pct(spread[key_with], 99),
+        "align_p99_ms_no_trigger": pct(spread["raw"], 99),
+        "align_p99_ms_bench_correction": pct(spread["bench"], 99),
+        "align_median_ms": pct(spread[key_with], 50),
+        "align_median_ms_no_trigger": pct(spread["raw"], 50),
+        "align_by": key_with, "trigger_reference": reference, "daemon_alignment": alignment,
+        "align_note": "spread across streams (max - min) of one event's host time, p99 over events. align_p99_ms: "
+                      + ("as the daemon publishes it, aligned to the trigger reference from earlier edges (events "
+                         "before its first offsets are not scored)" if reference is not None else
+                         "the bench-side correction (no trigger reference in the daemon)")
+                      + f"; align_p99_ms_bench_correction: each stream's running-median offset from the bus's true "
+                        f"times removed by the bench (after {_CAL_MIN} events)",
         "per_stream": per_stream,
         "bad_messages": bad,
         "drift_ppm": drift_ppm, "jitter_ms": jitter_s * 1e3,
         "cross_host_offset_uncertainty_ms": None,
         "cross_host_note": "not measured: multi-host rigs (network namespaces, ping offset) are outside this slice",
         "link_latency_ms": {n: v * 1e3 for n, v in lat.items()},
+        "eeg0_frames_vs_markers_ms": {"aligned_p99": _p99(resid), "fit_median": pct(resid_fit, 50), "n": len(resid)},
         "errors_ms": err,
+        "errors_ms_daemon": err_d,
         "samples": samples,
         "edges_s": [float(t) for t in truth],
     }
 
 
+def _frame_start_errors(starts: list[tuple[int, float]], t0: float, fps: float) -> list[float | None]:
+    """Error (ms) of each frame-start marker against the true start of its frame: the device's
+    timestamp (ms resolution) names the frame ``i = round(t_device * fps)``, whose true start is
+    ``t0 + i / fps`` (CLOCK_MONOTONIC s)."""
+    return [(t / 1e9 - (t0 + round(td * fps) / fps)) * 1e3 for t, td in starts]
+
+
 def bench_timeline(args: argparse.Namespace) -> dict[str, Any]:
     """``medacq bench timeline [--triggers N] [--seed S]``."""
     n = int(getattr(args, "triggers", None) or 200)
-    r = run_timeline(n, seed=int(getattr(args, "seed", 1) or 1))
-    for k in ("errors_ms", "samples", "edges_s"):
+    r = run_timeline(n, seed=int(getattr(args, "seed", 1) or 1), imaging=True)
+    for k in ("errors_ms", "errors_ms_daemon", "samples", "edges_s"):
         r.pop(k)
     return r
 
 
 def print_result(r: dict[str, Any]) -> None:
     print(f"trigger alignment over {r['events_in_every_stream']} events seen by {', '.join(r['streams'])}")
-    print(f"  spread p99: {r['align_p99_ms']} ms with the trigger bus, {r['align_p99_ms_no_trigger']} ms by clock "
-          "fitting alone")
+    print(f"  spread p99: {r['align_p99_ms']} ms with the trigger bus ({r['align_by']}"
+          + (f", reference {r['trigger_reference']}" if r.get("trigger_reference") else "")
+          + f"), {r['align_p99_ms_no_trigger']} ms by clock fitting alone, {r['align_p99_ms_bench_correction']} ms "
+          "with the bench-side correction")
     for s in r["per_stream"]:
         print(f"  {s['stream']:5s} {s['rate_hz']:7.0f} Hz  p99 |err| {s['align_p99_ms']} ms (bar {s['bar_ms']} ms, "
               f"{'met' if s['within_bar'] else 'NOT met'}); clock fit alone {s['align_p99_ms_no_trigger']} ms; "
-              f"seen {s['events_seen']}/{r['triggers']}")
+              f"seen {s['events_seen']}" + ("" if s["line"] == "frame_start" else f"/{r['triggers']}"))
     print("  cross-host: not measured (out of this slice)")

@@ -162,6 +162,10 @@ class DaemonSection(BaseModel):
             directory gives *reader* rights. ``true``: every local client is an operator
             (a bench, a simulated rig: ``medacq up`` sets it); ``false``: every local client is
             a reader. With CurveZMQ the allow-lists decide and this is ignored.
+        trigger_reference: a device cabled to the rig's trigger line whose edge times define
+            the timeline: every other device's trigger markers (and, where they share its
+            clock, frames) are aligned to it from the common edges
+            (:class:`~medacq.daemon.acquisition.markers.BusAligner`). Unset: no alignment.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -178,6 +182,7 @@ class DaemonSection(BaseModel):
     watchdog_stall_s: float = Field(default=10.0, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
     local_operator: bool | None = None
+    trigger_reference: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 
@@ -301,6 +306,9 @@ class RigConfig(BaseModel):
                self.recon.control_endpoint]
         if len(set(eps)) != len(eps):
             raise ValueError("the daemon's and the reconstruction stage's endpoints must all differ")
+        ref = self.daemon.trigger_reference
+        if ref is not None and ref not in names:
+            raise ValueError(f"daemon.trigger_reference {ref!r} is not a device of this rig")
         return self
 
     @property

@@ -13,7 +13,10 @@ Outputs (``recon/<stream>...``):
   I, II, III, aVR, aVL, aVF, V1–V6 (III, aVR, aVL, aVF derived from I and II by Einthoven
   and Goldberger); ``recon/<stream>/hr`` one frame per detected beat: ``(1,)`` float32 bpm,
   meta ``beat_sample`` (device sample index of the R peak), ``beat_t_mono_ns``,
-  ``rr_s``.
+  ``rr_s``; and every R peak as a marker (:mod:`medacq.protocols.markers` format) on
+  ``markers/<stream>.rpeak``: label ``R peak``, ``t_host_ns``/``t_mono_ns`` the peak's sample on
+  the stream's fitted clock, ``t_device`` its device sample index, meta ``origin: "rpeak"``,
+  ``sample``, ``period_s``, ``rr_s`` (``None`` for the first), ``heart_rate_bpm``, ``lead``.
 * ``meg``: ``recon/<stream>`` filtered ``(channel, sample)`` float32 pT.
 
 NaN samples (a MEG sensor's lost samples) are held at the channel's last value inside the
@@ -40,14 +43,19 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medacq.protocols.markers import MARKER_TOPIC_PREFIX, encode_marker_text
 from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
 from medacq.daemon.recon.algorithms.biosignal import EEG_BANDS, BandPowerTracker, RPeakDetector, StreamingSOSFilter, design_sos
 
-__all__ = ["BiosignalFilter", "BiosignalSettings", "EEGReconstructor", "EEGSettings", "EKGReconstructor",
+__all__ = ["RPEAK_SOURCE_SUFFIX", "BiosignalFilter", "BiosignalSettings", "EEGReconstructor", "EEGSettings", "EKGReconstructor",
            "EKGSettings", "MEGReconstructor", "MEGSettings", "derive_12_leads", "TWELVE_LEADS"]
+
+RPEAK_SOURCE_SUFFIX = ".rpeak"
+"""An EKG stream ``<s>``'s R peaks are markers on ``markers/<s>.rpeak`` (``markers/<s>`` is the
+device's own hardware trigger stream, published by the daemon)."""
 
 TWELVE_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -278,13 +286,16 @@ class EKGReconstructor(BiosignalFilter):
         beats = self.detector.process(x)
         self._fed += x.size
         t0 = int(header["t_mono_ns"])
+        t0_host = int(header.get("t_host_ns", t0))
         for b in beats:
             dev_idx = b.index + self._offset
             rr = (dev_idx - self._last_beat) / self.fs if self._last_beat is not None else None
             self._last_beat = dev_idx
+            dt_ns = int(round((dev_idx - first) / self.fs * 1e9))  # the beat's sample on the frame's fitted clock
+            outs.append(self._rpeak_marker(b, dev_idx, t0 + dt_ns, t0_host + dt_ns, rr))
             if not np.isfinite(b.heart_rate_bpm):
                 continue
-            t_beat = t0 + int(round((dev_idx - first) / self.fs * 1e9))
+            t_beat = t0 + dt_ns
             outs.append(Output("hr", np.array([b.heart_rate_bpm], dtype=np.float32), ["value"], "bpm",
                                meta={"beat_sample": int(dev_idx), "beat_t_mono_ns": t_beat,
                                      "rr_s": rr},
@@ -292,6 +303,22 @@ class EKGReconstructor(BiosignalFilter):
                                                 "method": "causal Pan-Tompkins; bpm = median of the last 8 RR",
                                                 "sample_rate_hz": self.fs}))
         return outs
+
+
+    def _rpeak_marker(self, beat: Any, dev_idx: int, t_mono_ns: int, t_host_ns: int, rr: float | None) -> Output:
+        """The R peak as a marker on ``markers/<stream>.rpeak`` (:data:`RPEAK_SOURCE_SUFFIX`)."""
+        bpm = float(beat.heart_rate_bpm)
+        return Output(MARKER_TOPIC_PREFIX + self.descriptor.stream + RPEAK_SOURCE_SUFFIX, encode_marker_text("R peak"),
+                      ["byte"], "utf-8",
+                      meta={"text": "R peak", "origin": "rpeak", "t_mono_ns": int(t_mono_ns),
+                            "t_host_ns": int(t_host_ns), "t_device": int(dev_idx), "sample": int(dev_idx),
+                            "period_s": 1.0 / self.fs, "rr_s": rr,
+                            "heart_rate_bpm": bpm if np.isfinite(bpm) else None,
+                            "lead": self.channel_names[self.hr_channel]},
+                      descriptor_meta={"origin": "rpeak", "lead": self.channel_names[self.hr_channel],
+                                       "method": "causal Pan-Tompkins; the R peak at the dominant deflection of "
+                                                 "the 0.5 Hz high-passed lead, to the sample",
+                                       "sample_rate_hz": self.fs})
 
 
 class MEGReconstructor(BiosignalFilter):
