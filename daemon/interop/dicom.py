@@ -694,7 +694,7 @@ class DicomWriter:
         """(wall-clock ns of device time 0, frame start s, frame duration s, decay factor) of a nuclear image.
 
         ``t_host_ns`` is the host time of the last source block (device time ``t_end_s``) when the
-        frame meta says so; a recording keeps no per-frame meta, so then the frame is taken as ending at
+        frame meta says so; without it (a recording made before per-frame meta was kept) the frame is taken as ending at
         ``t_host_ns`` with unknown duration (0) and decay factor 1."""
         m = dict(frame.header.get("meta") or {})
         t_host = int(frame.header.get("t_host_ns") or 0)

@@ -80,13 +80,32 @@ def recon_frames(h5: Any) -> Iterator[ReconFrame]:
             units = str(b.attrs.get("units", ""))
             frames, seqs, sidx = b["frames"], b["seq"][:n], b["series_index"][:n]
             t_host, t_mono = b["t_host_ns"][:n], b["t_mono_ns"][:n]
+            t_dev = b["t_device"][:n] if "t_device" in b else None
+            metas = b["meta"][:n] if "meta" in b else None  # per-frame header meta (recordings since session 5)
             for i in range(n):
                 uuid, desc = series.get(int(sidx[i]), ("", {}))
                 arr = np.asarray(frames[i])
                 header = {"v": 1, "stream": stream, "kind": "frame", "series": uuid, "seq": int(seqs[i]),
                           "dtype": arr.dtype.str, "shape": list(arr.shape), "axes": axes, "units": units,
-                          "t_host_ns": int(t_host[i]), "t_mono_ns": int(t_mono[i]), "meta": {}}
+                          "t_host_ns": int(t_host[i]), "t_mono_ns": int(t_mono[i]), "meta": _meta(metas, i)}
+                if t_dev is not None and np.isfinite(t_dev[i]):
+                    header["t_device"] = float(t_dev[i])
                 yield ReconFrame(topic, header, arr, desc or {"stream": stream, "modality": ""})
+
+
+def _meta(metas: Any, i: int) -> dict[str, Any]:
+    """Frame ``i``'s header meta from a block's ``meta`` dataset (``{}`` without one, or when unreadable)."""
+    if metas is None:
+        return {}
+    raw = metas[i]
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if not text:
+        return {}
+    try:
+        m = json.loads(text)
+    except ValueError:
+        return {}
+    return m if isinstance(m, dict) else {}
 
 
 def study_from_recording(h5: Any) -> StudyContext | None:

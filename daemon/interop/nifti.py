@@ -10,7 +10,7 @@ Voxel axes: NIfTI ``(i, j, k[, t])`` = (image column, image row, slice[, frame])
 ``(y, x)`` array is transposed so ``i`` runs along a row. Frames of one series with different
 slice positions (multi-slice MRI with ``meta.origin_m``) become a 3D volume sorted along the
 slice normal; frames that repeat one plane (a single-slice CT rotation after rotation, PET/SPECT
-images over time, a recording that keeps no per-frame meta) become a 4D time series
+images over time, an old recording without per-frame meta) become a 4D time series
 ``(x, y, 1, t)`` with ``pixdim[4]`` = the median time between frames (s).
 
 Units: ``xyzt_units`` = mm and s; values are the published float32 values, unscaled

@@ -30,6 +30,8 @@ Layout (NeXus-style; ``/raw/<stream>`` for topic ``raw/<stream>``; a recon outpu
         seq, series_index           (frame,) uint64 / int32
         t_host_ns, t_mono_ns        (frame,) int64 (CLOCK_REALTIME / CLOCK_MONOTONIC of the acquiring host)
         t_device                    (frame,) float64 (NaN where the device has no clock)
+        meta                        (frame,) UTF-8 JSON of the header's ``meta`` ("" where it had none);
+                                    only in blocks where some frame had one (created then, earlier rows "")
     /raw/eeg0/series/0000           NXcollection @series @descriptor (JSON) @start_seq @start_t_host_ns
                                     @end_t_host_ns @end_reason @frames @blocks @joined_mid_series
     /raw/eeg0/gaps                  (gap,) compound: series_index, first_seq (-1: samples only), count,
@@ -121,7 +123,9 @@ def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
                     blk = g[b]
                     n = int(blk.attrs["frame_count"])
                     total += n
-                    for ds in ("frames", "seq", "series_index", "t_host_ns", "t_mono_ns", "t_device"):
+                    for ds in ("frames", "seq", "series_index", "t_host_ns", "t_mono_ns", "t_device", "meta"):
+                        if ds == "meta" and ds not in blk:
+                            continue
                         if blk[ds].shape[0] != n:
                             problems.append(f"{g.name}/{b}/{ds}: {blk[ds].shape[0]} rows, frame_count {n}")
                 if int(g.attrs["frames"]) != total:
@@ -169,6 +173,7 @@ class _Block:
     t_host: list[int] = field(default_factory=list)
     t_mono: list[int] = field(default_factory=list)
     t_dev: list[float] = field(default_factory=list)
+    meta: list[str] = field(default_factory=list)
 
     @property
     def pending(self) -> int:
@@ -330,6 +335,20 @@ class Hdf5RecordingWriter:
         g["t_host_ns"].attrs["units"] = "ns (CLOCK_REALTIME)"
         g["t_mono_ns"].attrs["units"] = "ns (CLOCK_MONOTONIC)"
 
+    @staticmethod
+    def _append_meta(g: Any, old: int, vals: list[str]) -> None:
+        """Append the frames' meta JSON at row ``old`` of block ``g``'s ``meta`` dataset, made on
+        first use with ``old`` empty rows before (earlier frames of the block had no meta)."""
+        import h5py
+
+        if "meta" not in g:
+            d = g.create_dataset("meta", shape=(old,), maxshape=(None,), chunks=(256,),
+                                 dtype=h5py.string_dtype("utf-8"), fillvalue="")
+            d.attrs["content"] = "JSON of each frame header's meta (\"\": none)"
+        d = g["meta"]
+        d.resize(old + len(vals), axis=0)
+        d[old:old + len(vals)] = np.asarray(vals, dtype=object)
+
     # -- messages -------------------------------------------------------------------------
     def message(self, topic: str, h: dict[str, Any], arr: np.ndarray | None) -> None:
         """Record one decoded message (frames are buffered until :meth:`checkpoint`)."""
@@ -350,6 +369,8 @@ class Hdf5RecordingWriter:
             b.t_mono.append(int(h["t_mono_ns"]))
             td = h.get("t_device")
             b.t_dev.append(float(td) if td is not None else float("nan"))
+            m = h.get("meta")
+            b.meta.append(json.dumps(m, separators=(",", ":")) if isinstance(m, dict) and m else "")
             s.pending += 1
             self.pending_frames += 1
             self.pending_bytes += arr.nbytes
@@ -401,9 +422,11 @@ class Hdf5RecordingWriter:
                     d = g[name_]
                     d.resize(old + n, axis=0)
                     d[old:old + n] = np.asarray(vals, dtype=d.dtype)
+                if "meta" in g or any(b.meta):
+                    self._append_meta(g, old, b.meta)
                 b.count = old + n
                 g.attrs["frame_count"] = b.count
-                b.frames, b.seq, b.series_index, b.t_host, b.t_mono, b.t_dev = [], [], [], [], [], []
+                b.frames, b.seq, b.series_index, b.t_host, b.t_mono, b.t_dev, b.meta = [], [], [], [], [], [], []
                 st.frames += n
                 n_total += n
             for s in st.series.values():
