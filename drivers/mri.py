@@ -8,8 +8,11 @@ anything is sent). ``start``: the acquisition runs as ``run_seq`` requests of
 frame per phase-encode line: complex64 ``(coil, readout)`` (``rx0``, ``rx1``), in the
 console's normalised units (counts × CIC correction / 2**24, as marcos_client's Experiment),
 ``meta`` = ``line`` (phase index 0..N-1), ``ky`` (cycles/m), ``image`` (repetition),
-``last`` (the image's last line). Images repeat until ``stop`` (``repetitions`` = 0) or after
-``repetitions``.
+``last`` (the image's last line); slice-selective scans add ``slice`` (index) and
+``slice_position_mm`` (every shot acquires its line in each slice, interleaved order). Images
+repeat until ``stop`` (``repetitions`` = 0) or after ``repetitions``. ``sequence`` is a built-in
+sequence (a table) or the path of a Pulseq ``.seq`` file (:mod:`medacq.protocols.pulseq`: read,
+checked against ``limits`` and compiled when the settings are validated).
 
 Safety: ``limits`` (``SystemLimits``: gradient amplitude/slew, RF duty, calibration) is marked
 ``config_only``: only the config file sets it, a control-plane ``configure`` that changes it is
@@ -29,6 +32,7 @@ from medacq.protocols.marcos import (
     EMERGENCY_STOP, REPLY_ERROR, SERVER_VERSION, MarcosConnection, Reply, Request, pack_version, unpack_version,
 )
 from medacq.protocols.mri_sequences import CartesianSequence, SequenceError, SequenceParams, SystemLimits
+from medacq.protocols.pulseq import PulseqSequence, parse_seq
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
@@ -47,7 +51,11 @@ class MriSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sequence: SequenceParams = Field(default_factory=SequenceParams)
+    sequence: SequenceParams | str = Field(
+        default_factory=SequenceParams,
+        description="a built-in sequence (table), or the path of a Pulseq v1.4/v1.5 .seq file (a path: "
+                    "the config file only)",
+        json_schema_extra={"config_only_path": True})
     # safety limits and calibration: the config file only (a control-plane configure may not touch them)
     limits: SystemLimits = Field(default_factory=SystemLimits, json_schema_extra={"config_only": True})
     lines_per_run: int = Field(4, ge=1, le=64)
@@ -58,10 +66,23 @@ class MriSettings(BaseModel):
     @model_validator(mode="after")
     def _valid_sequence(self) -> "MriSettings":
         try:
-            CartesianSequence(self.sequence, self.limits)
+            build_sequence(self)
         except SequenceError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+
+def build_sequence(settings: MriSettings) -> CartesianSequence | PulseqSequence:
+    """The sequence the settings name, validated against the limits (:class:`SequenceError`
+    naming the limit): a built-in one, or a ``.seq`` file read and compiled."""
+    if isinstance(settings.sequence, str):
+        try:
+            with open(settings.sequence, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise SequenceError(f"Pulseq file {settings.sequence}: {exc.strerror or exc}") from None
+        return PulseqSequence(parse_seq(text), settings.limits, source=settings.sequence)
+    return CartesianSequence(settings.sequence, settings.limits)
 
 
 class MriDriver(CodecDriver):
@@ -76,7 +97,7 @@ class MriDriver(CodecDriver):
         self.settings: MriSettings = settings
         self._codec = MarcosConnection("client")
         self._idx = 0
-        self.seq = CartesianSequence(settings.sequence, settings.limits)
+        self.seq = build_sequence(settings)
         self.server_version: tuple[int, int, int] | None = None
         self._running = False
         self._inflight: tuple[int, int, int] | None = None  # (packet idx, first line, count)
@@ -141,7 +162,7 @@ class MriDriver(CodecDriver):
         if self._inflight is not None and self._link is not None:  # let the run finish
             try:
                 self._await(lambda e: isinstance(e, Reply) and e.index == self._inflight[0] + 1,  # type: ignore[index]
-                            self.settings.lines_per_run * self.settings.sequence.tr_ms / 1e3 + 2)
+                            self.settings.lines_per_run * self.seq.tr_s + 2)
             except ConnectionLost:
                 pass
         self._inflight = None
@@ -161,14 +182,18 @@ class MriDriver(CodecDriver):
         return "emergency stop sent; console answered 129 (sequence halted, RF and gradients off)"
 
     def descriptor(self) -> StreamDescriptor:
+        seq = self.seq
+        n = seq.matrix
         p = self.settings.sequence
-        n = p.matrix
+        slice_mm = p.slice_mm if isinstance(p, SequenceParams) else None
+        order = p.slice_order() if isinstance(p, SequenceParams) else list(range(seq.n_slices))
         return StreamDescriptor(
             stream=self.name, modality=self.modality, device=f"marcos:{getattr(self, 'console', '?')}",
             dtype="<c8", shape=[2, n], axes=["coil", "readout"], units="a.u.", channel_names=["rx0", "rx1"],
-            sample_rate_hz=p.bandwidth_hz, frame_rate_hz=1e3 / p.tr_ms,
-            geometry={"fov_m": [p.fov_mm * 1e-3, p.fov_mm * 1e-3], "matrix": [n, n], "readout_axis": "x",
-                      "phase_axis": "y", "slice_mm": p.slice_mm, "phase_lines": p.phase_lines(), "orientation": "axial",
+            sample_rate_hz=seq.bandwidth_hz, frame_rate_hz=1 / seq.tr_s,
+            geometry={"fov_m": list(seq.fov_m), "matrix": [n, n], "readout_axis": "x",
+                      "phase_axis": "y", "slice_mm": slice_mm, "phase_lines": seq.phase_lines, "orientation": "axial",
+                      "slices": seq.n_slices, "slice_positions_mm": seq.slice_positions_mm, "slice_order": order,
                       "dk_per_m": self.seq.dk, "image_axes": ["y", "x"]},
             meta={"field_strength_t": self.settings.limits.b0_t, "larmor_hz": self.settings.limits.larmor_hz,
                   "sequence": self.seq.describe(), "address": self.address,
@@ -234,8 +259,10 @@ class MriDriver(CodecDriver):
     def _frames(self, ev: Reply, first: int, count: int, t_mono: int, t_host: int) -> list[Frame | Gap]:
         if first < 0:
             return []
-        n = self.settings.sequence.matrix
-        lines = [ln for s in range(first, first + count) for ln in self.seq.shot_lines(s)]
+        n = self.seq.matrix
+        acqs = [a for s in range(first, first + count) for a in self.seq.shot_acqs(s)]
+        phases = np.asarray([ph for s in range(first, first + count) for ph in self.seq.acq_phases(s)])
+        lines = [ln for _, ln in acqs]
         rx = ev.results.get("run_seq")
         need = n * len(lines)
         if not isinstance(rx, dict) or any(len(rx.get(k, ())) != need for k in ("rx0_i", "rx0_q", "rx1_i", "rx1_q")):
@@ -248,10 +275,15 @@ class MriDriver(CodecDriver):
             i = np.asarray(rx[f"rx{ch}_i"], dtype=np.int64).astype(np.uint32).view(np.int32)
             q = np.asarray(rx[f"rx{ch}_q"], dtype=np.int64).astype(np.uint32).view(np.int32)
             data[:, ch, :] = ((i + 1j * q.astype(np.float64)) * scale).reshape(len(lines), n)
+        if phases.any():  # the ADC phase offsets of a Pulseq file (RF spoiling): turned back
+            data *= np.exp(-1j * phases)[:, None, None].astype(np.complex64)
         out: list[Frame | Gap] = []
         image_done = first + count >= self.seq.shots
-        for j, line in enumerate(lines):
-            out.append(Frame(data[j], t_host, t_mono, t_device=None,
-                             meta={"line": line, "ky": (line - n / 2) * self.seq.dk, "image": self._image,
-                                   "last": image_done and j == len(lines) - 1}))
+        pos = self.seq.slice_positions_mm
+        for j, (sl, line) in enumerate(acqs):
+            meta: dict[str, Any] = {"line": line, "ky": (line - n / 2) * self.seq.dk, "image": self._image,
+                                    "last": image_done and j == len(lines) - 1}
+            if pos is not None:
+                meta["slice"], meta["slice_position_mm"] = sl, pos[sl]
+            out.append(Frame(data[j], t_host, t_mono, t_device=None, meta=meta))
         return out

@@ -1,5 +1,10 @@
 """Built-in Cartesian 2D spin-echo, gradient-echo and turbo-spin-echo sequences, compiled to MaRCoS machine code.
 
+Multi-slice (spin and gradient echo): Hamming-windowed sinc pulses (time-bandwidth
+:data:`RF_TBW`) under a slice-select trapezoid on z (GPA-FHDO channel 2), the TX LO (DDS0) set to
+``larmor + γ̄ G_z z`` of the slice before each pulse, both receivers on DDS1 at the Larmor
+frequency; the slices of a TR are played ``TR / slices`` apart in interleaved order.
+
 Pure functions: parameters and system limits in, :mod:`medacq.protocols.marga` programs out.
 Every check happens before anything is compiled, and a refusal names the limit
 (:class:`SequenceError`): TE below the minimum for the FOV/matrix/bandwidth, TR too short,
@@ -25,14 +30,25 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .marga import (
-    F_CLK_HZ, GATES_LEDS, GRAD_BOARD_FHDO, GRAD_CTRL, GRAD_LATENCY, RX0_RATE, RX1_RATE, RX_CTRL, TX0_I, TX0_Q,
+    DDS0_PHASE_MSB, F_CLK_HZ, GATES_LEDS, GRAD_BOARD_FHDO, GRAD_CTRL, GRAD_LSB, GRAD_LATENCY, RX0_RATE, RX1_RATE, RX_CTRL, TX0_I, TX0_Q,
     DDS0_PHASE_LSB, Program, compile_changes, fhdo_word, lo_phase_step,
 )
 
-__all__ = ["GAMMA_BAR_HZ_PER_T", "SystemLimits", "SequenceParams", "SequenceError", "CartesianSequence"]
+__all__ = ["GAMMA_BAR_HZ_PER_T", "SystemLimits", "SequenceParams", "SequenceError", "CartesianSequence",
+           "program_header", "grid_cycle"]
 
 GAMMA_BAR_HZ_PER_T = 42.577478e6
 _T0_US = 30.0  # first event (µs) after the run starts: room for the latency-shifted gradients
+RF_TBW = 4.0  # time-bandwidth product of the slice-selective sinc pulses
+RF_STEP_US = 10.0  # TX amplitude update interval of a shaped pulse (µs)
+_RX_LO_DDS1 = 1 | (1 << 2)  # RX_CTRL: both receivers demodulate with DDS1 (DDS0 follows the slice for TX)
+
+
+def grid_cycle(t_us: float) -> int:
+    """Cycle of ``t_us``, on a grid of 8 cycles: RF/RX events land on multiples of 8 and the
+    latency-shifted gradient writes 4 cycles off them, so no two events crowd each other's
+    instruction slots."""
+    return 8 * int(round(t_us * F_CLK_HZ / 1e6 / 8))
 
 
 class SequenceError(ValueError):
@@ -74,7 +90,24 @@ class SequenceParams(BaseModel):
     etl: int = Field(8, ge=2, le=64, description="turbo spin echo: echoes per excitation")
     echo_spacing_ms: float = Field(12.0, gt=0, description="turbo spin echo: time between echoes")
     partial_fourier: float = Field(1.0, ge=0.55, le=1.0, description="fraction of the phase lines acquired "
-                                   "(lines 0 .. ceil(N * fraction) - 1; homodyne reconstruction)")
+                                   "(lines 0 .. ceil(N * fraction) - 1; homodyne or POCS reconstruction)")
+    slices: int = Field(1, ge=1, le=32, description="slices per TR, excited in interleaved order (even, then odd)")
+    slice_spacing_mm: float = Field(10.0, gt=0, description="centre-to-centre distance of adjacent slices")
+    slice_centre_mm: float | None = Field(None, description="z of the slice stack's centre (mm); None with one "
+                                          "slice: non-selective hard pulses (the console's own slice)")
+
+    def slice_selective(self) -> bool:
+        """Slice-selective sinc pulses under a z gradient (several slices, or a slice position given)."""
+        return self.slices > 1 or self.slice_centre_mm is not None
+
+    def slice_positions_mm(self) -> list[float]:
+        """z (mm) of slice ``0 .. slices - 1``, increasing."""
+        c = self.slice_centre_mm or 0.0
+        return [c + (i - (self.slices - 1) / 2) * self.slice_spacing_mm for i in range(self.slices)]
+
+    def slice_order(self) -> list[int]:
+        """Acquisition order of the slices within a TR: interleaved, even indices then odd."""
+        return list(range(0, self.slices, 2)) + list(range(1, self.slices, 2))
 
     def phase_lines(self) -> int:
         """Phase-encode lines acquired per image."""
@@ -82,6 +115,25 @@ class SequenceParams(BaseModel):
 
     def dwell_cycles(self) -> int:
         return int(round(F_CLK_HZ / self.bandwidth_hz))
+
+
+def program_header(larmor_hz: float, dwell_cycles: int, rx_lo: int = 0) -> Program:
+    """A program's opening (cycles 40..88): GPA-FHDO selected, the three DDS at the Larmor
+    frequency (phase reset), both receivers' CIC rate ``dwell_cycles``, RX_CTRL LO sources
+    ``rx_lo`` (bits 0-3)."""
+    prog = Program()
+    c0 = 40
+    prog.add(c0, GRAD_CTRL, (1 << 9) | (1 << 8) | (10 << 2) | GRAD_BOARD_FHDO)
+    step = lo_phase_step(larmor_hz)
+    for dds in range(3):
+        prog.add(c0 + 16, DDS0_PHASE_LSB + 2 * dds, step & 0xFFFF)
+        prog.add(c0 + 16, DDS0_PHASE_LSB + 2 * dds + 1, (step >> 16) | 0x8000)  # with phase reset
+        prog.add(c0 + 24, DDS0_PHASE_LSB + 2 * dds + 1, step >> 16)
+    prog.add(c0 + 32, RX0_RATE, dwell_cycles)
+    prog.add(c0 + 32, RX1_RATE, dwell_cycles)
+    prog.add(c0 + 40, RX_CTRL, (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | rx_lo)
+    prog.add(c0 + 48, RX_CTRL, (1 << 6) | (1 << 7) | rx_lo)
+    return prog
 
 
 class _Grad:
@@ -151,6 +203,13 @@ class CartesianSequence:
         self.p90_us = 1e6 / (4 * lim.b1_hz)
         self.exc_us = self.p90_us * (p.flip_deg / 90.0) if p.sequence == "gre" else self.p90_us
         self.p180_us = 2 * self.p90_us
+        self.selective = p.slice_selective()
+        self.rx_lo = 0
+        self.pad_us = 0.0
+        self.rf_energy_180_us = self.p180_us
+        self.rf_energy_exc_us = self.exc_us
+        if self.selective:
+            self._design_slice_pulses(gmax, fs, step)
         te, tr = p.te_ms * 1e3, p.tr_ms * 1e3
         half_ro = self.ramp_us + (n / 2 + 1) * self.dwell_s * 1e6 + step
         self.shots = p.phase_lines()
@@ -187,20 +246,74 @@ class CartesianSequence:
         end_us = _T0_US + self.exc_us / 2 + last_echo + half_ro + self.ramp_us + \
             (self.pe_dur_us if p.sequence != "se" else 0) + 50
         self.tr_min_ms = end_us / 1e3
-        if tr < end_us:
-            raise SequenceError(f"TR {p.tr_ms:g} ms is below the minimum {end_us / 1e3:.2f} ms for TE {p.te_ms:g} ms")
-        rf_energy_us = self.exc_us + {"se": 1, "gre": 0, "tse": p.etl}[p.sequence] * self.p180_us
-        duty = rf_energy_us / tr
+        if tr < end_us * p.slices:
+            raise SequenceError(f"TR {p.tr_ms:g} ms is below the minimum {end_us * p.slices / 1e3:.2f} ms for TE "
+                                f"{p.te_ms:g} ms" + (f" and {p.slices} slices" if p.slices > 1 else ""))
+        self.tr_min_ms *= p.slices
+        rf_energy_us = self.rf_energy_exc_us + {"se": 1, "gre": 0, "tse": p.etl}[p.sequence] * self.rf_energy_180_us
+        duty = rf_energy_us * p.slices / tr
         if duty > lim.max_rf_duty:
             raise SequenceError(f"RF duty {duty:.3f} exceeds max_rf_duty {lim.max_rf_duty:g} (longer TR)")
         self.rf_duty = duty
+        # the interface the driver shares with medacq.protocols.pulseq.PulseqSequence
+        self.matrix = n
+        self.fov_m = [fov, fov]
+        self.tr_s = tr * 1e-6
+        self.bandwidth_hz = F_CLK_HZ / d
+        self.phase_lines = p.phase_lines()
+        self.slice_positions_mm: list[float] | None = p.slice_positions_mm() if self.selective else None
+        self.n_slices = p.slices
+
+    def acq_phases(self, shot: int) -> list[float]:
+        """ADC phase offsets (rad) of a shot's windows: none here."""
+        return [0.0] * len(self.shot_acqs(shot))
+
+    def _design_slice_pulses(self, gmax: float, fs: float, step: float) -> None:
+        """Hamming-windowed sinc pulses (time-bandwidth :data:`RF_TBW`) under a slice-select
+        gradient: as short as B1 (the 180° at full scale at most) and ``max_grad_mt_per_m``
+        allow for ``slice_mm``; the slot of a pulse is the gradient's ramps plus the pulse."""
+        p, lim = self.p, self.lim
+        if p.sequence == "tse":
+            raise SequenceError("slice-selective (multi-slice) acquisition is built for se and gre, not tse")
+        u = (np.arange(400) + 0.5) / 400 - 0.5
+        frac = float(np.mean(np.sinc(RF_TBW * u) * (0.54 + 0.46 * np.cos(2 * np.pi * u))))
+        dz = p.slice_mm * 1e-3
+        t_b1 = 1.02 / (2 * lim.b1_hz) / frac  # s: the 180° within full scale
+        t_g = RF_TBW / (GAMMA_BAR_HZ_PER_T * gmax * dz)  # s: the slice within max_grad
+        n_rf = 4 * math.ceil(max(t_b1, t_g) * 1e6 / (4 * RF_STEP_US))
+        self.rf_us = n_rf * RF_STEP_US
+        u = (np.arange(n_rf) + 0.5) / n_rf - 0.5
+        self.rf_shape = np.sinc(RF_TBW * u) * (0.54 + 0.46 * np.cos(2 * np.pi * u))
+        self.rf_frac = float(np.mean(self.rf_shape))
+        self.gz = RF_TBW / (self.rf_us * 1e-6 * GAMMA_BAR_HZ_PER_T * dz)  # T/m
+        self.gz_amp = self.gz / fs
+        self.pad_us = self.ramp_us + step
+        self.exc_us = self.p180_us = self.rf_us + 2 * self.pad_us  # pulse slots
+        # the excitation's z moment after its centre, rewound by a trapezoid right after the slot
+        gz = _Grad()
+        gz.trapezoid(step, self.gz_amp, self.rf_us, self.n_ramp, step)
+        centre = self.pad_us + self.rf_us / 2
+        moment = _area(gz.steps, self.rf_us + 4 * self.pad_us) - _area(gz.steps, centre)
+        flat = max(step, math.ceil((moment / self.gz_amp - self.ramp_us) / step) * step)
+        self.reph_flat_us = flat
+        self.reph_amp = moment / (flat + self.ramp_us)
+        self.pe_dur_us = max(self.pe_dur_us, flat + 2 * self.ramp_us + step)
+        self.rx_lo = _RX_LO_DDS1
+        mean_sq = float(np.mean(self.rf_shape ** 2))
+        self.rf_energy_180_us = self._rf_peak(180.0) ** 2 * mean_sq * self.rf_us
+        self.rf_energy_exc_us = self._rf_peak(p.flip_deg if p.sequence == "gre" else 90.0) ** 2 * mean_sq * self.rf_us
+
+    def _rf_peak(self, flip_deg: float) -> float:
+        """Peak TX amplitude (full scale 1) of the shaped pulse for ``flip_deg``."""
+        return float(np.deg2rad(flip_deg) / (2 * np.pi * self.lim.b1_hz * self.rf_us * 1e-6 * self.rf_frac))
+
+    def slice_offset_hz(self, sl: int) -> float:
+        """TX frequency offset (Hz) from the Larmor frequency that excites slice ``sl``."""
+        return GAMMA_BAR_HZ_PER_T * self.gz * self.p.slice_positions_mm()[sl] * 1e-3
 
     # ---- compile ---------------------------------------------------------------------------
     def _cyc(self, t_us: float) -> int:
-        """Cycle of ``t_us``, on a grid of 8 cycles: RF/RX events land on multiples of 8 and the
-        latency-shifted gradient writes 4 cycles off them, so no two events crowd each other's
-        instruction slots."""
-        return 8 * int(round(t_us * F_CLK_HZ / 1e6 / 8))
+        return grid_cycle(t_us)
 
     def shot_lines(self, shot: int) -> list[int]:
         """Phase lines a shot (one TR) acquires, in acquisition order (none for a dummy, ``shot < 0``).
@@ -214,30 +327,25 @@ class CartesianSequence:
         c_seg = (self.p.matrix // 2) // n_seg
         return [((e - self.echo_index + c_seg) % etl) * n_seg + shot for e in range(etl)]
 
+    def shot_acqs(self, shot: int) -> list[tuple[int, int]]:
+        """``(slice, line)`` of every ADC window of a shot, in acquisition order (slices interleaved)."""
+        return [(sl, line) for sl in self.p.slice_order() for line in self.shot_lines(shot)]
+
     def lines(self, first: int, count: int) -> np.ndarray:
         """Machine code for shots (TRs) ``first .. first + count - 1`` (negative: a dummy TR with
         ky = 0); a shot is one line, or ``etl`` lines of a turbo spin echo (:meth:`shot_lines`)."""
         p, lim = self.p, self.lim
         n = p.matrix
-        prog = Program()
+        prog = program_header(lim.larmor_hz, self.dwell_cycles, self.rx_lo)
         lat = GRAD_LATENCY[GRAD_BOARD_FHDO]
-        c0 = 40
-        prog.add(c0, GRAD_CTRL, (1 << 9) | (1 << 8) | (10 << 2) | GRAD_BOARD_FHDO)
-        step = lo_phase_step(lim.larmor_hz)
-        for dds in range(3):
-            prog.add(c0 + 16, DDS0_PHASE_LSB + 2 * dds, step & 0xFFFF)
-            prog.add(c0 + 16, DDS0_PHASE_LSB + 2 * dds + 1, (step >> 16) | 0x8000)  # with phase reset
-            prog.add(c0 + 24, DDS0_PHASE_LSB + 2 * dds + 1, step >> 16)
-        prog.add(c0 + 32, RX0_RATE, self.dwell_cycles)
-        prog.add(c0 + 32, RX1_RATE, self.dwell_cycles)
-        prog.add(c0 + 40, RX_CTRL, (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7))
-        prog.add(c0 + 48, RX_CTRL, (1 << 6) | (1 << 7))
         tr_us = p.tr_ms * 1e3
+        order = p.slice_order()
         for j in range(count):
             if p.sequence == "tse":
                 self._tse(prog, _T0_US + j * tr_us, first + j, lat)
             else:
-                self._one(prog, _T0_US + j * tr_us, first + j, lat)
+                for k, sl in enumerate(order):
+                    self._one(prog, _T0_US + j * tr_us + k * tr_us / len(order), first + j, lat, sl)
         return compile_changes(prog, end_cycle=self._cyc(count * tr_us))
 
     def _rf(self, prog: Program, t_us: float, dur_us: float, amp: float, phase: float = 0.0) -> None:
@@ -251,11 +359,37 @@ class CartesianSequence:
         prog.add(c_off, TX0_Q, 0)
         prog.add(c_off + 8, GATES_LEDS, 0)
 
-    def _grads(self, prog: Program, ch: int, steps: list[tuple[float, float]], lat: int) -> None:
+    def _grads(self, prog: Program, ch: int, steps: list[tuple[float, float]], lat: int, nudge: bool = False) -> None:
         for t, v in steps:
-            prog.add_grad(self._cyc(t) - lat, fhdo_word(ch, v))
+            c = self._cyc(t) - lat
+            while nudge and GRAD_LSB in prog.changes.get(c, {}):  # another channel's write: 8 cycles later
+                c += 8
+            prog.add_grad(c, fhdo_word(ch, v))
 
-    def _one(self, prog: Program, t0: float, line: int, lat: int) -> None:
+    def _pulse(self, prog: Program, t_us: float, flip_deg: float, phase: float, sl: int, gz: _Grad) -> None:
+        """A slice-selective pulse in the slot starting at ``t_us``: DDS0 (the TX LO) set to the
+        slice's frequency, the shaped TX amplitude, the slice-select trapezoid on z."""
+        step = self.lim.grad_step_us
+        t_on = t_us + self.pad_us
+        c_on, c_off = self._cyc(t_on), self._cyc(t_on + self.rf_us)
+        f = lo_phase_step(self.lim.larmor_hz + self.slice_offset_hz(sl))
+        prog.add(c_on - 24, DDS0_PHASE_LSB, f & 0xFFFF)
+        prog.add(c_on - 24, DDS0_PHASE_MSB, f >> 16)
+        prog.add(c_on - 8, GATES_LEDS, 1)
+        a = self._rf_peak(flip_deg) * self.rf_shape * np.exp(1j * phase)
+        for i, v in enumerate(a):
+            re, im = int(round(32767 * v.real)), int(round(32767 * v.imag))
+            if re == 0 and im == 0:  # never a zero inside the pulse: it would split it
+                re, im = (int(np.sign(v.real) or 1), 0) if abs(v.real) >= abs(v.imag) else (0, int(np.sign(v.imag) or 1))
+            c = self._cyc(t_on + i * RF_STEP_US)
+            prog.add(c, TX0_I, re & 0xFFFF)
+            prog.add(c, TX0_Q, im & 0xFFFF)
+        prog.add(c_off, TX0_I, 0)
+        prog.add(c_off, TX0_Q, 0)
+        prog.add(c_off + 8, GATES_LEDS, 0)
+        gz.trapezoid(t_us + step, self.gz_amp, self.rf_us, self.n_ramp, step)
+
+    def _one(self, prog: Program, t0: float, line: int, lat: int, sl: int = 0) -> None:
         p = self.p
         n = p.matrix
         step = self.lim.grad_step_us
@@ -265,7 +399,7 @@ class CartesianSequence:
         echo = t_c + te
         d_us = self.dwell_s * 1e6
         adc_start = echo - (n / 2 + 1) * d_us
-        gx, gy = _Grad(), _Grad()
+        gx, gy, gz = _Grad(), _Grad(), _Grad()
         ro_start = adc_start - self.ramp_us - step
         ro_flat = (n + 2) * d_us + 2 * step
         gx.trapezoid(ro_start, self.ro_amp, ro_flat, self.n_ramp, step)
@@ -274,24 +408,32 @@ class CartesianSequence:
         pe_frac = ky / (n / 2)
         t_pe = t_c + self.exc_us / 2 + step
         unit = self.pe_flat_us + self.ramp_us  # staircase trapezoid area per unit amplitude (µs)
+        if self.selective:
+            self._pulse(prog, t_exc, p.flip_deg if p.sequence == "gre" else 90.0, 0.0, sl, gz)
+            gz.trapezoid(t_pe, -self.reph_amp, self.reph_flat_us, self.n_ramp, step)
         if p.sequence == "se":
-            self._rf(prog, t_exc, self.exc_us, 1.0, 0.0)
             t180 = t_c + te / 2 - self.p180_us / 2
-            self._rf(prog, t180, self.p180_us, 1.0, np.pi / 2)
+            if self.selective:
+                self._pulse(prog, t180, 180.0, np.pi / 2, sl, gz)
+            else:
+                self._rf(prog, t_exc, self.exc_us, 1.0, 0.0)
+                self._rf(prog, t180, self.p180_us, 1.0, np.pi / 2)
             # pre-180 moments are negated by the refocusing pulse
             gx.trapezoid(t_pe, ro_area_to_echo / unit, self.pe_flat_us, self.n_ramp, step)
             gy.trapezoid(t_pe + 3.0, -pe_frac * self.pe_amp_max, self.pe_flat_us, self.n_ramp, step)
         else:
-            self._rf(prog, t_exc, self.exc_us, 1.0, 0.0)
+            if not self.selective:
+                self._rf(prog, t_exc, self.exc_us, 1.0, 0.0)
             gx.trapezoid(t_pe, -ro_area_to_echo / unit, self.pe_flat_us, self.n_ramp, step)
             gy.trapezoid(t_pe + 3.0, pe_frac * self.pe_amp_max, self.pe_flat_us, self.n_ramp, step)
             ro_end = ro_start + 2 * self.ramp_us + ro_flat
             gx.trapezoid(ro_end + step, min(1.0, 2 * self.ro_amp), self.pe_flat_us, self.n_ramp, step)  # spoiler
         self._grads(prog, 0, gx.steps, lat)
         self._grads(prog, 1, gy.steps, lat)
+        self._grads(prog, 2, gz.steps, lat, nudge=True)
         c_adc = self._cyc(adc_start)
-        prog.add(c_adc, RX_CTRL, (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9))
-        prog.add(8 * -(-(c_adc + n * self.dwell_cycles + 1) // 8), RX_CTRL, (1 << 6) | (1 << 7))
+        prog.add(c_adc, RX_CTRL, (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | self.rx_lo)
+        prog.add(8 * -(-(c_adc + n * self.dwell_cycles + 1) // 8), RX_CTRL, (1 << 6) | (1 << 7) | self.rx_lo)
 
     def _readout(self, prog: Program, gx: _Grad, echo: float) -> tuple[float, float]:
         """A readout trapezoid and ADC window centred on ``echo``; (gradient start, end) in µs."""
@@ -339,4 +481,9 @@ class CartesianSequence:
         return {**p.model_dump(), "phase_lines": p.phase_lines(), "shots": self.shots, "dwell_us": self.dwell_s * 1e6, "te_min_ms": round(self.te_min_ms, 3),
                 "tr_min_ms": round(self.tr_min_ms, 3), "rf_duty": round(self.rf_duty, 5),
                 "readout_mt_per_m": self.ro_amp * self.lim.grad_full_scale_mt_per_m,
-                "larmor_hz": self.lim.larmor_hz, "b0_t": self.lim.b0_t}
+                "larmor_hz": self.lim.larmor_hz, "b0_t": self.lim.b0_t,
+                "slice_positions_mm": p.slice_positions_mm() if self.selective else None,
+                "slice_order": p.slice_order(), "slice_selective": self.selective,
+                **({"rf_us": self.rf_us, "slice_select_mt_per_m": self.gz * 1e3,
+                    "slice_offsets_hz": [round(self.slice_offset_hz(i), 3) for i in range(p.slices)]}
+                   if self.selective else {})}

@@ -19,6 +19,11 @@ one ``run_seq`` and returns every ADC sample of both receivers as int32 counts:
   ellipse transforms ``F_i`` and two coil sensitivities ``c_c(r) = (1 ± 0.6 i e^{i2π q x}) e^{iψ_c}
   / √2.72`` (left and right coils whose squares sum to 1 everywhere). Off-resonance (RX LO vs
   Larmor) and an optional T2' add ``exp(-i2πΔf τ - |τ|/T2')`` with τ the refocusable time.
+* **Slices**: a pulse played while the z gradient is on is *slice selective*: it acts on the
+  plane ``z = (f_TX - f_Larmor) / (γ̄ G_z)`` (TX LO 0 at the pulse, ``G_z`` at its centre), an
+  ideal thin slice of the 3D phantom (its ellipsoids cut at that z); each plane keeps its own
+  ``Mz``, so interleaved slices recover while the others are played. A pulse without a z
+  gradient acts on every plane; its pathway is the one of ``slice_z``.
 * **Receiver**: complex Gaussian thermal noise (σ ∝ √bandwidth), the CIC's rate-dependent gain
   (the ``excess_factor`` marcos_client's ``cic_words`` corrects), rounding to int32.
 
@@ -96,6 +101,15 @@ class _Pulse:
     dur: float
     flip: float
     phase: float
+    z: float | None = None  # normalised plane of a slice-selective pulse
+
+
+class _Plane:
+    """One z plane of the phantom and its longitudinal magnetisation."""
+
+    def __init__(self, phantom: MRSheppLogan) -> None:
+        self.ph = phantom
+        self.mz = phantom.m0.astype(float).copy()
 
 
 class SpinPhantomModel:
@@ -105,7 +119,8 @@ class SpinPhantomModel:
         self.config = c = config or ConsoleConfig()
         self.phantom = MRSheppLogan(b0_t=c.b0_t, half_fov_m=c.half_fov_m, z=c.slice_z)
         self.rng = np.random.default_rng(c.seed)
-        self.mz = self.phantom.m0.astype(float).copy()
+        self._home = _Plane(self.phantom)
+        self.planes: dict[float, _Plane] = {round(c.slice_z, 6): self._home}
         self.t_state = 0.0
         q = 1.0 / (4 * c.half_fov_m)
         self.coil_q = (q, 0.0)
@@ -119,14 +134,36 @@ class SpinPhantomModel:
         e = np.exp(2j * np.pi * (self.coil_q[0] * np.asarray(x) + self.coil_q[1] * np.asarray(y)))
         return np.stack([self.coil_coef[c, 0] + self.coil_coef[c, 1] * e for c in range(2)])
 
+    @property
+    def mz(self) -> np.ndarray:
+        """Longitudinal magnetisation of the ``slice_z`` plane's compartments."""
+        return self._home.mz
+
+    @mz.setter
+    def mz(self, v: np.ndarray) -> None:
+        self._home.mz = v
+
+    def plane(self, z: float | None) -> _Plane:
+        """The plane at normalised ``z`` (None: ``slice_z``), created fully relaxed on first use."""
+        if z is None:
+            return self._home
+        key = round(z, 6)
+        pl = self.planes.get(key)
+        if pl is None:
+            c = self.config
+            pl = self.planes[key] = _Plane(MRSheppLogan(b0_t=c.b0_t, half_fov_m=c.half_fov_m, z=key))
+        return pl
+
     def reset(self) -> None:
-        self.mz = self.phantom.m0.astype(float).copy()
+        for pl in self.planes.values():
+            pl.mz = pl.ph.m0.astype(float).copy()
 
     def _relax(self, t: float) -> None:
         dt = t - self.t_state
         if dt > 0:
-            e1 = np.exp(-dt / self.phantom.t1)
-            self.mz = self.phantom.m0 + (self.mz - self.phantom.m0) * e1
+            for pl in self.planes.values():
+                e1 = np.exp(-dt / pl.ph.t1)
+                pl.mz = pl.ph.m0 + (pl.mz - pl.ph.m0) * e1
         self.t_state = max(self.t_state, t)
 
     def _pulses(self, tl: Timelines) -> list[_Pulse]:
@@ -160,8 +197,15 @@ class SpinPhantomModel:
             tc = float(np.sum(mid * w) / np.sum(w))
             lo = lo_v[np.searchsorted(lo_t, edges[i], side="right") - 1]
             dfx = self.config.larmor_hz - lo
-            flip = 2 * np.pi * self.config.b1_hz * abs(area) * abs(np.sinc(dfx * (t1 - t0)))
-            pulses.append(_Pulse(tc, t1 - t0, float(flip), float(np.angle(area))))
+            gzt, gzv = tl.grad[2]
+            gz = float(gzv[np.searchsorted(gzt, tc * F_CLK_HZ, side="right") - 1]) * self.config.grad_t_per_m[2]
+            z: float | None = None
+            if abs(gz) > 1e-5:  # slice selective: the plane where the TX frequency is the local Larmor frequency
+                z = float(-dfx / (GAMMA_BAR_HZ_PER_T * gz) / self.config.half_fov_m)
+                flip = 2 * np.pi * self.config.b1_hz * abs(area)
+            else:
+                flip = 2 * np.pi * self.config.b1_hz * abs(area) * abs(np.sinc(dfx * (t1 - t0)))
+            pulses.append(_Pulse(tc, t1 - t0, float(flip), float(np.angle(area)), z))
             i = j
         return pulses
 
@@ -184,6 +228,7 @@ class SpinPhantomModel:
         ``drop_windows`` are acquired (the first ``drop_windows`` are lost, as in a FIFO overrun)."""
         c = self.config
         ph = self.phantom
+        cur = self._home  # the plane of the pathway
         self._relax(t_start)
         pulses = self._pulses(tl)
         wins = [w for w in tl.rx if w.n > 0]
@@ -205,18 +250,21 @@ class SpinPhantomModel:
                 p = obj
                 assert isinstance(p, _Pulse)
                 self._relax(t_start + p.t)
-                if p.flip >= np.deg2rad(120) and amp is not None:
+                pl = self.plane(p.z)
+                if p.flip >= np.deg2rad(120) and amp is not None and (p.z is None or pl is cur):
                     # refocus: m+ = e^{2i phi} conj(m-) sin^2(a/2), so k' -> -k' and tau -> -tau
                     k_r = self._kspace_at(tl, np.array([p.t]))[:, 0]
                     kref = 2 * k_r - kref
                     tau0 = 2 * p.t - tau0
                     amp = np.exp(2j * p.phase) * np.conj(amp) * np.sin(p.flip / 2) ** 2
                 else:
-                    amp = self.mz * np.sin(p.flip) * np.exp(1j * (p.phase - np.pi / 2))
+                    cur, ph = pl, pl.ph
+                    amp = pl.mz * np.sin(p.flip) * np.exp(1j * (p.phase - np.pi / 2))
                     t_ex = p.t
                     kref = self._kspace_at(tl, np.array([p.t]))[:, 0]
                     tau0 = p.t
-                self.mz = self.mz * np.cos(p.flip)
+                for q in (self.planes.values() if p.z is None else (pl,)):
+                    q.mz = q.mz * np.cos(p.flip)
                 continue
             w = obj
             ts = w.sample_cycles() / F_CLK_HZ  # type: ignore[attr-defined]

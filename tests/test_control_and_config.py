@@ -133,6 +133,24 @@ def test_config_only_settings_are_refused_over_the_control_plane():
     assert check_settings_change(FlatPanelDriver, current, {"visa_library": "@py", "kvp": 80}, {}).kvp == 80
 
 
+def test_a_file_path_setting_is_config_only_while_its_table_form_is_not():
+    """The MRI console's ``sequence``: a table (TE, TR, ...) may change over the control plane; a
+    string (a Pulseq file path the daemon would open) only in the config file, so a client with
+    configure rights cannot make the daemon open an arbitrary path (a FIFO would hang its worker)."""
+    from medacq.drivers.mri import MriDriver
+
+    current = MriDriver.validate_settings({})
+    with pytest.raises(ControlError) as exc:
+        check_settings_change(MriDriver, current, {"sequence": "/tmp/some.fifo"}, {}, "mri0")
+    assert exc.value.code == "forbidden"
+    assert exc.value.message.startswith("mri0: sequence can only be set in the config file")
+    te = current.sequence.te_ms
+    merged = check_settings_change(MriDriver, current, {"sequence": {**current.sequence.model_dump(), "te_ms": te + 5}},
+                                   {}, "mri0")
+    assert merged.sequence.te_ms == te + 5
+    assert settings_policy(MriDriver.Settings).config_only_path == {"sequence"}
+
+
 XRAY_TOML = """
 [[device]]
 name = "xr0"

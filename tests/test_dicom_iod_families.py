@@ -325,6 +325,8 @@ def test_real_reconstructor_output_matches_samples_and_exports_valid(kind, real_
     if iod in ("ES", "XC"):
         np.testing.assert_array_equal(ds.pixel_array, real.data)
         return
+    if iod == "MR":  # the reconstructor passes the source's sequence parameters on (the fixture's TE/TR/flip)
+        assert (float(ds.EchoTime), float(ds.RepetitionTime), float(ds.FlipAngle)) == (20.0, 400.0, 90.0)
     if iod in ("MR", "NM"):
         m = ds.RealWorldValueMappingSequence[0]
         slope, icpt = float(m.RealWorldValueSlope), float(m.RealWorldValueIntercept)

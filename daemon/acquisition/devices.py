@@ -10,6 +10,10 @@ A driver's settings model marks two kinds of field (``Field(json_schema_extra=..
 - ``{"config_only": True}``: the field loads code or names a file (e.g. the flat panel's
   ``visa_library``, a shared library pyvisa loads with ctypes). Only the config file sets it;
   a ``configure`` that changes it is refused (``forbidden``).
+- ``{"config_only_path": True}``: the field takes either a value (a control-plane ``configure``
+  may change it) or a string naming a file the daemon reads (the MRI console's Pulseq ``.seq``):
+  a ``configure`` that sets or changes a string value is refused (``forbidden``), so a client with
+  configure rights cannot make the daemon open an arbitrary path (a FIFO would hang its worker).
 - ``{"limited": True}``: the field sets a physical output (X-ray tube kVp/mA, EIT injection
   current, ultrasound PRF). A ``configure`` may move it only inside the device's
   ``[device.limits]`` range from the config file, else inside the model's own bounds
@@ -41,11 +45,13 @@ class SettingsPolicy:
 
     Attributes:
         config_only: fields only the config file sets.
+        config_only_path: fields whose *string* values (file paths) only the config file sets.
         bounds: each *limited* field's own range ``(low, high)`` from its model (``None``: open).
     """
 
     config_only: frozenset[str]
     bounds: dict[str, tuple[float | None, float | None]]
+    config_only_path: frozenset[str] = frozenset()
 
 
 def _marks(info: Any) -> dict[str, Any]:
@@ -56,11 +62,14 @@ def _marks(info: Any) -> dict[str, Any]:
 def settings_policy(settings_cls: type[BaseModel]) -> SettingsPolicy:
     """The config-only and limited fields of a driver's settings model (see the module doc)."""
     config_only = set()
+    paths = set()
     bounds: dict[str, tuple[float | None, float | None]] = {}
     for name, info in settings_cls.model_fields.items():
         marks = _marks(info)
         if marks.get("config_only"):
             config_only.add(name)
+        if marks.get("config_only_path"):
+            paths.add(name)
         if marks.get("limited"):
             lo = hi = None
             for m in info.metadata:
@@ -69,7 +78,7 @@ def settings_policy(settings_cls: type[BaseModel]) -> SettingsPolicy:
                 elif isinstance(m, (Le, Lt)):
                     hi = float(m.le if isinstance(m, Le) else m.lt)
             bounds[name] = (lo, hi)
-    return SettingsPolicy(frozenset(config_only), bounds)
+    return SettingsPolicy(frozenset(config_only), bounds, frozenset(paths))
 
 
 def _fmt(v: float | None) -> str:
@@ -94,6 +103,8 @@ def check_settings_change(driver_cls: type[Driver], current: BaseModel, patch: d
     policy = settings_policy(driver_cls.Settings)
     now = current.model_dump()
     changed = sorted(k for k in patch if k in policy.config_only and patch[k] != now.get(k))
+    changed += sorted(k for k in patch if k in policy.config_only_path and isinstance(patch[k], str)
+                      and patch[k] != now.get(k))
     if changed:
         raise ControlError("forbidden", f"{where}{', '.join(changed)} can only be set in the config file "
                                         "(it names code or a file the daemon would load); edit the config "

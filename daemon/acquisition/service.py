@@ -285,6 +285,7 @@ class AcquisitionDaemon:
                 "name": w.device, "kind": self.kinds[w.device], "address": w.address, "state": w.stats.state,
                 "settings": w.settings.model_dump(mode="json"),
                 "config_only": sorted(policy.config_only),
+                "config_only_paths": sorted(policy.config_only_path),
                 "limits": {k: list(v) for k, v in effective_limits(w.driver_cls.Settings, self.limits[w.device]).items()},
                 "descriptor": w.descriptor.model_dump(mode="json", exclude_none=True) if w.descriptor else None,
             }

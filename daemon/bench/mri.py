@@ -23,6 +23,14 @@ reconstructor, line by line.
   the MRI rig alone).
 * ``sim_realtime_factor``: the 256² spin echo's duration (TR × lines) over the simulator's time
   to decode and play it (machine code → timelines → every ADC sample), in process. Bar ≥ 2.
+* ``pf_nrmse_pocs``: partial Fourier, 5/8 of the phase lines: the first 80 of the 128² gradient
+  echo's lines (those a 5/8 scan acquires, same acquisition), POCS-reconstructed, against the
+  image of all 128 lines (NRMSE after the least-squares scale). Bar ≤ 0.05 (ours, the issue
+  asks for the capability); ``pf_nrmse_homodyne`` and ``pf_nrmse_zero_filled`` beside it.
+
+``--under-load``: only the age figure, twice: idle, then beside the whole default rig (``bench
+rig``'s load, :func:`~medacq.daemon.bench.rig.idle_and_under_load`); ``e2e_age_p99_ms`` is the
+figure under load, ``e2e_age_p99_ms_idle`` the idle one.
 """
 
 from __future__ import annotations
@@ -168,7 +176,12 @@ def _e2e_age(images: int = 20) -> dict[str, Any]:
             "name": "mri0", "kind": "mri", "address": f"tcp://127.0.0.1:{port}",
             "settings": {"sequence": {"sequence": "gre", "matrix": 64, "te_ms": 5, "tr_ms": 10, "flip_deg": 30},
                          "lines_per_run": 8, "dummy_scans": 0}}]})
-        stage = ReconStage(cfg).start()
+        # this stage reconstructs only mri0: it preloads the mri reconstructor alone, and the
+        # measurement starts once that is done (steady state, not the stage's start-up)
+        stage = ReconStage(cfg, preload=["mri"]).start()
+        t_pre = time.monotonic() + 30
+        while stage.preload_s is None and time.monotonic() < t_pre:
+            time.sleep(0.05)
         d = AcquisitionDaemon(cfg).start()
         try:
             with Subscriber(cfg.recon.data_endpoint, "recon/mri0") as sub:
@@ -190,7 +203,46 @@ def _e2e_age(images: int = 20) -> dict[str, Any]:
             "e2e_age_median_ms": round(float(np.median(ages)), 2) if ages else None, "e2e_images": len(ages)}
 
 
+def _partial_fourier(frames: list, n: int, fraction: float = 0.625) -> dict[str, Any]:
+    from medacq.daemon.recon.algorithms.mri import CartesianKspace, centred_ifft2, homodyne, pocs, rss
+
+    ks = CartesianKspace(2, n, n)
+    for h, a in frames:
+        ks.add(int(h["meta"]["line"]), a)
+    full = rss(centred_ifft2(ks.k))
+    na = int(np.ceil(n * fraction))
+    kp = ks.k.copy()
+    kp[:, na:] = 0
+
+    def nrmse(img: np.ndarray) -> float:
+        a = float((img * full).sum() / (img ** 2).sum())
+        return round(float(np.linalg.norm(a * img - full) / np.linalg.norm(full)), 4)
+
+    return {"pf_fraction": fraction, "pf_lines": na, "pf_nrmse_pocs": nrmse(rss(pocs(kp, na))),
+            "pf_nrmse_homodyne": nrmse(np.sqrt((homodyne(kp, na).clip(min=0) ** 2).sum(0))),
+            "pf_nrmse_zero_filled": nrmse(rss(centred_ifft2(kp)))}
+
+
+def _age_only(args: argparse.Namespace) -> dict[str, Any]:
+    return _e2e_age()
+
+
 def bench_mri(args: argparse.Namespace) -> dict[str, Any]:
+    """The figures of the module doc; ``--under-load``: the age idle and beside the whole rig."""
+    if getattr(args, "under_load", False):
+        from medacq.daemon.bench.rig import idle_and_under_load
+
+        res = idle_and_under_load("mri", _age_only, args)
+        rows = {r["figure"]: r for r in res.get("results", [])}
+        age = rows.get("e2e_age_p99_ms", {})
+        res["e2e_age_p99_ms_idle"] = age.get("idle")
+        res["e2e_age_p99_ms"] = age.get("under_load")
+        res["bars"] = {"e2e_age_p99_ms": "<= 50 under the whole rig"}
+        return res
+    return _bench_mri(args)
+
+
+def _bench_mri(args: argparse.Namespace) -> dict[str, Any]:
     from medacq.protocols.marga import decode
     from medacq.protocols.models.mri_phantom import spin_echo_signal, spoiled_gre_signal
     from medacq.protocols.mri_sequences import CartesianSequence, SequenceParams, SystemLimits
@@ -217,6 +269,7 @@ def bench_mri(args: argparse.Namespace) -> dict[str, Any]:
     res["contrast_error_se"] = {k: round(v, 4) for k, v in ce_se.items()}
     res["contrast_error_gre"] = {k: round(v, 4) for k, v in ce_gre.items()}
     res["contrast_error_max"] = round(max(list(ce_se.values()) + list(ce_gre.values())), 4)
+    res.update(_partial_fourier(frames2, 128))
 
     # simulator speed, in process: decode + play the whole 256² spin echo
     seq = CartesianSequence(SequenceParams(sequence="se", matrix=n, te_ms=te, tr_ms=tr, fov_mm=200,
@@ -233,5 +286,6 @@ def bench_mri(args: argparse.Namespace) -> dict[str, Any]:
     res["sim_realtime_factor"] = round(t_seq / wall, 1)
     res.update(_e2e_age())
     res["bars"] = {"nrmse_se": "<= 0.05", "contrast_error_max": "<= 0.05", "recon_p99_ms": "<= 20",
-                   "sim_realtime_factor": ">= 2", "e2e_age_p99_ms": "<= 50 (here: the MRI rig alone, one process)"}
+                   "sim_realtime_factor": ">= 2", "pf_nrmse_pocs": "<= 0.05 (ours)",
+                   "e2e_age_p99_ms": "<= 50 under the whole rig (here: the MRI rig alone; --under-load for the rig)"}
     return res

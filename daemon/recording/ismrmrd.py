@@ -24,21 +24,11 @@ from xml.sax.saxutils import escape
 import h5py
 import numpy as np
 
-__all__ = ["ACQUISITION_HEADER_DTYPE", "IsmrmrdStreamWriter", "IsmrmrdWriter", "write_ismrmrd", "header_xml"]
+from medacq.protocols.mrd import ACQUISITION_HEADER_DTYPE
 
-_COUNTERS = np.dtype([("kspace_encode_step_1", "<u2"), ("kspace_encode_step_2", "<u2"), ("average", "<u2"),
-                      ("slice", "<u2"), ("contrast", "<u2"), ("phase", "<u2"), ("repetition", "<u2"),
-                      ("set", "<u2"), ("segment", "<u2"), ("user", "<u2", (8,))])
-#: ISMRMRD_AcquisitionHeader (ismrmrd.h, version 1)
-ACQUISITION_HEADER_DTYPE = np.dtype([
-    ("version", "<u2"), ("flags", "<u8"), ("measurement_uid", "<u4"), ("scan_counter", "<u4"),
-    ("acquisition_time_stamp", "<u4"), ("physiology_time_stamp", "<u4", (3,)), ("number_of_samples", "<u2"),
-    ("available_channels", "<u2"), ("active_channels", "<u2"), ("channel_mask", "<u8", (16,)),
-    ("discard_pre", "<u2"), ("discard_post", "<u2"), ("center_sample", "<u2"), ("encoding_space_ref", "<u2"),
-    ("trajectory_dimensions", "<u2"), ("sample_time_us", "<f4"), ("position", "<f4", (3,)),
-    ("read_dir", "<f4", (3,)), ("phase_dir", "<f4", (3,)), ("slice_dir", "<f4", (3,)),
-    ("patient_table_position", "<f4", (3,)), ("idx", _COUNTERS), ("user_int", "<i4", (8,)),
-    ("user_float", "<f4", (8,))])
+__all__ = ["ACQUISITION_HEADER_DTYPE", "IsmrmrdStreamWriter", "IsmrmrdWriter", "write_ismrmrd", "header_xml",
+           "acquisition_header"]
+
 _ACQ = np.dtype([("head", ACQUISITION_HEADER_DTYPE), ("traj", h5py.vlen_dtype(np.dtype("<f4"))),
                  ("data", h5py.vlen_dtype(np.dtype("<f4")))])
 # flag bits (ISMRMRD_AcquisitionFlags, 1-based)
@@ -67,13 +57,15 @@ def header_xml(descriptor: dict[str, Any]) -> str:
              "</experimentalConditions>",
              "<encoding>", f"<encodedSpace>{space}</encodedSpace>", f"<reconSpace>{space}</reconSpace>",
              "<encodingLimits>", f"<kspace_encoding_step_1>{lim(ny)}</kspace_encoding_step_1>",
+             f"<slice>{lim(int(geo.get('slices') or 1))}</slice>",
              "</encodingLimits>", "<trajectory>cartesian</trajectory>", "</encoding>"]
     sp = []
     for key, tag in (("tr_ms", "TR"), ("te_ms", "TE"), ("flip_deg", "flipAngle_deg")):
         if key in seq:
             sp.append(f"<{tag}>{float(seq[key])}</{tag}>")
-    if "sequence" in seq:
-        sp.append(f"<sequence_type>{'SpinEcho' if seq['sequence'] == 'se' else 'GradientEcho'}</sequence_type>")
+    if seq.get("sequence") in ("se", "gre", "tse"):
+        kind = {"se": "SpinEcho", "gre": "GradientEcho", "tse": "TurboSpinEcho"}[seq["sequence"]]
+        sp.append(f"<sequence_type>{kind}</sequence_type>")
     if sp:
         parts += ["<sequenceParameters>", *sp, "</sequenceParameters>"]
     parts.append("</ismrmrdHeader>")
@@ -99,30 +91,8 @@ class IsmrmrdWriter:
     def append(self, line: np.ndarray, meta: dict[str, Any], t_ms: int = 0) -> None:
         """One ``(coil, readout)`` complex line with its frame ``meta`` (``line``, ``image``, ``last``)."""
         line = np.ascontiguousarray(line, dtype=np.complex64)
-        coils, n = line.shape
         rec = np.zeros((1,), _ACQ)
-        h = rec["head"][0:1]  # a view: the field writes below land in rec
-        h["version"] = 1
-        ky = int(meta.get("line", 0))
-        flags = 0
-        if ky == 0:
-            flags |= 1 << (_FIRST_IN_ENCODE_STEP1 - 1)
-        if ky == self.n_lines - 1 or meta.get("last"):
-            flags |= (1 << (_LAST_IN_ENCODE_STEP1 - 1)) | (1 << (_LAST_IN_REPETITION - 1))
-        h["flags"] = flags
-        h["scan_counter"] = self.count
-        h["acquisition_time_stamp"] = t_ms & 0xFFFFFFFF
-        h["number_of_samples"] = n
-        h["available_channels"] = coils
-        h["active_channels"] = coils
-        h["channel_mask"][0] = (1 << coils) - 1
-        h["center_sample"] = n // 2
-        h["sample_time_us"] = self.dwell_us
-        h["read_dir"] = (1, 0, 0)
-        h["phase_dir"] = (0, 1, 0)
-        h["slice_dir"] = (0, 0, 1)
-        h["idx"]["kspace_encode_step_1"] = ky
-        h["idx"]["repetition"] = int(meta.get("image", 0))
+        rec["head"][0] = acquisition_header(line, meta, self.n_lines, self.dwell_us, self.count, t_ms)
         rec[0]["traj"] = np.zeros(0, np.float32)
         rec[0]["data"] = line.view(np.float32).reshape(-1)  # (coil, sample) interleaved re/im, as ISMRMRD
         self.data.resize((self.count + 1,))
@@ -131,6 +101,40 @@ class IsmrmrdWriter:
 
     def close(self) -> None:
         self.f.close()
+
+
+def acquisition_header(line: np.ndarray, meta: dict[str, Any], n_lines: int, dwell_us: float, scan_counter: int,
+                       t_ms: int = 0) -> np.ndarray:
+    """The ISMRMRD acquisition header (one :data:`ACQUISITION_HEADER_DTYPE` record) of a
+    ``(coil, readout)`` line with its frame ``meta`` (``line``, ``image``, ``last``, ``slice``,
+    ``slice_position_mm``) in an ``n_lines``-line image."""
+    coils, n = line.shape
+    h = np.zeros((), ACQUISITION_HEADER_DTYPE)
+    h["version"] = 1
+    ky = int(meta.get("line", 0))
+    flags = 0
+    if ky == 0:
+        flags |= 1 << (_FIRST_IN_ENCODE_STEP1 - 1)
+    if ky == n_lines - 1 or meta.get("last"):
+        flags |= (1 << (_LAST_IN_ENCODE_STEP1 - 1)) | (1 << (_LAST_IN_REPETITION - 1))
+    h["flags"] = flags
+    h["scan_counter"] = scan_counter
+    h["acquisition_time_stamp"] = t_ms & 0xFFFFFFFF
+    h["number_of_samples"] = n
+    h["available_channels"] = coils
+    h["active_channels"] = coils
+    h["channel_mask"][0] = (1 << coils) - 1
+    h["center_sample"] = n // 2
+    h["sample_time_us"] = dwell_us
+    h["read_dir"] = (1, 0, 0)
+    h["phase_dir"] = (0, 1, 0)
+    h["slice_dir"] = (0, 0, 1)
+    h["idx"]["kspace_encode_step_1"] = ky
+    h["idx"]["repetition"] = int(meta.get("image", 0))
+    h["idx"]["slice"] = int(meta.get("slice", 0))
+    if meta.get("slice_position_mm") is not None:
+        h["position"] = (0.0, 0.0, float(meta["slice_position_mm"]))
+    return h
 
 
 def write_ismrmrd(path: str, descriptor: dict[str, Any], frames: Iterable[tuple[dict[str, Any], np.ndarray]]) -> int:

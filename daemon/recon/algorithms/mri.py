@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CartesianKspace", "centred_ifft2", "rss", "adaptive_combine", "homodyne"]
+__all__ = ["CartesianKspace", "centred_ifft2", "centred_fft2", "rss", "adaptive_combine", "homodyne", "pocs"]
 
 
 def centred_ifft2(k: np.ndarray) -> np.ndarray:
     """Image of centred k-space over the last two axes ``(ky, kx)`` (sample N/2 = k 0)."""
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), axes=(-2, -1)), axes=(-2, -1))
+
+
+def centred_fft2(img: np.ndarray) -> np.ndarray:
+    """Centred k-space of images over the last two axes (the inverse of :func:`centred_ifft2`)."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), axes=(-2, -1)), axes=(-2, -1))
 
 
 def rss(coil_images: np.ndarray) -> np.ndarray:
@@ -44,13 +49,15 @@ class CartesianKspace:
         self.k[:] = 0
         self.filled[:] = False
 
-    def image(self, combine: str = "rss", acquired_lines: int | None = None) -> np.ndarray:
+    def image(self, combine: str = "rss", acquired_lines: int | None = None,
+              partial_fourier: str = "homodyne") -> np.ndarray:
         """The magnitude image ``(y, x)`` float32: coils combined by ``rss`` or ``adaptive``;
-        with ``acquired_lines`` < N (partial Fourier, lines ``0 .. acquired_lines - 1``) the
-        homodyne reconstruction of each coil, its negative part clipped."""
+        with ``acquired_lines`` < N (partial Fourier, lines ``0 .. acquired_lines - 1``) each
+        coil reconstructed by ``homodyne`` (its negative part clipped) or ``pocs``."""
         n = self.k.shape[1] * self.k.shape[2]
         if acquired_lines is not None and acquired_lines < self.k.shape[1]:
-            coils: np.ndarray = homodyne(self.k, acquired_lines).clip(min=0)
+            coils: np.ndarray = (pocs(self.k, acquired_lines) if partial_fourier == "pocs"
+                                 else homodyne(self.k, acquired_lines).clip(min=0))
         else:
             coils = centred_ifft2(self.k)
         img = adaptive_combine(coils) if combine == "adaptive" else rss(coils)
@@ -103,3 +110,38 @@ def homodyne(k: np.ndarray, n_acquired: int) -> np.ndarray:
     ph = np.angle(centred_ifft2(k * low[None, :, None]))
     img = centred_ifft2(k * w[None, :, None]) * np.exp(-1j * ph)
     return np.asarray(img.real)
+
+
+def _band_phase(k: np.ndarray, n_acquired: int) -> np.ndarray:
+    """Phase ``(coil, y, x)`` of the low-resolution image of the symmetric centre band of lines
+    (Hann-weighted), acquired on both sides of ky = 0."""
+    n = k.shape[-2]
+    c = n // 2
+    over = n_acquired - c
+    if over <= 0:
+        raise ValueError(f"partial Fourier needs more than half of the {n} lines; got {n_acquired}")
+    low = np.zeros(n)
+    low[c - over:c + over] = np.hanning(2 * over + 2)[1:-1]
+    out: np.ndarray = np.angle(centred_ifft2(k * low[None, :, None]))
+    return out
+
+
+def pocs(k: np.ndarray, n_acquired: int, iterations: int = 10) -> np.ndarray:
+    """Projection-onto-convex-sets partial-Fourier reconstruction (Haacke, Lindskog & Lin 1991)
+    of centred k-space ``(coil, ky, kx)`` whose lines ``0 .. n_acquired - 1`` were acquired:
+    starting from the zero-filled image, alternately impose the centre band's low-resolution
+    phase on the image and put the acquired lines back into its k-space, ``iterations`` times.
+    Returns the per-coil complex images ``(coil, y, x)`` (their magnitude is the result)."""
+    n = k.shape[-2]
+    if n_acquired >= n:
+        return np.asarray(centred_ifft2(k))
+    phase = np.exp(1j * _band_phase(k, n_acquired))
+    acq = k[:, :n_acquired, :]
+    est = np.array(k, dtype=np.complex128)
+    est[:, n_acquired:, :] = 0
+    img = centred_ifft2(est)
+    for _ in range(iterations):
+        est = centred_fft2(np.abs(img) * phase)
+        est[:, :n_acquired, :] = acq
+        img = centred_ifft2(est)
+    return np.asarray(img)
