@@ -504,7 +504,7 @@ class Subscriber:
                 wait = left if wait is None else min(wait, left)
             msg = self.recv(wait)
             if msg is None:
-                if end is not None and time.monotonic() < end and (timeout is None or wait < timeout):
+                if end is not None and time.monotonic() < end and (timeout is None or (wait is not None and wait < timeout)):
                     continue  # not silent for `timeout` yet: only the deadline's slice ended
                 return
             if msg.array is not None:
