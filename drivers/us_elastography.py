@@ -5,9 +5,13 @@ Same link and commands as :class:`~medacq.drivers.ultrasound.UltrasoundDriver`, 
 push-and-track sequence (``docs/elastography.md``): ``SET PUSH``, ``SET TRACKING``,
 ``GET SWE``, ``PUSH``. While running the driver fires one push every ``push_interval_s``;
 each push's tracking ensemble arrives as one NDARRAY message named ``SWE`` and becomes one
-stream frame: int16 ``(frame, z, x, iq)`` beamformed IQ counts (``iq`` = I, Q), the grid
-and the scale in the descriptor geometry, the push counter in the frame meta (a hole in
-it is a :class:`Gap`). B-mode RF frames on the same link are not this stream's: counted
+stream frame: with ``tracking_data = "rf"`` (default) int16 ``(frame, angle, element, sample)``
+channel RF counts of the 0° tracking plane wave, the tracking acquisition (``GET TRACKING``)
+in ``geometry.acquisition`` (the reconstructor beamforms); with ``"iq"`` int16 ``(frame, z, x,
+iq)`` beamformed IQ counts (``iq`` = I, Q). The beamforming grid (``z0_mm``, ``dz_mm``,
+``x0_mm``, ``dx_mm``) is in the descriptor geometry either way, the push counter in the frame
+meta (a hole in it is a :class:`Gap`); an ensemble of the wrong kind or shape is counted
+(``bad_ensembles``) and dropped. B-mode RF frames on the same link are not this stream's: counted
 (``rf_frames_ignored``) and dropped.
 
 Transmit safety. The push settings are *limited* (``push_duration_us``, ``push_voltage_v``,
@@ -25,13 +29,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+import json
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from medacq.protocols.igtl import BadMessage, ConnectionClosed, ImageMessage, NdArrayMessage, StringMessage
 from medacq.protocols.stream import StreamDescriptor
+from medacq.protocols.us_geometry import PlaneWaveAcquisition
 
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from .ultrasound import UltrasoundDriver, UltrasoundSettings
@@ -64,6 +70,10 @@ class ElastographySettings(UltrasoundSettings):
         push_interval_s: time between pushes, s (limited; duty = duration / interval).
         tracking_prf_hz: plane-wave tracking PRF, 5..10 kHz.
         tracking_frames: frames per ensemble (10..20 ms of tracking).
+        tracking_data: ``"rf"`` (channel RF, beamformed by the reconstructor) or ``"iq"``
+            (beamformed IQ from the scanner).
+        bmode_stream: the B-mode stream of the same probe (the live view draws the modulus
+            map over it; default: the only B-mode stream of the rig).
         f0_hz: transmit centre frequency used by the MI estimate.
         max_push_duration_us, max_duty, max_mi: the push limits (config file only).
     """
@@ -76,6 +86,8 @@ class ElastographySettings(UltrasoundSettings):
     push_interval_s: float = Field(0.5, ge=0.05, le=60, json_schema_extra={"limited": True})
     tracking_prf_hz: float = Field(8000.0, ge=5000, le=10000)
     tracking_frames: int = Field(120, ge=50, le=200)
+    tracking_data: Literal["rf", "iq"] = "rf"
+    bmode_stream: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     f0_hz: float = Field(5e6, gt=0)
     max_push_duration_us: float = Field(400.0, gt=0, le=1000, json_schema_extra={"config_only": True})
     max_duty: float = Field(0.002, gt=0, le=0.05, json_schema_extra={"config_only": True})
@@ -121,6 +133,7 @@ class ElastographyDriver(UltrasoundDriver):
         super().__init__(name, address, settings)
         self.settings: ElastographySettings = settings
         self.swe: dict[str, float] = {}
+        self.tracking: PlaneWaveAcquisition | None = None
         self._armed = False
         self._next_push = 0.0
         self._in_flight = False
@@ -153,9 +166,16 @@ class ElastographyDriver(UltrasoundDriver):
         super().open()
         s = self.settings
         self.command(f"SET PUSH {s.push_duration_us:g} {s.push_depth_mm:g} {s.push_voltage_v:g}")
-        self.command(f"SET TRACKING {s.tracking_prf_hz:g} {s.tracking_frames}")
-        reply = self.command("GET SWE", timeout=max(s.command_timeout_s, 30.0))
-        self.swe = {k: float(v) for k, v in (w.split("=", 1) for w in reply.split() if "=" in w)}
+        self.command(f"SET TRACKING {s.tracking_prf_hz:g} {s.tracking_frames} {s.tracking_data.upper()}")
+        reply = self.command("GET SWE", timeout=max(s.command_timeout_s, 60.0))
+        self.swe = {k: float(v) for k, v in (w.split("=", 1) for w in reply.split() if "=" in w and
+                                             not w.startswith("data="))}
+        self.tracking = None
+        if s.tracking_data == "rf":
+            try:
+                self.tracking = PlaneWaveAcquisition.from_descriptor(json.loads(self.command("GET TRACKING")))
+            except ValueError as exc:
+                raise DeviceError(f"{self.name}: GET TRACKING: {str(exc).splitlines()[0][:200]}") from None
 
     def start(self) -> None:
         super().start()
@@ -188,21 +208,39 @@ class ElastographyDriver(UltrasoundDriver):
 
     def descriptor(self) -> StreamDescriptor:
         s, w = self.settings, self.swe
-        shape = [s.tracking_frames, int(w.get("nz", 0)), int(w.get("nx", 0)), 2]
+        geometry: dict[str, Any] = {
+            "z0_mm": w.get("z0_mm"), "dz_mm": w.get("dz_mm"), "x0_mm": w.get("x0_mm"), "dx_mm": w.get("dx_mm"),
+            "nz": int(w.get("nz", 0)), "nx": int(w.get("nx", 0)), "prf_hz": s.tracking_prf_hz,
+            "f0_hz": w.get("f0", s.f0_hz), "fs_iq_hz": w.get("fs_iq"), "c_m_s": 1540.0,
+            "tracking_data": s.tracking_data}
+        if s.tracking_data == "rf" and self.tracking is not None:
+            shape = [s.tracking_frames, *self.tracking.rf_shape]
+            axes = ["frame", "angle", "element", "sample"]
+            geometry["acquisition"] = self.tracking.to_descriptor()
+            geometry["layout"] = ("channel RF of the 0-degree tracking plane wave after one push; frame 0 at the end "
+                                  "of the push; beamform onto the (z0_mm, dz_mm, nz) x (x0_mm, dx_mm, nx) grid")
+        else:
+            shape = [s.tracking_frames, int(w.get("nz", 0)), int(w.get("nx", 0)), 2]
+            axes = ["frame", "z", "x", "iq"]
+            geometry["layout"] = "beamformed IQ after one push; frame 0 at the end of the push"
         return StreamDescriptor(
             stream=self.name, modality=self.modality, device="igtl:swe",
-            dtype="<i2", shape=shape, axes=["frame", "z", "x", "iq"], units="counts",
+            dtype="<i2", shape=shape, axes=axes, units="counts",
             frame_rate_hz=1.0 / s.push_interval_s,
-            geometry={"z0_mm": w.get("z0_mm"), "dz_mm": w.get("dz_mm"), "x0_mm": w.get("x0_mm"),
-                      "dx_mm": w.get("dx_mm"), "prf_hz": s.tracking_prf_hz, "f0_hz": w.get("f0", s.f0_hz),
-                      "fs_iq_hz": w.get("fs_iq"), "c_m_s": 1540.0,
-                      "layout": "beamformed IQ after one push; frame 0 at the end of the push"},
+            geometry=geometry,
             meta={"push_duration_us": s.push_duration_us, "push_depth_mm": s.push_depth_mm,
                   "push_voltage_v": s.push_voltage_v, "push_interval_s": s.push_interval_s,
                   "duty": s.duty(), "mi_estimate": round(s.mi(), 4),
                   "limits": {"max_push_duration_us": s.max_push_duration_us, "max_duty": s.max_duty,
-                             "max_mi": s.max_mi}, "address": self.address},
+                             "max_mi": s.max_mi}, "address": self.address,
+                  **({"bmode_stream": s.bmode_stream} if s.bmode_stream else {})},
         )
+
+    @property
+    def _shape(self) -> list[int] | None:
+        if not self.swe:
+            return None
+        return list(self.descriptor().shape)
 
     def read(self, timeout: float) -> list[Frame | Gap]:
         now = time.monotonic()
@@ -222,6 +260,10 @@ class ElastographyDriver(UltrasoundDriver):
                     self.count("stray_replies")
                 continue
             self._in_flight = False
+            if ev.metadata.get("data", "iq") != self.settings.tracking_data or \
+                    (self._shape is not None and list(ev.array.shape) != self._shape):
+                self.count("bad_ensembles")  # not what the descriptor announced: dropped, the counter shows it
+                continue
             try:
                 k = int(ev.metadata.get("push", ev.message_id))
             except ValueError:

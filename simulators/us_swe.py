@@ -5,24 +5,30 @@ frames, STRING commands with ``ACK`` replies), plus a push-and-track sequence
 (``docs/elastography.md``)::
 
     SET PUSH <duration_us> <depth_mm> <voltage_v>   push: 50..1000 µs, focus 5..60 mm, 1..90 V
-    SET TRACKING <prf_hz> <frames>                  5000..10000 Hz, 10..20 ms of frames
+    SET TRACKING <prf_hz> <frames> [IQ|RF]          5000..10000 Hz, 10..20 ms of frames; what the
+                                                    ensemble carries (default IQ)
     GET SWE    OK push_us=<> depth_mm=<> voltage_v=<> prf=<> frames=<> nz=<> nx=<> z0_mm=<>
-               dz_mm=<> x0_mm=<> dx_mm=<> f0=<> fs_iq=<> pushes=<n>
+               dz_mm=<> x0_mm=<> dx_mm=<> f0=<> fs_iq=<> pushes=<n> data=<iq|rf>
+    GET TRACKING   OK <JSON of the tracking PlaneWaveAcquisition.to_descriptor()> (RF mode's
+                   probe, sampling, receive window and PRF)
     PUSH       OK push=<n>   (only while running: START arms the scanner, STOP disarms it)
 
 After ``PUSH`` (one long focused transmit at the set depth), the scanner tracks with plane
 waves at the tracking PRF and sends the ensemble as one NDARRAY message named ``SWE``:
-int16 ``(frame, z, x, 2)`` = beamformed IQ (I, Q) counts, metadata ``push`` (counter),
+int16 ``(frame, z, x, 2)`` = beamformed IQ (I, Q) counts (``IQ``), or int16 ``(frame, angle,
+element, sample)`` channel RF counts of the 0° tracking plane wave (``RF``: the receiver
+beamforms; the acquisition is ``GET TRACKING``'s), metadata ``data`` (``iq``/``rf``), ``push`` (counter),
 ``prf_hz``, ``f0_hz``, ``fs_iq_hz``, ``c_m_s``, ``z0_mm``, ``dz_mm``, ``x0_mm``, ``dx_mm``,
 ``iq_scale`` (counts per unit IQ), ``push_us``, ``push_depth_mm``, ``push_voltage_v``. It
 leaves ``frames / prf`` s after the push. ``SET`` is refused while running (``ERR busy``), a
 second ``PUSH`` while an ensemble is in flight (``ERR busy push``); ``STOP`` cancels a
 push in flight (no ensemble is sent) and disarms pushes: it is the safe state.
 
-Physics: :mod:`medacq.simulators.swe_model` (stiffness map, straight-ray shear wave,
-speckle that moves with the displacement). The push amplitude scales with
-``duration / 200 µs × (voltage / 50 V)²`` (radiation force ∝ intensity × time).
-Ensembles are rendered once per push setting and cached (seconds on the full grid).
+Physics: :mod:`medacq.simulators.swe_model` (stiffness map, straight-ray or eikonal shear
+wave, speckle that moves with the displacement; RF through the B-mode model's echo
+synthesis). The push amplitude scales with ``duration / 200 µs × (voltage / 50 V)²``
+(radiation force ∝ intensity × time). Ensembles are rendered once per push setting and
+cached (seconds for IQ, 15–25 s for 150 RF frames on the full grid, on a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import json
+
 import numpy as np
 
 from medacq.protocols.igtl import NdArrayMessage
 from medacq.protocols.us_geometry import PlaneWaveAcquisition
-from medacq.simulators.swe_model import C_SOUND_M_S, Ensemble, ShearWave, StiffnessPhantom, TrackingSetup, render_ensemble
+from medacq.simulators.swe_model import (C_SOUND_M_S, Ensemble, RfEnsemble, ShearWave, StiffnessPhantom, TrackingSetup,
+                                         render_ensemble, render_rf_ensemble, tracking_acquisition)
 from medacq.simulators.us_model import PlaneWaveRFModel
 from medacq.simulators.us_scanner import UltrasoundScannerInterface
 
@@ -58,17 +67,21 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
         self.push_depth_mm = 25.0
         self.push_voltage_v = 50.0
         self.pushes = 0
+        self.tracking_data = "iq"
+        self.propagation = "rays"  # the shear wave's model: "rays" or "eikonal" (swe_model.ShearWave)
         self._push_due: float | None = None
-        self._cache: dict[tuple[float, float, float, float, int], tuple[np.ndarray, float, Ensemble]] = {}
+        self._cache: dict[tuple[float, float, float, float, int, str], tuple[np.ndarray, float, Ensemble]] = {}
+        self._rf_cache: dict[tuple[float, float, float, float, int, str], RfEnsemble] = {}
 
     # ---- ensembles -----------------------------------------------------------------------
     def wave(self) -> ShearWave:
         amp = 20.0 * (self.push_us / 200.0) * (self.push_voltage_v / 50.0) ** 2
-        return ShearWave(z_push_mm=self.push_depth_mm, amplitude_um=amp)
+        return ShearWave(z_push_mm=self.push_depth_mm, amplitude_um=amp, propagation=self.propagation)
 
     def ensemble(self) -> tuple[np.ndarray, float, Ensemble]:
         """``(int16 (frame, z, x, 2), iq_scale, Ensemble)`` for the current settings (cached)."""
-        key = (self.push_us, self.push_depth_mm, self.push_voltage_v, self.setup.prf_hz, self.setup.n_frames)
+        key = (self.push_us, self.push_depth_mm, self.push_voltage_v, self.setup.prf_hz, self.setup.n_frames,
+               self.propagation)
         if key not in self._cache:
             ens = render_ensemble(self.phantom, self.wave(), self.setup, seed=self.swe_seed)
             scale = 8000.0 / float(np.abs(ens.iq).max())
@@ -77,6 +90,21 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
             q[..., 1] = np.clip(np.rint(ens.iq.imag * scale), -32768, 32767)
             self._cache[key] = (q, scale, ens)
         return self._cache[key]
+
+    def rf_ensemble(self) -> RfEnsemble:
+        """The channel-RF ensemble (``RF`` mode) for the current settings (cached)."""
+        key = (self.push_us, self.push_depth_mm, self.push_voltage_v, self.setup.prf_hz, self.setup.n_frames,
+               self.propagation)
+        if key not in self._rf_cache:
+            self._rf_cache[key] = render_rf_ensemble(self.phantom, self.wave(), self.setup, seed=self.swe_seed)
+        return self._rf_cache[key]
+
+    def _load(self) -> None:
+        """Render the ensemble of the current settings and mode (before a push fires)."""
+        if self.tracking_data == "iq":
+            self.ensemble()
+        else:
+            self.rf_ensemble()
 
     def truth(self) -> dict:
         d = super().truth()
@@ -99,9 +127,22 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
         out = super().poll(t)
         if self._push_due is not None and t >= self._push_due:
             self._push_due = None
-            q, scale, ens = self.ensemble()
             s = self.setup
-            meta = {"push": str(self.pushes - 1), "prf_hz": f"{s.prf_hz:g}", "f0_hz": f"{s.f0_hz:g}",
+            if self.tracking_data == "rf":
+                rf = self.rf_ensemble()
+                z, x = s.depth_mm(), s.lateral_mm()
+                meta = {"data": "rf", "push": str(self.pushes - 1), "prf_hz": f"{s.prf_hz:g}",
+                        "f0_hz": f"{rf.acquisition.probe.center_frequency_hz:g}", "fs_iq_hz": f"{s.fs_iq_hz:g}",
+                        "c_m_s": f"{C_SOUND_M_S:g}", "z0_mm": repr(float(z[0])), "dz_mm": repr(float(z[1] - z[0])),
+                        "x0_mm": repr(float(x[0])), "dx_mm": repr(float(x[1] - x[0])),
+                        "fs_hz": f"{rf.acquisition.sampling_frequency_hz:g}",
+                        "t0_s": repr(rf.acquisition.start_time_s), "push_us": f"{self.push_us:g}",
+                        "push_depth_mm": f"{self.push_depth_mm:g}", "push_voltage_v": f"{self.push_voltage_v:g}"}
+                return out + self.codec.send(NdArrayMessage(array=rf.rf, device_name="SWE", timestamp=t,
+                                                            header_version=2, message_id=(self.pushes - 1) & 0xFFFFFFFF,
+                                                            metadata=meta))
+            q, scale, ens = self.ensemble()
+            meta = {"data": "iq", "push": str(self.pushes - 1), "prf_hz": f"{s.prf_hz:g}", "f0_hz": f"{s.f0_hz:g}",
                     "fs_iq_hz": f"{s.fs_iq_hz:g}", "c_m_s": f"{C_SOUND_M_S:g}",
                     "z0_mm": repr(float(ens.z_mm[0])), "dz_mm": repr(float(ens.z_mm[1] - ens.z_mm[0])),
                     "x0_mm": repr(float(ens.x_mm[0])), "dx_mm": repr(float(ens.x_mm[1] - ens.x_mm[0])),
@@ -126,22 +167,29 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
                     return "ERR not armed (START first)"
                 if self._push_due is not None:
                     return "ERR busy push"
-                self.ensemble()  # the sequence is loaded before the push fires
+                self._load()  # the sequence is loaded before the push fires
                 self.pushes += 1
                 self._push_due = t + self.setup.n_frames / self.setup.prf_hz
                 return f"OK push={self.pushes - 1}"
             if verb == "GET SWE":
-                _, _, ens = self.ensemble()
+                self._load()
                 s = self.setup
+                z, x = s.depth_mm(), s.lateral_mm()
+                f0 = tracking_acquisition(s).probe.center_frequency_hz if self.tracking_data == "rf" else s.f0_hz
                 return (f"OK push_us={self.push_us:g} depth_mm={self.push_depth_mm:g} "
                         f"voltage_v={self.push_voltage_v:g} prf={s.prf_hz:g} frames={s.n_frames} "
-                        f"nz={len(ens.z_mm)} nx={len(ens.x_mm)} z0_mm={float(ens.z_mm[0])!r} "
-                        f"dz_mm={float(ens.z_mm[1] - ens.z_mm[0])!r} x0_mm={float(ens.x_mm[0])!r} "
-                        f"dx_mm={float(ens.x_mm[1] - ens.x_mm[0])!r} f0={s.f0_hz:g} fs_iq={s.fs_iq_hz:g} "
-                        f"pushes={self.pushes}")
+                        f"nz={len(z)} nx={len(x)} z0_mm={float(z[0])!r} "
+                        f"dz_mm={float(z[1] - z[0])!r} x0_mm={float(x[0])!r} "
+                        f"dx_mm={float(x[1] - x[0])!r} f0={f0:g} fs_iq={s.fs_iq_hz:g} "
+                        f"pushes={self.pushes} data={self.tracking_data}")
+            if verb == "GET TRACKING":
+                return "OK " + json.dumps(tracking_acquisition(self.setup).to_descriptor())
             if verb in ("SET PUSH", "SET TRACKING"):
                 if self.state != "stopped":
                     return "ERR busy"
+                data = self.tracking_data
+                if verb == "SET TRACKING" and len(words) == 5 and words[4].upper() in ("IQ", "RF"):
+                    data = words.pop().lower()
                 args = [float(a) for a in words[2:]]
                 if verb == "SET PUSH":
                     if len(args) != 3:
@@ -153,7 +201,7 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
                     self.push_us, self.push_depth_mm, self.push_voltage_v = args
                     return "OK"
                 if len(args) != 2:
-                    return "ERR SET TRACKING <prf_hz> <frames>"
+                    return "ERR SET TRACKING <prf_hz> <frames> [IQ|RF]"
                 prf, frames = args[0], int(args[1])
                 lo, hi = PUSH_LIMITS["prf_hz"]
                 if not lo <= prf <= hi:
@@ -163,6 +211,7 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
                 if not lo - 1e-9 <= ms <= hi + 1e-9:
                     return f"ERR tracking {ms:g} ms outside {lo:g}..{hi:g}"
                 self.setup = replace(self.setup, prf_hz=prf, n_frames=frames)
+                self.tracking_data = data
                 return "OK"
         except (ValueError, IndexError) as exc:
             return f"ERR {str(exc).splitlines()[0][:200]}"
@@ -170,10 +219,13 @@ class ElastographyScannerInterface(UltrasoundScannerInterface):
 
 
 def make(**options: Any) -> ElastographyScannerInterface:
-    """Factory for ``medacq sim us_swe``. Options: ``seed`` (0), ``lines`` (lateral half-width,
-    mm, 12), ``pitch_mm`` (0.3), ``z_mm`` ("15,35"), ``snr_db`` (30), ``e_background_kpa``
-    (15); B-mode: 1 angle at 1 Hz (the tracking is what this scanner is for)."""
-    known = {"seed", "half_width_mm", "pitch_mm", "z_min_mm", "z_max_mm", "snr_db", "e_background_kpa"}
+    """Factory for ``medacq sim us_swe``. Options: ``seed`` (0), ``half_width_mm`` (lateral
+    half-width of the tracking grid, 15), ``pitch_mm`` (0.3), ``z_min_mm``/``z_max_mm`` (15, 36),
+    ``snr_db`` (30, IQ mode), ``e_background_kpa`` (15), ``propagation`` (``rays``: straight
+    lateral rays; ``eikonal``: first arrivals, :class:`~medacq.simulators.swe_model.ShearWave`);
+    B-mode: 1 angle at 1 Hz (the tracking is
+    what this scanner is for). Ensembles are IQ until ``SET TRACKING <prf> <frames> RF``."""
+    known = {"seed", "half_width_mm", "pitch_mm", "z_min_mm", "z_max_mm", "snr_db", "e_background_kpa", "propagation"}
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown us_swe simulator options: {', '.join(sorted(unknown))}")
@@ -184,4 +236,6 @@ def make(**options: Any) -> ElastographyScannerInterface:
     phantom = StiffnessPhantom(e_background_kpa=float(options.get("e_background_kpa", 15.0)))
     acq = PlaneWaveAcquisition.with_angles(1, prf_hz=1.0, n_samples=512)
     model = PlaneWaveRFModel(acq, seed=int(options.get("seed", 0)), cache_dir=None)
-    return ElastographyScannerInterface(model, phantom, setup, seed=int(options.get("seed", 0)))
+    sim = ElastographyScannerInterface(model, phantom, setup, seed=int(options.get("seed", 0)))
+    sim.propagation = str(ShearWave(propagation=str(options.get("propagation", "rays"))).propagation)
+    return sim

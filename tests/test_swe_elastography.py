@@ -114,7 +114,7 @@ def test_push_limits_come_from_the_config_bounds():
 def test_scanner_and_driver_over_tcp_and_safe_state_stops_pushes():
     sim = make(half_width_mm=10.0, seed=3)
     with SimulatorServer(sim, "tcp", paced=True) as srv:
-        d = ElastographyDriver("swe0", srv.tcp_address, ElastographySettings(push_interval_s=0.2))
+        d = ElastographyDriver("swe0", srv.tcp_address, ElastographySettings(push_interval_s=0.2, tracking_data="iq"))
         d.open()
         try:
             assert srv.call(sim.handle_command, "PUSH", 0.0).startswith("ERR not armed")
@@ -133,7 +133,7 @@ def test_scanner_and_driver_over_tcp_and_safe_state_stops_pushes():
             d.settings = ElastographySettings.model_construct(**{**d.settings.model_dump(), "push_interval_s": 0.01})
             with pytest.raises(DeviceError, match="duty"):
                 d.push()
-            d.settings = ElastographySettings(push_interval_s=0.2)
+            d.settings = ElastographySettings(push_interval_s=0.2, tracking_data="iq")
             said = d.enter_safe_state()
             assert "pushes disarmed" in said and "state=stopped" in said
             pushes = srv.call(lambda: sim.pushes)
@@ -163,7 +163,7 @@ def test_modulus_map_published_through_the_daemon(endpoints):
     with SimulatorServer(sim, "tcp", paced=True) as srv:
         cfg = parse_config({**endpoints,
                             "device": [{"name": "swe0", "kind": "us_swe", "address": srv.tcp_address,
-                                        "settings": {"push_interval_s": 0.3}}],
+                                        "settings": {"push_interval_s": 0.3, "tracking_data": "iq"}}],
                             "recon": {**endpoints["recon"]}})
         stage = ReconStage(cfg).start()
         d = AcquisitionDaemon(cfg).start()

@@ -51,6 +51,13 @@ def test_sparse_operator_equals_numpy_baseline(scene) -> None:
     assert np.abs(exact - ref).max() <= 1e-4 * np.abs(ref).max()
     batch = bf.beamform_iq(np.stack([rf, rf]))
     np.testing.assert_allclose(batch[1], iq, rtol=1e-4, atol=1e-3 * np.abs(iq).max())
+    # an ensemble-sized batch (>= 16 frames) takes the parallel numba product where numba imports:
+    # every frame equals its single-frame beamforming (frames differ: scaled copies)
+    scales = np.arange(1, 17, dtype=np.int16)
+    big = bf.beamform_iq(np.stack([(rf // 16) * k for k in scales]))
+    for k, img in zip(scales, big):
+        one = bf.beamform_iq((rf // 16) * k)
+        np.testing.assert_allclose(img, one, rtol=1e-4, atol=1e-4 * np.abs(one).max())
     bmode = bf(rf)
     assert bmode.shape == (30, 40) and bmode.max() == 0 and bmode.min() >= -60
 

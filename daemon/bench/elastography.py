@@ -18,9 +18,11 @@ Tactile imaging (one JSON object with ``--json``):
   ``tactile_surface_stiffness_ratio``); ``tactile_recon_dropped``: frames the stage's
   ``fifo`` (250 ms age bound) queue dropped.
 
-Shear-wave elastography: one push ensemble of the ``us_swe`` scanner simulator (150
-frames at 10 kHz = 15 ms of plane-wave tracking, 101 lines × 0.3 mm, 12..40 mm deep, the
-int16 IQ that goes on the wire), processed as the ``swe`` reconstructor does:
+Shear-wave elastography: one push ensemble of the ``us_swe`` scanner simulator in its RF
+mode (150 frames at 10 kHz = 15 ms of 0° plane-wave tracking, channel RF int16 ``(150, 1, 128,
+896)`` = 34 MB, as it goes on the wire), processed as the ``swe`` reconstructor does: the
+B-mode DAS operator batched over the 150 frames onto 101 lines × 0.3 mm, 12..40 mm deep
+(0.077 mm), then:
 
 * ``modulus_error_inclusion`` / ``modulus_error_background``: relative error of the median
   Young's modulus in the stiff inclusion's core (within 0.6 radius) / in the background
@@ -30,11 +32,19 @@ int16 IQ that goes on the wire), processed as the ``swe`` reconstructor does:
 * ``displacement_bias_um``: mean of (Loupas interframe displacement − the simulator's true
   interframe displacement at the pixel) over every frame and pixel of that region;
   ``displacement_rms_um`` beside it.
-* ``swe_process_ms_p99``: displacement + speed map + modulus + segmentation of one ensemble
-  (p99 of 20; the numba kernel when installed), ``swe_process_ms_p99_numpy`` with the plain
-  numpy displacement kernel (p99 of 5) in the same run, and ``loupas_ms_numba`` /
-  ``loupas_ms_numpy`` for the displacement kernel alone. The simulator renders *beamformed*
-  IQ: no DAS beamforming is in this figure.
+* ``swe_process_ms_p99``: beamforming + displacement + speed map + modulus + segmentation of
+  one ensemble (p99 of 20; the numba kernel when installed), ``swe_beamform_ms_p50``/``_p99``
+  the beamforming part, ``swe_process_ms_p99_numpy`` the same chain with the plain numpy
+  displacement kernel (p99 of 3) in the same run, and ``loupas_ms_numba`` /
+  ``loupas_ms_numpy`` for the displacement kernel alone. ``swe_iq_process_ms_p99`` /
+  ``swe_iq_modulus_error_inclusion``: the scanner-beamformed IQ mode (no beamforming in the
+  receiver) on the same phantom, for comparison. ``swe_eikonal_*``: the IQ mode with the shear
+  wave's first arrivals (eikonal: refraction, head waves through the stiff inclusion, the wave
+  around the soft one) instead of straight rays: what time-of-flight makes of physics it does
+  not assume. ``load_avg_1min``: the machine's load when
+  the figures were taken (the 2-core machine is shared); ``swe_process_ms_min`` and
+  ``swe_process_cpu_ms_p50`` (CPU time of the process per ensemble, all threads) beside the p99
+  say how much of it is waiting for a core.
 """
 
 from __future__ import annotations
@@ -217,42 +227,82 @@ def _tactile(duration: float) -> dict[str, Any]:
     }
 
 
+def _p(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1)
+
+
 def _swe() -> dict[str, Any]:
     from medacq.daemon.recon.algorithms import elastography as el
+    from medacq.daemon.recon.algorithms.beamform import warm_kernels
     from medacq.simulators.swe_model import TrackingSetup
     from medacq.simulators.us_swe import ElastographyScannerInterface
 
+    warm_kernels()
     sim = ElastographyScannerInterface(setup=TrackingSetup(), seed=4)
     t0 = time.perf_counter()
-    q, scale, ens = sim.ensemble()
+    ens = sim.rf_ensemble()
     render_s = time.perf_counter() - t0
     s = ens.setup
-    iq = (q[..., 0].astype(np.float32) + 1j * q[..., 1].astype(np.float32)).astype(np.complex64) / np.float32(scale)
+    rf = ens.rf  # int16 (frame, angle, element, sample): what goes on the wire
     x, z = ens.x_mm, ens.z_mm
+    t0 = time.perf_counter()
+    z_map, window = el.rf_map_grid(z, 2, 9)  # the reconstructor's defaults: axial_step 2, axial_window 9
+    bf = el.EnsembleBeamformer(ens.acquisition, x, z_map, backend="sparse", threads=2)
+    build_s = time.perf_counter() - t0
     X, Z = np.meshgrid(x, z[::2])  # the maps' grid: every 2nd depth sample (process_ensemble's axial_step)
     stiff, soft = sim.phantom.regions
-    args = (iq, ens.t_s, x, z, s.f0_hz, s.fs_iq_hz)
     kernel = "numba" if el.HAVE_NUMBA else "numpy"
-    r = el.process_ensemble(*args, kernel=kernel)  # warm-up (numba compile or cache load)
-    times = []
+
+    cpu: list[float] = []
+
+    def chain(k: str) -> tuple[Any, float, float]:
+        c = time.process_time()
+        t = time.perf_counter()
+        iq = bf(rf)
+        tb = time.perf_counter()
+        r = el.process_ensemble(iq, ens.t_s, x, z_map, bf.f_demod_hz, bf.fs_hz, axial_window=window, kernel=k,
+                                axial_step=1)
+        te = time.perf_counter()
+        cpu.append((time.process_time() - c) * 1e3)
+        return r, (te - t) * 1e3, (tb - t) * 1e3
+
+    r, _, _ = chain(kernel)  # warm-up (numba compile or cache load, the operator touched)
+    times, times_bf = [], []
+    cpu.clear()
     for _ in range(20):
-        t = time.perf_counter()
-        r = el.process_ensemble(*args, kernel=kernel)
-        times.append((time.perf_counter() - t) * 1e3)
+        r, ms, ms_bf = chain(kernel)
+        times.append(ms)
+        times_bf.append(ms_bf)
+    cpu_ms = list(cpu)
     times_np = []
-    for _ in range(5):
-        t = time.perf_counter()
-        r_np = el.process_ensemble(*args, kernel="numpy")
-        times_np.append((time.perf_counter() - t) * 1e3)
+    for _ in range(3):
+        r_np, ms, _ = chain("numpy")
+        times_np.append(ms)
+    iq = bf(rf)
     lk = {}
     for name in (["numba"] if el.HAVE_NUMBA else []) + ["numpy"]:
         fn = el.loupas_numba if name == "numba" else el.loupas_numpy
         ts = []
         for _ in range(5):
             t = time.perf_counter()
-            fn(iq, s.f0_hz, s.fs_iq_hz, 1540.0, 9, 2)
+            fn(iq, bf.f_demod_hz, bf.fs_hz, 1540.0, window, 1)
             ts.append((time.perf_counter() - t) * 1e3)
         lk[f"loupas_ms_{name}"] = round(float(np.median(ts)), 2)
+    # the scanner-beamformed IQ mode (no beamforming in the receiver) beside it, same phantom and wave
+    q, scale, ens_iq = sim.ensemble()
+    iq_s = (q[..., 0].astype(np.float32) + 1j * q[..., 1].astype(np.float32)).astype(np.complex64) / np.float32(scale)
+    times_iq = []
+    for _ in range(5):
+        t = time.perf_counter()
+        r_iq = el.process_ensemble(iq_s, ens_iq.t_s, x, z, s.f0_hz, s.fs_iq_hz, kernel=kernel)
+        times_iq.append((time.perf_counter() - t) * 1e3)
+    # the same phantom with first-arrival (eikonal) propagation instead of straight rays (IQ mode)
+    sim.propagation = "eikonal"
+    q_e, scale_e, ens_e = sim.ensemble()
+    sim.propagation = "rays"
+    iq_e = (q_e[..., 0].astype(np.float32) + 1j * q_e[..., 1].astype(np.float32)).astype(np.complex64) \
+        / np.float32(scale_e)
+    r_eik = el.process_ensemble(iq_e, ens_e.t_s, x, z, s.f0_hz, s.fs_iq_hz, kernel=kernel)
     core = (X - stiff.x_mm) ** 2 + (Z - stiff.z_mm) ** 2 <= (0.6 * stiff.radius_mm) ** 2
     soft_core = (X - soft.x_mm) ** 2 + (Z - soft.z_mm) ** 2 <= (0.6 * soft.radius_mm) ** 2
     bg = X > sim.wave().x_push_mm + 6.0
@@ -263,17 +313,22 @@ def _swe() -> dict[str, Any]:
     e_soft = float(np.nanmedian(r.modulus_kpa[soft_core]))
     err = (r.velocity_um - np.diff(ens.displacement_um, axis=0)[:, ::2])[:, bg | core | soft_core]
     inc = r.inclusion
+    e_in_iq = float(np.nanmedian(r_iq.modulus_kpa[core]))
     return {
         "modulus_error_inclusion": round(abs(e_in - stiff.e_kpa) / stiff.e_kpa, 4),
         "modulus_error_background": round(abs(e_bg - sim.phantom.e_background_kpa) / sim.phantom.e_background_kpa, 4),
         "inclusion_diameter_error_mm": round(abs(inc.diameter_mm - 2 * stiff.radius_mm), 3) if inc.found else None,
         "displacement_bias_um": round(abs(float(err.mean())), 6),
         "displacement_rms_um": round(float(np.sqrt((err ** 2).mean())), 4),
-        "swe_process_ms_p99": round(float(np.percentile(times, 99)), 1),
-        "swe_process_ms_p50": round(float(np.percentile(times, 50)), 1),
+        "swe_process_ms_p99": _p(times, 99),
+        "swe_process_ms_p50": _p(times, 50),
+        "swe_process_ms_min": round(min(times), 1),
+        "swe_process_cpu_ms_p50": _p(cpu_ms, 50),
+        "swe_beamform_ms_p50": _p(times_bf, 50),
+        "swe_beamform_ms_p99": _p(times_bf, 99),
         "swe_kernel": kernel,
-        "swe_process_ms_p99_numpy": round(float(np.percentile(times_np, 99)), 1),
-        "swe_process_ms_p50_numpy": round(float(np.percentile(times_np, 50)), 1),
+        "swe_process_ms_p99_numpy": _p(times_np, 99),
+        "swe_process_ms_p50_numpy": _p(times_np, 50),
         **lk,
         "swe_e_inclusion_kpa": round(e_in, 2), "swe_true_e_inclusion_kpa": stiff.e_kpa,
         "swe_e_background_kpa": round(e_bg, 2), "swe_true_e_background_kpa": sim.phantom.e_background_kpa,
@@ -282,8 +337,23 @@ def _swe() -> dict[str, Any]:
         "swe_true_inclusion_diameter_mm": 2 * stiff.radius_mm,
         "swe_kernels_max_diff_um": round(float(np.max(np.abs(r.velocity_um - r_np.velocity_um))), 4),
         "swe_kernels_e_inclusion_kpa_numpy": round(float(np.nanmedian(r_np.modulus_kpa[core])), 2),
-        "swe_ensemble_shape": list(q.shape), "swe_render_s": round(render_s, 2),
-        "swe_beamforming_included": False,
+        "swe_ensemble_shape": list(rf.shape), "swe_ensemble_mb": round(rf.nbytes / 1e6, 1),
+        "swe_map_shape": list(r.modulus_kpa.shape), "swe_render_s": round(render_s, 2),
+        "swe_operator_build_s": round(build_s, 2), "swe_operator_mb": round(bf.beamformer.operator_bytes / 1e6, 1),
+        "swe_beamforming_included": True,
+        "swe_iq_process_ms_p99": _p(times_iq, 99),
+        "swe_iq_modulus_error_inclusion": round(abs(e_in_iq - stiff.e_kpa) / stiff.e_kpa, 4),
+        "swe_eikonal_modulus_error_inclusion":
+            round(abs(float(np.nanmedian(r_eik.modulus_kpa[core])) - stiff.e_kpa) / stiff.e_kpa, 4),
+        "swe_eikonal_modulus_error_background":
+            round(abs(float(np.nanmedian(r_eik.modulus_kpa[bg])) - sim.phantom.e_background_kpa)
+                  / sim.phantom.e_background_kpa, 4),
+        "swe_eikonal_soft_modulus_error":
+            round(abs(float(np.nanmedian(r_eik.modulus_kpa[soft_core])) - soft.e_kpa) / soft.e_kpa, 4),
+        "swe_eikonal_inclusion_diameter_error_mm":
+            round(abs(r_eik.inclusion.diameter_mm - 2 * stiff.radius_mm), 3) if r_eik.inclusion.found else None,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
     }
 
 

@@ -163,7 +163,16 @@ MODALITY_HINTS: dict[str, dict[str, Any]] = {
                          ["Set DSA mask", "set_mask", {}]]},
     "ct": {"raw": {"colormap": "gray", "window": "percentile"}, "recon": {"colormap": "gray", "window": "percentile"},
            "actions": [["Preview slice", "preview", {}]]},
+    "swe": {"raw": {"kind": "image", "colormap": "gray", "window": "symmetric"}, "recon": {"colormap": "viridis"},
+            "overlay": {"colormap": "viridis", "alpha": 0.6, "min_confidence": 0.5}},
 }
+
+#: Recon modalities whose main map (``recon/<stream>``, a ``(z, x)`` image with ``geometry.grid``
+#: in m) is also drawn over the B-mode image (modality ``us``) of the same probe, as the panel
+#: ``overlay/<stream>``: transparent where ``recon/<stream>/confidence`` is below the hint's
+#: ``min_confidence``. "Same probe": the B-mode stream the source's descriptor names
+#: (``meta.bmode_stream``), else the only B-mode stream there is.
+OVERLAY_MODALITIES = ("swe",)
 
 
 VIEW_NICE = 5
@@ -326,6 +335,20 @@ def _image_view(array: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "c":
         a = np.abs(a)
     return a
+
+
+def _grid_mm(descriptor: dict[str, Any] | None, frame: np.ndarray | None) -> tuple[float, float, float, float] | None:
+    """``(x0, dx, z0, dz)`` mm of an image's pixel centres from ``geometry.grid`` (m: ``x_min``,
+    ``x_max``, ``z_min``, ``z_max``, the image's own shape), or ``None``."""
+    g = ((descriptor or {}).get("geometry") or {}).get("grid")
+    if not isinstance(g, dict) or frame is None:
+        return None
+    try:
+        nz, nx = _image_view(frame).shape
+        x0, x1, z0, z1 = (float(g[k]) * 1e3 for k in ("x_min", "x_max", "z_min", "z_max"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return x0, (x1 - x0) / max(nx - 1, 1) or 1.0, z0, (z1 - z0) / max(nz - 1, 1) or 1.0
 
 
 def _decimate(a: np.ndarray, max_px: int) -> np.ndarray:
@@ -664,13 +687,106 @@ class Bridge:
             else:
                 st.latest = array  # zero-copy: the payload buffer stays alive with it
             st.dirty = True
+        if st.role == "recon":
+            self._touch_overlays(st)
         self._wake.set()
+
+    # overlays (a stiffness map over the B-mode): marked here, composed only when encoded
+    def _main_recon(self, st: _Stream | None, modality: str) -> bool:
+        return st is not None and st.role == "recon" and st.stream == st.source and self._modality(st) == modality
+
+    def _overlay_base(self, mp: _Stream) -> _Stream | None:
+        """The B-mode stream (``recon/<us>``) a map is drawn over (:data:`OVERLAY_MODALITIES`)."""
+        want = (((self.descriptors.get(mp.source) or {}).get("meta") or {}).get("bmode_stream")
+                or ((mp.descriptor or {}).get("meta") or {}).get("bmode_stream"))
+        cands = [s for s in list(self.streams.values()) if self._main_recon(s, "us")]
+        if want:
+            return next((s for s in cands if s.stream == want), None)
+        return cands[0] if len(cands) == 1 else None
+
+    def _touch_overlays(self, st: _Stream) -> None:
+        if any(self._main_recon(st, m) for m in OVERLAY_MODALITIES):
+            maps = [st]
+            if f"overlay/{st.stream}" not in self.streams and self._overlay_base(st) is not None:
+                ov = _Stream(topic=f"overlay/{st.stream}", stream=st.stream, role="overlay", source=st.source,
+                             sub_index=st.sub_index)
+                with self._streams_lock:
+                    self.streams[ov.topic] = ov
+        elif self._main_recon(st, "us"):
+            maps = [m for m in list(self.streams.values()) if m.role == "recon" and m.stream == m.source
+                    and f"overlay/{m.stream}" in self.streams and self._overlay_base(m) is st]
+        else:
+            return
+        for mp in maps:
+            ov = self.streams.get(f"overlay/{mp.stream}")
+            if ov is None or mp.header is None:
+                continue
+            with ov.lock:
+                ov.header = {"shape": mp.header.get("shape"), "axes": mp.header.get("axes"), "units": "kPa"}
+                ov.seq, ov.t_mono_ns, ov.t_bridge_ns = mp.seq, st.t_mono_ns, st.t_bridge_ns
+                ov.dirty = True
+
+    def _overlay_payload(self, ov: _Stream) -> tuple[dict[str, Any], bytes] | None:
+        """The B-mode as 8-bit gray indices, then the map as 8-bit colour indices on the same
+        pixels (0: transparent: outside the map, no estimate, or confidence below the bound)."""
+        mp = self.streams.get(f"recon/{ov.stream}")
+        base = self._overlay_base(mp) if mp is not None else None
+        cf = self.streams.get(f"recon/{ov.stream}/confidence")
+        if mp is None or base is None:
+            return None
+        with base.lock:
+            b, bdesc = base.latest, base.descriptor
+        with mp.lock:
+            e, edesc = mp.latest, mp.descriptor
+        conf = cf.latest if cf is not None else None
+        bg, eg = _grid_mm(bdesc, b), _grid_mm(edesc, e)
+        if b is None or e is None or bg is None or eg is None:
+            return None
+        e = _image_view(e).astype(np.float32, copy=False)
+        bh, oh = self._hints(base), self._hints(ov)
+        idx_b, blo, bhi = encode_image(b, bh.get("window", "db"), self.s.image_max_px,
+                                       float(bh.get("dynamic_range_db", 60.0)))
+        f = max(1, math.ceil(max(_image_view(b).shape) / self.s.image_max_px))  # encode_image's block size
+        h, w = idx_b.shape
+        xs = bg[0] + (f * np.arange(w) + (f - 1) / 2) * bg[1]  # block centres, mm
+        zs = bg[2] + (f * np.arange(h) + (f - 1) / 2) * bg[3]
+        ix, iz = np.rint((xs - eg[0]) / eg[1]).astype(np.int64), np.rint((zs - eg[2]) / eg[3]).astype(np.int64)
+        inside = ((iz >= 0) & (iz < e.shape[0]))[:, None] & ((ix >= 0) & (ix < e.shape[1]))[None, :]
+        rows, cols = np.clip(iz, 0, e.shape[0] - 1), np.clip(ix, 0, e.shape[1] - 1)
+        val = e[rows][:, cols]
+        min_conf = float(oh.get("min_confidence", 0.5))
+        show = inside & np.isfinite(val)
+        if conf is not None and _image_view(conf).shape == e.shape:
+            show &= _image_view(conf)[rows][:, cols] >= min_conf
+        if ov.window is not None:
+            lo, hi = ov.window
+        elif show.any():
+            lo, hi = (float(v) for v in np.percentile(val[show], [1, 99]))
+        else:
+            lo, hi = 0.0, 1.0
+        if not hi > lo:
+            hi = lo + (abs(lo) * 1e-6 or 1.0)
+        with np.errstate(invalid="ignore"):
+            idx_e = np.where(show, np.clip(np.rint((val - lo) * (254.0 / (hi - lo))) + 1.0, 1, 255), 0).astype(np.uint8)
+        hd = {"height": int(h), "width": int(w), "lo": _finite(lo), "hi": _finite(hi), "base_lo": _finite(blo),
+              "base_hi": _finite(bhi), "colormap": oh.get("colormap", "viridis"),
+              "base_colormap": bh.get("colormap", "gray"), "alpha": float(oh.get("alpha", 0.6)),
+              "min_confidence": min_conf, "manual": ov.window is not None, "base": base.topic,
+              "base_seq": base.seq, "map_seq": mp.seq,
+              "extent_mm": [float(xs[0] - f * bg[1] / 2), float(xs[-1] + f * bg[1] / 2),
+                            float(zs[0] - f * bg[3] / 2), float(zs[-1] + f * bg[3] / 2)],
+              "map_extent_mm": [eg[0], eg[0] + (e.shape[1] - 1) * eg[1], eg[2], eg[2] + (e.shape[0] - 1) * eg[3]],
+              "shown_fraction": round(float(show.sum()) / max(1, int(inside.sum())), 4)}
+        return hd, idx_b.tobytes() + np.ascontiguousarray(idx_e).tobytes()
 
     def _modality(self, st: _Stream) -> str | None:
         d = st.descriptor or self.descriptors.get(st.source) or {}
         return d.get("modality")
 
     def _hints(self, st: _Stream) -> dict[str, Any]:
+        if st.role == "overlay":  # the map's modality, the overlay's role
+            mp = self.streams.get(f"recon/{st.stream}")
+            return _hints(self._modality(mp) if mp else None, "overlay", mp.descriptor if mp else None)
         return _hints(self._modality(st), st.role, st.descriptor)
 
     def _kind(self, st: _Stream) -> str:
@@ -711,6 +827,13 @@ class Bridge:
         h = st.header
         if h is None:
             return None
+        if st.role == "overlay":
+            mp = self.streams.get(f"recon/{st.stream}")
+            base = self._overlay_base(mp) if mp is not None else None
+            return {"id": st.topic, "topic": st.topic, "stream": st.stream, "role": "overlay", "source": st.source,
+                    "kind": "overlay", "modality": self._modality(mp) if mp else "", "shape": h.get("shape"),
+                    "axes": list(h.get("axes") or []), "units": "kPa", "dtype": "uint8",
+                    "map": f"recon/{st.stream}", "base": base.topic if base else None}
         d = st.descriptor or {}
         src = self.descriptors.get(st.source) or {}
         hints = self._hints(st)
@@ -858,6 +981,12 @@ class Bridge:
                 hd.update(height=int(idx.shape[0]), width=int(idx.shape[1]), lo=_finite(lo), hi=_finite(hi),
                           colormap=hints.get("colormap", "gray"), manual=st.window is not None)
                 payload = idx
+            elif st.kind == "overlay":
+                got = self._overlay_payload(st)
+                if got is None:
+                    return spec_changed
+                hd.update(got[0])
+                payload = got[1]
             else:
                 return spec_changed
             st.encoded += 1

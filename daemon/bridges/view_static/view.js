@@ -144,6 +144,7 @@ function drawPending(p) {
     else if (m.h.kind === "image") drawImage(p, m.h, new Uint8Array(m.buf, m.off));
     else if (m.h.kind === "scalar") drawScalar(p, m.h);
     else if (m.h.kind === "profile") drawProfile(p, m.h, new Float32Array(m.buf, m.off));
+    else if (m.h.kind === "overlay") drawOverlay(p, m.h, new Uint8Array(m.buf, m.off));
     p.updates++;
     p.el.dataset.updates = p.updates;
     p.el.dataset.seq = m.h.seq;
@@ -197,10 +198,10 @@ function makePanel(spec, specKey) {
     root.append(p.values, p.canvas);
   } else {
     const h = spec.kind === "trace" ? Math.min(520, Math.max(160, 26 * Math.min(spec.channels || 1, 64))) : (spec.kind === "profile" ? 180 : 300);
-    const w = spec.kind === "image" ? 380 : 560;
+    const w = spec.kind === "image" || spec.kind === "overlay" ? 380 : 560;
     p.canvas = el("canvas", { width: w, height: h });
     root.append(p.canvas);
-    if (spec.kind === "image") root.append(windowControls(p));
+    if (spec.kind === "image" || spec.kind === "overlay") root.append(windowControls(p));
   }
   root.append(info);
   p.ctx = p.canvas.getContext("2d");
@@ -285,6 +286,57 @@ function drawImage(p, h, idx) {
     p.lo.value = fmt(h.lo, 4); p.hi.value = fmt(h.hi, 4);
   }
   p.info.textContent = `seq ${h.seq} · ${w}×${hgt} shown (${p.spec.shape.join("×")} sent) · window ${fmt(h.lo)} … ${fmt(h.hi)} ${p.spec.units}${h.manual ? " (manual)" : " (auto)"}`;
+}
+
+// A map (e.g. Young's modulus, kPa) over the B-mode of the same probe: the payload is the B-mode's
+// 8-bit indices, then the map's on the same pixels (0: transparent), blended with h.alpha.
+function drawOverlay(p, h, bytes) {
+  const w = h.width, hgt = h.height, n = w * hgt;
+  const ib = bytes.subarray(0, n), ie = bytes.subarray(n, 2 * n);
+  if (!p.off || p.off.width !== w || p.off.height !== hgt) {
+    p.off = document.createElement("canvas"); p.off.width = w; p.off.height = hgt;
+    p.offCtx = p.off.getContext("2d");
+    p.img = p.offCtx.createImageData(w, hgt);
+  }
+  const G = new Uint8Array(lut(h.base_colormap).buffer), C = new Uint8Array(lut(h.colormap).buffer);
+  const d = p.img.data, a = h.alpha, b = 1 - a;
+  let shown = 0;
+  for (let i = 0; i < n; i++) {
+    const g = 4 * ib[i], o = 4 * i;
+    if (ie[i]) {
+      const c = 4 * ie[i];
+      d[o] = b * G[g] + a * C[c]; d[o + 1] = b * G[g + 1] + a * C[c + 1]; d[o + 2] = b * G[g + 2] + a * C[c + 2];
+      shown++;
+    } else { d[o] = G[g]; d[o + 1] = G[g + 1]; d[o + 2] = G[g + 2]; }
+    d[o + 3] = 255;
+  }
+  p.offCtx.putImageData(p.img, 0, 0);
+  const ctx = p.ctx, W = p.canvas.width, H = p.canvas.height, bar = 56, left = 30, bottom = 14;
+  ctx.fillStyle = "#101418"; ctx.fillRect(0, 0, W, H);
+  const [x0, x1, z0, z1] = h.extent_mm;
+  // mm are square: scale by the physical aspect, not by the pixel counts
+  const s = Math.min((W - bar - left) / (x1 - x0), (H - bottom) / (z1 - z0)), dw = (x1 - x0) * s, dh = (z1 - z0) * s;
+  const ox = left + (W - bar - left - dw) / 2, oy = (H - bottom - dh) / 2;
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(p.off, 0, 0, w, hgt, ox, oy, dw, dh);
+  // axes: depth (left) and width (bottom) in mm
+  ctx.fillStyle = "#90a4ae"; ctx.font = "10px system-ui, sans-serif";
+  ctx.fillText(`${fmt(z0, 3)}`, 2, oy + 10); ctx.fillText(`${fmt(z1, 3)}`, 2, oy + dh); ctx.fillText("mm", 2, oy + dh / 2);
+  ctx.fillText(`${fmt(x0, 3)}`, ox, H - 2); ctx.fillText(`${fmt(x1, 3)} mm`, ox + dw - 40, H - 2);
+  // colour scale of the map
+  const cx = W - bar + 6, top = 10, bot = H - 10;
+  for (let y = top; y < bot; y++) { ctx.fillStyle = cssColour(h.colormap, 1 - (y - top) / (bot - top)); ctx.fillRect(cx, y, 10, 1); }
+  ctx.fillStyle = "#cfd8dc";
+  ctx.fillText(fmt(h.hi), cx + 12, top + 8);
+  ctx.fillText(fmt(h.lo), cx + 12, bot);
+  ctx.fillText(p.spec.units || "", cx + 12, (top + bot) / 2);
+  if (p.lo && document.activeElement !== p.lo && document.activeElement !== p.hi) {
+    p.lo.value = fmt(h.lo, 4); p.hi.value = fmt(h.hi, 4);
+  }
+  p.el.dataset.shown = shown;
+  p.info.textContent = `${p.spec.map} over ${h.base} · ${w}×${hgt} · ${fmt(h.lo)} … ${fmt(h.hi)} ${p.spec.units}` +
+    `${h.manual ? " (manual)" : " (auto)"} · transparent below confidence ${fmt(h.min_confidence, 2)} · ` +
+    `${(100 * h.shown_fraction).toFixed(0)} % of the map shown`;
 }
 
 function drawScalar(p, h) {
