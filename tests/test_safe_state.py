@@ -468,3 +468,24 @@ def test_reconstruction_silence_enters_the_safe_state(endpoints, tmp_path) -> No
         finally:
             d.shutdown()
             stage.close(0)
+
+
+def test_a_readers_ping_is_no_operator_heartbeat(endpoints) -> None:
+    """``on_control_silence_s`` is a dead-man switch on the *operators*: a reader's ``ping`` (a remote
+    clock estimator, a dashboard polling) must not keep it quiet; an operator's ping does, and so does
+    any request that acts. Through the control server's real rights check, without a socket."""
+    from medacq.protocols.control import encode_request
+
+    cfg = parse_config({"daemon": endpoints["daemon"], "recon": endpoints["recon"],
+                        "device": [{"name": "s0", "kind": "synthetic", "address": "synthetic://x", "autostart": False,
+                                    "safety": {"on_control_silence_s": 5}}]})
+    d = AcquisitionDaemon(cfg)
+    ping = encode_request("ping")
+    d.control.local_rights = "reader"
+    d.last_control = 0.0
+    assert json.loads(d.handle_raw(ping))["ok"] is True
+    assert d.last_control == 0.0
+    d.control.local_rights = "operator"
+    assert json.loads(d.handle_raw(ping))["ok"] is True
+    assert d.last_control > 0.0
+    assert d.control.caller_rights is None  # only set while a handler runs

@@ -13,9 +13,10 @@ from medacq.daemon.client.api import (
     RequestFailed,
     Subscriber,
 )
+from medacq.daemon.client.clock import ClockError, ClockEstimate, ClockEstimator
 from medacq.daemon.client.keys import ClientKeys
 from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import HeaderError, StreamDecodeError
 
 __all__ = ["Subscriber", "Message", "GapInfo", "HeaderError", "StreamDecodeError", "QosPolicy", "ControlClient",
-           "DaemonUnreachable", "RequestFailed", "ClientKeys"]
+           "DaemonUnreachable", "RequestFailed", "ClientKeys", "ClockEstimator", "ClockEstimate", "ClockError"]

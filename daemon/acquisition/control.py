@@ -114,6 +114,10 @@ class ControlServer:
         self.curve = curve
         self.audit = audit
         self.local_rights = local_rights
+        #: the rights (``reader``/``operator``) of the client whose request the handler is running
+        #: now, ``None`` outside a handler call (the control thread only: requests are handled one
+        #: at a time there)
+        self.caller_rights: str | None = None
         self.local_reason = local_reason
         self.requests = 0
         self.errors = 0
@@ -155,7 +159,11 @@ class ControlServer:
                 client = "this client" if self.curve is None else f"this client ({self.curve.name(who)})"
                 raise ControlError("forbidden", f"{req.cmd} needs operator rights; {client} has "
                                                 f"{rights or 'no'} rights{why}")
-            result = self.handler(req)
+            self.caller_rights = rights
+            try:
+                result = self.handler(req)
+            finally:
+                self.caller_rights = None
             if isinstance(result, Deferred):
                 self.deferred += 1
                 self.in_flight += 1

@@ -248,8 +248,11 @@ class AcquisitionDaemon:
             raise ControlError("unknown_device", f"no device named {name!r}; devices: {', '.join(self.workers)}") from None
 
     def handle(self, req: Any) -> Any:
-        if isinstance(req, PingRequest) or req.cmd not in READ_ONLY_COMMANDS:
-            self.last_control = time.monotonic()  # an operator heartbeat ([device.safety] on_control_silence_s)
+        # an operator heartbeat ([device.safety] on_control_silence_s): an operator's ping or any request
+        # that acts; a reader's ping (a remote clock estimator, a dashboard) keeps no watchdog quiet
+        if (req.cmd not in READ_ONLY_COMMANDS
+                or (isinstance(req, PingRequest) and self.control.caller_rights in (None, "operator"))):
+            self.last_control = time.monotonic()
         if isinstance(req, SafeStateRequest):
             names = [req.device] if req.device else list(self.workers)
             for n in names:

@@ -16,6 +16,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
     control, recon_control, _ = rig_endpoints(args)
     endpoint = args.endpoint or (recon_control if args.recon else control)
+    if args.command == "clock":
+        return _ctl_clock(endpoint, args)
     fields: dict[str, Any] = {}
     pos = list(args.args)
     command = "safe_state" if args.command in ("safe", "safe_state") else args.command
@@ -49,6 +51,25 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except RequestFailed as exc:
         raise CliError(f"daemon refused {args.command}: {exc}", 1) from None
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _ctl_clock(endpoint: str, args: argparse.Namespace) -> int:
+    """``medacq ctl clock [probes=N]``: the daemon's clock offset (remote minus local) and its uncertainty."""
+    from medacq.daemon.client.clock import ClockError, ClockEstimator
+
+    kv = parse_kv(list(args.args))
+    unknown = set(kv) - {"probes"}
+    if unknown or not isinstance(kv.get("probes", 16), int) or kv.get("probes", 16) < 1:
+        raise CliError("usage: medacq ctl clock [probes=N] (N >= 1, default 16)", 2)
+    try:
+        with ClockEstimator(endpoint, curve=client_curve(args), probes=kv.get("probes", 16),
+                            timeout=args.timeout) as clk:
+            est = clk.estimate
+    except ClockError as exc:
+        raise CliError(f"no clock estimate: {exc} (is a daemon running? --config/--endpoint?)", 3) from None
+    assert est is not None
+    print(json.dumps({"endpoint": endpoint, **est.as_dict()}, indent=2))
     return 0
 
 
@@ -145,7 +166,8 @@ def register(sub: Any) -> None:
     sp = sub.add_parser("ctl", help="send a control request (status, list, describe, configure, start, stop, ...)")
     sp.add_argument("command", help="list | describe DEV | configure DEV K=V.. | start [DEV] | stop [DEV] | "
                                     "status | ping | descriptor STREAM | action TARGET ACTION [K=V..] | "
-                                    "safe DEV|all [reason=TEXT] (safe state: source/transmit/current off)")
+                                    "safe DEV|all [reason=TEXT] (safe state: source/transmit/current off) | "
+                                    "clock [probes=N] (the daemon's clock offset from ping round trips)")
     sp.add_argument("args", nargs="*")
     sp.add_argument("--recon", action="store_true", help="talk to the reconstruction stage")
     sp.add_argument("--timeout", type=float, default=5.0)

@@ -5,8 +5,9 @@ another machine needs neither drivers nor the daemon's services.
 """
 
 from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, Message, RequestFailed, Subscriber
+from medacq.daemon.client.clock import ClockError, ClockEstimate, ClockEstimator
 from medacq.daemon.client.keys import ClientKeys
 from medacq.protocols.stream import StreamDecodeError
 
 __all__ = ["ClientKeys", "ControlClient", "DaemonUnreachable", "GapInfo", "Message", "RequestFailed", "StreamDecodeError",
-           "Subscriber"]
+           "Subscriber", "ClockError", "ClockEstimate", "ClockEstimator"]
