@@ -20,7 +20,7 @@ import test_dicom_iod as base  # noqa: E402  (its STUDY, encode() and dciodvfy_e
 
 from medacq.daemon.interop import samples  # noqa: E402
 from medacq.daemon.interop.dicom import (  # noqa: E402
-    SOP_CLASSES, THERMAL_CHOICE, DicomExportError, DicomWriter, ReconFrame, iod_of)
+    SOP_CLASSES, STIFFNESS_CHOICE, THERMAL_CHOICE, DicomExportError, DicomWriter, ReconFrame, iod_of)
 from medacq.protocols.stream import StreamDescriptor  # noqa: E402
 
 NUCLEAR = {"radiopharmaceutical": "Fluorodeoxyglucose F^18^", "injected_dose_bq": 3.7e8,
@@ -190,6 +190,27 @@ def test_thermal_secondary_capture_in_celsius():
         iod_of("thermal", "view")  # the iron-palette view is a picture of the data, not the data
 
 
+@pytest.mark.parametrize("kind", ["swe", "tactile"])
+def test_stiffness_and_pressure_maps_as_secondary_capture_in_kpa(kind, tmp_path):
+    """Shear-wave modulus and tactile pressure maps: Secondary Capture in kPa (no IOD holds them:
+    STIFFNESS_CHOICE); pixels without an estimate are the map's minimum and counted; valid for dciodvfy."""
+    frames = samples.swe_maps() if kind == "swe" else samples.tactile_maps()
+    objs = export(frames)
+    check_with_tools(objs, tmp_path, "MultiframeGrayscaleWordSCImage")
+    (ds,) = [roundtrip(o) for o in objs]
+    assert ds.SOPClassUID == SOP_CLASSES["SC"] and ds.NumberOfFrames == len(frames)
+    kpa = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    truth = np.stack([f.data for f in frames])
+    ok = np.isfinite(truth)
+    assert np.max(np.abs(kpa[ok] - truth[ok])) <= float(ds.RescaleSlope) / 2 + 1e-6
+    assert ds.RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "kPa"
+    if kind == "swe":
+        assert np.allclose(kpa[~ok], np.nanmin(truth), atol=float(ds.RescaleSlope))
+        assert f"{int((~ok).sum())} pixels without an estimate" in ds.ImageComments
+        assert "grid x -10.0..10.0 mm, z 10.0..35.0 mm" in ds.ImageComments
+    assert "Parametric Map" in STIFFNESS_CHOICE
+
+
 def test_patient_position_turns_the_axes():
     f = samples.pet_images(n=1)[0]
     (hfs,) = export([f])
@@ -341,7 +362,7 @@ def test_deidentified_family_objects_stay_valid(tmp_path):
     from medacq.daemon.interop.deid import deidentify
 
     objs = export(samples.family_kinds())
-    assert {o.Modality for o in objs} == {"MR", "PT", "NM", "ES", "XC", "OT"}
+    assert {o.Modality for o in objs} == {"MR", "PT", "NM", "ES", "XC", "OT"}  # OT: thermal, swe, tactile (SC)
     for i, ds in enumerate(objs):
         deidentify(ds, retain_dates=False, patient_strings=base.STUDY.patient_strings())  # raises if one survives
         p = tmp_path / f"{i:02d}.dcm"

@@ -18,6 +18,7 @@ stream (modality/output)  IOD (SOP class)                          pixels / samp
 ``eit`` ``recon/<s>``     Multi-frame Grayscale Word Secondary     uint16, Rescale → dσ/σ
                           Capture (see :data:`EIT_CHOICE`)
 ``thermal`` ``recon/<s>`` the same (see :data:`THERMAL_CHOICE`)    uint16, Rescale → °C
+``swe``, ``tactile``      the same (see :data:`STIFFNESS_CHOICE`)  uint16, Rescale → kPa
 ``mri`` ``recon/<s>``     MR Image                                 uint16, Real World Value Map (a.u.)
 ``pet`` ``recon/<s>``     PET Image                                uint16, Rescale Slope → Bq/mL (BQML)
 ``spect`` ``recon/<s>``   NM Image (RECON TOMO)                    uint16, Real World Value Map Bq/mL
@@ -71,7 +72,7 @@ from pydicom.uid import (
 from medacq import __version__ as _medacq_version
 from medacq.daemon.interop.study import StudyContext
 
-__all__ = ["DicomExportError", "DicomWriter", "EIT_CHOICE", "THERMAL_CHOICE", "ReconFrame", "derived_uid", "iod_of",
+__all__ = ["DicomExportError", "DicomWriter", "EIT_CHOICE", "STIFFNESS_CHOICE", "THERMAL_CHOICE", "ReconFrame", "derived_uid", "iod_of",
            "SOP_CLASSES", "ECG_LEADS"]
 
 EIT_CHOICE = (
@@ -89,6 +90,14 @@ THERMAL_CHOICE = (
     "Map needs a Frame of Reference and per-frame plane position/orientation in patient millimetres, and "
     "an infrared camera looking at a face has no patient coordinate system; any geometry written would be "
     "invented. Secondary Capture keeps the temperatures exact to the quantisation step and every PACS shows it."
+)
+
+STIFFNESS_CHOICE = (
+    "Shear-wave modulus maps (swe) and tactile pressure maps go out as Multi-frame Grayscale Word Secondary "
+    "Capture with Rescale Slope/Intercept to kPa (and a Real World Value Mapping in UCUM 'kPa'): no IOD holds an "
+    "elastogram or a pressure map, and a Parametric Map needs a patient frame of reference that a hand-held probe "
+    "does not have; the map's grid (mm) is in Image Comments. Pixels without an estimate (NaN) are stored as the "
+    "map's minimum and counted in Image Comments."
 )
 
 SOP_CLASSES: dict[str, UID] = {
@@ -171,7 +180,7 @@ def iod_of(modality: str, output: str, data: np.ndarray | None = None,
         return "CT"
     if key == ("us", ""):
         return "US"
-    if key in (("eit", ""), ("thermal", "")):
+    if key in (("eit", ""), ("thermal", ""), ("swe", ""), ("tactile", "")):
         return "SC"
     if key == ("mri", ""):
         return "MR"
@@ -925,6 +934,10 @@ class DicomWriter:
         f0 = frames[0]
         ds = self._base("SC", f0, int(f0.header.get("seq", 0)), "OT")
         cube = np.stack([np.asarray(f.data, dtype=np.float64) for f in frames])
+        holes = int((~np.isfinite(cube)).sum())
+        if holes:  # no estimate there (a modulus map's edges): the map's minimum, counted below
+            finite = cube[np.isfinite(cube)]
+            cube = np.where(np.isfinite(cube), cube, float(finite.min()) if finite.size else 0.0)
         stored, slope, intercept = _to_uint16(cube)
         ds.ConversionType = "WSD"
         ds.Laterality = ""
@@ -937,10 +950,22 @@ class DicomWriter:
             ds.FrameTime = _ds_str(self._frame_time_ms(frames))
             ds.FrameIncrementPointer = (0x0018, 0x1063)
         ds.NumberOfFrames = len(frames)
-        if str(f0.descriptor.get("modality")) == "thermal":
+        modality = str(f0.descriptor.get("modality"))
+        if modality == "thermal":
             ds.ImageComments = f"temperature degC = stored * {_ds_str(slope)} + {_ds_str(intercept)}"
             ds.RealWorldValueMappingSequence = DicomSequence([self._rwvm(slope, intercept, 65535,
                                                                          ("Cel", "UCUM", "degree Celsius"), "temperature")])
+        elif modality in ("swe", "tactile"):
+            what = "Young's modulus" if modality == "swe" else "contact pressure"
+            grid = ((f0.descriptor.get("geometry") or {}).get("grid") or {})
+            where = ("; grid x {:.1f}..{:.1f} mm, z {:.1f}..{:.1f} mm".format(
+                *(float(grid[k]) * 1e3 for k in ("x_min", "x_max", "z_min", "z_max")))
+                if all(k in grid for k in ("x_min", "x_max", "z_min", "z_max")) else "")
+            ds.ImageComments = (f"{what} kPa = stored * {_ds_str(slope)} + {_ds_str(intercept)}{where}"
+                                + (f"; {holes} pixels without an estimate stored as the minimum" if holes else ""))[:10240]
+            ds.RealWorldValueMappingSequence = DicomSequence([self._rwvm(slope, intercept, 65535,
+                                                                         ("kPa", "UCUM", "kilopascal"),
+                                                                         "modulus" if modality == "swe" else "pressure")])
         else:
             ds.ImageComments = "EIT dsigma/sigma (time-difference); " + EIT_CHOICE[:60]
         ds.PresentationLUTShape = "IDENTITY"

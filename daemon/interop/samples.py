@@ -16,7 +16,7 @@ from medacq.daemon.interop.dicom import ECG_LEADS, ReconFrame
 
 __all__ = ["xray_frames", "dsa_frames", "ct_slices", "bmode_frames", "ekg_chunks", "eeg_chunks", "eit_frames",
            "every_kind", "mri_images", "pet_images", "spect_images", "endoscope_frames", "photo_frames",
-           "thermal_frames", "family_kinds"]
+           "thermal_frames", "swe_maps", "tactile_maps", "family_kinds"]
 
 T0_NS = 1_780_000_000_000_000_000  # 2026-05-28T20:26:40Z
 
@@ -297,7 +297,40 @@ def thermal_frames(n: int = 8, h: int = 48, w: int = 64, seed: int = 12) -> list
     return out
 
 
+def swe_maps(n: int = 2, nz: int = 40, nx: int = 32, seed: int = 13) -> list[ReconFrame]:
+    """``recon/swe0``: float32 ``(z, x)`` Young's modulus kPa (``ShearWaveReconstructor``), NaN where no estimate."""
+    rng = np.random.default_rng(seed)
+    series = _series(seed, "swe0")
+    grid = {"x_min": -0.01, "x_max": 0.01, "z_min": 0.01, "z_max": 0.035}
+    zz, xx = np.mgrid[0:nz, 0:nx]
+    out = []
+    for i in range(n):
+        e = (15.0 + 45.0 * (((zz - nz / 2) / (nz / 6)) ** 2 + ((xx - nx / 2) / (nx / 6)) ** 2 < 1)
+             + 0.5 * rng.standard_normal((nz, nx))).astype(np.float32)
+        e[:, :2] = np.nan  # no estimate at the push's side
+        out.append(ReconFrame("recon/swe0", _hdr("swe0", series, i, e, ["z", "x"], "kPa", T0_NS + i * 500_000_000,
+                                                 {"push": i}),
+                              e, _recon_desc("swe0", "swe", "ShearWaveReconstructor", e, ["z", "x"], "kPa", {"grid": grid})))
+    return out
+
+
+def tactile_maps(n: int = 3, rows: int = 16, cols: int = 16, seed: int = 14) -> list[ReconFrame]:
+    """``recon/tac0``: float32 ``(row, col)`` contact pressure kPa (``TactileImager``)."""
+    rng = np.random.default_rng(seed)
+    series = _series(seed, "tac0")
+    rr, cc = np.mgrid[0:rows, 0:cols]
+    out = []
+    for i in range(n):
+        p = (2.0 * (i + 1) + 6.0 * np.exp(-(((rr - 7) / 2.5) ** 2 + ((cc - 9) / 2.5) ** 2))
+             + 0.05 * rng.standard_normal((rows, cols))).astype(np.float32)
+        out.append(ReconFrame("recon/tac0", _hdr("tac0", series, i, p, ["row", "col"], "kPa", T0_NS + i * 20_000_000),
+                              p, _recon_desc("tac0", "tactile", "TactileImager", p, ["row", "col"], "kPa", {})))
+    return out
+
+
 def family_kinds(seed: int = 0) -> list[ReconFrame]:
-    """One short run of each newer family's imaging output (MR, PET, NM, endoscope, photo, thermal)."""
+    """One short run of each newer family's imaging output (MR, PET, NM, endoscope, photo, thermal, shear-wave
+    and tactile maps)."""
     return (mri_images(seed=seed + 7) + pet_images(seed=seed + 8) + spect_images(seed=seed + 9)
-            + endoscope_frames(seed=seed + 10) + photo_frames(seed=seed + 11) + thermal_frames(seed=seed + 12))
+            + endoscope_frames(seed=seed + 10) + photo_frames(seed=seed + 11) + thermal_frames(seed=seed + 12)
+            + swe_maps(seed=seed + 13) + tactile_maps(seed=seed + 14))
