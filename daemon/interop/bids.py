@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from medacq import __version__ as _medacq_version
+from medacq.daemon.interop.export import attr_json
 
 __all__ = ["BidsReport", "export_bids", "raw_streams", "BIDS_VERSION"]
 
@@ -67,16 +68,6 @@ class BidsReport:
         return {"bids_files": len(self.files), "skipped": self.skipped}
 
 
-def _attr_json(group: Any, key: str) -> Any:
-    v = group.attrs.get(key)
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str) and v.startswith("(see dataset"):
-        raw = group[key][()]
-        v = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return json.loads(v) if isinstance(v, str) else v
-
-
 def raw_streams(h5: Any) -> dict[str, dict[str, Any]]:
     """``{stream: first series' descriptor}`` of every ``/raw/<stream>`` of an open recording."""
     out: dict[str, dict[str, Any]] = {}
@@ -85,7 +76,7 @@ def raw_streams(h5: Any) -> dict[str, dict[str, Any]]:
         ser = g.get("series")
         if ser is None or not len(ser):
             continue
-        out[str(g.attrs.get("stream", name))] = _attr_json(ser[sorted(ser)[0]], "descriptor") or {}
+        out[str(g.attrs.get("stream", name))] = attr_json(ser[sorted(ser)[0]], "descriptor") or {}
     return out
 
 

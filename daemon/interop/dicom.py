@@ -264,6 +264,22 @@ def _isotope(name: str) -> tuple[float, float] | None:
     return (float(iso.half_life_s), float(iso.positron_fraction)) if iso is not None else None
 
 
+def slice_geometry(frame: ReconFrame) -> tuple[tuple[float, float], list[float], float]:
+    """PET/SPECT slice: ((row, column) spacing mm, centre of pixel (0, 0) in the LPS-for-HFS frame, slice mm).
+
+    The reconstructions publish ``origin_mm`` = (x of column 0, y of row 0) with y up (row 0 at +y):
+    LPS-for-HFS y (posterior) is minus that y.
+    """
+    geo = dict(frame.descriptor.get("geometry") or {})
+    try:
+        py, px = (float(v) for v in geo["pixel_mm"])
+        x0, y0 = (float(v) for v in geo["origin_mm"])
+        thick = float(geo["slice_mm"])
+    except (KeyError, TypeError, ValueError):
+        raise DicomExportError(f"{frame.topic}: a slice needs geometry.pixel_mm, origin_mm and slice_mm") from None
+    return (py, px), [x0, -y0, 0.0], thick
+
+
 @dataclass
 class _Pending:
     """Frames of one multi-frame object (US cine, waveform) waiting for their batch to fill."""
@@ -684,19 +700,7 @@ class DicomWriter:
             [_code("102540008", "SCT", "headfirst") if pos.startswith("H") else _code("102541007", "SCT", "feet-first")])
 
     def _slice_geometry(self, frame: ReconFrame) -> tuple[tuple[float, float], list[float], float]:
-        """PET/SPECT slice: ((row, column) spacing mm, centre of pixel (0, 0) in the LPS-for-HFS frame, slice mm).
-
-        The reconstructions publish ``origin_mm`` = (x of column 0, y of row 0) with y up (row 0 at +y):
-        LPS-for-HFS y (posterior) is minus that y.
-        """
-        geo = dict(frame.descriptor.get("geometry") or {})
-        try:
-            py, px = (float(v) for v in geo["pixel_mm"])
-            x0, y0 = (float(v) for v in geo["origin_mm"])
-            thick = float(geo["slice_mm"])
-        except (KeyError, TypeError, ValueError):
-            raise DicomExportError(f"{frame.topic}: a slice needs geometry.pixel_mm, origin_mm and slice_mm") from None
-        return (py, px), [x0, -y0, 0.0], thick
+        return slice_geometry(frame)
 
     @staticmethod
     def _timing(frame: ReconFrame, half_life_s: float | None) -> tuple[int, float, float, float]:

@@ -51,7 +51,9 @@ class ExportReport:
                 "sent": self.sent, "pending": self.pending, "pacs_error": self.pacs_error}
 
 
-def _attr_json(group: Any, key: str) -> Any:
+def attr_json(group: Any, key: str) -> Any:
+    """The JSON attribute ``key`` of an HDF5 recording's group, decoded (the recorder moves a long one
+    into a dataset of the same name and leaves ``"(see dataset ...)"`` in the attribute)."""
     v = group.attrs.get(key)
     if isinstance(v, bytes):
         v = v.decode()
@@ -72,7 +74,7 @@ def recon_frames(h5: Any) -> Iterator[ReconFrame]:
         series = {}
         for sname in sorted(g["series"]):
             sg = g["series"][sname]
-            series[int(sname)] = (str(sg.attrs.get("series", "")), _attr_json(sg, "descriptor") or {})
+            series[int(sname)] = (str(sg.attrs.get("series", "")), attr_json(sg, "descriptor") or {})
         for bname in sorted(k for k in g if k.startswith("data_")):
             b = g[bname]
             n = int(b.attrs.get("frame_count", b["frames"].shape[0]))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from medacq.daemon.interop.dicom import _PATIENT_POSITIONS, DicomExportError, ReconFrame, iod_of
+from medacq.daemon.interop.dicom import _PATIENT_POSITIONS, DicomExportError, ReconFrame, iod_of, slice_geometry
 
 __all__ = ["ImagePlane", "NiftiReport", "export_nifti", "image_plane", "nifti_image", "LPS_TO_RAS"]
 
@@ -97,13 +97,8 @@ def image_plane(frame: ReconFrame, patient_position: str = "HFS") -> ImagePlane:
         thick = float(geo.get("slice_mm") or 0.0) or min(dy, dx)
         spacing = (dy, dx)
     elif iod in ("PT", "NM"):
-        try:
-            py, px = (float(v) for v in geo["pixel_mm"])
-            x0, y0 = (float(v) for v in geo["origin_mm"])
-            thick = float(geo["slice_mm"])
-        except (KeyError, TypeError, ValueError):
-            raise DicomExportError(f"{frame.topic}: a slice needs geometry.pixel_mm, origin_mm and slice_mm") from None
-        first, spacing = np.array([x0, -y0, 0.0]), (py, px)
+        spacing, xyz, thick = slice_geometry(frame)
+        first = np.array(xyz)
     else:
         raise DicomExportError(f"{frame.topic}: {iod} is not a volume image (NIfTI takes CT, MR, PET, SPECT)")
     return ImagePlane(first * flip, np.array([sx, 0.0, 0.0]), np.array([0.0, sy, 0.0]), spacing, thick)
