@@ -14,6 +14,7 @@ from medacq.daemon.recon.algorithms.cameras import (
     counts_to_celsius, delta_e2000, demosaic_rggb, fit_color_matrix, undistort_maps,
 )
 from medacq.daemon.recon.modalities.cameras import EndoscopeReconstructor, PhotoReconstructor, ThermalReconstructor
+from medacq.protocols.stream import StreamDescriptor
 from medacq.drivers._base import Frame
 from medacq.drivers.gige import GigEDriver, GigESettings
 from medacq.protocols.models.cameras import colorchecker_srgb, srgb_to_lab
@@ -127,6 +128,27 @@ def test_endoscope_demosaic_white_balance_and_distortion():
     full = EndoscopeReconstructor(desc, {"white_balance": "fixed", "wb_gains": list(1 / cast), "demosaic": "bilinear"})
     (out_full,) = full.process({}, frames[-1].data)
     assert out_full.data.shape == (480, 640, 3) and np.all(np.abs(highlight_tint(out_full.data)) < 6)
+
+
+@pytest.mark.parametrize("settings", [{}, {"white_balance": "fixed", "wb_gains": [1.3, 1.0, 0.7]}, {"downsample": 2},
+                                      {"distortion_k1": 0.0}])
+def test_endoscope_fast_path_is_the_float_pipeline_to_the_bit(settings):
+    """The look-up-table path (superpixel, identity colour matrix: the default) gives exactly the
+    float pipeline's pixels, white-balance gains included, frame after frame, 8 and 12 bit."""
+    rng = np.random.default_rng(3)
+    for dtype, bits in ((np.uint8, 8), (np.uint16, 12)):
+        desc = StreamDescriptor(stream="endo0", modality="endoscope", dtype=np.dtype(dtype).str, shape=[96, 128],
+                                axes=["y", "x"], geometry={"bits": bits})
+        fast, ref = EndoscopeReconstructor(desc, settings), EndoscopeReconstructor(desc, settings)
+        assert fast._fast is not None
+        for _ in range(4):
+            raw = rng.integers(0, 1 << bits, (96, 128)).astype(dtype)
+            (a,) = fast.process({}, raw)
+            (b,) = ref._process_float(ref.settings, raw)
+            np.testing.assert_array_equal(a.data, b.data)
+            assert a.meta == b.meta
+    # a colour matrix other than identity takes the float pipeline
+    assert EndoscopeReconstructor(desc, {"color_matrix": [[1.1, 0, 0], [0, 1, 0], [0, 0, 0.9]]})._fast is None
 
 
 def test_demosaic_recovers_a_uniform_colour_and_known_geometry():
