@@ -51,6 +51,10 @@ def test_sparse_operator_equals_numpy_baseline(scene) -> None:
     assert np.abs(exact - ref).max() <= 1e-4 * np.abs(ref).max()
     batch = bf.beamform_iq(np.stack([rf, rf]))
     np.testing.assert_allclose(batch[1], iq, rtol=1e-4, atol=1e-3 * np.abs(iq).max())
+    # the product split by pixel rows over 2 threads: the same image, single frames and batches
+    split = PlaneWaveBeamformer(model.acquisition, grid, backend="sparse", product_threads=2)
+    np.testing.assert_array_equal(split.beamform_iq(rf), iq)
+    np.testing.assert_array_equal(split.beamform_iq(np.stack([rf, rf])), batch)
     # an ensemble-sized batch (>= 16 frames) takes the parallel numba product where numba imports:
     # every frame equals its single-frame beamforming (frames differ: scaled copies)
     scales = np.arange(1, 17, dtype=np.int16)

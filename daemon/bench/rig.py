@@ -12,7 +12,10 @@ What runs (what ``medacq up`` runs, plus a recorder and a page's worth of live v
 * here: one :class:`~medacq.client.Subscriber` on ``raw/`` and ``recon/`` of both data endpoints.
 
 Devices start over the control plane once every subscriber is connected. ``--warmup-s`` seconds
-(default 10) later the measurement window of ``--seconds`` (default 60) starts. Per topic:
+(default 10) later, and once every ``recon/<stream>`` has published its first frame (at most
+:data:`READY_WAIT_S` more: a first run on a fresh machine builds operators and compiles kernels),
+the measurement window of ``--seconds`` (default 60) starts (``warmup_s`` in the result: the
+warm-up it took). Per topic:
 
 * ``in_fps``: frames/s of the raw stream (for a ``recon/...`` topic: of its source), ``out_fps``:
   frames/s of the ``recon/...`` topic, both over the window;
@@ -470,6 +473,10 @@ class _Tally:
                 self.captured_bytes[topic] = self.captured_bytes.get(topic, 0) + a.nbytes
 
 
+READY_WAIT_S = 60.0
+"""How long (s) past ``--warmup-s`` the window waits for every recon stream's first frame."""
+
+
 def _pump(sub: Any, tally: _Tally, until: float, rig: RigUnderTest) -> None:
     next_check = time.monotonic() + 1.0
     while (now := time.monotonic()) < until:
@@ -557,7 +564,15 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         try:
             time.sleep(1.0)  # ZeroMQ's slow joiner: subscribed before the first series starts (counted from 0)
             rig.start_devices()
-            _pump(sub, tally, time.monotonic() + warmup, rig)
+            t_start = time.monotonic()
+            _pump(sub, tally, t_start + warmup, rig)
+            # a window in which a stream is still warming up measures nothing of it: wait for every
+            # main recon output's first frame (bounded; a stream that never comes fails its bars)
+            mains = {f"recon/{d.name}" for d in rig.cfg.device}
+            ready_by = time.monotonic() + READY_WAIT_S
+            while not mains <= set(tally.first_ns) and time.monotonic() < ready_by:
+                _pump(sub, tally, time.monotonic() + 0.5, rig)
+            warmup = round(time.monotonic() - t_start, 2)
             warm_status = rig.status("recon")  # the stage's drops so far: start-up gaps, if the warm-up covers it
             sched0 = _schedstat(warm_status)
             load0 = os.getloadavg()[0]

@@ -377,13 +377,19 @@ class PlaneWaveBeamformer:
         max_operator_bytes: above this the operator is not built; falls back to numpy.
         threads: CPU threads (numba kernels; ``None`` = numba's default).
         cache_dir: where to cache operators on disk (``None``: no cache).
+        product_threads: threads the sparse product of the ``"sparse"`` backend is split over, by
+            pixel rows (scipy's product releases the GIL; each thread takes a block of rows, copied
+            once per operator). 1: the calling thread alone.
     """
 
     def __init__(self, acquisition: PlaneWaveAcquisition, grid: PixelGrid | None = None, *,
                  f_number: float = 1.5, dynamic_range_db: float = 60.0,
                  backend: str = "auto", taps: int = 1, max_operator_bytes: int = 3 << 30,
-                 threads: int | None = None, cache_dir: str | None = None) -> None:
+                 threads: int | None = None, cache_dir: str | None = None, product_threads: int = 1) -> None:
         self.acquisition = acquisition
+        self.product_threads = max(1, int(product_threads))
+        self._blocks: tuple[Any, list[Any]] | None = None  # (operator, its row blocks)
+        self._pool: Any = None
         self.grid = grid or PixelGrid()
         self.f_number = f_number
         self.dynamic_range_db = dynamic_range_db
@@ -473,6 +479,8 @@ class PlaneWaveBeamformer:
                 import cupy as cp
 
                 res = cp.asnumpy(op @ cp.asarray(x))
+            elif self.product_threads > 1:
+                res = self._split_product(op, x[:, 0] if nb == 1 else x)
             elif nb >= _NUMBA_MATMUL_MIN_BATCH and (k := _numba_kernels()) is not None:
                 res = np.empty((op.shape[0], nb), np.complex64)
                 k["csr_matmul"](op.indptr, op.indices, op.data.view(np.float32), x.view(np.float32),
@@ -481,6 +489,23 @@ class PlaneWaveBeamformer:
                 res = op @ (x[:, 0] if nb == 1 else x)
             out = (res[None] if nb == 1 else res.T).reshape((nb, *grid.shape))
         return out if batched else out[0]
+
+    def _split_product(self, op: Any, x: np.ndarray) -> np.ndarray:
+        """``op @ x`` with the rows split over :attr:`product_threads` threads (this one included)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        blocks = self._blocks
+        if blocks is None or blocks[0] is not op:
+            n = self.product_threads
+            edges = np.linspace(0, op.shape[0], n + 1).astype(int)
+            blocks = (op, [op[a:b] for a, b in zip(edges[:-1], edges[1:])])
+            self._blocks = blocks
+        parts = blocks[1]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="bf-product")
+        futures = [self._pool.submit(b.__matmul__, x) for b in parts[1:]]
+        first = parts[0] @ x
+        return np.concatenate([first, *(f.result() for f in futures)], axis=0)
 
     @property
     def demod_backend(self) -> str:
