@@ -11,12 +11,12 @@ import argparse
 import logging
 import sys
 
-from medacq.daemon.cli import bench, bridges, control, export, record, service, sim, study
+from medacq.daemon.cli import bench, bridges, control, export, record, rig, service, sim, study
 from medacq.daemon.cli._common import CliError
 
 __all__ = ["main", "build_parser"]
 
-GROUPS = (sim, bridges, service, control, record, export, study, bench)
+GROUPS = (sim, bridges, service, control, record, export, study, bench, rig)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,8 +77,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     The children never outlive ``up``: SIGINT, SIGTERM and SIGHUP stop them (SIGTERM to each
     child's process group, SIGKILL after 5 s), as does any error here; if ``up`` itself is
     killed (SIGKILL, a crash of the interpreter) the kernel sends them SIGTERM
-    (``PR_SET_PDEATHSIG``).
+    (``PR_SET_PDEATHSIG``). With ``--rig RIG.toml``: the rig's parts on its named hosts
+    (:func:`medacq.daemon.cli.rig.cmd_up_rig`).
     """
+    if args.rig is not None:
+        from medacq.daemon.cli.rig import cmd_up_rig
+
+        return cmd_up_rig(args)
     from medacq.daemon.client.api import ControlClient, DaemonUnreachable
     from medacq.daemon.common.config import dump_config
     from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
@@ -201,6 +206,8 @@ def register(sub: Any) -> None:
                     help="first of 5 loopback ports: data, control, recon data, recon control, fault side door")
     sp.add_argument("--view-port", type=int, default=8555, help="live web view port (default %(default)s)")
     sp.add_argument("--no-view", action="store_true", help="do not start the live web view")
+    sp.add_argument("--rig", metavar="RIG.toml", help="start a rig file's parts on its named hosts ([[host]]: "
+                    "address, launch) instead of the simulated rig here (docs/timeline.md, \"Several hosts\")")
     sp.set_defaults(fn=cmd_up)
 
     sp = sub.add_parser("sim", help="serve a simulated device on a pty (default) or TCP port")
