@@ -1,46 +1,31 @@
 """The command/data link the nuclear front ends share (``pet``, ``spect``): one TCP connection,
-CRC-checked frames of this project's framing (:mod:`medacq.protocols.petsys`; the Anger camera's
-codec reuses its command, reply and error types), text commands answered by a numeric
+CRC-checked frames of this project's block framing (:mod:`medacq.protocols._block_link`, under
+:mod:`~medacq.protocols.petsys` and :mod:`~medacq.protocols.anger`), text commands answered by a numeric
 :class:`~medacq.protocols.petsys.ReplyCode`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from medacq.protocols.petsys import BadFrame, Command, Reply, ReplyCode
 
-from ._base import CodecDriver, ConnectionLost, DeviceError, Gap
-from .transports import TcpTransport
+from ._base import DeviceError, Gap
+from ._tcp_codec import TcpCodecDriver
 
 __all__ = ["FramedTcpDriver"]
 
 
-class FramedTcpDriver(CodecDriver):
-    """A :class:`CodecDriver` on one TCP link whose codec emits :class:`Reply` to commands and
-    :class:`BadFrame` for frames that failed their CRC (counted in ``bad_frames``). Subclasses set
-    ``self._codec`` (host role) and ``self._tcp``/``self._link`` in ``open``; ``settings`` has
-    ``command_timeout_s``."""
+class FramedTcpDriver(TcpCodecDriver):
+    """A :class:`~medacq.drivers._tcp_codec.TcpCodecDriver` (one TCP link) whose codec emits
+    :class:`Reply` to commands and :class:`BadFrame` for frames that failed their CRC (counted in
+    ``bad_frames``). Subclasses set ``self._codec`` (host role) and ``self._tcp``/``self._link`` in
+    ``open``; ``settings`` has ``command_timeout_s``."""
 
     def __init__(self, name: str, address: str, settings: Any, buffer_bytes: int) -> None:
-        super().__init__(name, address, settings)
-        self._tcp: TcpTransport | None = None
-        self._buf = bytearray(buffer_bytes)
-        self._view = memoryview(self._buf)
+        super().__init__(name, address, settings, buffer_bytes)
         self._expected: int | None = None
         self.config: dict[str, Any] = {}
-
-    def _pump(self, timeout: float) -> bool:
-        tcp = self._tcp
-        if tcp is None:
-            raise ConnectionLost(f"{self.name}: not connected")
-        n = tcp.recv_into(self._view, timeout)
-        if not n:
-            return False
-        self._t_in_ns = time.monotonic_ns()
-        self._codec.receive_data(self._view[:n])
-        return True
 
     def _events(self) -> Iterator[Any]:
         for ev in super()._events():
@@ -70,20 +55,9 @@ class FramedTcpDriver(CodecDriver):
             raise DeviceError(f"{self.name}: device answered {name} ({r.text!r}) to {text!r}")
         return str(r.text)
 
-    def close(self) -> None:
-        self._tcp = None
-        super().close()
-
     def start(self) -> None:
         self._expected = None
         self.command("START")
-
-    def stop(self) -> None:
-        if self._link is not None:
-            try:
-                self.command("STOP", timeout=1.0)
-            except (DeviceError, ConnectionLost):
-                pass
 
     def _counter_gap(self, counter: int) -> Gap | None:
         """Check a block's 32-bit counter against the one expected: a jump forward is a

@@ -51,8 +51,9 @@ from medacq.protocols.us_geometry import MAX_ANGLE_DEG, MAX_ANGLES, PlaneWaveAcq
 
 from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 
-from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
+from ._base import ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import DeviceClock
+from ._tcp_codec import TcpCodecDriver
 from .transports import TcpTransport
 from .triggers import clock_trigger
 
@@ -97,7 +98,7 @@ class UltrasoundSettings(BaseModel):
         return self
 
 
-class UltrasoundDriver(CodecDriver):
+class UltrasoundDriver(TcpCodecDriver):
     """OpenIGTLink plane-wave RF driver (kind ``ultrasound``, modality ``us``).
 
     RF frames that race a command's reply are kept for :meth:`read`; a bad message is noted
@@ -109,31 +110,16 @@ class UltrasoundDriver(CodecDriver):
     Settings = UltrasoundSettings
 
     def __init__(self, name: str, address: str, settings: UltrasoundSettings) -> None:
-        super().__init__(name, address, settings)
+        super().__init__(name, address, settings, buffer_bytes=8 << 20)
         self.settings: UltrasoundSettings = settings
-        self._tcp: TcpTransport | None = None
         self._codec = IgtlConnection(check_crc=settings.check_crc)
-        self._buf = bytearray(8 << 20)
-        self._view = memoryview(self._buf)
         self._msg_id = 0
         self._expected: int | None = None
         self._lost_reasons: dict[str, int] = {}
         self.acquisition: PlaneWaveAcquisition | None = None
         self._scanner_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)  # scanner µs -> host
 
-    # ---- link --------------------------------------------------------------------------
-    def _pump(self, timeout: float) -> bool:
-        """``recv_into`` the preallocated buffer, handed to the codec as a memoryview."""
-        tcp = self._tcp
-        if tcp is None:
-            raise ConnectionLost(f"{self.name}: not connected")
-        n = tcp.recv_into(self._view, timeout)
-        if not n:
-            return False
-        self._t_in_ns = time.monotonic_ns()
-        self._codec.receive_data(self._view[:n])
-        return True
-
+    # ---- link (bytes in: TcpCodecDriver._pump) ------------------------------------------
     def _events(self) -> Iterator[Any]:
         """RF images, bad messages (counted, ordered with the frames around them) and replies."""
         for ev in super()._events():
@@ -184,22 +170,11 @@ class UltrasoundDriver(CodecDriver):
         self.command(f"SET PRF {s.prf_hz:g}")
         self.acquisition = PlaneWaveAcquisition.from_descriptor(json.loads(self.command("GET DESCRIPTOR")))
 
-    def close(self) -> None:
-        self._tcp = None
-        super().close()
-
     def start(self) -> None:
         self._expected = None
         self._lost_reasons.clear()
         self._scanner_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)
         self.command("START")
-
-    def stop(self) -> None:
-        if self._link is not None:
-            try:
-                self.command("STOP", timeout=1.0)
-            except (DeviceError, ConnectionLost):
-                pass
 
     def enter_safe_state(self) -> str:
         """Stop transmitting (``STOP``) and check that the scanner reports ``state=stopped``."""

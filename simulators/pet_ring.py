@@ -24,23 +24,15 @@ up skips blocks, and the block counter shows it).
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from medacq.protocols.models.nuclear_phantom import IecBodyPhantom
 from medacq.protocols.pet_geometry import PetRing
-from medacq.protocols.petsys import (
-    BadFrame,
-    Command,
-    PetsysConnection,
-    Reply,
-    ReplyCode,
-    SinglesBlock,
-)
-from medacq.protocols._sansio import Garbage
-from medacq.simulators._interface import DeviceInterface
+from medacq.protocols.petsys import PetsysConnection, ReplyCode, SinglesBlock
+from medacq.simulators._block_device import BlockDeviceInterface
 from medacq.simulators.pet_model import PetPhysics, PetRingModel, SinglesSlice
 
 __all__ = ["PetRingInterface", "make"]
@@ -79,8 +71,10 @@ LIVE_RATE_LIMIT = 4e5
 AUTO_REPLAY_S = 0.5
 
 
-class PetRingInterface(DeviceInterface):
+class PetRingInterface(BlockDeviceInterface):
     """The ring's front end on the wire (module doc)."""
+
+    codec: PetsysConnection
 
     def __init__(self, model: PetRingModel | None = None, *, block_ms: float = 10.0,
                  replay_s: float | None = None) -> None:
@@ -90,17 +84,12 @@ class PetRingInterface(DeviceInterface):
         self.replay_s = self._auto_replay(replay_s)
         self._source: PetRingModel | _Replay = (_Replay(self.model, self.replay_s, self.block_ps) if self.replay_s
                                                 else self.model)
-        self.codec = PetsysConnection("device")
-        self.state = "stopped"
+        super().__init__()
         self.cwindow_ps = 4000.0
         self.ewindow_kev = (425.0, 650.0)
         self._next: float | None = None  # device time (s) of the next block's start
-        self._drop_next = 0
-        self.blocks_sent = 0
         self.singles_sent = 0
         self.dropped_counters: list[int] = []
-        self.bad_frames = 0
-        self.garbage_bytes = 0
         self.true_randoms = 0
 
     def _auto_replay(self, replay_s: float | None) -> float:
@@ -108,44 +97,8 @@ class PetRingInterface(DeviceInterface):
             return float(replay_s)
         return AUTO_REPLAY_S if self.model.singles_rate > LIVE_RATE_LIMIT else 0.0
 
-    # ---- fault side door ---------------------------------------------------------------------
-    def drop(self, n: int) -> None:
-        """The next ``n`` blocks are lost in the front end (their counters are consumed)."""
-        self._drop_next += int(n)
-
-    def inject_error(self, message: str = "device fault", n: int = 1, code: int | None = None) -> None:
-        """The next ``n`` commands get ``code`` (default ``DEVICE_FAULT``) and ``message``."""
-        self.queue_error(message, n, code)
-
-    # ---- DeviceInterface ------------------------------------------------------------------------
-    def on_connect(self, t: float) -> bytes:
-        self.codec = PetsysConnection("device")
-        return b""
-
-    def on_disconnect(self, t: float) -> None:
-        self.state, self._next = "stopped", None
-
-    def on_bytes(self, data: bytes, t: float) -> bytes:
-        self.codec.receive_data(data)
-        out: list[bytes] = []
-        while True:
-            ev = self.codec.next_event()
-            if not ev:
-                break
-            if isinstance(ev, Command):
-                injected = self.take_injected_error()
-                if injected is not None:
-                    code = ReplyCode.DEVICE_FAULT if injected[1] is None else injected[1]
-                    reply = Reply(ev.request_id, int(code), injected[0])
-                else:
-                    code, text = self.handle_command(ev.text, t)
-                    reply = Reply(ev.request_id, int(code), text)
-                out.append(self.codec.send(reply))
-            elif isinstance(ev, BadFrame):
-                self.bad_frames += 1
-            elif isinstance(ev, Garbage):
-                self.garbage_bytes += ev.nbytes
-        return b"".join(out)
+    def _new_codec(self) -> PetsysConnection:
+        return PetsysConnection("device")
 
     def next_deadline(self) -> float | None:
         if self.state != "running" or self._next is None:
@@ -196,62 +149,44 @@ class PetRingInterface(DeviceInterface):
                 "sensitivity": {"p_det": m.physics.p_det,
                                 "positron_fraction": m.phantom.iso.positron_fraction}}
 
-    def handle_command(self, text: str, t: float) -> tuple[ReplyCode, str]:
-        words = text.strip().split()
-        if not words:
-            return ReplyCode.UNKNOWN_COMMAND, "empty command"
-        cmd = words[0].upper()
-        try:
-            if cmd == "GET" and len(words) > 1 and words[1].upper() == "STATUS":
-                return ReplyCode.OK, (f"state={self.state} blocks_sent={self.blocks_sent} "
-                                      f"counter={self.codec._block_counter} t_ps={int(t * 1e12)}")
-            if cmd == "GET" and len(words) > 1 and words[1].upper() == "CONFIG":
-                return ReplyCode.OK, json.dumps(self.config())
-            if cmd == "START":
-                if self.state != "running":
-                    self.state, self._next = "running", t
-                return ReplyCode.OK, ""
-            if cmd == "STOP":
-                self.state, self._next = "stopped", None
-                return ReplyCode.OK, ""
-            if cmd == "SET":
-                if len(words) < 3:
-                    return ReplyCode.BAD_ARGUMENT, "SET needs a setting and a value"
-                if self.state == "running":
-                    return ReplyCode.BUSY, "stop acquisition first"
-                what, args = words[1].upper(), [float(w) for w in words[2:]]
-                if what == "THRESHOLD":
-                    if not 0 <= args[0] <= 700:
-                        return ReplyCode.OUT_OF_RANGE, "threshold must be 0..700 keV"
-                    from dataclasses import replace
+    def _status(self, t: float) -> str:
+        return f"state={self.state} blocks_sent={self.blocks_sent} counter={self.codec._block_counter} t_ps={int(t * 1e12)}"
 
-                    self.model.physics = replace(self.model.physics, threshold_kev=args[0])
-                    return ReplyCode.OK, ""
-                if what == "CWINDOW":
-                    if not 100 <= args[0] <= 100000:
-                        return ReplyCode.OUT_OF_RANGE, "coincidence window must be 100..100000 ps"
-                    self.cwindow_ps = args[0]
-                    return ReplyCode.OK, ""
-                if what == "EWINDOW":
-                    if len(args) != 2:
-                        return ReplyCode.BAD_ARGUMENT, "EWINDOW needs <lo> <hi> keV"
-                    if not 0 <= args[0] < args[1] <= 1000:
-                        return ReplyCode.OUT_OF_RANGE, "energy window needs 0 <= lo < hi <= 1000 keV"
-                    self.ewindow_kev = (args[0], args[1])
-                    return ReplyCode.OK, ""
-                if what == "RATE":
-                    if not 1e3 <= args[0] <= 2e7:
-                        return ReplyCode.OUT_OF_RANGE, "rate must be 1e3..2e7 singles/s"
-                    m = self.model
-                    self.model = PetRingModel(m.ring, IecBodyPhantom(ratio=m.phantom.ratio, isotope=m.phantom.isotope),
-                                              m.physics, args[0], m.seed)
-                    self.replay_s = self._auto_replay(self._replay_opt)
-                    self._source = _Replay(self.model, self.replay_s, self.block_ps) if self.replay_s else self.model
-                    return ReplyCode.OK, ""
-                return ReplyCode.UNKNOWN_COMMAND, f"unknown setting {what}"
-        except (ValueError, IndexError) as exc:
-            return ReplyCode.BAD_ARGUMENT, str(exc)[:200]
-        return ReplyCode.UNKNOWN_COMMAND, f"unknown command {words[0]}"
+    def _start(self, t: float) -> None:
+        self.state, self._next = "running", t
+
+    def _stop(self) -> None:
+        self.state, self._next = "stopped", None
+
+    def _set(self, what: str, words: list[str]) -> tuple[ReplyCode, str] | None:
+        args = [float(w) for w in words]
+        if what == "THRESHOLD":
+            if not 0 <= args[0] <= 700:
+                return ReplyCode.OUT_OF_RANGE, "threshold must be 0..700 keV"
+            self.model.physics = replace(self.model.physics, threshold_kev=args[0])
+            return ReplyCode.OK, ""
+        if what == "CWINDOW":
+            if not 100 <= args[0] <= 100000:
+                return ReplyCode.OUT_OF_RANGE, "coincidence window must be 100..100000 ps"
+            self.cwindow_ps = args[0]
+            return ReplyCode.OK, ""
+        if what == "EWINDOW":
+            if len(args) != 2:
+                return ReplyCode.BAD_ARGUMENT, "EWINDOW needs <lo> <hi> keV"
+            if not 0 <= args[0] < args[1] <= 1000:
+                return ReplyCode.OUT_OF_RANGE, "energy window needs 0 <= lo < hi <= 1000 keV"
+            self.ewindow_kev = (args[0], args[1])
+            return ReplyCode.OK, ""
+        if what == "RATE":
+            if not 1e3 <= args[0] <= 2e7:
+                return ReplyCode.OUT_OF_RANGE, "rate must be 1e3..2e7 singles/s"
+            m = self.model
+            self.model = PetRingModel(m.ring, IecBodyPhantom(ratio=m.phantom.ratio, isotope=m.phantom.isotope),
+                                      m.physics, args[0], m.seed)
+            self.replay_s = self._auto_replay(self._replay_opt)
+            self._source = _Replay(self.model, self.replay_s, self.block_ps) if self.replay_s else self.model
+            return ReplyCode.OK, ""
+        return None
 
 
 def make(**options: Any) -> PetRingInterface:

@@ -26,6 +26,8 @@ import numpy as np
 
 from medacq.protocols.mrd import ACQUISITION_HEADER_DTYPE
 
+from medacq.daemon.recording._stream_writer import DescriptorStreamWriter
+
 __all__ = ["ACQUISITION_HEADER_DTYPE", "IsmrmrdStreamWriter", "IsmrmrdWriter", "write_ismrmrd", "header_xml",
            "acquisition_header"]
 
@@ -148,60 +150,31 @@ def write_ismrmrd(path: str, descriptor: dict[str, Any], frames: Iterable[tuple[
     return w.count
 
 
-class IsmrmrdStreamWriter:
+class IsmrmrdStreamWriter(DescriptorStreamWriter):
     """A :class:`~medacq.daemon.recording.recorder.Recorder` writer for ``--format ismrmrd``: the
     frames of the first ``mri`` stream seen (``(coil, readout)`` complex lines) appended to one
     ISMRMRD file as they arrive. Frames before the stream's descriptor wait (bounded, the oldest
     dropped first and counted); frames of other streams are skipped and counted; gaps (lost lines)
     are counted in :meth:`status` (ISMRMRD has no gap record: the lines are missing from the file).
+    The descriptor, backlog and gap handling is
+    :class:`~medacq.daemon.recording._stream_writer.DescriptorStreamWriter`'s.
     """
 
-    def __init__(self, path: str, topics: list[str] | None = None, max_backlog_bytes: int = 64 << 20) -> None:
-        self.path, self.topics = path, list(topics or [""])
-        self.writer: IsmrmrdWriter | None = None
-        self.topic: str | None = None
-        self.state = "waiting"
-        self.max_backlog_bytes = max_backlog_bytes
-        self._backlog: list[tuple[str, dict[str, Any], np.ndarray]] = []
-        self._backlog_bytes = 0
-        self.backlog_dropped_frames = self.skipped_frames = 0
-        self.frames_committed = self.pending_frames = self.pending_bytes = 0
-        self.checkpoints = self.gaps_committed = 0
-        self.last_checkpoint_s = self.max_checkpoint_s = 0.0
-        self.gaps = self.lost_frames = 0
+    modality = "mri"
+    writer: IsmrmrdWriter | None
 
-    def message(self, topic: str, h: dict[str, Any], arr: np.ndarray | None) -> None:
-        desc = h.get("descriptor")
-        if self.writer is None and isinstance(desc, dict) and desc.get("modality") == "mri":
-            self.writer, self.topic, self.state = IsmrmrdWriter(self.path, desc), topic, "recording"
-            backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
-            for t, hh, a in backlog:
-                self.message(t, hh, a)
-        if arr is None or h.get("kind") != "frame":
-            return
-        if self.writer is None:
-            self._backlog.append((topic, dict(h), np.array(arr, copy=True)))
-            self._backlog_bytes += arr.nbytes
-            while self._backlog_bytes > self.max_backlog_bytes and self._backlog:
-                self._backlog_bytes -= self._backlog.pop(0)[2].nbytes
-                self.backlog_dropped_frames += 1
-            return
-        if topic != self.topic:
-            self.skipped_frames += 1
-            return
+    def __init__(self, path: str, topics: list[str] | None = None, max_backlog_bytes: int = 64 << 20) -> None:
+        super().__init__(path, topics, max_backlog_bytes)
+
+    def _open(self, topic: str, desc: dict[str, Any]) -> None:
+        self.writer = IsmrmrdWriter(self.path, desc)
+
+    def _append(self, h: dict[str, Any], arr: np.ndarray) -> None:
+        assert self.writer is not None
         if arr.ndim != 2 or arr.dtype.kind != "c":
             raise ValueError(f"an mri frame is a (coil, readout) complex line, not {arr.dtype} {arr.shape}")
         t_ms = int(h.get("t_host_ns") or 0) // 1_000_000
         self.writer.append(arr, h.get("meta") or {}, t_ms)
-        self.pending_frames += 1
-        self.pending_bytes += arr.nbytes
-
-    def gap(self, topic: str, stream: str, series: str, first_seq: int | None, count: int, announced: bool,
-            reason: str, lost_samples: int | None) -> None:
-        if topic == self.topic:
-            self.gaps += 1
-            self.gaps_committed += 1
-            self.lost_frames += int(count)
 
     def checkpoint(self, complete: bool = False) -> int:
         """Flush the file (the lines appended so far reach it)."""
@@ -216,26 +189,6 @@ class IsmrmrdStreamWriter:
         self.last_checkpoint_s = time.perf_counter() - t0
         self.max_checkpoint_s = max(self.max_checkpoint_s, self.last_checkpoint_s)
         return n
-
-    def close(self, reason: str = "") -> None:
-        """Flush and close; ``RuntimeError`` if no ``mri`` stream was seen (no file is written)."""
-        if self.state == "closed":
-            return
-        self.state = "closed"
-        if self.writer is None:
-            raise RuntimeError(f"nothing to record in {self.path}: no mri stream descriptor on {' '.join(self.topics)}")
-        self.checkpoint(True)
-        self.writer.close()
-
-    def abort(self, error: str) -> None:
-        """The recorder failed: close the file with the lines appended so far."""
-        if self.state != "closed" and self.writer is not None:
-            self.writer.close()
-        self.state = "closed"
-
-    @property
-    def dropped_frames(self) -> int:
-        return self.skipped_frames + self.backlog_dropped_frames
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "topic": self.topic, "lines": self.writer.count if self.writer else 0,

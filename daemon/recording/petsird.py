@@ -24,6 +24,8 @@ import numpy as np
 
 from medacq.protocols.pet_geometry import SPEED_OF_LIGHT_MM_PER_PS, PetRing
 
+from medacq.daemon.recording._stream_writer import DescriptorStreamWriter
+
 if TYPE_CHECKING:  # pragma: no cover
     import petsird
 
@@ -162,7 +164,7 @@ def write_singles_as_petsird(path: str, ring: PetRing, frames: Iterable[np.ndarr
         return {"prompts": len(co.prompt_a), "delayed": len(co.delayed_a), "blocks": w.blocks}
 
 
-class PetsirdStreamWriter:
+class PetsirdStreamWriter(DescriptorStreamWriter):
     """A :class:`~medacq.daemon.recording.recorder.Recorder` writer for ``--format petsird``: the
     singles frames of one ``pet`` stream (driver ``pet``: ``(n, 3)`` int64 time ps, energy eV,
     crystal) sorted into prompts and delayed coincidences as they arrive and written as PETSIRD
@@ -175,28 +177,20 @@ class PetsirdStreamWriter:
     blocks that cover them simply hold fewer events. Interface: ``message``, ``gap``,
     ``checkpoint``, ``close``, ``abort``, ``status`` and the counters the recorder's status reads
     (``pending_bytes``, ``pending_frames``, ``frames_committed``, ``gaps_committed``, ``checkpoints``,
-    ``last_checkpoint_s``, ``max_checkpoint_s``).
+    ``last_checkpoint_s``, ``max_checkpoint_s``); the descriptor, backlog and gap handling is
+    :class:`~medacq.daemon.recording._stream_writer.DescriptorStreamWriter`'s.
     """
+
+    modality = "pet"
+    writer: PetsirdListModeWriter | None
 
     def __init__(self, path: str, topics: list[str] | None = None, block_ms: int = 100,
                  delay_ps: float = 100_000.0, tof_bins: int = 1) -> None:
-        self.path, self.topics = path, list(topics or [""])
+        super().__init__(path, topics, max_backlog_bytes=256 << 20)
         self.block_ms, self.delay_ps, self.tof_bins = int(block_ms), float(delay_ps), int(tof_bins)
-        self.topic: str | None = None
-        self.writer: PetsirdListModeWriter | None = None
         self.ring: PetRing | None = None
-        self.state = "waiting"
-        self.skipped_frames = 0
-        self.frames_committed = self.pending_frames = self.pending_bytes = 0
-        self.checkpoints = self.gaps_committed = 0
-        self.last_checkpoint_s = self.max_checkpoint_s = 0.0
-        self.gaps = self.lost_frames = 0
         self.prompts = self.delayed = 0
         self.warnings: list[str] = []
-        self.max_backlog_bytes = 256 << 20
-        self._backlog: list[tuple[str, np.ndarray]] = []  # frames that came before any descriptor
-        self._backlog_bytes = 0
-        self.backlog_dropped_frames = 0
         self._t = np.empty(0, np.int64)
         self._c = np.empty(0, np.int64)
         self._first = True
@@ -216,32 +210,11 @@ class PetsirdStreamWriter:
                                 energy_fwhm=float(phys.get("energy_fwhm", 0.11)), tof_bins=self.tof_bins,
                                 model_name=str(desc.get("device") or "medacq PET ring"))
         self.writer = PetsirdListModeWriter(self.path, header)
-        self.topic, self.state = topic, "recording"
 
-    def message(self, topic: str, h: dict[str, Any], arr: np.ndarray | None) -> None:
-        desc = h.get("descriptor")
-        if self.writer is None and isinstance(desc, dict) and desc.get("modality") == "pet":
-            self._open(topic, desc)
-            backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
-            for t, a in backlog:  # frames that arrived before the descriptor (a subscriber joins late)
-                self.message(t, {"kind": "frame"}, a)
-        if arr is None:
-            return
-        if self.writer is None:  # no descriptor yet: keep the frame (bounded; the oldest go first)
-            self._backlog.append((topic, np.array(arr, copy=True)))
-            self._backlog_bytes += arr.nbytes
-            while self._backlog_bytes > self.max_backlog_bytes and self._backlog:
-                self._backlog_bytes -= self._backlog.pop(0)[1].nbytes
-                self.backlog_dropped_frames += 1
-            return
-        if topic != self.topic:
-            self.skipped_frames += 1
-            return
+    def _append(self, h: dict[str, Any], arr: np.ndarray) -> None:
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise ValueError(f"pet frame must be (n, 3), not {arr.shape}")
         self._add(arr)
-        self.pending_frames += 1
-        self.pending_bytes += arr.nbytes
 
     def _add(self, f: np.ndarray) -> None:
         from medacq.daemon.recon.algorithms.nuclear import sort_coincidences
@@ -288,13 +261,6 @@ class PetsirdStreamWriter:
         self._pairs = [tuple(x[pk] for x in p)]
         self._dpairs = [tuple(x[dk] for x in d)]
 
-    def gap(self, topic: str, stream: str, series: str, first_seq: int | None, count: int, announced: bool,
-            reason: str, lost_samples: int | None) -> None:
-        if topic == self.topic:
-            self.gaps += 1
-            self.gaps_committed += 1
-            self.lost_frames += int(count)
-
     def checkpoint(self, complete: bool = False) -> int:
         """Count what was handed over (time blocks are written as soon as they are complete; the
         file's stream ends only at :meth:`close`, so a killed recorder leaves an unterminated file)."""
@@ -303,18 +269,10 @@ class PetsirdStreamWriter:
         self.checkpoints += 1
         return n
 
-    def close(self, reason: str = "") -> None:
-        """Write the last time blocks and end the PETSIRD stream. ``RuntimeError`` if no ``pet``
-        stream was seen (no file is written)."""
-        if self.state == "closed":
-            return
-        self.state = "closed"
-        if self.writer is None:
-            raise RuntimeError(f"nothing to record in {self.path}: no pet stream descriptor on {' '.join(self.topics)}")
-        self.checkpoint(True)
+    def _finish(self) -> None:
+        """At :meth:`close`: write the last time blocks (the PETSIRD stream then ends)."""
         self._sort_tail()
         self._flush_blocks(0, final=True)
-        self.writer.close()
 
     def _sort_tail(self) -> None:
         """At the end of the stream: the carried singles open their windows too (nothing follows)."""
@@ -328,18 +286,6 @@ class PetsirdStreamWriter:
             self._pairs.append((tt[pa], cc[pa], cc[pb], tt[pa] - tt[pb]))
             self._dpairs.append((tt[da], cc[da], cc[db], tt[da] - (tt[db] - int(self.delay_ps))))
         self._t, self._c = tt[:0], cc[:0]
-
-    def abort(self, error: str) -> None:
-        """The recorder failed: end the stream with the blocks written so far (a readable file)."""
-        if self.state != "closed" and self.writer is not None:
-            self.state = "closed"
-            self.writer.close()
-        self.state = "closed"
-
-    @property
-    def dropped_frames(self) -> int:
-        """Frames not in the file (other streams' frames, backlog overflow before the descriptor)."""
-        return self.skipped_frames + self.backlog_dropped_frames
 
     def stream_status(self) -> dict[str, Any]:
         """Per recorded topic: frames handed over, time blocks and events written."""

@@ -26,16 +26,13 @@ queue drops is a hole in the exposure, not an error.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medacq.protocols.models.nuclear_phantom import ISOTOPES, IecBodyPhantom
+from medacq.protocols.models.nuclear_phantom import ISOTOPES
 from medacq.protocols.pet_geometry import PetRing
-from medacq.protocols.qos import QosPolicy
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.algorithms.nuclear import (
@@ -46,7 +43,8 @@ from medacq.daemon.recon.algorithms.nuclear import (
     scatter_tail_fit,
     sort_coincidences,
 )
-from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
+from medacq.daemon.recon.base import Output, ReconstructorError
+from medacq.daemon.recon.modalities._nuclear import NuclearReconstructor, load_mu_map, slice_geometry
 
 __all__ = ["PetReconstructor", "PetReconSettings", "PetFrameAccumulator"]
 
@@ -162,13 +160,13 @@ class PetFrameAccumulator:
         return self.singles / (self.singles + self.dead) if self.singles + self.dead else 1.0
 
 
-class PetReconstructor(Reconstructor):
+class PetReconstructor(NuclearReconstructor):
     """Singles → OSEM images in Bq/mL (module doc)."""
 
     modality = "pet"
+    time_unit_s = 1e-12
+    log = log
     Settings = PetReconSettings
-    qos = QosPolicy(policy="fifo")
-    max_batch = 32
 
     def __init__(self, descriptor: StreamDescriptor, settings: PetReconSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -192,75 +190,42 @@ class PetReconstructor(Reconstructor):
         self.mu = self._mu_map(s, g)
         self.system: PetSystemMatrix | None = None
         self.att: np.ndarray | None = None
-        self._frame_start_ps: int | None = None
-        self._closed = False
-        self.images = 0
-        self.last_error: str | None = None
         self._x: np.ndarray | None = None
-        self._building = threading.Thread(target=self._build, name=f"pet-build-{descriptor.stream}", daemon=True)
-        self._building.start()
+        self._start_build()
 
     def _mu_map(self, s: PetReconSettings, g: dict[str, Any]) -> np.ndarray | None:
-        if s.mu_map == "none":
-            return None
-        if s.mu_map == "phantom":
-            if "phantom" not in g:
-                raise ReconstructorError("mu_map = 'phantom' but the device reports no phantom")
-            return IecBodyPhantom.from_dict(g["phantom"]).mu_map(s.image_size, s.fov_mm)
-        try:
-            mu = np.load(s.mu_map)
-        except (OSError, ValueError) as exc:
-            raise ReconstructorError(f"cannot read mu_map {s.mu_map!r}: {exc}") from None
+        mu = load_mu_map(s.mu_map, g, s.image_size, s.fov_mm)
+        if mu is None or s.mu_map == "phantom":
+            return mu
         if mu.shape != (s.image_size, s.image_size):
             raise ReconstructorError(f"mu_map {s.mu_map!r} has shape {mu.shape}, not {(s.image_size,) * 2}")
         return mu.astype(float)
 
-    def _build(self) -> None:
+    def _make_system(self) -> dict[str, Any]:
         s: PetReconSettings = self.settings  # type: ignore[assignment]
-        try:
-            system = PetSystemMatrix(self.ring, s.image_size, s.fov_mm, s.subsets)
-            att = (system.attenuation_factors(self.mu) if self.mu is not None
-                   else np.ones(self.ring.n_views * self.ring.n_radial))
-            if not self._closed:
-                self.att, self.system = att, system
-        except Exception as exc:  # noqa: BLE001 - reported via last_error
-            self.last_error = f"system matrix build failed: {exc}"
-            log.warning("%s: %s", self.descriptor.stream, self.last_error)
-
-    @property
-    def warming(self) -> bool:
-        return self.system is None and self._building.is_alive()
-
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        self._building.join(timeout)
-        return self.system is not None
-
-    def close(self) -> None:
-        self._closed = True
+        system = PetSystemMatrix(self.ring, s.image_size, s.fov_mm, s.subsets)
+        att = (system.attenuation_factors(self.mu) if self.mu is not None
+               else np.ones(self.ring.n_views * self.ring.n_radial))
+        return {"att": att, "system": system}
 
     def on_gap(self, first_seq: int | None, count: int) -> None:
         """Lost blocks: nothing to undo (their time is simply not in the exposure)."""
 
-    def process(self, header: dict[str, Any], frame: np.ndarray) -> list[Output]:
+    def _accumulate(self, header: dict[str, Any], frame: np.ndarray) -> tuple[int, int]:
         meta = header.get("meta") or {}
         try:
             t0, t1 = int(meta["t_start_ps"]), int(meta["t_end_ps"])
         except (KeyError, TypeError, ValueError):
             raise ReconstructorError("pet frame meta needs t_start_ps and t_end_ps") from None
         self.acc.add(frame, t0, t1, int(meta.get("dead_singles", 0)))
-        if self._frame_start_ps is None:
-            self._frame_start_ps = t0
-        s: PetReconSettings = self.settings  # type: ignore[assignment]
-        if (t1 - self._frame_start_ps) * 1e-12 + 1e-9 < s.frame_s:
-            return []
-        out = self.image(header)
-        self._frame_start_ps = t1
-        if s.dynamic:
-            self.acc.reset()
-        return out
+        return t0, t1
 
-    def process_batch(self, headers: Sequence[dict[str, Any]], frames: Sequence[np.ndarray]) -> list[list[Output]]:
-        return [self.process(h, f) for h, f in zip(headers, frames)]
+    def _frame_s(self) -> float:
+        return float(self.settings.frame_s)  # type: ignore[attr-defined]
+
+    def _imaged(self) -> None:
+        if self.settings.dynamic:  # type: ignore[attr-defined]
+            self.acc.reset()
 
     def image(self, header: dict[str, Any] | None = None) -> list[Output]:
         """Reconstruct what has been accumulated (Bq/mL at t = 0); [] while the system matrix builds."""
@@ -282,15 +247,11 @@ class PetReconstructor(Reconstructor):
         vox_ml = (s.fov_mm / s.image_size) ** 2 * self.ring.slice_mm * 1e-3
         img = (x / (self.positron_fraction * vox_ml * a.exposure_s)).astype(np.float32)
         self.images += 1
-        px = s.fov_mm / s.image_size
         meta = {"prompts": int(prompts.sum()), "delayed": int(a.delayed.sum()),
                 "scatter_fraction": float(scatter.sum() / max(prompts.sum(), 1.0)),
                 "live_fraction": live, "singles": a.singles, "t_start_s": (a.t_first_ps or 0) * 1e-12,
                 "t_end_s": (a.t_last_ps or 0) * 1e-12, "exposure_s": a.exposure_s,
                 "iterations": s.iterations, "subsets": s.subsets, "decay_corrected_to_s": 0.0,
                 "dynamic": s.dynamic}
-        geom = {"pixel_mm": [px, px], "slice_mm": self.ring.slice_mm, "fov_mm": s.fov_mm,
-                "origin_mm": [-s.fov_mm / 2 + px / 2, s.fov_mm / 2 - px / 2],
-                "orientation": "row 0 at +y (top), column 0 at -x", "isotope": self.isotope.name,
-                "units": "Bq/mL", "decay_corrected_to": "device time 0"}
+        geom = slice_geometry(s.fov_mm, s.image_size, self.ring.slice_mm, isotope=self.isotope.name)
         return [Output("", img, ["y", "x"], "Bq/mL", meta, {"geometry": geom})]

@@ -16,21 +16,19 @@ device time 0. Images every ``frame_s`` of device time (default: one full rotati
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erf
 
-from medacq.protocols.models.nuclear_phantom import IecBodyPhantom, mu_water_per_mm, MU_WATER_511_PER_MM
-from medacq.protocols.qos import QosPolicy
+from medacq.protocols.models.nuclear_phantom import mu_water_per_mm, MU_WATER_511_PER_MM
 from medacq.protocols.stream import StreamDescriptor
 
 from medacq.daemon.recon.algorithms.nuclear import osem
 from medacq.daemon.recon.algorithms.spect import SpectSystemMatrix, histogram_projections, tew_scatter
-from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
+from medacq.daemon.recon.base import Output, ReconstructorError
+from medacq.daemon.recon.modalities._nuclear import NuclearReconstructor, load_mu_map, slice_geometry
 
 __all__ = ["SpectReconstructor", "SpectReconSettings"]
 
@@ -71,13 +69,13 @@ class SpectReconSettings(BaseModel):
     scatter: bool = Field(True, description="TEW scatter estimate on/off.")
 
 
-class SpectReconstructor(Reconstructor):
+class SpectReconstructor(NuclearReconstructor):
     """Anger-camera events → OSEM slice in Bq/mL (module doc)."""
 
     modality = "spect"
+    time_unit_s = 1e-6
+    log = log
     Settings = SpectReconSettings
-    qos = QosPolicy(policy="fifo")
-    max_batch = 32
 
     def __init__(self, descriptor: StreamDescriptor, settings: SpectReconSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
@@ -102,27 +100,13 @@ class SpectReconstructor(Reconstructor):
         self.upper = (self.peak[1], self.peak[1] + s.side_kev)
         sig = s.energy_fwhm * self.e0 / 2.3548
         self.acceptance = float(erf(w / (np.sqrt(2) * sig)))
-        mu = None
-        if s.mu_map == "phantom":
-            if "phantom" not in g:
-                raise ReconstructorError("mu_map = 'phantom' but the device reports no phantom")
-            mu = IecBodyPhantom.from_dict(g["phantom"]).mu_map(s.image_size, s.fov_mm)
-        elif s.mu_map != "none":
-            try:
-                mu = np.load(s.mu_map)
-            except (OSError, ValueError) as exc:
-                raise ReconstructorError(f"cannot read mu_map {s.mu_map!r}: {exc}") from None
+        mu = load_mu_map(s.mu_map, g, s.image_size, s.fov_mm)
         if mu is not None:
             mu = mu * float(mu_water_per_mm(self.e0) / MU_WATER_511_PER_MM)
         self.mu = mu
         self.system: SpectSystemMatrix | None = None
-        self._closed = False
         self.reset()
-        self._frame_start_us: int | None = None
-        self.images = 0
-        self.last_error: str | None = None
-        self._building = threading.Thread(target=self._build, name=f"spect-build-{descriptor.stream}", daemon=True)
-        self._building.start()
+        self._start_build()
 
     def reset(self) -> None:
         s: SpectReconSettings = self.settings  # type: ignore[assignment]
@@ -131,28 +115,11 @@ class SpectReconstructor(Reconstructor):
         self.exposure = np.zeros(self.stops)
         self.events = 0
 
-    def _build(self) -> None:
+    def _make_system(self) -> dict[str, Any]:
         s: SpectReconSettings = self.settings  # type: ignore[assignment]
-        try:
-            system = SpectSystemMatrix(np.arange(self.stops) * 360.0 / self.stops, s.image_size, s.fov_mm,
-                                       self.radius_mm, self.mu, self.fwhm0, self.slope, s.intrinsic_fwhm_mm,
-                                       s.subsets)
-            if not self._closed:
-                self.system = system
-        except Exception as exc:  # noqa: BLE001 - reported via last_error
-            self.last_error = f"system matrix build failed: {exc}"
-            log.warning("%s: %s", self.descriptor.stream, self.last_error)
-
-    @property
-    def warming(self) -> bool:
-        return self.system is None and self._building.is_alive()
-
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        self._building.join(timeout)
-        return self.system is not None
-
-    def close(self) -> None:
-        self._closed = True
+        return {"system": SpectSystemMatrix(np.arange(self.stops) * 360.0 / self.stops, s.image_size, s.fov_mm,
+                                            self.radius_mm, self.mu, self.fwhm0, self.slope, s.intrinsic_fwhm_mm,
+                                            s.subsets)}
 
     def add(self, frame: np.ndarray, t0_us: int, t1_us: int, angle_deg: float) -> None:
         """One block of events ``(n, 6)``."""
@@ -170,23 +137,17 @@ class SpectReconstructor(Reconstructor):
             histogram_projections(f[m, 0], st[m], f[m, 5], self.stops, s.image_size, s.fov_mm, acc)
         self.events += len(frame)
 
-    def process(self, header: dict[str, Any], frame: np.ndarray) -> list[Output]:
+    def _accumulate(self, header: dict[str, Any], frame: np.ndarray) -> tuple[int, int]:
         meta = header.get("meta") or {}
         try:
             t0, t1, ang = int(meta["t_start_us"]), int(meta["t_end_us"]), float(meta["angle_deg"])
         except (KeyError, TypeError, ValueError):
             raise ReconstructorError("spect frame meta needs t_start_us, t_end_us and angle_deg") from None
         self.add(frame, t0, t1, ang)
-        if self._frame_start_us is None:
-            self._frame_start_us = t0
-        if (t1 - self._frame_start_us) * 1e-6 + 1e-9 < self.frame_s:
-            return []
-        out = self.image()
-        self._frame_start_us = t1
-        return out
+        return t0, t1
 
-    def process_batch(self, headers: Sequence[dict[str, Any]], frames: Sequence[np.ndarray]) -> list[list[Output]]:
-        return [self.process(h, f) for h, f in zip(headers, frames)]
+    def _frame_s(self) -> float:
+        return self.frame_s
 
     def image(self) -> list[Output]:
         """Reconstruct what has been accumulated; [] while building or before any stop has data."""
@@ -204,13 +165,9 @@ class SpectReconstructor(Reconstructor):
         y = np.where(seen, self.peak_p.ravel(), 0.0)
         img = osem(system, y, mult, np.where(seen, scatter.ravel(), 0.0) + 1e-6, n_iter=s.iterations)
         self.images += 1
-        px = s.fov_mm / s.image_size
         meta = {"events": self.events, "photopeak_counts": float(self.peak_p.sum()),
                 "scatter_fraction": float(scatter.sum() / max(self.peak_p.sum(), 1.0)),
                 "stops_seen": int((self.exposure > 0).sum()), "iterations": s.iterations, "subsets": s.subsets,
                 "decay_corrected_to_s": 0.0}
-        geom = {"pixel_mm": [px, px], "slice_mm": s.slice_mm, "fov_mm": s.fov_mm,
-                "origin_mm": [-s.fov_mm / 2 + px / 2, s.fov_mm / 2 - px / 2],
-                "orientation": "row 0 at +y (top), column 0 at -x", "units": "Bq/mL",
-                "decay_corrected_to": "device time 0"}
+        geom = slice_geometry(s.fov_mm, s.image_size, s.slice_mm)
         return [Output("", img.astype(np.float32), ["y", "x"], "Bq/mL", meta, {"geometry": geom})]
