@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medacq.daemon.recon.algorithms.cameras import (
-    counts_to_celsius, delta_e2000, demosaic_rggb, fit_color_matrix, undistort_maps,
+    HAVE_NUMBA, counts_to_celsius, delta_e2000, demosaic_rggb, fit_color_matrix, gather_rggb_luts, undistort_maps,
 )
 from medacq.daemon.recon.modalities.cameras import EndoscopeReconstructor, PhotoReconstructor, ThermalReconstructor
 from medacq.protocols.stream import StreamDescriptor
@@ -151,6 +151,26 @@ def test_endoscope_fast_path_is_the_float_pipeline_to_the_bit(settings):
     assert EndoscopeReconstructor(desc, {"color_matrix": [[1.1, 0, 0], [0, 1, 0], [0, 0, 0.9]]})._fast is None
 
 
+@pytest.mark.parametrize("use_numba", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not HAVE_NUMBA, reason="numba not installed (the optional [accel] kernels)"))])
+def test_gather_rggb_luts_matches_the_cells_through_the_tables(use_numba):
+    """The endoscope fast path's one-pass gather (compiled and numpy): each output pixel is its
+    RGGB cell's R, G1 + G2 and B, clamped to ``top``, through the three tables."""
+    rng = np.random.default_rng(5)
+    for dtype, top in ((np.uint8, 255), (np.uint16, 4095)):
+        raw = rng.integers(0, 65536 if dtype is np.uint16 else 256, (12, 16)).astype(dtype)  # 16-bit: > top too
+        cy, cx = rng.integers(0, 6, (5, 7)), rng.integers(0, 8, (5, 7))
+        base = (2 * cy * 16 + 2 * cx).astype(np.int32)
+        luts = tuple(rng.integers(0, 256, n).astype(np.uint8) for n in (top + 1, 2 * top + 1, top + 1))
+        out = gather_rggb_luts(raw, base, top, luts, use_numba=use_numba)
+        c = np.minimum(raw, top).astype(np.int64)
+        r, g1, g2, b = c[2 * cy, 2 * cx], c[2 * cy, 2 * cx + 1], c[2 * cy + 1, 2 * cx], c[2 * cy + 1, 2 * cx + 1]
+        assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[..., 0], luts[0][r])
+        np.testing.assert_array_equal(out[..., 1], luts[1][g1 + g2])
+        np.testing.assert_array_equal(out[..., 2], luts[2][b])
+
+
 def test_demosaic_recovers_a_uniform_colour_and_known_geometry():
     rgb = np.zeros((8, 10, 3), np.float32)
     rgb[:] = [0.2, 0.5, 0.8]
@@ -171,3 +191,28 @@ def test_delta_e2000_reference_pairs():
     assert np.allclose(delta_e2000(lab1, lab2), [2.0425, 2.3669, 27.1492], atol=1e-4)
     m = fit_color_matrix(np.eye(3) * 2, np.eye(3))
     assert np.allclose(m, np.eye(3) / 2)
+
+
+def test_endoscope_frame_of_another_shape_never_reaches_the_compiled_gather(monkeypatch):
+    """The gather's indices are made for the descriptor's shape and the kernel checks no bounds: a
+    frame with fewer rows than declared takes the float pipeline (an image of its own size or a
+    clean numpy error), never the gather."""
+    import medacq.daemon.recon.modalities.cameras as cams
+
+    desc = StreamDescriptor(stream="endo0", modality="endoscope", dtype="|u1", shape=[96, 128], axes=["y", "x"],
+                            geometry={"bits": 8})
+    rec = EndoscopeReconstructor(desc)
+    real, calls = cams.gather_rggb_luts, []
+
+    def spy(*a, **k):
+        calls.append(a[0].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cams, "gather_rggb_luts", spy)
+    try:
+        rec.process({}, np.zeros((40, 128), np.uint8))
+    except (IndexError, ValueError):
+        pass
+    assert calls == []
+    (ok,) = rec.process({}, np.full((96, 128), 7, np.uint8))
+    assert ok.data.shape == (48, 64, 3) and calls == [(96, 128)]

@@ -20,7 +20,17 @@ One run (``--seconds S`` per ingest phase, default 10):
   camera's frame time (leader timestamp on the camera's CLOCK_MONOTONIC origin) to this process
   holding the ``recon/endo0`` image (demosaic, white balance, distortion correction at 1080p,
   ``latest``), with ``medacq run`` and ``medacq recon`` as child processes on the same
-  simulator; ``endoscope_recon_fps``: images that reached the subscriber per second.
+  simulator, once the stage has preloaded its reconstructors; ``endoscope_recon_fps``: images
+  that reached the subscriber per second; split at the driver's receipt of the frame
+  (``endoscope_age_cam_to_driver_*``: camera frame buffer + 1 GbE link; ``..._driver_to_sub_*``:
+  daemon, stage, ZeroMQ); the stage's ``process`` time (``endoscope_stage_proc_ms_*``) and
+  superseded frames (``latest``).
+
+``--under-load``: the GVSP ingest and the endoscope age idle, then again beside the whole default
+rig (:func:`~medacq.daemon.bench.rig.idle_and_under_load`, as ``bench detector``/``ultrasound``/
+``mri --under-load``): one row per figure (``idle``, ``under_load``, ratio), the 1-min load
+averages, and the headline figures at top level (``endoscope_age_p99_ms`` under load,
+``endoscope_age_p99_ms_idle``, ...); thermal and photography once, idle.
 """
 
 from __future__ import annotations
@@ -209,11 +219,33 @@ def _aravis(ip: str, seconds: float) -> dict[str, Any]:
             "aravis_completed": int(done.group(1)) if done else None}
 
 
+def _stage_status(endpoint: str, timeout: float = 1.0) -> dict[str, Any]:
+    """The stage's ``status`` (``{}`` when it does not answer)."""
+    from medacq.daemon.client.api import ControlClient
+
+    try:
+        with ControlClient(endpoint, timeout=timeout) as c:
+            return dict(c.request("status"))
+    except Exception:  # noqa: BLE001 - not up yet, or busy: asked again
+        return {}
+
+
+def _q(values: list[float], pct: float) -> float | None:
+    return round(float(np.percentile(values, pct)), 2) if values else None
+
+
 def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
     """Glass-to-glass age: the simulated camera's frame time (leader timestamp + its clock's
     origin, both CLOCK_MONOTONIC) to the moment this process, a subscriber, holds the
     ``recon/endo0`` image. The daemon (``medacq run``) and the stage (``medacq recon``) run as
-    child processes, as in a rig; the camera in its own process."""
+    child processes, as in a rig; the camera in its own process. The window starts once the
+    stage has preloaded its reconstructors (a one-off at its start: numba kernels of other
+    modalities compiled on a thread of the same process) and a first image has arrived.
+
+    The age splits at the driver's receipt of the frame (header ``t_mono_ns``, the source's for
+    ``recon/``): ``..._cam_to_driver_...`` (the camera's frame buffer and the link: a 1080p60
+    BayerRG8 frame is 16.7 ms on the wire at 1 GbE) and ``..._driver_to_sub_...`` (daemon →
+    ZeroMQ → stage queue → reconstruction → ZeroMQ → here)."""
     import tempfile
     from pathlib import Path
 
@@ -227,7 +259,11 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
            "recon": {"data_endpoint": ep[2], "control_endpoint": ep[3]},
            "device": [{"name": "endo0", "kind": "gige", "address": f"gige://{ip}", "settings": {"frame_rate_hz": 60}}]}
     ages: list[float] = []
+    cam_drv: list[float] = []
+    drv_sub: list[float] = []
     raw_ages: list[float] = []
+    stage: dict[str, Any] = {}
+    preload_s = None
     with tempfile.TemporaryDirectory(prefix="medacq-cameras-") as tmp:
         cfg = Path(tmp) / "rig.toml"
         cfg.write_text(dump_config(doc))
@@ -236,30 +272,53 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
         try:
             with Subscriber(ep[2], "recon/endo0") as sub, Subscriber(ep[0], "raw/endo0") as raw:
                 t_first = None
-                deadline = time.monotonic() + 60
+                t_ask = 0.0
+                deadline = time.monotonic() + 60 + seconds
                 while time.monotonic() < deadline:
                     r = raw.recv(0)
                     while r is not None:  # the raw stream's age at a subscriber, for comparison
-                        if r.array is not None and r.header.get("t_device") is not None:
+                        if t_first is not None and r.array is not None and r.header.get("t_device") is not None:
                             raw_ages.append((time.monotonic() - (t0 + float(r.header["t_device"]))) * 1e3)
                         r = raw.recv(0)
                     m = sub.recv(0.005)
                     if m is None or m.array is None or m.header.get("t_device") is None:
                         continue
                     now = time.monotonic()
-                    t_first = t_first or now
-                    ages.append((now - (t0 + float(m.header["t_device"]))) * 1e3)
+                    if t_first is None:  # not measuring before the stage's preload has ended
+                        if now - t_ask < 0.5:
+                            continue
+                        t_ask = now
+                        preload_s = (_stage_status(ep[3]).get("preload") or {}).get("seconds")
+                        if preload_s is None:
+                            continue
+                        t_first = now
+                        continue
+                    t_cam = t0 + float(m.header["t_device"])
+                    t_drv = int(m.header["t_mono_ns"]) / 1e9
+                    ages.append((now - t_cam) * 1e3)
+                    cam_drv.append((t_drv - t_cam) * 1e3)
+                    drv_sub.append((now - t_drv) * 1e3)
                     if now - t_first >= seconds:
                         break
+                stage = (_stage_status(ep[3], 3.0).get("streams") or {}).get("endo0") or {}
         finally:
             stop_processes(procs)
-    warm = ages[5:] or ages
-    return {"endoscope_age_p50_ms": float(np.percentile(warm, 50)) if warm else None,
-            "endoscope_age_p99_ms": float(np.percentile(warm, 99)) if warm else None,
-            "endoscope_recon_fps": len(ages) / seconds if ages else 0.0,
-            "endoscope_raw_age_p50_ms": float(np.percentile(raw_ages[30:] or raw_ages, 50)) if raw_ages else None,
-            "endoscope_raw_age_p99_ms": float(np.percentile(raw_ages[30:] or raw_ages, 99)) if raw_ages else None,
-            "endoscope_raw_fps": len(raw_ages) / seconds if raw_ages else 0.0}
+    window = (time.monotonic() - t_first) if t_first is not None else seconds
+    return {"endoscope_age_p50_ms": _q(ages, 50), "endoscope_age_p99_ms": _q(ages, 99),
+            "endoscope_age_max_ms": _q(ages, 100),
+            "endoscope_age_cam_to_driver_p50_ms": _q(cam_drv, 50), "endoscope_age_cam_to_driver_p99_ms": _q(cam_drv, 99),
+            "endoscope_age_driver_to_sub_p50_ms": _q(drv_sub, 50), "endoscope_age_driver_to_sub_p99_ms": _q(drv_sub, 99),
+            "endoscope_recon_fps": len(ages) / window if ages else 0.0,
+            "endoscope_raw_age_p50_ms": _q(raw_ages, 50), "endoscope_raw_age_p99_ms": _q(raw_ages, 99),
+            "endoscope_raw_fps": len(raw_ages) / window if raw_ages else 0.0,
+            "endoscope_stage_proc_ms_p50": _ms(stage.get("proc_us_p50")),
+            "endoscope_stage_proc_ms_p99": _ms(stage.get("proc_us_p99")),
+            "endoscope_stage_superseded": stage.get("superseded"),
+            "endoscope_stage_preload_s": preload_s}
+
+
+def _ms(us: Any) -> float | None:
+    return round(float(us) / 1e3, 2) if isinstance(us, (int, float)) else None
 
 
 def _thermal(seconds: float) -> dict[str, Any]:
@@ -347,8 +406,35 @@ def _free_loopback() -> str:
 
 
 def bench_cameras(args: argparse.Namespace) -> dict[str, Any]:
-    seconds = float(args.seconds) if getattr(args, "seconds", None) is not None else 10.0
-    res: dict[str, Any] = {"seconds": seconds, "machine_cores": __import__("os").cpu_count()}
+    """The figures of the module doc. ``--under-load``: the GVSP ingest and the endoscope age idle,
+    then beside the whole default rig (:func:`~medacq.daemon.bench.rig.idle_and_under_load`: one
+    row per figure); thermal and photography accuracy once, idle (they do not depend on load)."""
+    if getattr(args, "under_load", False):
+        from medacq.daemon.bench.rig import idle_and_under_load
+
+        res = idle_and_under_load("cameras", _ingest_and_age, args)
+        rows = {r["figure"]: r for r in res.get("results", [])}
+        for k in ("endoscope_age_p99_ms", "endoscope_age_p50_ms", "gvsp_fps", "gvsp_lost_frames"):
+            res[f"{k}_idle"] = rows.get(k, {}).get("idle")
+            res[k] = rows.get(k, {}).get("under_load")
+        res.update(_accuracy(args))
+        res["bars"] = {"endoscope_age_p99_ms": "<= 50 under the rig", "gvsp_lost_frames": "0 over 60 s",
+                       "thermal_error_max_c": "<= 0.3", "deltaE_mean": "<= 2"}
+        return res
+    res = _ingest_and_age(args)
+    res.update(_accuracy(args))
+    return res
+
+
+def _seconds(args: argparse.Namespace) -> float:
+    return float(args.seconds) if getattr(args, "seconds", None) is not None else 10.0
+
+
+def _ingest_and_age(args: argparse.Namespace) -> dict[str, Any]:
+    """GVSP ingest (plain socket, driver, Aravis) and the endoscope age, on one simulator."""
+    seconds = _seconds(args)
+    res: dict[str, Any] = {"seconds": seconds, "machine_cores": __import__("os").cpu_count(),
+                           "loadavg_1min": round(__import__("os").getloadavg()[0], 2)}
     ip = _free_loopback()
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
@@ -368,20 +454,36 @@ def bench_cameras(args: argparse.Namespace) -> dict[str, Any]:
         res.update(_aravis(ip, seconds))
         time.sleep(0.5)
         _log("cameras: endoscope glass-to-glass age (driver → daemon → stage → subscriber)")
-        res.update(_endoscope_age(ip, t0.value, seconds))
+        res.update(_endoscope_age(ip, t0.value, min(seconds, 20.0)))
     finally:
         stop.set()
         proc.join(10)
         if proc.is_alive():
             proc.kill()
     res["gvsp_vs_udp_raw"] = res["gvsp_MBps"] / res["udp_raw_MBps"] if res.get("udp_raw_MBps") else None
+    res["loadavg_1min_end"] = round(__import__("os").getloadavg()[0], 2)
+    return res
+
+
+def _accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {}
     _log("cameras: thermal accuracy")
-    res.update(_thermal(min(seconds, 4.0)))
+    res.update(_thermal(min(_seconds(args), 4.0)))
     _log("cameras: photography ΔE2000")
     res.update(_photo())
     return res
 
 
 def print_result(result: dict[str, Any]) -> None:
+    if "results" in result:  # --under-load: one row per figure
+        print(f"under load: {result.get('under_load')}; 1-min load average {result.get('loadavg_1min_under_load')}")
+        print(f"{'figure':40s} {'idle':>12s} {'under_load':>12s} {'ratio':>8s}")
+        for r in result["results"]:
+            print(f"{r['figure']:40s} {_cell(r['idle']):>12s} {_cell(r['under_load']):>12s} {_cell(r['ratio']):>8s}")
+        result = {k: v for k, v in result.items() if k not in ("results", "under_load", "loadavg_1min_under_load")}
     for k, v in result.items():
         print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -12,11 +12,16 @@ chart ``(patch, c)``. Temperatures in °C unless a name says K.
 * :func:`roi_stats` -- max/mean in a region given as fractions of the frame.
 * :func:`fit_color_matrix`, :func:`delta_e2000` -- chart calibration and CIEDE2000.
 * :func:`gray_world_gains`, :func:`undistort_maps`, :func:`iron_colormap`.
+* :func:`gather_rggb_luts` -- the endoscope's fast path: each output pixel's RGGB cell gathered
+  by flat index and mapped through per-channel look-up tables, in one pass (a
+  numba kernel that releases the GIL when numba is importable, numpy ``take`` otherwise; the
+  same bytes either way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +29,81 @@ from medacq.protocols.models.cameras import KELVIN, LINEAR_COUNTS_PER_K, planck_
 
 __all__ = ["demosaic_rggb", "superpixel_rggb", "counts_to_celsius", "BlackbodyDriftCorrector", "roi_slices", "roi_stats",
            "fit_color_matrix", "delta_e2000", "gray_world_gains", "undistort_maps", "iron_colormap",
-           "chart_patch_means"]
+           "chart_patch_means", "gather_rggb_luts", "warm_gather_kernel", "HAVE_NUMBA"]
+
+try:  # optional: the compiled gather of the endoscope's fast path
+    import numba as _nb
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba is optional
+    _nb = None
+    HAVE_NUMBA = False
+
+_gather_kernel: Callable[..., Any] | None = None
+if HAVE_NUMBA:
+    @_nb.njit(cache=True, nogil=True)
+    def _gather_kernel(flat, base, w, top, lr, lg, lb, out):  # pragma: no cover - compiled
+        for i in range(base.shape[0]):
+            k = base[i]
+            r = min(flat[k], top)
+            g = np.int32(min(flat[k + 1], top)) + np.int32(min(flat[k + w], top))
+            b = min(flat[k + w + 1], top)
+            out[i, 0] = lr[r]
+            out[i, 1] = lg[g]
+            out[i, 2] = lb[b]
+
+
+def gather_rggb_luts(raw: np.ndarray, base: np.ndarray, top: int, luts: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     out: np.ndarray | None = None, use_numba: bool = True) -> np.ndarray:
+    """Each output pixel from one 2×2 RGGB cell of ``raw`` through per-channel look-up tables:
+    ``out[i] = (lr[R], lg[G1 + G2], lb[B])``, R = ``raw.flat[base[i]]``, G1 the pixel to its right,
+    G2 the one below it, B below-right; each raw value clamped to ``top`` first.
+
+    Args:
+        raw: the Bayer mosaic ``(y, x)``, uint8 or uint16 (copied if not C-contiguous).
+        base: flat indices into ``raw`` of each output pixel's R (top-left) pixel, any shape ``S``
+            (integers; every ``base + x + 1`` within row ``y + 1`` of the mosaic).
+        top: the largest raw value the tables cover (``lr``, ``lb``: ``top + 1`` entries; ``lg``:
+            ``2 * top + 1``, indexed by the sum of the two greens).
+        luts: ``(lr, lg, lb)``, uint8.
+        out: uint8 ``S + (3,)``, C-contiguous, to fill (allocated when ``None``).
+        use_numba: the compiled kernel (one pass, GIL released) when numba is importable; numpy
+            ``take`` otherwise. Same bytes either way.
+
+    Returns ``out``: uint8 ``S + (3,)``, last axis c = R, G, B.
+    """
+    lr, lg, lb = luts
+    if out is None:
+        out = np.empty((*base.shape, 3), np.uint8)
+    raw = np.ascontiguousarray(raw)
+    w = int(raw.shape[1])
+    flat = raw.reshape(-1)
+    if use_numba and _gather_kernel is not None:
+        n = base.size
+        _gather_kernel(flat, base.reshape(n), w, flat.dtype.type(min(top, int(np.iinfo(flat.dtype).max))),
+                       lr, lg, lb, out.reshape(n, 3))
+        return out
+
+    def take(shift: int) -> np.ndarray:
+        x = np.take(flat[shift:], base)
+        return x if top >= int(np.iinfo(x.dtype).max) else np.minimum(x, top, out=x)
+
+    out[..., 0] = np.take(lr, take(0))
+    g = take(1).astype(np.int32)
+    g += take(w)
+    out[..., 1] = np.take(lg, g)
+    out[..., 2] = np.take(lb, take(w + 1))
+    return out
+
+
+def warm_gather_kernel() -> None:
+    """Compile (or load from numba's cache) :func:`gather_rggb_luts`'s kernel for 8- and 16-bit raw
+    frames (a reconstructor's ``preload``); nothing without numba."""
+    if _gather_kernel is None:
+        return
+    for dt, top in ((np.uint8, 255), (np.uint16, 4095)):
+        luts = (np.zeros(top + 1, np.uint8), np.zeros(2 * top + 1, np.uint8), np.zeros(top + 1, np.uint8))
+        gather_rggb_luts(np.zeros((2, 2), dt), np.zeros(1, np.int32), top, luts)
 
 
 def demosaic_rggb(raw: np.ndarray, scale: float = 1.0) -> np.ndarray:
