@@ -95,11 +95,13 @@ _numba_kernel: Callable[..., Any] | None = None
 _ATAN = _atan_coefficients()
 
 
-def _build_numba() -> Callable[..., Any]:
-    assert _nb is not None
+# module-level kernels: numba's on-disk cache (cache=True) only hits for functions defined at module
+# level (a kernel built inside a function, closing over another jitted function, was compiled again at
+# every start, 4-9 s, and added a cache file each time)
+if HAVE_NUMBA:
 
     @_nb.njit(inline="always", fastmath=True)
-    def fast_atan2(y, x, cf):  # pragma: no cover - compiled
+    def _fast_atan2(y, x, cf):  # pragma: no cover - compiled
         # octant reduction + polynomial: branch-free selects, so the x loop vectorises
         ax, ay = abs(x), abs(y)
         mx, mn = max(ax, ay), min(ax, ay)
@@ -114,7 +116,7 @@ def _build_numba() -> Callable[..., Any]:
         return -r if y < 0 else r
 
     @_nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def kernel(af, f_demod, fs, c, m, step, cf, out):  # pragma: no cover - compiled
+    def _loupas_kernel(af, f_demod, fs, c, m, step, cf, out):  # pragma: no cover - compiled
         # af: the complex64 ensemble viewed as float32 (frame, z, 2x) (real/imag interleaved:
         # real arithmetic vectorises, complex64 structs do not). One output depth row per task:
         # its window's lag-one products summed over the window along x (contiguous); the mean
@@ -150,8 +152,12 @@ def _build_numba() -> Callable[..., Any]:
                         re[x] += ar0 * ar1 + ai0 * ai1
                         im[x] += ar0 * ai1 - ai0 * ar1
                 for x in range(nx):
-                    out[n, zo, x] = scale[x] * fast_atan2(im[x], re[x], cf)
-    return kernel
+                    out[n, zo, x] = scale[x] * _fast_atan2(im[x], re[x], cf)
+
+
+def _build_numba() -> Callable[..., Any]:
+    assert _nb is not None
+    return _loupas_kernel
 
 
 def loupas_numba(iq: np.ndarray, f_demod_hz: float, fs_hz: float, c_m_s: float = 1540.0,
