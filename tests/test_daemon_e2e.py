@@ -177,6 +177,56 @@ def test_queue_overflow_is_announced_as_gap():
     assert q.dropped == 8
 
 
+def test_the_next_series_names_the_previous_one_and_its_end():
+    """Publisher: after a series ends (or a new one starts without an end), the new series'
+    ``series_start`` (and its heartbeats and descriptors) carry ``meta.prev_series`` and
+    ``meta.prev_end_seq``, so a subscriber that lost the old tail and its ``series_end`` can report it."""
+    from medacq.daemon.acquisition.queue import SeriesEnd
+    from medacq.protocols.stream import decode_header
+
+    ctx = zmq.Context.instance()
+    port = free_port()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    raw = ctx.socket(zmq.SUB)
+    raw.setsockopt(zmq.SUBSCRIBE, b"raw/")
+    raw.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(0.3)
+    wake = threading.Event()
+    q = FrameQueue(64, wake)
+    p = Publisher(pub, wake, heartbeat_s=0.05)
+    p.add_stream("s", q, StreamStats())
+    desc = StreamDescriptor(stream="s", modality="synthetic", dtype="<f4", shape=[2], axes=["x"])
+    first, second, third = new_series_id(), new_series_id(), new_series_id()
+    q.put_control(SeriesStart(first, desc))
+    for i in range(4):
+        q.put_frame(FrameItem(i, Frame(np.full(2, i, "<f4"), 0, time.monotonic_ns())))
+    q.put_control(SeriesEnd("test"))
+    q.put_control(SeriesStart(second, desc))
+    for i in range(2):
+        q.put_frame(FrameItem(i, Frame(np.full(2, i, "<f4"), 0, time.monotonic_ns())))
+    q.put_control(SeriesStart(third, desc))  # no end: the second series ends here
+    p.start()
+    starts, beats = {}, []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (len(starts) == 3 and beats):
+        if raw.poll(100):
+            parts = raw.recv_multipart()
+            h = decode_header(parts[1])
+            if h["kind"] == "series_start":
+                starts[h["series"]] = h.get("meta") or {}
+            elif h["kind"] == "heartbeat" and h["series"] == third:
+                beats.append(h.get("meta") or {})
+    p.stop()
+    p.join(2)
+    raw.close(0)
+    pub.close(0)
+    assert starts[first] == {}
+    assert starts[second] == {"prev_series": first, "prev_end_seq": 4}
+    assert starts[third] == {"prev_series": second, "prev_end_seq": 2}
+    assert beats and beats[0] == {"prev_series": second, "prev_end_seq": 2}
+
+
 def test_subscriber_reports_unannounced_holes_and_bad_headers():
     from medacq.protocols.stream import HeaderError, HeaderTemplate, StreamDecodeError
 

@@ -136,3 +136,32 @@ def test_frames_deadline_ends_the_loop_while_heartbeats_keep_coming():
         t.join()
     assert got == [0, 1, 2]
     assert 0.55 <= took < 2.5, took  # the deadline: heartbeats go on for 3 s, then 1 s of silence
+
+
+def test_a_lost_series_end_and_tail_is_reported_when_the_next_series_names_it():
+    """The daemon's control messages of a new series carry the previous series and where it ended
+    (``meta.prev_series``/``prev_end_seq``): a subscriber that lost the old series' last frames AND
+    its ``series_end`` (a PUB queue past its mark drops silently) reports those frames, attributed to
+    the old series; one that saw the ``series_end`` reports nothing twice."""
+    pub = _Pub()
+    old, new = new_series_id(), new_series_id()
+    with Subscriber(pub.ep, "raw/") as sub:
+        _joined(sub, pub, old, 0)
+        pub.frames(old, range(0, 5))
+        assert _drain(sub, 4) == [0, 1, 2, 3, 4]
+        # frames 5..9 and the series_end of `old` never reach this subscriber; the new series starts
+        h = StreamHeader(stream="s0", kind=MessageKind.SERIES_START, series=new, seq=0, t_host_ns=time.time_ns(),
+                         t_mono_ns=time.monotonic_ns(), meta={"prev_series": old, "prev_end_seq": 10})
+        pub.sock.send_multipart([TOPIC, encode_header(h)])
+        pub.frames(new, range(0, 3))
+        assert _drain(sub, 2) == [0, 1, 2]
+        assert _gaps(sub) == [(old, 5, 5, "missing seq (end of the previous series not seen)")]
+        # the same with the series_end seen: no second report
+        pub.control(MessageKind.SERIES_END, new, 3)
+        newer = new_series_id()
+        h = StreamHeader(stream="s0", kind=MessageKind.SERIES_START, series=newer, seq=0, t_host_ns=time.time_ns(),
+                         t_mono_ns=time.monotonic_ns(), meta={"prev_series": new, "prev_end_seq": 3})
+        pub.sock.send_multipart([TOPIC, encode_header(h)])
+        pub.frames(newer, range(0, 2))
+        assert _drain(sub, 1) == [0, 1]
+        assert len(_gaps(sub)) == 1

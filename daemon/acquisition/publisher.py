@@ -73,6 +73,11 @@ class StreamChannel:
     topic: bytes
     series: str | None = None
     next_seq: int = 0
+    #: the stream's previous series and its end (the seq its next frame would have had): carried in the
+    #: ``meta`` of the new series' control messages, so a subscriber that lost the old series' tail and its
+    #: ``series_end`` (a PUB queue past its mark drops silently) still learns how many frames it missed
+    prev_series: str | None = None
+    prev_end_seq: int = 0
     descriptor: StreamDescriptor | None = None
     template: HeaderTemplate | None = None
     last_descriptor: float = 0.0
@@ -231,6 +236,8 @@ class Publisher(threading.Thread):
             ch.stats.lost_samples += samples or 0
         elif cls is SeriesStart:
             assert isinstance(item, SeriesStart)
+            if ch.series is not None:  # a new series without an end: the old one ends here
+                ch.prev_series, ch.prev_end_seq = ch.series, ch.next_seq
             ch.series = item.series
             desc = item.descriptor
             ch.next_seq = 0
@@ -241,6 +248,7 @@ class Publisher(threading.Thread):
             assert isinstance(item, SeriesEnd)
             if ch.series is not None:
                 self._control(ch, MessageKind.SERIES_END, reason=item.reason)
+                ch.prev_series, ch.prev_end_seq = ch.series, ch.next_seq
             ch.series = None
         elif cls is DescriptorUpdate:
             assert isinstance(item, DescriptorUpdate)
@@ -260,7 +268,12 @@ class Publisher(threading.Thread):
         if nbytes is not None and nbytes > ch.largest_frame_bytes:
             self._frame_size(ch, nbytes)
 
+    _PREV_KINDS = (MessageKind.SERIES_START, MessageKind.HEARTBEAT, MessageKind.DESCRIPTOR)
+
     def _control(self, ch: StreamChannel, kind: MessageKind, seq: int | None = None, **fields) -> None:
+        if ch.prev_series is not None and kind in self._PREV_KINDS:
+            fields["meta"] = {**(fields.get("meta") or {}), "prev_series": ch.prev_series,
+                              "prev_end_seq": ch.prev_end_seq}
         now_ns = time.time_ns()
         h = StreamHeader(stream=ch.name, kind=kind, series=ch.series or "", seq=ch.next_seq if seq is None else seq,
                          t_host_ns=now_ns, t_mono_ns=time.monotonic_ns(), **fields)

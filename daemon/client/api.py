@@ -448,12 +448,25 @@ class Subscriber:
         if self.on_gap is not None:
             self.on_gap(g)
 
+    def _tail_gap(self, t: _StreamTrack, stream: str, h: dict[str, Any]) -> None:
+        """A new series of a stream whose previous series this subscriber was following, its
+        ``series_end`` not seen: the new series' control messages name the previous one and where it
+        ended (``meta.prev_series``, ``meta.prev_end_seq``); frames of its tail never received are a gap."""
+        m = h.get("meta")
+        if not isinstance(m, dict) or m.get("prev_series") != t.series or t.expected is None:
+            return
+        end = m.get("prev_end_seq")
+        if type(end) is int and end > t.expected:
+            self._gap(t, stream, t.expected, end - t.expected, False, "missing seq (end of the previous series not seen)")
+
     def _track(self, h: dict[str, Any], topic: str) -> None:
         stream, kind, seq, series = h["stream"], h["kind"], h["seq"], h["series"]
         t = self.tracks.get(topic)
         joining = t is None  # this subscriber's first message of the stream: it joined late or at the start
         if t is None:
             t = self.tracks[topic] = _StreamTrack(topic=topic, stream=stream)
+        if t.series is not None and series != t.series:
+            self._tail_gap(t, stream, h)
         if kind == "series_start":
             t.series, t.expected = series, seq
             return
