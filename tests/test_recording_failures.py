@@ -201,3 +201,33 @@ def test_long_double_frames_are_refused_as_the_stream_protocol_does(tmp_path, dt
     w.message("raw/v0", _frame_header(1, ok), ok)
     w.close()
     assert check_recording(tmp_path / "ld.h5")["streams"]["raw/v0"]["frames"] == 1
+
+
+def test_a_write_past_the_end_that_fails_is_kept_for_the_commit_not_raised_into_hdf5(tmp_path, monkeypatch):
+    """h5py calls CheckpointedFile.write from inside HDF5, which must not see an exception: a failing
+    write past the committed end keeps its error for commit(), and reads still see what was written."""
+    p = tmp_path / "spill.bin"
+    f = CheckpointedFile(p, create=True)
+    f.write(b"a" * 5000)
+    f.commit(durable=False)
+    f.seek(0, 2)
+    f.write(b"b" * 3000)  # reaches the file (past the committed end)
+
+    def enospc(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_mod, "_pwrite_all", enospc)
+    f.seek(6000)
+    assert f.write(b"c" * 4000) == 4000  # no exception
+    f.seek(4990)
+    assert f.read(20000) == b"a" * 10 + b"b" * 1000 + b"c" * 4000
+    f.truncate(9000)
+    f.seek(8990)
+    assert f.read(100) == b"c" * 10
+    monkeypatch.undo()
+    with pytest.raises(CheckpointFailedError, match="No space left"):
+        f.commit(durable=False)
+    f.close()
+    g = CheckpointedFile(p)  # reopened: the last checkpoint
+    assert p.read_bytes() == b"a" * 5000 and g.size == 5000
+    g.close()

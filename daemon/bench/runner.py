@@ -65,6 +65,7 @@ BENCHES: dict[str, str] = {
     "nuclear": "medacq.daemon.bench.nuclear:bench_nuclear",
     "elastography": "medacq.daemon.bench.elastography:bench_elastography",
     "timeline": "medacq.daemon.bench.timeline:bench_timeline",
+    "recorder": "medacq.daemon.bench.recorder:bench_recorder",
 }
 
 SIZES = {"1KiB": 1024, "64KiB": 64 * 1024, "1MiB": 1 << 20, "8MiB": 8 << 20}
