@@ -412,7 +412,14 @@ class Hdf5RecordingWriter:
                 ds = g["frames"]
                 ds.resize(old + n, axis=0)
                 nbytes = sum(a.nbytes for a in b.frames)
-                if n > 1 and nbytes <= 64 << 20:
+                if ds.chunks[0] == 1 and b.frames[0].size and ds.chunks[1:] == b.frames[0].shape:
+                    # one frame per chunk (frames >= target_chunk_bytes): each frame's bytes go
+                    # to the file as its chunk, no copy (HDF5's selection, chunk cache and
+                    # filter pipeline are bypassed; the block has no filters)
+                    dsid, zeros = ds.id, (0,) * b.frames[0].ndim
+                    for i, a in enumerate(b.frames):
+                        dsid.write_direct_chunk((old + i, *zeros), np.ascontiguousarray(a))
+                elif n > 1 and nbytes <= 64 << 20:
                     ds[old:old + n] = np.stack(b.frames)
                 else:
                     for i, a in enumerate(b.frames):
