@@ -53,7 +53,12 @@ def test_bench_chaos_half_a_minute():
     assert len(spans) == 2 and spans[0]["ended_by"] == "kill -9"
     for s in spans:
         assert s["frames_recorded"] > 0 and isinstance(s["missing"], int) and isinstance(s["extra"], int)
-        assert s["equal"] == (s["missing"] == 0 and s["extra"] == 0 and s["problems"] == [])
+        w = s["missing_why"]  # every missing frame has one reason
+        assert s["missing"] == w["uncommitted"] + w["recorder_gaps"] + w["silent"]
+        if s["equal"]:  # a killed span lacks only what it had not committed; the last one nothing
+            assert s["extra"] == 0 and s["problems"] == [] and w["silent"] == w["recorder_gaps"] == 0
+            assert s["acknowledged"]["lost"] == 0
+    assert not spans[-1]["equal"] or spans[-1]["missing"] == 0
     # the stage came back after its kill
     assert len(out["restarts"]["stage"]) == 1 and out["restarts"]["stage"][0]["ping_after_s"] is not None
     assert out["processes"]["survived"] is True
@@ -140,10 +145,15 @@ def test_stall_accounting_counts_the_whole_series_not_the_range_the_stalled_one_
     got = {_K: set(range(10, 90))}  # it missed 0..9 and 90..99
     told = [(_K, 90, 10)]  # only the tail was reported (e.g. by series_end)
     acc = stall_accounting(frames, got, {_K}, told)
-    assert acc["frames_missed"] == 20 and acc["unreported"] == 10 and acc["reported_as_gaps"] == 10
-    assert acc["unseen_series"] == 1 and acc["unseen_series_frames"] == 30  # s2: no message at all
-    acc = stall_accounting(frames, got, {_K, ("raw/a", "s2")}, [*told, (_K, 0, 10), (("raw/a", "s2"), 0, 30)])
-    assert acc["unreported"] == 0 and acc["frames_missed"] == 50 and acc["unseen_series"] == 0
+    # s2: no message at all, and not reported: its 30 frames count (the daemon lists ended series)
+    assert acc["frames_missed"] == 50 and acc["unreported"] == 40 and acc["reported_as_gaps"] == 10
+    assert acc["unseen_series"] == 1 and acc["unseen_series_frames"] == 30
+    assert [(r["series"], r["first_seq"], r["count"], r["series_seen"]) for r in acc["unreported_ranges"]] == [
+        ("s1", 0, 10, True), ("s2", 0, 30, False)]
+    # reported whole (a later series listed it), though it got no message of it
+    acc = stall_accounting(frames, got, {_K}, [*told, (_K, 0, 10), (("raw/a", "s2"), 0, 30)])
+    assert acc["unreported"] == 0 and acc["frames_missed"] == 50 and acc["unseen_series"] == 1
+    assert acc["unreported_ranges"] == []
 
 
 def test_silent_topics_settings_and_control_bars():
@@ -237,3 +247,38 @@ def test_result_bars_fail_when_not_exercised_or_not_measured():
     assert _bars(c)["raw topics without frames in the last 3 s"] is False
     dead_thread = _fake_chaos(sim_errors={"us0": "OSError('boom')"})
     assert _bars(dead_thread)["processes"] is False
+
+
+def test_span_missing_tells_uncommitted_from_recorder_gaps_and_silent_loss():
+    from medacq.daemon.bench.chaos import span_missing
+
+    frames = _frames(range(200))  # received from t = 100.0 to 119.9, in order
+    # the file: 0..149 committed, but 40..49 missing: 40..44 in a gap row of the file, 45..49 in none
+    rec = {_K: np.asarray([*range(40), *range(50, 150)], np.uint64)}
+    missing = {_K: np.asarray([*range(40, 50), *range(150, 180)], np.uint64)}  # the window ends at 118
+    why = span_missing(missing, frames, rec, {_K: [(40, 5, "recorder queue full")]}, 120.0, 100.0)
+    assert (why["uncommitted"], why["recorder_gaps"], why["silent"]) == (30, 5, 5)
+    assert why["by_reason"] == {"recorder queue full": 5}
+    assert why["uncommitted_s"] == 5.0  # seq 150, received at 115.0, was the oldest not committed at 120
+    assert [(r["first_seq"], r["count"], r["why"]) for r in why["ranges"]] == [
+        (40, 5, "recorder_gaps"), (45, 5, "silent"), (150, 30, "uncommitted")]
+    # a series the file never held, received after the last committed frame: not committed either
+    other = ("raw/b", "s9")
+    frames2 = {**frames, other: (np.arange(3, dtype=np.uint64), np.asarray([116.0, 116.5, 117.0]))}
+    why = span_missing({other: np.arange(3, dtype=np.uint64)}, frames2, rec, {}, 120.0, 100.0)
+    assert why["uncommitted"] == 3 and why["silent"] == 0
+
+
+def test_span_ok_a_killed_span_may_lack_only_what_it_had_not_committed():
+    from medacq.daemon.bench.chaos import span_ok
+
+    acc = {"extra": 0, "frames_expected": 100, "window_s": 20.0}
+    why = {"uncommitted": 22, "recorder_gaps": 0, "silent": 0}
+    assert span_ok(acc, why, killed=True, acknowledged_lost=0, live=True)
+    assert not span_ok(acc, why, killed=False, acknowledged_lost=0, live=True)  # the last span: nothing lost
+    assert not span_ok(acc, why, killed=True, acknowledged_lost=0, live=False)  # a wedged writer
+    assert not span_ok(acc, why, killed=True, acknowledged_lost=3, live=True)  # acknowledged, then lost
+    assert not span_ok(acc, {**why, "silent": 1}, killed=True, acknowledged_lost=0, live=True)
+    assert not span_ok(acc, {**why, "recorder_gaps": 5}, killed=True, acknowledged_lost=0, live=True)
+    assert not span_ok({**acc, "extra": 1}, why, killed=True, acknowledged_lost=0, live=True)
+    assert not span_ok({**acc, "frames_expected": 0}, why, killed=True, acknowledged_lost=0, live=True)

@@ -180,7 +180,8 @@ def test_queue_overflow_is_announced_as_gap():
 def test_the_next_series_names_the_previous_one_and_its_end():
     """Publisher: after a series ends (or a new one starts without an end), the new series'
     ``series_start`` (and its heartbeats and descriptors) carry ``meta.prev_series`` and
-    ``meta.prev_end_seq``, so a subscriber that lost the old tail and its ``series_end`` can report it."""
+    ``meta.prev_end_seq``, and the last 8 ended series in ``meta.prev_series_ends``, so a subscriber
+    that lost the old tail and its ``series_end`` (or whole series) can report it."""
     from medacq.daemon.acquisition.queue import SeriesEnd
     from medacq.protocols.stream import decode_header
 
@@ -222,9 +223,11 @@ def test_the_next_series_names_the_previous_one_and_its_end():
     raw.close(0)
     pub.close(0)
     assert starts[first] == {}
-    assert starts[second] == {"prev_series": first, "prev_end_seq": 4}
-    assert starts[third] == {"prev_series": second, "prev_end_seq": 2}
-    assert beats and beats[0] == {"prev_series": second, "prev_end_seq": 2}
+    assert starts[second] == {"prev_series": first, "prev_end_seq": 4,
+                              "prev_series_ends": [{"series": first, "end_seq": 4}]}
+    listed = [{"series": first, "end_seq": 4}, {"series": second, "end_seq": 2}]  # every ended series, oldest first
+    assert starts[third] == {"prev_series": second, "prev_end_seq": 2, "prev_series_ends": listed}
+    assert beats and beats[0] == {"prev_series": second, "prev_end_seq": 2, "prev_series_ends": listed}
 
 
 def test_subscriber_reports_unannounced_holes_and_bad_headers():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,14 @@ from medacq.daemon.acquisition.queue import (DescriptorUpdate, FrameItem, FrameQ
                                              SeriesEnd, SeriesStart)
 from medacq.daemon.acquisition.worker import StreamStats
 
-__all__ = ["Publisher", "StreamChannel", "sndhwm_for", "topic_for"]
+__all__ = ["PREV_SERIES_LISTED", "Publisher", "StreamChannel", "sndhwm_for", "topic_for"]
 
 _SNDMORE = int(zmq.SNDMORE)
 
 log = logging.getLogger("medacq.daemon.acquisition.publisher")
+
+PREV_SERIES_LISTED = 8
+"""How many ended series of a stream its control messages list (``meta.prev_series_ends``)."""
 
 
 def topic_for(stream: str, prefix: str = "raw") -> bytes:
@@ -78,6 +82,11 @@ class StreamChannel:
     #: ``series_end`` (a PUB queue past its mark drops silently) still learns how many frames it missed
     prev_series: str | None = None
     prev_end_seq: int = 0
+    #: the last :data:`PREV_SERIES_LISTED` series that ended, oldest first, as ``(series, end seq)``: a
+    #: subscriber that lost whole series (start, frames and end) between two it saw learns them all
+    ended: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=PREV_SERIES_LISTED))
+    #: ``meta`` of the current series' control messages (rebuilt when a series ends)
+    prev_meta: dict[str, Any] | None = None
     descriptor: StreamDescriptor | None = None
     template: HeaderTemplate | None = None
     last_descriptor: float = 0.0
@@ -237,7 +246,7 @@ class Publisher(threading.Thread):
         elif cls is SeriesStart:
             assert isinstance(item, SeriesStart)
             if ch.series is not None:  # a new series without an end: the old one ends here
-                ch.prev_series, ch.prev_end_seq = ch.series, ch.next_seq
+                self._ended(ch)
             ch.series = item.series
             desc = item.descriptor
             ch.next_seq = 0
@@ -248,7 +257,7 @@ class Publisher(threading.Thread):
             assert isinstance(item, SeriesEnd)
             if ch.series is not None:
                 self._control(ch, MessageKind.SERIES_END, reason=item.reason)
-                ch.prev_series, ch.prev_end_seq = ch.series, ch.next_seq
+                self._ended(ch)
             ch.series = None
         elif cls is DescriptorUpdate:
             assert isinstance(item, DescriptorUpdate)
@@ -268,12 +277,20 @@ class Publisher(threading.Thread):
         if nbytes is not None and nbytes > ch.largest_frame_bytes:
             self._frame_size(ch, nbytes)
 
-    _PREV_KINDS = (MessageKind.SERIES_START, MessageKind.HEARTBEAT, MessageKind.DESCRIPTOR)
+    @staticmethod
+    def _ended(ch: StreamChannel) -> None:
+        """The current series of ``ch`` ended (``series_end`` sent, or a new series starts without one)."""
+        assert ch.series is not None
+        ch.prev_series, ch.prev_end_seq = ch.series, ch.next_seq
+        ch.ended.append((ch.series, ch.next_seq))
+        ch.prev_meta = {"prev_series": ch.prev_series, "prev_end_seq": ch.prev_end_seq,
+                        "prev_series_ends": [{"series": s, "end_seq": e} for s, e in ch.ended]}
+
+    _PREV_KINDS = (MessageKind.SERIES_START, MessageKind.HEARTBEAT, MessageKind.DESCRIPTOR, MessageKind.SERIES_END)
 
     def _control(self, ch: StreamChannel, kind: MessageKind, seq: int | None = None, **fields) -> None:
-        if ch.prev_series is not None and kind in self._PREV_KINDS:
-            fields["meta"] = {**(fields.get("meta") or {}), "prev_series": ch.prev_series,
-                              "prev_end_seq": ch.prev_end_seq}
+        if ch.prev_meta is not None and kind in self._PREV_KINDS:
+            fields["meta"] = {**(fields.get("meta") or {}), **ch.prev_meta}
         now_ns = time.time_ns()
         h = StreamHeader(stream=ch.name, kind=kind, series=ch.series or "", seq=ch.next_seq if seq is None else seq,
                          t_host_ns=now_ns, t_mono_ns=time.monotonic_ns(), **fields)

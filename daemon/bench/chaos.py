@@ -55,12 +55,23 @@ Figures and bars (``bars``; the table marks each ok / FAIL):
   SIGTERM once the daemon ended its series). Its file must hold exactly the frames the counting
   subscriber received, per (topic, series), inside the seq range the file holds and inside the
   span's window (:func:`span_accounting`, by this process's clock): from its process's start + 10 s
-  (or its file's first frame, if earlier) + 0.5 s to its end − (flush interval + 1 s) after a
-  kill, to its end for the last span: a span loses only its edges (joining; at a kill, what was
-  not yet committed), and an empty file or a wedged writer fails. ``missing``: received here, not
-  in the file; ``extra``: in the file, not received here (the counting subscriber lost them: see
-  ``frames.unannounced_holes``). Bar: every span ``missing`` = ``extra`` = 0 (and frames to
-  compare in a window of 3 s or more), ``check_recording`` without problems.
+  (or its file's first frame, if earlier) + 0.5 s to its end. ``missing``: received here, not in
+  the file, each for one reason (``missing_why``, :func:`span_missing`; the recorder gets the
+  daemon's messages in the order this process does and commits a prefix of them): ``uncommitted``
+  (received after the last frame the file holds: a ``kill -9`` loses what was not committed, by
+  design; ``uncommitted_s``: how long before the kill the oldest of them arrived here),
+  ``recorder_gaps`` (in a gap row of the file: the recorder fell behind and dropped them, by
+  reason) or ``silent`` (inside what it committed, in no gap row: a defect). ``acknowledged``: its
+  last ``--progress`` checkpoint line against the file (``lost``: acknowledged, not in the file).
+  ``last_commit_age_s``: the kill's time minus the file's last checkpoint. ``extra``: in the file,
+  not received here (the counting subscriber lost them: see ``frames.unannounced_holes``). Bar
+  (:func:`span_ok`): every span ``extra`` = ``silent`` = ``recorder_gaps`` = acknowledged ``lost``
+  = 0, frames to compare in a window of 3 s or more, ``check_recording`` without problems; a
+  killed span lacks only ``uncommitted`` frames and committed within 2 × flush + 1 s of its kill
+  (the recorder's own ``behind`` rule: an empty file or a wedged writer fails); the last span lacks
+  nothing. (Before, a fixed allowance of flush + 1 s before a kill stood for "uncommitted"; on the
+  saturated rig a recorder's uncommitted interval can be longer: a checkpoint in progress and its
+  receive queue's backlog count too.)
 * ``rss``: the daemon's resident memory (``/proc/PID/statm``) once a minute (every 10 s for runs
   under 5 minutes) from the end of the warm-up, and once more at the end; its growth over the
   second half (last sample against the middle one, as ``bench soak``). Bar: < 2 %. Frames of up to
@@ -79,9 +90,11 @@ Figures and bars (``bars``; the table marks each ok / FAIL):
   after it; requests to the stage are not drawn while a killed stage is not answering yet;
   settings unchanged (and read both before and after).
 * ``subscriber_stall``: bar: at least one stall (the first drawn fault of a run is one), and every
-  frame the stalled subscriber missed, of every series it got any message of (the whole series,
-  as the counting subscriber got it), was reported to it as a gap (:func:`stall_accounting`; a
-  series it got no message of can be reported by none: ``unseen_series_frames``, not barred).
+  frame the stalled subscriber missed (the whole series, as the counting subscriber got it), was
+  reported to it as a gap (:func:`stall_accounting`), also of a series it got no message of (the
+  daemon's control messages list the last 8 ended series: ``unseen_series``, ``unseen_series_frames``).
+  ``unreported_ranges``: the first runs no gap covered, and the kind of the first message the stalled
+  subscriber got of the series after it.
 * ``processes``: bar: the daemon, the stage, the recorder and the simulators (processes, and
   each simulator's thread: the side door's ``status`` ``error``) never exited but when killed here.
 """
@@ -112,7 +125,8 @@ from medacq.daemon.bench.runner import (StreamLedger, end_series_and_drain, free
 from medacq.daemon.common.procs import signal_group
 
 __all__ = ["bench_chaos", "print_result", "RESULT_KEYS", "HOSTILE_CONTROL", "HOSTILE_DATA", "hostile_data",
-           "span_accounting", "stall_accounting", "silent_topics", "settings_unchanged", "control_ok"]
+           "span_accounting", "span_missing", "span_ok", "recorded_gaps", "stall_accounting", "silent_topics",
+           "settings_unchanged", "control_ok"]
 
 RESULT_KEYS = ("benchmark", "minutes", "seed", "cpus", "loadavg_1min", "faults", "frames", "streams",
                "recorder_spans", "rss", "control", "safe_state", "hostile_control", "hostile_data",
@@ -304,6 +318,7 @@ class _Span:
     t_end: float | None = None
     ended_by: str = ""
     result: dict[str, Any] | None = None
+    t_end_wall_ns: int | None = None  # CLOCK_REALTIME at its end (the file's checkpoint times are on it)
 
 
 @dataclass
@@ -352,8 +367,9 @@ def span_accounting(frames: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     while its process stayed up, leaves frames of the window missing. So must every frame inside
     the file's seq range of a series. Returns ``frames_expected``, ``frames_recorded``,
     ``missing`` (expected, not in the file), ``extra`` (in the file, never received here),
-    ``window_s`` and ``ok``: ``missing`` = ``extra`` = 0 and, for a window of ``min_window_s``
-    or longer, ``frames_expected`` > 0.
+    ``window_s``, ``ok``: ``missing`` = ``extra`` = 0 and, for a window of ``min_window_s``
+    or longer, ``frames_expected`` > 0, and ``missing_seqs`` (``(topic, series)`` -> the missing
+    seqs, for :func:`span_missing`).
     """
     empty = (np.zeros(0, np.uint64), np.zeros(0))
     first = math.inf
@@ -365,6 +381,7 @@ def span_accounting(frames: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     t_from = min(t_start + join_s, first) + edge_s
     t_to = t_end - end_margin_s
     expected = missing = extra = recorded = 0
+    missing_seqs: dict[tuple[str, str], np.ndarray] = {}
     for key in set(frames) | set(rec):
         seqs, times = frames.get(key, empty)
         r = rec.get(key, np.zeros(0, np.uint64))
@@ -374,34 +391,141 @@ def span_accounting(frames: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
         exp = seqs[keep]
         expected += int(exp.size)
         recorded += int(r.size)
-        missing += int(np.setdiff1d(exp, r).size)
+        miss = np.setdiff1d(exp, r)
+        if miss.size:
+            missing_seqs[key] = miss
+        missing += int(miss.size)
         extra += int(np.setdiff1d(r, seqs).size)
     window = max(0.0, t_to - t_from)
     return {"frames_recorded": recorded, "frames_expected": expected, "missing": missing, "extra": extra,
             "window_s": round(window, 2),
-            "ok": missing == 0 and extra == 0 and (expected > 0 or window < min_window_s)}
+            "ok": missing == 0 and extra == 0 and (expected > 0 or window < min_window_s),
+            "missing_seqs": missing_seqs}
+
+
+def span_missing(missing: dict[tuple[str, str], np.ndarray],
+                 frames: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], rec: dict[tuple[str, str], np.ndarray],
+                 file_gaps: dict[tuple[str, str], list[tuple[int, int, str]]], t_end: float, t0: float,
+                 max_ranges: int = 12) -> dict[str, Any]:
+    """Why the ``missing`` frames of a span (:func:`span_accounting`'s ``missing_seqs``) are not in its file.
+
+    The recorder takes the daemon's messages in the order this benchmark's counting subscriber
+    receives them (one PUB, one pipe each) and commits a prefix of them, so by the receive time here
+    (``frames``: ``(seq, time)``): a frame received after the last one the file holds
+    (``last_commit``) was not committed when the recorder stopped (``uncommitted``: a ``kill -9``
+    loses its uncommitted interval by design); one inside a gap row of the file (``file_gaps``:
+    ``(topic, series) -> [(first_seq, count, reason)]``) the recorder saw missing and recorded as such
+    (``recorder_gaps``, by reason: it fell behind); any other is lost without a trace (``silent``: a
+    defect). Returns those counts, ``uncommitted_s`` (how long before ``t_end`` the oldest uncommitted
+    frame arrived here) and the first ``max_ranges`` missing runs (receive time ``t`` in s from ``t0``).
+    """
+    empty = (np.zeros(0, np.uint64), np.zeros(0))
+    last_commit = -math.inf
+    for key, r in rec.items():
+        seqs, times = frames.get(key, empty)
+        t = times[np.isin(seqs, r)]
+        if t.size:
+            last_commit = max(last_commit, float(t.max()))
+    out: dict[str, Any] = {"uncommitted": 0, "recorder_gaps": 0, "silent": 0, "uncommitted_s": None,
+                           "by_reason": {}, "ranges": []}
+    reasons: Counter[str] = Counter()
+    runs = []
+    oldest = math.inf
+    for key in sorted(missing):
+        miss = missing[key]
+        seqs, times = frames.get(key, empty)
+        t_of = times[np.searchsorted(seqs, miss)] if seqs.size else np.full(miss.size, math.nan)
+        why = np.full(miss.size, "silent", dtype=object)
+        for first, count, reason in file_gaps.get(key, ()):
+            hit = (miss >= first) & (miss < first + count) & (why == "silent")
+            if hit.any():
+                why[hit] = "recorder_gaps"
+                reasons[reason] += int(hit.sum())
+        late = (why == "silent") & (t_of > last_commit)
+        why[late] = "uncommitted"
+        if late.any():
+            oldest = min(oldest, float(t_of[late].min()))
+        for w in ("uncommitted", "recorder_gaps", "silent"):
+            out[w] += int(np.count_nonzero(why == w))
+        # runs of consecutive seqs with one cause
+        start = 0
+        for i in range(1, miss.size + 1):
+            if i == miss.size or miss[i] != miss[i - 1] + 1 or why[i] != why[start]:
+                runs.append({"topic": key[0], "series": key[1][:8], "first_seq": int(miss[start]),
+                             "count": i - start, "t": round(float(t_of[start]) - t0, 2), "why": str(why[start])})
+                start = i
+    out["by_reason"] = dict(reasons)
+    out["uncommitted_s"] = None if oldest == math.inf else round(t_end - oldest, 2)
+    out["ranges"] = sorted(runs, key=lambda r: r["t"])[:max_ranges]
+    return out
+
+
+def recorded_gaps(path: Path) -> dict[tuple[str, str], list[tuple[int, int, str]]]:
+    """The gap rows of an HDF5 recording with a first seq, as ``(topic, series id) -> [(first_seq, count,
+    reason)]`` (rows of a series the file does not know are keyed by series ``""``)."""
+    from medacq.daemon.recording.hdf5 import open_recording
+
+    out: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+    with open_recording(path) as f:
+        for prefix in f:
+            for g in f[prefix].values():
+                topic = str(g.attrs["topic"])
+                ids = {int(k): str(v.attrs["series"]) for k, v in g["series"].items()}
+                for row in g["gaps"][()]:
+                    if int(row["first_seq"]) < 0:
+                        continue
+                    reason = row["reason"]
+                    reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+                    out.setdefault((topic, ids.get(int(row["series_index"]), "")), []).append(
+                        (int(row["first_seq"]), int(row["count"]), reason))
+    return out
+
+
+def span_ok(acc: dict[str, Any], why: dict[str, Any], killed: bool, acknowledged_lost: int, live: bool) -> bool:
+    """The recorded = delivered bar of one span, from :func:`span_accounting` (window 0 s before its
+    end) and :func:`span_missing`: no frame in the file that was not delivered (``extra``), none lost
+    inside what it committed (``silent``), none it dropped itself (``recorder_gaps``), none its last
+    checkpoint line acknowledged and the file lacks, frames to compare in a long window; a killed
+    span may lack only what it had not committed (``uncommitted``, reported), and its writer must
+    have been committing up to the kill (``live``: an empty file or a wedged writer fails); the last
+    span, stopped with SIGTERM after the daemon ended its series, must lack nothing."""
+    window_ok = acc["frames_expected"] > 0 or acc["window_s"] < _MIN_SPAN_S
+    lacks_only_tail = why["silent"] == 0 and why["recorder_gaps"] == 0 and (killed or why["uncommitted"] == 0)
+    return acc["extra"] == 0 and lacks_only_tail and acknowledged_lost == 0 and live and window_ok
+
+
+def _last_commit_ns(path: Path) -> int | None:
+    """CLOCK_REALTIME (ns) of a recording's last committed checkpoint (its root ``last_checkpoint_t_host_ns``)."""
+    from medacq.daemon.recording.hdf5 import open_recording
+
+    with open_recording(path) as f:
+        v = f.attrs.get("last_checkpoint_t_host_ns")
+    return None if v is None else int(v)
 
 
 def stall_accounting(frames: dict[tuple[str, str], np.ndarray], got: dict[tuple[str, str], set[int]],
-                     seen: set[tuple[str, str]], gaps: list[tuple[tuple[str, str], int, int]]) -> dict[str, int]:
+                     seen: set[tuple[str, str]], gaps: list[tuple[tuple[str, str], int, int]],
+                     max_ranges: int = 12) -> dict[str, Any]:
     """The stalled subscriber against the counting one, per (topic, series) of its topics.
 
     ``frames``: every seq the counting subscriber received (the whole series, not just the
     range the stalled one saw); ``got``: the seqs the stalled subscriber received; ``seen``: the
     series it received any message of; ``gaps``: ``((topic, series), first_seq, count)`` it was
-    told of. ``frames_missed``: frames of the series it saw that it did not receive;
-    ``unreported``: those no gap covers. A series it got no message of at all can be reported by
-    no message (``unseen_series``, ``unseen_series_frames``: a figure, not a bar).
+    told of. ``frames_missed``: frames it did not receive, of every series, also those it got no
+    message of (the daemon's control messages list the last 8 ended series: a subscriber reports a
+    whole series it never saw); ``unreported``: those no gap covers, the first ``max_ranges`` runs
+    of them in ``unreported_ranges``. ``unseen_series``, ``unseen_series_frames``: the series it got
+    no message of, and their frames (reported or not).
     """
     missed = unreported = received = unseen = unseen_frames = 0
-    for key in set(frames) | set(got):
+    ranges: list[dict[str, Any]] = []
+    for key in sorted(set(frames) | set(got)):
         mine = got.get(key, set())
         received += len(mine)
         seqs = np.asarray(frames.get(key, ()), np.uint64)
         if key not in seen and not mine:
             unseen += 1
             unseen_frames += int(seqs.size)
-            continue
         lost = np.setdiff1d(seqs, np.fromiter(mine, np.uint64, len(mine)))
         covered = np.zeros(lost.size, bool)
         for k, first, count in gaps:
@@ -409,8 +533,17 @@ def stall_accounting(frames: dict[tuple[str, str], np.ndarray], got: dict[tuple[
                 covered |= (lost >= first) & (lost < first + count)
         missed += int(lost.size)
         unreported += int(lost.size - covered.sum())
+        bare = lost[~covered]
+        start = 0
+        for i in range(1, bare.size + 1):
+            if i == bare.size or bare[i] != bare[i - 1] + 1:
+                if len(ranges) < max_ranges:
+                    ranges.append({"topic": key[0], "series": key[1], "first_seq": int(bare[start]),
+                                   "count": i - start, "series_seen": key in seen or bool(mine)})
+                start = i
     return {"frames_received": received, "frames_missed": missed, "reported_as_gaps": missed - unreported,
-            "unreported": unreported, "unseen_series": unseen, "unseen_series_frames": unseen_frames}
+            "unreported": unreported, "unseen_series": unseen, "unseen_series_frames": unseen_frames,
+            "unreported_ranges": ranges}
 
 
 def silent_topics(last_frame_t: dict[str, float], topics: list[str], t_end: float,
@@ -455,6 +588,7 @@ class _Chaos:
                                     context=ctx)
         self.stall_seqs: dict[tuple[str, str], set[int]] = {}
         self.stall_seen: set[tuple[str, str]] = set()  # (topic, series) of any message the stalled one got
+        self.stall_order: list[tuple[tuple[str, str], str]] = []  # those, in order, with their first message's kind
         self.stall_until = 0.0
         self.stalls: list[float] = []
         self.ctl = ControlClient(self.cfg.daemon.control_endpoint, timeout=_CTL_TIMEOUT_S, context=ctx)
@@ -535,7 +669,9 @@ class _Chaos:
             if msg is None:
                 return i
             key = (msg.topic, msg.header["series"])
-            self.stall_seen.add(key)
+            if key not in self.stall_seen:
+                self.stall_seen.add(key)
+                self.stall_order.append((key, msg.kind))  # the kind of its first message here
             if msg.kind == "frame":
                 self.stall_seqs.setdefault(key, set()).add(msg.header["seq"])
         return n
@@ -644,7 +780,7 @@ class _Chaos:
     def _kill_recorder(self) -> None:
         span = self.spans[-1]
         self._kill("recorder")
-        span.t_end, span.ended_by = time.monotonic(), "kill -9"
+        span.t_end, span.t_end_wall_ns, span.ended_by = time.monotonic(), time.time_ns(), "kill -9"
         self._start_recorder()
         self._event("kill_recorder", file=span.path.name)
 
@@ -691,20 +827,37 @@ class _Chaos:
         try:
             summary = check_recording(span.path)
             rec = recorded_seqs(span.path)
+            file_gaps = recorded_gaps(span.path)
+            last_commit_ns = _last_commit_ns(span.path)
         except (OSError, ValueError) as exc:
             out.update(frames_recorded=0, frames_expected=None, missing=None, extra=None, equal=False,
                        problems=[f"{type(exc).__name__}: {exc}"])
             span.result = out
             return
         killed = span.ended_by.startswith("kill")  # it loses what it had not committed; the last one nothing
-        acc = span_accounting({k: self.ledger.arrays(k) for k in self.ledger.seqs}, rec, span.t_start,
-                              span.t_end if span.t_end is not None else time.monotonic(),
-                              _RECORDER_FLUSH_S + 1.0 if killed else 0.0)
+        frames = {k: self.ledger.arrays(k) for k in self.ledger.seqs}
+        t_end = span.t_end if span.t_end is not None else time.monotonic()
+        acc = span_accounting(frames, rec, span.t_start, t_end, 0.0)
         summ = recorder_summary(span.log) or recorder_checkpoint(span.log) or {}
+        why = span_missing(acc["missing_seqs"], frames, rec, file_gaps, t_end, self.t0)
+        # what the recorder acknowledged (its last checkpoint line) against what its file holds, per topic
+        ack = recorder_checkpoint(span.log) or {}
+        in_file: Counter[str] = Counter()
+        for (topic, _), r in rec.items():
+            in_file[topic] += int(r.size)
+        acked = {t: int((v or {}).get("frames", 0)) for t, v in (ack.get("streams") or {}).items()}
+        acked_lost = sum(max(0, n - in_file[t]) for t, n in acked.items())
+        # a killed writer must have been committing up to the kill (the recorder's own "behind" rule)
+        commit_age = None if last_commit_ns is None or span.t_end_wall_ns is None else \
+            round((span.t_end_wall_ns - last_commit_ns) / 1e9, 2)
+        live = not killed or (commit_age is not None and commit_age <= 2 * _RECORDER_FLUSH_S + 1.0)
         out.update(frames_recorded=acc["frames_recorded"], frames_expected=acc["frames_expected"],
                    missing=acc["missing"], extra=acc["extra"], window_s=acc["window_s"],
-                   equal=acc["ok"] and not summary["problems"], problems=summary["problems"],
-                   recovery=summary.get("recovery"), bad_messages=summ.get("bad_messages"))
+                   equal=span_ok(acc, why, killed, acked_lost, live) and not summary["problems"],
+                   problems=summary["problems"], recovery=summary.get("recovery"),
+                   bad_messages=summ.get("bad_messages"), missing_why=why, last_commit_age_s=commit_age,
+                   acknowledged={"checkpoint": ack.get("checkpoint"), "frames": ack.get("frames"),
+                                 "missed_frames": ack.get("missed_frames"), "lost": acked_lost})
         span.result = out
         for p in (span.path, Path(str(span.path) + ".wal")):  # gigabytes: never kept
             p.unlink(missing_ok=True)
@@ -1005,6 +1158,15 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
     acc = stall_accounting({k: led.arrays(k)[0] for k in led.seqs if k[0] in _STALL_TOPICS}, c.stall_seqs,
                            c.stall_seen, [((g.topic, g.series), g.first_seq, g.count) for g in c.stall_sub.gaps
                                           if g.first_seq is not None])
+    first_kind: dict[str, list[tuple[str, str]]] = {}
+    for (topic, series), kind in getattr(c, "stall_order", []):
+        first_kind.setdefault(topic, []).append((series, kind))
+    for r in acc["unreported_ranges"]:  # evidence: how the stalled one came to the series after the loss
+        order = [s for s, _ in first_kind.get(r["topic"], [])]
+        k = order.index(r["series"]) if r["series"] in order else -1
+        nxt = first_kind[r["topic"]][k + 1] if 0 <= k < len(order) - 1 else None
+        r["next_series_first_message"] = nxt[1] if nxt else None
+        r["series"] = r["series"][:8]
     stall = {"topics": _STALL_TOPICS, "stalls": len(c.stalls), "stalled_s": round(sum(c.stalls), 2), **acc}
     safe = [{"device": e.device, "t": e.t, "ms": e.ms, "reply_state": e.reply_state, "reply_ms": e.reply_ms,
              "resumed_after_s": e.resumed_after_s, **({"note": e.note} if e.note else {})} for e in c.safe]
@@ -1022,6 +1184,7 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
     not_resumed = [f"{e['device']} at {e['t']} s" for e in safe
                    if not e.get("note", "").startswith("skipped") and e["resumed_after_s"] is None]
     rec_bad = [s.get("bad_messages") for s in spans]
+    uncommitted = sum(int((s.get("missing_why") or {}).get("uncommitted") or 0) for s in spans)
     hostile = {
         "path": "a PUB socket of the benchmark: the counting subscriber and every recorder subscribe to it as a "
                 "second endpoint; the stage through a forwarder merging it with the daemon's stream "
@@ -1040,7 +1203,8 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
         {"figure": f"raw topics without frames in the last {_ALIVE_S:g} s", "value": silent or "none",
          "bar": "none", "ok": not silent},
         {"figure": "recorded = delivered, every recorder span",
-         "value": f"{sum(1 for s in spans if s['equal'])} of {len(c.spans)} spans",
+         "value": f"{sum(1 for s in spans if s['equal'])} of {len(c.spans)} spans" + (
+             f" ({uncommitted} frames not committed at the kills: lost by design)" if uncommitted else ""),
          "bar": "every span", "ok": len(spans) == len(c.spans) and all(s["equal"] for s in spans)},
         {"figure": "daemon RSS growth over the second half (%)", "value": growth, "bar": f"< {RSS_BAR_PCT:g} %",
          "ok": growth is not None and growth < RSS_BAR_PCT},
@@ -1106,6 +1270,16 @@ def print_result(result: dict[str, Any]) -> None:
         print(f"recorder {s['file']} ({s['started_s']}–{s['ended_s']} s, ended by {s['ended_by']}): "
               f"{s['frames_recorded']} recorded, {s['frames_expected']} delivered in its window, "
               f"missing {s['missing']}, extra {s['extra']}, problems {s['problems']}")
+        if s.get("last_commit_age_s") is not None:
+            print(f"  its last commit {s['last_commit_age_s']} s before the kill")
+        w, a = s.get("missing_why"), s.get("acknowledged")
+        if w and s["missing"]:
+            print(f"  missing: {w['uncommitted']} not committed at its end (oldest received {w['uncommitted_s']} s "
+                  f"before it), {w['recorder_gaps']} in the file's gap rows {w['by_reason']}, {w['silent']} silent")
+            for r in w["ranges"]:
+                print(f"    {r['topic']} {r['series']} seq {r['first_seq']} +{r['count']} at {r['t']} s: {r['why']}")
+        if a and a.get("lost"):
+            print(f"  acknowledged by its last checkpoint line but not in the file: {a['lost']} frames")
     r = result["rss"]
     print(f"daemon RSS (MB, every {r['interval_s']:g} s, and at the end): {r['series_mb']}; second half "
           f"{r['growth_second_half_pct']} % (least-squares trend {r['trend_second_half_pct']} %)")
@@ -1126,6 +1300,9 @@ def print_result(result: dict[str, Any]) -> None:
     print(f"stalled subscriber: {s['stalls']} stalls ({s['stalled_s']} s), {s['frames_received']} frames received, "
           f"{s['frames_missed']} missed, {s['reported_as_gaps']} reported as gaps; {s['unseen_series']} series "
           f"({s['unseen_series_frames']} frames) it got no message of")
+    for r in s.get("unreported_ranges", []):
+        print(f"  unreported: {r['topic']} {r['series']} seq {r['first_seq']} +{r['count']} (series seen: "
+              f"{r['series_seen']}; its next series first came as: {r['next_series_first_message']})")
     for r in result["restarts"]["stage"]:
         print(f"stage killed at {r['t']} s: answering after {r['ping_after_s']} s, processing after "
               f"{r['processing_after_s']} s")

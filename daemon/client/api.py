@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,9 +67,13 @@ class GapInfo:
     """Frames of a stream that a subscriber will never see.
 
     Attributes:
-        stream, series: where.
-        first_seq: first missing sequence number (``None`` for a samples-only device gap).
-        count: how many frames (``last = first_seq + count - 1``); 0 for a samples-only gap.
+        stream, series: where (``series`` of the lost frames: for the tail of a series, or a whole
+            series, this subscriber never saw the end of, reported when a later series' control message
+            lists it, that series, not the current one).
+        first_seq: first missing sequence number (``None`` for a samples-only device gap, or for whole
+            series lost beyond the 8 the daemon lists).
+        count: how many frames (``last = first_seq + count - 1``); 0 for a samples-only gap, or a loss
+            whose size is unknown (the end of a series older than every series the daemon lists).
         announced: the daemon announced the loss (``gap`` message: queue overflow, device
             counter jump) -- versus detected here from a hole in ``seq`` (this
             subscriber fell behind its high-water mark, or the network dropped it).
@@ -109,6 +113,18 @@ class Message:
         return kind
 
 
+_PREV_LISTED = 8
+"""How many ended series the daemon's control messages list (``PREV_SERIES_LISTED`` of its publisher)."""
+_PREV_PARSED = 64
+"""Most entries of ``meta.prev_series_ends`` read (a longer list is cut, never an error)."""
+_SEQ_MAX = (1 << 63) - 1
+"""Largest ``end_seq`` read (as the recorder's int64 gap columns)."""
+_LEFT_MAX = 16
+"""Series of one stream a :class:`Subscriber` remembers having left without their ``series_end``."""
+_DONE_MAX = 64
+"""Series of one stream a :class:`Subscriber` remembers as accounted for (ended, or their loss reported)."""
+
+
 @dataclass
 class _StreamTrack:
     topic: str = ""
@@ -117,6 +133,28 @@ class _StreamTrack:
     expected: int | None = None
     frames: int = 0
     descriptor: dict[str, Any] | None = None
+    #: series left without their ``series_end`` (a message of a newer series came first) -> the seq
+    #: expected next; their tail is reported when a control message names where they ended
+    left: dict[str, int] = field(default_factory=dict)
+    #: series accounted for (ended by ``series_end``, or their loss reported), oldest first
+    done: dict[str, None] = field(default_factory=dict)
+
+    def leave(self) -> None:
+        """The followed series is over here: ended (``expected`` None) or left with its tail unseen."""
+        if self.series is None:
+            return
+        if self.expected is None:
+            self.account(self.series)
+        else:
+            self.left[self.series] = self.expected
+            while len(self.left) > _LEFT_MAX:
+                self.account(next(iter(self.left)))
+
+    def account(self, series: str) -> None:
+        self.left.pop(series, None)
+        self.done[series] = None
+        while len(self.done) > _DONE_MAX:
+            del self.done[next(iter(self.done))]
 
 
 @dataclass
@@ -441,23 +479,55 @@ class Subscriber:
         return Message(topic, header, array)
 
     def _gap(self, t: _StreamTrack, stream: str, first: int | None, count: int, announced: bool, reason: str,
-             lost_samples: int | None = None, local: bool = False) -> None:
-        g = GapInfo(stream, t.series or "", first, count, announced, reason, lost_samples, t.topic, local)
+             lost_samples: int | None = None, local: bool = False, series: str | None = None) -> None:
+        g = GapInfo(stream, (t.series or "") if series is None else series, first, count, announced, reason,
+                    lost_samples, t.topic, local)
         self.gaps.append(g)
         self.counters.gap_frames += count
         if self.on_gap is not None:
             self.on_gap(g)
 
-    def _tail_gap(self, t: _StreamTrack, stream: str, h: dict[str, Any]) -> None:
-        """A new series of a stream whose previous series this subscriber was following, its
-        ``series_end`` not seen: the new series' control messages name the previous one and where it
-        ended (``meta.prev_series``, ``meta.prev_end_seq``); frames of its tail never received are a gap."""
+    def _prev_series(self, t: _StreamTrack, stream: str, h: dict[str, Any]) -> None:
+        """Series of this stream that ended before the one ``h`` belongs to, as its control messages
+        list them (``meta.prev_series_ends``: the last 8, oldest first, ``{series, end_seq}``; an older
+        daemon sends only the last, ``meta.prev_series``/``prev_end_seq``). Frames this subscriber never
+        received are gaps: the tail of a series it left without seeing its ``series_end``, and every
+        frame of a listed series it got no message of, after the last series it knows. A subscriber
+        that knows none of the listed series but followed the stream before lost more series than are
+        listed: the listed ones are reported, and a gap of unknown size (count 0) says so."""
         m = h.get("meta")
-        if not isinstance(m, dict) or m.get("prev_series") != t.series or t.expected is None:
+        if not isinstance(m, dict) or not (t.left or t.done):  # nothing listed, or a late joiner
             return
-        end = m.get("prev_end_seq")
-        if type(end) is int and end > t.expected:
-            self._gap(t, stream, t.expected, end - t.expected, False, "missing seq (end of the previous series not seen)")
+        newest = m.get("prev_series")
+        if not t.left and isinstance(newest, str) and newest in t.done:  # the usual case: nothing to report
+            return
+        ends = _series_ends(m)
+        if not ends:
+            return
+        known = -1
+        for i, (s, _) in enumerate(ends):
+            if s in t.left or s in t.done:
+                known = i
+        unseen = "missing seq (a whole series not seen)"
+        for i, (s, end) in enumerate(ends):
+            if s in t.left:
+                expected = t.left[s]
+                if end > expected:
+                    self._gap(t, stream, expected, end - expected, False,
+                              "missing seq (end of the previous series not seen)", series=s)
+                t.account(s)
+            elif i > known and s not in t.done and s != h["series"]:
+                if end > 0:
+                    self._gap(t, stream, 0, end, False, unseen, series=s)
+                t.account(s)
+        if known < 0:
+            for s, expected in list(t.left.items()):
+                self._gap(t, stream, expected, 0, False, "missing seq (end of the series not seen, frames unknown: "
+                          "more series were lost after it than the daemon lists)", series=s)
+                t.account(s)
+            if len(ends) >= _PREV_LISTED:
+                self._gap(t, stream, None, 0, False, f"whole series lost beyond the {len(ends)} the daemon lists "
+                          "(frames unknown)", series="")
 
     def _track(self, h: dict[str, Any], topic: str) -> None:
         stream, kind, seq, series = h["stream"], h["kind"], h["seq"], h["series"]
@@ -466,7 +536,10 @@ class Subscriber:
         if t is None:
             t = self.tracks[topic] = _StreamTrack(topic=topic, stream=stream)
         if t.series is not None and series != t.series:
-            self._tail_gap(t, stream, h)
+            t.leave()  # a newer series before the series_end of the one followed: its tail is unknown yet
+            t.series, t.expected = None, None
+        if kind != "frame":
+            self._prev_series(t, stream, h)
         if kind == "series_start":
             t.series, t.expected = series, seq
             return
@@ -493,6 +566,7 @@ class Subscriber:
                       samples if type(samples) is int else None)
             t.expected = seq + n
         elif kind == "series_end":
+            t.account(series)
             t.expected = None
             t.series = None
         else:
@@ -523,6 +597,24 @@ class Subscriber:
             if msg.array is not None:
                 n += 1
                 yield msg.header, msg.array
+
+
+def _series_ends(meta: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(series, end seq)`` of the ended series a control message's ``meta`` lists, oldest first:
+    ``prev_series_ends`` (``[{"series", "end_seq"}, ...]``), else the older single
+    ``prev_series``/``prev_end_seq``. Entries that are not a string and an int >= 0 are skipped
+    (a hostile or broken publisher must not stop the subscriber), and so are those beyond 2**63 - 1."""
+    listed = meta.get("prev_series_ends")
+    if isinstance(listed, list):
+        out = []
+        for e in listed[-_PREV_PARSED:]:
+            if isinstance(e, dict):
+                s, end = e.get("series"), e.get("end_seq")
+                if isinstance(s, str) and type(end) is int and 0 <= end <= _SEQ_MAX:
+                    out.append((s, end))
+        return out
+    s, end = meta.get("prev_series"), meta.get("prev_end_seq")
+    return [(s, end)] if isinstance(s, str) and type(end) is int and 0 <= end <= _SEQ_MAX else []
 
 
 def _policy(qos: QosName | QosPolicy | None, max_age_ms: float | None, frames: int, budget: int | None

@@ -153,7 +153,10 @@ class Recorder(threading.Thread):
         endpoints: PUB endpoints (the daemon's and the reconstruction stage's data sockets).
         topics: topic prefixes (``raw/``, ``recon/``, ``raw/eeg0``).
         path: output file.
-        flush_s: checkpoint interval, seconds (the most a ``kill -9`` can lose).
+        flush_s: checkpoint interval, seconds. A ``kill -9`` loses what was received and not yet
+            committed: up to ``flush_s`` plus the checkpoint's own duration, plus whatever waits in
+            the receive queue (``queue``, ``lag_s`` in :meth:`status`) when the writer is behind;
+            never a frame a checkpoint committed (``on_checkpoint`` is called after the commit).
         fmt: ``hdf5``, ``edf``, ``bdf``, or ``petsird`` (PET list mode of one ``pet`` stream:
             :class:`~medacq.daemon.recording.petsird.PetsirdStreamWriter`, needs the ``petsird`` package),
             or ``ismrmrd`` (the lines of one ``mri`` stream as ISMRMRD v1 HDF5:
