@@ -44,7 +44,19 @@ B-mode DAS operator batched over the 150 frames onto 101 lines × 0.3 mm, 12..40
   not assume. ``load_avg_1min``: the machine's load when
   the figures were taken (the 2-core machine is shared); ``swe_process_ms_min`` and
   ``swe_process_cpu_ms_p50`` (CPU time of the process per ensemble, all threads) beside the p99
-  say how much of it is waiting for a core.
+  say how much of it is waiting for a core. ``swe_threads``: the numba threads of those
+  figures, the ``swe`` reconstructor's default (``threads``, 1); ``swe_process_ms_p99_2threads``
+  (``_p50``, ``swe_process_cpu_ms_p50_2threads``): the same 20 ensembles on 2 threads.
+* Beside B-mode (issue #18's bar: "≤ 200 ms ... beside B-mode"): the default rig's live B-mode
+  (``us0`` of :data:`medacq.simulators.rig.DEFAULT_RIG`: 3 angles, 128 elements × 2048 samples →
+  256 × 256, the stage's ``us`` reconstructor with ``medacq up``'s settings, OpenIGTLink off) runs in
+  another process on RF frames of the simulator's model, paced at 20 frames/s (frame ``k`` due at
+  ``k/20`` s; when behind, the newest due frame next, the others skipped, as the stage's ``latest``
+  queue does), while 20 more ensembles are timed: ``swe_process_ms_p99_beside_bmode`` (``_p50``,
+  ``swe_process_cpu_ms_p50_beside_bmode``), and the B-mode's own ``bmode_fps_beside_swe`` (of
+  ``bmode_target_fps``), ``bmode_frames_skipped_beside_swe``, ``bmode_frame_ms_p99_beside_swe``;
+  then again with 2 threads (suffix ``_2threads``). The quiet figures above are the baseline; the
+  B-mode process is built before them and idle until its window.
 """
 
 from __future__ import annotations
@@ -231,12 +243,130 @@ def _p(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
+BMODE_FPS = 20.0
+"""Rate (frames/s) of the live B-mode run beside the SWE timing: the default rig's ``us0``."""
+
+
+def _bmode_frames() -> tuple[dict[str, Any], list[tuple[dict[str, Any], np.ndarray]]]:
+    """The default rig's ``us0`` (:data:`medacq.simulators.rig.DEFAULT_RIG`: 3 angles, 128 elements ×
+    2048 samples) as the stage sees it: its stream descriptor (as the ``ultrasound`` driver writes it)
+    and 4 RF frames ``(angle, element, sample)`` int16 from the simulator's model, 1/20 s apart."""
+    from medacq.simulators.registry import make_simulator
+    from medacq.simulators.rig import DEFAULT_RIG
+
+    entry = next(e for e in DEFAULT_RIG if e.name == "us0")
+    sim = make_simulator(entry.sim_kind, **entry.sim_options)
+    model = sim.model  # type: ignore[attr-defined]
+    acq = model.acquisition
+    desc = {"stream": entry.name, "modality": "us", "device": f"igtl:{acq.probe.name}", "dtype": "<i2",
+            "shape": list(acq.rf_shape), "axes": ["angle", "element", "sample"], "units": "counts",
+            "sample_rate_hz": acq.sampling_frequency_hz, "frame_rate_hz": acq.frame_rate_hz,
+            "geometry": {"acquisition": acq.to_descriptor()}}
+    frames = [({"stream": entry.name, "seq": i, "t_host_ns": 0}, model.frame(i / BMODE_FPS)) for i in range(4)]
+    return desc, frames
+
+
+def _bmode_worker(conn: Any, fps: float) -> None:
+    """Process beside the SWE timing: the stage's B-mode reconstructor for ``us0`` with the rig's
+    settings (``medacq up``: the defaults, OpenIGTLink off), built and warm (``ready``); on
+    ``start`` it processes frames paced at ``fps`` (frame ``k`` due at ``t0 + k/fps``; when it falls
+    behind, the newest due frame next, the rest skipped, as the stage's ``latest`` policy does) until
+    the parent sends anything; then sends its figures."""
+    from medacq.daemon.bench.gil import ReconFeeder
+
+    desc, frames = _bmode_frames()
+    feeder = ReconFeeder(desc, frames, {"us": {}})
+    try:
+        conn.send("ready")
+        while conn.recv() == "start":
+            period = 1.0 / fps
+            ms: list[float] = []
+            k = skipped = 0
+            t0 = time.monotonic()
+            while not conn.poll(0):
+                wait = t0 + k * period - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                t = time.perf_counter()
+                feeder.feed()
+                ms.append((time.perf_counter() - t) * 1e3)
+                newest = int((time.monotonic() - t0) / period)  # the newest frame due by now
+                skipped += max(0, newest - (k + 1))
+                k = max(k + 1, newest)
+            elapsed = time.monotonic() - t0
+            conn.recv()  # the stop
+            conn.send({"fps": len(ms) / elapsed if elapsed > 0 else 0.0, "frames": len(ms), "skipped": skipped,
+                       "ms_p50": _p(ms, 50) if ms else None, "ms_p99": _p(ms, 99) if ms else None})
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        feeder.close()
+
+
+class _BModeBeside:
+    """The B-mode worker process (:func:`_bmode_worker`), started in the background at once."""
+
+    def __init__(self, fps: float = BMODE_FPS) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=_bmode_worker, args=(theirs, fps), name="bmode-beside", daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.ready = False
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        if not self.ready:
+            try:
+                ok = self.conn.poll(timeout_s) and self.conn.recv() == "ready"
+            except EOFError:
+                ok = False
+            if not ok:
+                raise RuntimeError(f"the B-mode worker process did not start (exit code {self.proc.exitcode})")
+            self.ready = True
+
+    def start(self, settle_s: float = 0.5) -> None:
+        self.conn.send("start")
+        time.sleep(settle_s)
+
+    def stop(self) -> dict[str, Any]:
+        try:
+            self.conn.send("stop")
+            if self.conn.poll(60):
+                res: dict[str, Any] = self.conn.recv()
+                return res
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"the B-mode worker process did not answer (exit code {self.proc.exitcode})")
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
 def _swe() -> dict[str, Any]:
+    bmode = _BModeBeside()  # builds its operator meanwhile; idle until started
+    try:
+        return _swe_measure(bmode)
+    finally:
+        bmode.close()
+
+
+def _swe_measure(bmode: _BModeBeside) -> dict[str, Any]:
     from medacq.daemon.recon.algorithms import elastography as el
     from medacq.daemon.recon.algorithms.beamform import warm_kernels
+    from medacq.daemon.recon.modalities.elastography import ShearWaveSettings
     from medacq.simulators.swe_model import TrackingSetup
     from medacq.simulators.us_swe import ElastographyScannerInterface
 
+    threads = ShearWaveSettings().threads  # the swe reconstructor's
     warm_kernels()
     sim = ElastographyScannerInterface(setup=TrackingSetup(), seed=4)
     t0 = time.perf_counter()
@@ -247,7 +377,7 @@ def _swe() -> dict[str, Any]:
     x, z = ens.x_mm, ens.z_mm
     t0 = time.perf_counter()
     z_map, window = el.rf_map_grid(z, 2, 9)  # the reconstructor's defaults: axial_step 2, axial_window 9
-    bf = el.EnsembleBeamformer(ens.acquisition, x, z_map, backend="sparse", threads=2)
+    bf = el.EnsembleBeamformer(ens.acquisition, x, z_map, backend="sparse", threads=threads)
     build_s = time.perf_counter() - t0
     X, Z = np.meshgrid(x, z[::2])  # the maps' grid: every 2nd depth sample (process_ensemble's axial_step)
     stiff, soft = sim.phantom.regions
@@ -267,6 +397,7 @@ def _swe() -> dict[str, Any]:
         return r, (te - t) * 1e3, (tb - t) * 1e3
 
     r, _, _ = chain(kernel)  # warm-up (numba compile or cache load, the operator touched)
+    bmode.wait_ready()  # built and idle: the quiet figures first
     times, times_bf = [], []
     cpu.clear()
     for _ in range(20):
@@ -274,6 +405,22 @@ def _swe() -> dict[str, Any]:
         times.append(ms)
         times_bf.append(ms_bf)
     cpu_ms = list(cpu)
+    other = 2 if threads == 1 else 1
+    bf.beamformer.threads = other  # the quiet figure with the other thread count
+    cpu.clear()
+    times_other = [chain(kernel)[1] for _ in range(20)]
+    cpu_other = list(cpu)
+    # the same, with the rig's live B-mode (us0) processed at 20 frames/s in another process: the
+    # reconstructor's threads, then the other of 1 and 2 (kernels of 2 threads may wait on each other
+    # for a core)
+    beside: dict[int, dict[str, Any]] = {}
+    for n_threads in (threads, other):
+        bf.beamformer.threads = n_threads  # numba's thread count, set per call (demod, then Loupas)
+        cpu.clear()
+        bmode.start()
+        tb_ms = [chain(kernel)[1] for _ in range(20)]
+        beside[n_threads] = {"ms": tb_ms, "cpu": list(cpu), "bmode": bmode.stop()}
+    bf.beamformer.threads = threads
     times_np = []
     for _ in range(3):
         r_np, ms, _ = chain("numpy")
@@ -352,9 +499,30 @@ def _swe() -> dict[str, Any]:
             round(abs(float(np.nanmedian(r_eik.modulus_kpa[soft_core])) - soft.e_kpa) / soft.e_kpa, 4),
         "swe_eikonal_inclusion_diameter_error_mm":
             round(abs(r_eik.inclusion.diameter_mm - 2 * stiff.radius_mm), 3) if r_eik.inclusion.found else None,
+        **_beside_keys(beside, threads, {other: (times_other, cpu_other)}),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
     }
+
+
+def _beside_keys(beside: dict[int, dict[str, Any]], threads: int,
+                 quiet_other: dict[int, tuple[list[float], list[float]]]) -> dict[str, Any]:
+    """The beside-B-mode figures and the quiet ones of the other thread count: the reconstructor's
+    thread count unsuffixed, the other ``_<n>thread(s)``."""
+    out: dict[str, Any] = {"swe_threads": threads, "bmode_target_fps": BMODE_FPS}
+    for n, (ms, cpu) in quiet_other.items():
+        sfx = f"_{n}thread{'s' if n > 1 else ''}"
+        out |= {f"swe_process_ms_p99{sfx}": _p(ms, 99), f"swe_process_ms_p50{sfx}": _p(ms, 50),
+                f"swe_process_cpu_ms_p50{sfx}": _p(cpu, 50)}
+    for n, b in beside.items():
+        sfx = "" if n == threads else f"_{n}thread{'s' if n > 1 else ''}"
+        out |= {f"swe_process_ms_p99_beside_bmode{sfx}": _p(b["ms"], 99),
+                f"swe_process_ms_p50_beside_bmode{sfx}": _p(b["ms"], 50),
+                f"swe_process_cpu_ms_p50_beside_bmode{sfx}": _p(b["cpu"], 50),
+                f"bmode_fps_beside_swe{sfx}": round(b["bmode"]["fps"], 2),
+                f"bmode_frames_skipped_beside_swe{sfx}": b["bmode"]["skipped"],
+                f"bmode_frame_ms_p99_beside_swe{sfx}": b["bmode"]["ms_p99"]}
+    return out
 
 
 def bench_elastography(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,7 +532,8 @@ def bench_elastography(args: argparse.Namespace) -> dict[str, Any]:
     result.update(_swe())
     _log(f"swe: E inclusion error {result['modulus_error_inclusion']}, background {result['modulus_error_background']}, "
          f"diameter error {result['inclusion_diameter_error_mm']} mm, p99 {result['swe_process_ms_p99']} ms "
-         f"({result['swe_kernel']}; numpy {result['swe_process_ms_p99_numpy']} ms)")
+         f"({result['swe_kernel']}; numpy {result['swe_process_ms_p99_numpy']} ms); beside B-mode "
+         f"p99 {result['swe_process_ms_p99_beside_bmode']} ms, B-mode {result['bmode_fps_beside_swe']} fps")
     duration = max(5.0, 2.5 * float(getattr(args, "duration", 2.0)))
     _log(f"tactile: 32x32 probe at {TACTILE_RATE_HZ:g} Hz for {duration} s through the daemon ...")
     result.update(_tactile(duration))

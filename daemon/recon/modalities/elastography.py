@@ -23,9 +23,9 @@ Maps are on every ``axial_step``-th depth sample (``geometry.z_mm``). Settings
 ``[recon.settings.swe]``: ``axial_window`` (9 samples), ``axial_step`` (2), ``half_window_mm`` (1.5),
 ``min_peak_um`` (0.5), ``kernel`` (``auto``: numba when installed, else numpy), and for RF
 ``f_number`` (1.5), ``backend`` (``auto``/``sparse``/``cupy``/``numpy``), ``threads`` (of the
-numba demodulation, 2). ``process_ms`` in the inclusion vector is the whole chain
-(beamforming included). Queue policy ``latest`` (a live stiffness map: only the newest push
-counts).
+numba kernels of an RF ensemble: demodulation, product, Loupas; 1). ``process_ms`` in the
+inclusion vector is the whole chain (beamforming included). Queue policy ``latest`` (a live
+stiffness map: only the newest push counts).
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ class ShearWaveSettings(BaseModel):
     f_number: float = Field(default=1.5, gt=0, description="RF ensembles: receive F-number of the DAS")
     backend: Literal["auto", "sparse", "cupy", "numpy"] = Field(
         default="auto", description="RF ensembles: beamforming operator (auto: CuPy when usable, else sparse CPU)")
-    threads: int = Field(default=2, ge=1, le=1024, description="RF ensembles: threads of the numba demodulation")
+    threads: int = Field(default=1, ge=1, le=1024, description="RF ensembles: threads of the numba kernels "
+                         "(demodulation, product, Loupas). 1: on the shared 2-core rig with the live B-mode beside "
+                         "(medacq bench elastography), 2 threads took 20-35 % more CPU per ensemble and the B-mode "
+                         "fell further behind its 20 frames/s; 2 is faster on a machine with an idle core")
 
 
 class ShearWaveReconstructor(Reconstructor):
