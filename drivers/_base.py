@@ -307,6 +307,9 @@ class CodecDriver(Driver):
         #: CLOCK_MONOTONIC (ns) at which the latest bytes arrived (set by :meth:`_pump`), the
         #: arrival time of what :meth:`_receive` returns
         self._t_in_ns = 0
+        #: bytes of the latest read (:meth:`_pump`), and the longest hold they allow (see _receive)
+        self._in_bytes = 0
+        self._hold_cap_s = 1.0
 
     # -- bytes in, events out ---------------------------------------------------------------
     def _connected(self) -> ByteLink:
@@ -320,6 +323,7 @@ class CodecDriver(Driver):
         data = self._connected().read_some(timeout)
         if not data:
             return False
+        self._in_bytes = len(data)
         self._t_in_ns = time.monotonic_ns()
         self._codec.receive_data(data)
         return True
@@ -341,14 +345,38 @@ class CodecDriver(Driver):
         """Bytes the codec discarded: counted as ``garbage_bytes``."""
         self.count("garbage_bytes", ev.nbytes)
 
+    def _hold_s(self) -> float:
+        """Seconds :meth:`_receive` may let pass before it reads (when nothing is decoded yet)
+        without delaying a frame. A driver that cuts each frame from many small packets returns
+        the time until the packet *before* its next frame's last one is due: the bytes wait in
+        the kernel meanwhile and come in one read, and the read that completes the frame still
+        wakes on its last bytes. Default 0: read at once."""
+        return 0.0
+
+    #: most bytes a hold lets pile up in the kernel (a pty's line discipline holds 4 KiB, then its
+    #: writer blocks): a hold after which more came is shortened in proportion for the next one
+    hold_max_bytes: ClassVar[int] = 2048
+
     def _receive(self, timeout: float) -> list[Any]:
         """Events for :meth:`Driver.read`: those held while a command waited, then the codec's;
-        reads (waiting up to ``timeout`` s) only when there are none of either."""
+        reads (waiting up to ``timeout`` s, after :meth:`_hold_s`) only when there are none of either."""
         events = self._pending
         self._pending = []
         events.extend(self._events())
-        if not events and self._pump(timeout):
-            events.extend(self._events())
+        if not events:
+            hold = self._hold_s()
+            if hold > 0.0:
+                hold = min(hold, timeout, self._hold_cap_s)
+                time.sleep(hold)
+                timeout -= hold
+                self._in_bytes = 0
+            if self._pump(timeout):
+                events.extend(self._events())
+            if hold > 0.0:  # keep what piles up during a hold within hold_max_bytes
+                if self._in_bytes > self.hold_max_bytes:
+                    self._hold_cap_s = hold * self.hold_max_bytes / self._in_bytes
+                elif self._in_bytes < self.hold_max_bytes // 2:
+                    self._hold_cap_s = min(1.0, self._hold_cap_s * 1.25)
         return events
 
     def _arrival(self) -> tuple[int, int]:

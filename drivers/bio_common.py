@@ -58,6 +58,11 @@ class SampleFramer:
         self.samples_lost = 0
         self.out_of_order = 0
 
+    @property
+    def pending(self) -> int:
+        """Samples buffered towards the next frame (not yet emitted)."""
+        return self._n
+
     def observe(self, last_index: int, t_mono_ns: int) -> None:
         """A read delivered samples up to ``last_index`` at ``t_mono_ns`` (clock fit input)."""
         self.clock.update(last_index, t_mono_ns)

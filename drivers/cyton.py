@@ -34,6 +34,7 @@ from medacq.protocols.stream import StreamDescriptor
 
 from ._base import CodecDriver, ConnectionLost, DeviceError, Frame, Gap
 from ._clockfit import CounterUnwrapper
+from .analog_trigger import AnalogTrigger
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
 from .triggers import sample_trigger
@@ -69,6 +70,13 @@ class CytonSettings(BaseModel):
             off, the aux bytes carry the pins every sample) and each rising edge becomes a trigger
             event in frame ``meta["triggers"]`` (published on ``markers/<device>``). 8 channels
             only: a Daisy pair's aux bytes are not decoded.
+        trigger_channel: the EEG channel (1-8) a TTL trigger is wired to through a divider: each
+            rising edge becomes a trigger event (line ``ch<N>``) placed to a fraction of a sample by a
+            fit of the ADS1299's sinc^3 step response (:mod:`medacq.drivers.analog_trigger`); the
+            channel's data stays in the frames; that channel is set differential (SRB2 off) and out
+            of the bias drive. 8 channels only; not with ``trigger_line``.
+        trigger_step_uv: the smallest step on ``trigger_channel`` that counts as an edge (µV, at the
+            input): above the channel's own signal, below the divided TTL level.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -87,6 +95,8 @@ class CytonSettings(BaseModel):
     mains_hz: float = Field(default=50.0, ge=0)
     timeout_s: float = Field(default=3.0, gt=0)
     trigger_line: Literal["D11", "D12", "D13", "D17", "D18"] | None = None
+    trigger_channel: int | None = Field(default=None, ge=1, le=8)
+    trigger_step_uv: float = Field(default=10_000.0, gt=0)
 
     @field_validator("gain")
     @classmethod
@@ -118,6 +128,9 @@ class CytonSettings(BaseModel):
         if self.trigger_line is not None and self.daisy:
             raise ValueError("trigger_line needs daisy = false: the digital inputs ride in each packet's aux bytes, "
                              "which this driver does not decode for a Daisy pair")
+        if self.trigger_channel is not None and (self.daisy or self.trigger_line is not None):
+            raise ValueError("trigger_channel needs daisy = false and no trigger_line (one trigger source per "
+                             "device: its markers/<device> stream carries one line of the bus)")
         return self
 
     @model_validator(mode="after")
@@ -171,6 +184,7 @@ class CytonDriver(CodecDriver):
         self._streaming = False
         self._trig_level = False
         self._trig_pending: list[int] = []  # sample indices of rising edges not yet in a frame
+        self._analog: AnalogTrigger | None = None  # trigger_channel's step locator
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -233,8 +247,9 @@ class CytonDriver(CodecDriver):
         if len(gains) < self.n_channels:
             raise DeviceError(f"{self.name}: {len(gains)} gains for {self.n_channels} channels")
         for ch in range(1, self.n_channels + 1):
+            trig = ch == s.trigger_channel  # the TTL's channel: differential (no SRB2), out of the bias drive
             cmd = cy.ChannelSettings(ch, int(ch in s.channels_off), _GAIN_TO_CODE[gains[ch - 1]],
-                                     s.input_type, s.bias, s.srb2, s.srb1)
+                                     s.input_type, 0 if trig else s.bias, 0 if trig else s.srb2, s.srb1)
             r = self._command(cmd)
             if not r.startswith("Success"):
                 raise DeviceError(f"{self.name}: channel {ch} settings refused: {r!r}")
@@ -280,8 +295,22 @@ class CytonDriver(CodecDriver):
         self._last_board_ms = None
         self._trig_level = False
         self._trig_pending = []
+        s = self.settings
+        self._analog = None if s.trigger_channel is None else AnalogTrigger(s.trigger_channel, s.trigger_step_uv)
         self._send(cy.StartStreaming())
         self._streaming = True
+
+    #: how long before the next frame's last sample is due a hold (:meth:`_hold_s`) ends, s
+    hold_margin_s = 0.004
+
+    def _hold_s(self) -> float:
+        """While streaming: until the sample *before* the next frame's last one is due, less
+        :attr:`hold_margin_s` (the samples of a frame then come in a few reads, not one each; the
+        read that completes the frame still wakes on its last bytes)."""
+        fr = self._framer
+        if fr is None or not self._streaming:
+            return 0.0
+        return (fr.frame_samples - fr.pending - 1) / self.sample_rate_hz - self.hold_margin_s
 
     def stop(self) -> None:
         if self._link is not None:
@@ -340,7 +369,21 @@ class CytonDriver(CodecDriver):
                 meta = {**(meta or {}), FRAME_TRIGGERS_KEY: [
                     sample_trigger(self._framer, i, self.settings.trigger_line or "", self.sample_rate_hz).to_meta()
                     for i in mine]}
+        if self._analog is not None and self._framer is not None:
+            steps = self._analog.take(self._framer, first, n)
+            if steps:
+                meta = {**(meta or {}), FRAME_TRIGGERS_KEY: steps}
         return meta
+
+    def _analog_edges(self, first: int, block: np.ndarray) -> None:
+        """``trigger_channel``: look for its TTL steps in samples ``first...`` (counted)."""
+        assert self._analog is not None
+        rejected = self._analog.tracker.rejected
+        n = self._analog.push(first, block)
+        if n:
+            self.count("trigger_edges", n)
+        if self._analog.tracker.rejected != rejected:
+            self.count("trigger_steps_rejected", self._analog.tracker.rejected - rejected)
 
     def _digital(self, i: int, aux: bytes) -> None:
         """The digital-read aux words of sample ``i``: a rising edge on the trigger line is noted."""
@@ -401,6 +444,8 @@ class CytonDriver(CodecDriver):
         breaks = np.flatnonzero(np.diff(ia) != 1) + 1
         start = 0
         for b in [*breaks.tolist(), len(idx)]:
+            if self._analog is not None:
+                self._analog_edges(int(ia[start]), uv[:, start:b])
             fr.push(int(ia[start]), uv[:, start:b], out,
                     reason=f"Cyton packet counter jumped (lost {int(ia[start]) - (fr.next_index or 0)} samples)")
             start = b

@@ -50,6 +50,7 @@ from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import ConnectionLost, DeviceError, DeviceNotFound, Driver, Frame, Gap
+from ._bufpool import BufferPool
 from ._clockfit import DeviceClock
 from .triggers import clock_trigger
 
@@ -318,6 +319,8 @@ class FlatPanelDriver(Driver):
         self.fast_path = False
         # every write (and query) to the instrument, so that cut_output() may write from another thread
         self._wlock = threading.RLock()
+        #: frame buffers, reused once nothing refers to them (see _bufpool)
+        self._frames = BufferPool(keep=8)
 
     # -- plumbing -----------------------------------------------------------------------
     def _open_visa(self) -> None:
@@ -536,7 +539,11 @@ class FlatPanelDriver(Driver):
         )
 
     def _alloc(self, n: int) -> np.ndarray:
-        return np.empty(n // 2 + (n & 1), dtype="<u2") if n % 2 == 0 else np.empty(n, dtype=np.uint8)
+        if n % 2:
+            return np.empty(n, dtype=np.uint8)
+        if n >= 64 << 10:  # a frame: a reusable buffer (no fresh pages to fault in per frame)
+            return self._frames.take(n).view("<u2")
+        return np.empty(n // 2, dtype="<u2")
 
     #: replies out of step in a row (garbage where a block was due, a block of the wrong size) before
     #: the link counts as lost and is reconnected: each one is followed by a drain of the link

@@ -253,6 +253,18 @@ class HackEEGDriver(CodecDriver):
         self._send(he.HackEEGCommand("rdatac"))
         # the 200 reply comes back among the samples; read() skips responses
 
+    #: how long before the next frame's last sample is due a hold (:meth:`_hold_s`) ends, s
+    hold_margin_s = 0.004
+
+    def _hold_s(self) -> float:
+        """While streaming: until the sample *before* the next frame's last one is due, less
+        :attr:`hold_margin_s` (the samples of a frame then come in a few reads, not one each; the
+        read that completes the frame still wakes on its last bytes)."""
+        fr = self._framer
+        if fr is None:
+            return 0.0
+        return (fr.frame_samples - fr.pending - 1) / float(self.settings.rate) - self.hold_margin_s
+
     def stop(self) -> None:
         if self._link is not None:
             try:

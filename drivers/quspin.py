@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -221,6 +222,9 @@ class QuSpinDriver(Driver):
         #: per-sensor status snapshot for :meth:`status` (rebuilt by the acquisition thread,
         #: read by others: replaced, never mutated)
         self._sensor_status: list[SensorStatus] = []
+        #: one poll() over every sensor's port (None: a port without a descriptor; see read())
+        self._poller: select.poll | None = None
+        self._by_fd: dict[int, _Sensor] = {}
 
     @property
     def n_channels(self) -> int:
@@ -318,9 +322,19 @@ class QuSpinDriver(Driver):
         except BaseException:
             self.close()
             raise
+        fds = [s.link.fileno() for s in self._sensors]
+        if all(fd is not None for fd in fds) and hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._by_fd = {}
+            for s, fd in zip(self._sensors, fds):
+                assert fd is not None
+                self._poller.register(fd, select.POLLIN)
+                self._by_fd[fd] = s
         self._snapshot(time.monotonic(), force=True)
 
     def close(self) -> None:
+        self._poller = None
+        self._by_fd = {}
         for s in self._sensors:
             try:
                 s.link.write(b"8")
@@ -370,17 +384,61 @@ class QuSpinDriver(Driver):
         )
 
     # -- streaming -------------------------------------------------------------------
+    #: how long before the next frame's last slot is due a hold (see :meth:`read`) ends, s
+    hold_margin_s = 0.004
+
+    def _wait_samples(self, deadline: float) -> None:
+        """Bytes in from the sensors (decoded into ``s.new``) until every live sensor has the
+        samples the next frame needs, the deadline passes, or a sensor may be due for the stall
+        fill (:meth:`_fill_stalled` runs after each read); one poll() waits on every port.
+
+        First a hold: until the slot *before* the next frame's last one is due (less
+        :attr:`hold_margin_s`) the lines wait in the kernel, so they come in one read per port,
+        not one read each; each read's arrival time is that of the newest line it got
+        (``s.new_t``, the clock checks' input), so the lateness of the newest sample is measured
+        as before."""
+        fr = self._framer
+        assert fr is not None
+        sensors = self._sensors
+        poller = self._poller
+        assert poller is not None
+        now = time.monotonic()
+        stall_s = self.settings.stall_s
+        live = [s for s in sensors if now - s.last_sample <= stall_s]
+        if live:
+            need = fr.frame_samples - fr.pending - min(len(s.fifo) for s in live)
+            if need <= 0:
+                return
+            # a live sensor that stays silent is NaN-filled once stall_s have passed: return by then
+            end = min(deadline, min(s.last_sample for s in live) + stall_s)
+        else:  # all silent: wait for any of them
+            live, need, end = sensors, 1, deadline
+        hold = (need - 1) / _RATE - self.hold_margin_s
+        # and at most a frame's time after it: a sensor that falls silent does not hold up the others
+        end = min(end, now + max(hold, 0.0) + fr.frame_samples / _RATE)
+        if hold > 0:
+            time.sleep(max(0.0, min(hold, end - now)))
+        while True:
+            left = end - time.monotonic()
+            for fd, _ in poller.poll(max(0, math.ceil(left * 1000))):
+                self._pump(self._by_fd[fd], 0.0, True)
+            if left <= 0 or all(len(s.fifo) + len(s.new) >= need for s in live):
+                return
+
     def read(self, timeout: float) -> list[Frame | Gap]:
         assert self._framer is not None
         out: list[Frame | Gap] = []
         sensors = self._sensors
         deadline = time.monotonic() + timeout
-        while True:
-            got = 0
-            for s in sensors:
-                got += self._pump(s, 0.002, True)
-            if got or time.monotonic() >= deadline:
-                break
+        if self._poller is not None:
+            self._wait_samples(deadline)
+        else:  # a port without a descriptor to wait on (socket://, loop://): poll each in turn
+            while True:
+                got = 0
+                for s in sensors:
+                    got += self._pump(s, 0.002, True)
+                if got or time.monotonic() >= deadline:
+                    break
         for s in sensors:
             if s.new:
                 self._take(s)

@@ -8,7 +8,9 @@ message a person can act on.
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import socket
 
 import serial
@@ -39,6 +41,16 @@ class SerialTransport:
                 raise DeviceNotFound(f"cannot open {address!r}: {msg}") from None
             raise ConnectionLost(f"cannot open {address!r}: {msg}") from None
         self._timeout = 0.1
+        # POSIX ports and ptys: wait in one poll() and read what is waiting with one read() on the
+        # (non-blocking) descriptor, instead of pyserial's read(1) + in_waiting + read(n) (three
+        # select/ioctl round trips and a Timeout object per call). socket:// and loop:// keep pyserial.
+        self._fd: int | None = None
+        self._poll: select.poll | None = None
+        fd = getattr(self._ser, "fd", None)
+        if type(self._ser).__module__ == "serial.serialposix" and isinstance(fd, int) and hasattr(select, "poll"):
+            self._fd = fd
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN)
 
     def write(self, data: bytes) -> None:
         try:
@@ -47,8 +59,18 @@ class SerialTransport:
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(f"write to {self.address!r} failed: {exc}") from None
 
+    def fileno(self) -> int | None:
+        """The port's descriptor, for a caller that waits on several ports in one poll()
+        (``None``: not a POSIX port, e.g. ``socket://`` or ``loop://``; use :meth:`read_some`)."""
+        return self._fd
+
+    #: largest single read on a POSIX port (bytes); more waiting is returned by the next call
+    read_chunk = 64 << 10
+
     def read_some(self, timeout: float, max_bytes: int = 1 << 20) -> bytes:
         """Whatever bytes are available, waiting up to ``timeout`` s for the first one."""
+        if self._fd is not None:
+            return self._read_fd(timeout, max_bytes)
         ser = self._ser
         try:
             if timeout != self._timeout:
@@ -64,6 +86,24 @@ class SerialTransport:
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(f"read from {self.address!r} failed: {exc}") from None
 
+    def _read_fd(self, timeout: float, max_bytes: int) -> bytes:
+        """POSIX fast path of :meth:`read_some`: one poll(), then one read() of up to
+        :attr:`read_chunk` bytes. Errors and a port that reports data but yields none (a
+        disconnected device) are :class:`ConnectionLost`, as on pyserial's path."""
+        assert self._poll is not None and self._fd is not None
+        try:
+            if not self._poll.poll(max(0, math.ceil(timeout * 1000))):
+                return b""
+            data = os.read(self._fd, min(max_bytes, self.read_chunk))
+        except (BlockingIOError, InterruptedError):  # nothing there after all, or a signal: a timeout
+            return b""
+        except OSError as exc:
+            raise ConnectionLost(f"read from {self.address!r} failed: {exc}") from None
+        if not data:
+            raise ConnectionLost(f"read from {self.address!r} failed: the port reports data but returned none "
+                                 "(device disconnected?)")
+        return data
+
     def reset_input(self) -> None:
         try:
             self._ser.reset_input_buffer()
@@ -71,6 +111,7 @@ class SerialTransport:
             pass
 
     def close(self) -> None:
+        self._fd = self._poll = None
         try:
             self._ser.close()
         except Exception:  # noqa: BLE001 - closing must not raise

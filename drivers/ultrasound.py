@@ -52,12 +52,15 @@ from medacq.protocols.us_geometry import MAX_ANGLE_DEG, MAX_ANGLES, PlaneWaveAcq
 from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 
 from ._base import ConnectionLost, DeviceError, Frame, Gap
+from ._bufpool import BufferPool
 from ._clockfit import DeviceClock
 from ._tcp_codec import TcpCodecDriver
 from .transports import TcpTransport
 from .triggers import clock_trigger
 
 __all__ = ["UltrasoundDriver", "UltrasoundSettings"]
+
+_POOLED_BODY_BYTES = 64 << 10  # message bodies from this size on are received into pooled buffers
 
 
 class UltrasoundSettings(BaseModel):
@@ -112,7 +115,9 @@ class UltrasoundDriver(TcpCodecDriver):
     def __init__(self, name: str, address: str, settings: UltrasoundSettings) -> None:
         super().__init__(name, address, settings, buffer_bytes=8 << 20)
         self.settings: UltrasoundSettings = settings
-        self._codec = IgtlConnection(check_crc=settings.check_crc)
+        #: RF bodies are decoded from reusable buffers (no fresh pages per frame); small ones from bytes
+        self._bodies = BufferPool(keep=8)
+        self._codec = IgtlConnection(check_crc=settings.check_crc, body_buffer=self._body_buffer)
         self._msg_id = 0
         self._expected: int | None = None
         self._lost_reasons: dict[str, int] = {}
@@ -120,6 +125,10 @@ class UltrasoundDriver(TcpCodecDriver):
         self._scanner_clock = DeviceClock(1e6, bucket_s=1.0, window_s=60.0)  # scanner µs -> host
 
     # ---- link (bytes in: TcpCodecDriver._pump) ------------------------------------------
+    def _body_buffer(self, nbytes: int) -> memoryview | None:
+        """A pooled buffer for a large (RF) message body; ``None`` (a ``bytes`` copy) for small ones."""
+        return memoryview(self._bodies.take(nbytes)) if nbytes >= _POOLED_BODY_BYTES else None
+
     def _events(self) -> Iterator[Any]:
         """RF images, bad messages (counted, ordered with the frames around them) and replies."""
         for ev in super()._events():
@@ -158,7 +167,7 @@ class UltrasoundDriver(TcpCodecDriver):
     def open(self) -> None:
         s = self.settings
         self._link = self._tcp = TcpTransport(self.address)
-        self._codec = IgtlConnection(check_crc=s.check_crc)
+        self._codec = IgtlConnection(check_crc=s.check_crc, body_buffer=self._body_buffer)
         self._pending.clear()
         self.command("STOP")
         self._pending.clear()

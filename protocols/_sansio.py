@@ -82,48 +82,82 @@ class ReceiveBuffer:
     ``append`` never lets the buffer grow past ``max_size``: when it would, the
     oldest bytes are discarded and counted in :attr:`overflowed` (the codec turns
     that into a :class:`Garbage` event). Consumers read with ``peek``/``consume``.
+
+    Storage is one bytearray reused in place: the unconsumed bytes ``[_pos, _end)`` move to
+    its front only when an append would not fit behind them, and it is replaced by a larger
+    one (at most ``max_size``) only when they would not fit at all. It is never resized, so a
+    stream of large messages does not reallocate (and page-fault) a fresh buffer per message.
     """
 
-    __slots__ = ("_buf", "_pos", "max_size", "overflowed")
+    __slots__ = ("_buf", "_pos", "_end", "max_size", "overflowed")
 
     def __init__(self, max_size: int = 1 << 20) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._end = 0
         self.max_size = max_size
         self.overflowed = 0
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        if self._pos and self._pos > len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-        excess = len(self._buf) - self._pos - self.max_size
-        if excess > 0:
-            self._pos += excess
+        if not isinstance(data, (bytes, bytearray)):
+            data = memoryview(data).cast("B")
+        n = len(data)
+        if not n:
+            return
+        pos, end = self._pos, self._end
+        live = end - pos
+        excess = live + n - self.max_size
+        if excess > 0:  # the oldest bytes go (those of data itself too, beyond max_size)
             self.overflowed += excess
+            if excess >= live:
+                data = memoryview(data)[excess - live:]
+                n = len(data)
+                pos = end = live = 0
+            else:
+                pos += excess
+                live -= excess
+        buf = self._buf
+        if end + n > len(buf):
+            if live + n <= len(buf) and live <= pos:  # move the live bytes to the front (no overlap)
+                with memoryview(buf) as mv:
+                    mv[:live] = mv[pos:end]
+            else:
+                new = bytearray(min(self.max_size, max(2 * len(buf), live + n, 4096)))
+                with memoryview(buf) as old, memoryview(new) as mv:
+                    mv[:live] = old[pos:end]
+                self._buf = buf = new
+            pos, end = 0, live
+        with memoryview(buf) as mv:  # (bytearray slice assignment would copy a memoryview first)
+            mv[end:end + n] = data
+        self._pos, self._end = pos, end + n
 
     def __len__(self) -> int:
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def view(self) -> memoryview:
         """A read-only view of the unconsumed bytes (valid until the next append)."""
-        return memoryview(self._buf)[self._pos :].toreadonly()
+        return memoryview(self._buf)[self._pos : self._end].toreadonly()
 
     def peek(self, n: int) -> bytes:
-        return bytes(self._buf[self._pos : self._pos + n])
+        return bytes(self._buf[self._pos : min(self._pos + n, self._end)]) if n > 0 else b""
 
     def find(self, sub: bytes | int, start: int = 0) -> int:
         """Index of ``sub`` relative to the unconsumed start, or -1."""
-        i = self._buf.find(sub, self._pos + start)
+        at = self._pos + start
+        if at < 0:  # as bytearray.find on the unconsumed bytes' end
+            at = max(0, at + self._end)
+        i = self._buf.find(sub, at, self._end)
         return -1 if i < 0 else i - self._pos
 
     def consume(self, n: int) -> bytes:
-        out = bytes(self._buf[self._pos : self._pos + n])
-        self._pos += len(out)
+        out = self.peek(n)
+        self.skip(len(out))
         return out
 
     def skip(self, n: int) -> None:
         self._pos += min(n, len(self))
+        if self._pos == self._end:
+            self._pos = self._end = 0
 
     def take_overflow(self) -> int:
         """Return and reset the count of bytes dropped for overflow."""

@@ -391,6 +391,11 @@ class IgtlConnection:
         compute_crc: put the real CRC64 into outgoing headers (else 0).
         crc_func: CRC-64/ECMA-182 implementation (``bytes-like -> int``); default :func:`crc64`.
             A faster compiled one (e.g. ``crcmod``) can be injected by the driver layer.
+        body_buffer: where a received body is copied before it is decoded: called with the
+            body size (bytes), it returns a writable C-contiguous byte buffer of at least that
+            size that nothing else uses (e.g. from a pool of reusable frame buffers), or ``None``
+            for a fresh ``bytes`` copy (the default for every body). IMAGE pixels in native byte
+            order are read-only views of it (as they are of the ``bytes`` copy).
     """
 
     def __init__(
@@ -401,6 +406,7 @@ class IgtlConnection:
         accept_zero_crc: bool = False,
         compute_crc: bool = True,
         crc_func: Callable[[bytes | bytearray | memoryview], int] | None = None,
+        body_buffer: Callable[[int], bytearray | memoryview | None] | None = None,
     ) -> None:
         if max_body_size < IMAGE_HEADER_SIZE:
             raise ValueError("max_body_size too small")
@@ -409,6 +415,7 @@ class IgtlConnection:
         self.accept_zero_crc = accept_zero_crc
         self.compute_crc = compute_crc
         self._crc = crc_func or crc64
+        self._body_buffer = body_buffer
         self._buf = ReceiveBuffer(max_body_size + HEADER_SIZE + (1 << 16))
         self._resync_reason: str | None = None
         self._scan_from = 1  # 1: the head byte starts a rejected header; 0: not yet examined
@@ -478,7 +485,15 @@ class IgtlConnection:
                     self._resync_reason = "resync after crc mismatch"
                     self.messages_lost += 1
                     return BadMessage(type_name, device_name, body_size, "crc mismatch")
-            body_bytes = bytes(body)
+            dst = self._body_buffer(body_size) if self._body_buffer is not None else None
+            body_bytes: bytes | memoryview
+            if dst is None:
+                body_bytes = bytes(body)
+            else:
+                out = memoryview(dst).cast("B")[:body_size]
+                out[:] = body
+                body_bytes = out.toreadonly()
+                del out, dst
             del view, body
             buf.skip(total)
             try:
@@ -532,7 +547,7 @@ class IgtlConnection:
         return ConnectionClosed()
 
     def _decode(self, version: int, type_name: str, device_name: str, ts: int,
-                body: bytes) -> IgtlMessage:
+                body: bytes | memoryview) -> IgtlMessage:
         message_id = 0
         metadata: Mapping[str, str] = _EMPTY
         content = memoryview(body)

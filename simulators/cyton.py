@@ -23,8 +23,17 @@ the OpenBCI GUI):
 * Replies are sent as the firmware sends them: most only while idle; ``/n``, ``//``,
   ``~~``, ``V``, ``D`` and ``C`` also while streaming.
 
+The rig's trigger line (:mod:`~medacq.simulators.trigger_bus`, one cable, see
+:func:`~medacq.simulators.trigger_bus.attach`) reaches the board at a digital input (read in board
+mode digital, the aux bytes) and, with ``trigger_channel``, also at an EEG channel through a
+divider, as labs wire it: the ADS1299 converts it like any input, through its sinc^3 decimation
+filter (fMOD = 1.024 MHz, N = 4096 at 250 SPS, computed here on that discrete grid), so a TTL step
+spreads over 3 samples with a shape that depends on where in the period it fell. The channel's
+own modelled signal (EEG, mains, noise) stays underneath.
+
 Not modelled: the waveforms of the internal test signals and of the lead-off (impedance)
-current, analog/digital pin readings (they read 0), WiFi and BLE, SD-card commands.
+current, analog/digital pin readings other than the trigger line (they read 0), WiFi and BLE,
+SD-card commands.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ _CONFIG2_RESET = 0xC0
 _CONFIG3 = 0xEC  # written by initialize_ads
 _LOFF_AFTER_BOOT = 0x02  # configureLeadOffDetection(LOFF_MAG_6NA, LOFF_FREQ_31p2HZ) in boardReset
 _GPIO_RESET = 0x0F
+_SINC3_N = 4096  # ADS1299 decimation ratio at 250 SPS (fMOD = fCLK / 2 = 1.024 MHz, DR = 110)
 # Test-signal commands: input mux code for all channels, CONFIG2 value (None = unchanged).
 _TEST_SIGNALS = {"0": (1, None), "-": (5, 0xD0), "=": (5, 0xD1), "p": (5, 0xD7),
                  "[": (5, 0xD4), "]": (5, 0xD5)}
@@ -71,12 +81,22 @@ class CytonInterface(DeviceInterface):
         clock_ppm: board crystal error; packets come every 1/(250·(1+ppm·1e-6)) s.
         accel_g: the board's orientation: gravity seen by the LIS3DH as (x, y, z) in g
             (default lying flat: +1 g on Z). Read at 25 Hz, i.e. on every 10th packet.
+        trigger_channel: 1-based EEG channel the trigger line is also wired to (through a divider:
+            ``trigger_uv`` at the input while the line is high), rendered through the ADS1299's
+            sinc^3 filter (8-channel streaming only; ``None``: not wired).
+        trigger_uv: the divided TTL level at that channel's input, µV (the default 50 mV sits well
+            inside the ±187.5 mV range of gain 24).
         model_kwargs: passed to :class:`EEGModel`.
     """
 
     def __init__(self, seed: int = 0, daisy: bool = False, mains_hz: float = 50.0,
                  clock_ppm: float = 0.0, accel_g: tuple[float, float, float] = (0.0, 0.0, 1.0),
+                 trigger_channel: int | None = None, trigger_uv: float = 50_000.0,
                  **model_kwargs: object) -> None:
+        if trigger_channel is not None and not 1 <= int(trigger_channel) <= 16:
+            raise ValueError(f"trigger_channel must be 1..16, got {trigger_channel!r}")
+        self.trigger_channel = None if trigger_channel is None else int(trigger_channel)
+        self.trigger_uv = float(trigger_uv)
         self.seed = seed
         self.daisy_fitted = daisy
         self.mains_hz = mains_hz
@@ -385,6 +405,8 @@ class CytonInterface(DeviceInterface):
             chans = self.settings[:nch]
             scale = cy.uv_scale(np.array([s.gain for s in chans], dtype=float))
             uv = self._model.generate(n_new)
+            if self.trigger is not None and self.trigger_channel is not None and not daisy:
+                uv[self.trigger_channel - 1] += self._analog_trigger(n_new)
             counts = np.clip(np.round(uv / scale[:, None]), -(2**23), 2**23 - 1).astype(np.int64)
             # a powered-down or shorted input reads 0 (ADS1299 output code of a shorted input)
             counts[np.array([s.power_down == 1 or s.input_type == 1 for s in chans])] = 0
@@ -405,6 +427,24 @@ class CytonInterface(DeviceInterface):
             out += self._encode(tuple(int(v) for v in half), k)
         self._stream_k += n
         return bytes(out)
+
+    def _analog_trigger(self, n: int) -> np.ndarray:
+        """The trigger line as the next ``n`` samples of ``trigger_channel`` read it (µV): each
+        sample the ADS1299's sinc^3 average of the line over the 3 periods before it (the window of
+        sample ``k`` ends at its time; a change ``j`` modulator ticks before it counts
+        ``C[j]`` of its step, :func:`_sinc3_cumulative`)."""
+        assert self.trigger is not None
+        T = self.packet_period
+        t = self._stream_t0 + (self._stream_k + np.arange(n)) * T
+        lo = float(t[0]) - 3 * T
+        level = np.full(n, 1.0 if self.trigger.level(lo) else 0.0)
+        tr = self.trigger.transitions(lo, float(t[-1]))
+        if tr:
+            c = _sinc3_cumulative()
+            for t_tr, d in tr:
+                m = np.floor((t - t_tr) / T * _SINC3_N + 1e-9).astype(np.int64) + 1
+                level += d * np.where(t >= t_tr, c[np.clip(m, 0, len(c) - 1)], 0.0)
+        return self.trigger_uv * level
 
     def _encode(self, chans: tuple[int, ...], k: int) -> bytes:
         c = self._counter
@@ -465,7 +505,8 @@ class CytonInterface(DeviceInterface):
                    "ads_sample_rate_hz": self.sample_rate_hz, "board_mode": cy.BOARD_MODES[self.board_mode],
                    "time_stamping": self.time_stamping,
                    "accel_g": [a * cy.ACCEL_SCALE_G for a in self.accel_counts],
-                   "lead_off": [list(p) for p in self.leadoff[: self.n_channels]]}
+                   "lead_off": [list(p) for p in self.leadoff[: self.n_channels]],
+                   "trigger_channel": self.trigger_channel, "trigger_uv": self.trigger_uv}
         if self._model is not None:
             d.update(self._model.truth())
         return d
@@ -484,6 +525,24 @@ def _digital_aux(trigger: TriggerInput, t: float) -> list[int]:
     return aux
 
 
+_SINC3_C: np.ndarray | None = None
+
+
+def _sinc3_cumulative() -> np.ndarray:
+    """``C[m]``: the ADS1299 sinc^3 filter's (``((1 - z^-N) / (N (1 - z^-1)))^3``, N = 4096) step
+    response ``m`` modulator ticks after the step (0 at ``m = 0``, 1 from ``3N - 2`` on)."""
+    global _SINC3_C
+    if _SINC3_C is None:
+        n = _SINC3_N
+        i = np.arange(2 * n - 1)
+        tri = np.minimum(i + 1, 2 * n - 1 - i).astype(np.float64)  # box * box
+        ct = np.concatenate([[0.0], np.cumsum(tri)])
+        j = np.arange(3 * n - 2)
+        h3 = ct[np.minimum(j + 1, len(ct) - 1)] - ct[np.maximum(j + 1 - n, 0)]  # (box * box) * box
+        _SINC3_C = np.concatenate([[0.0], np.cumsum(h3)]) / h3.sum()
+    return _SINC3_C
+
+
 def _fields(s: cy.ChannelSettings) -> tuple[int, ...]:
     return (s.channel, s.power_down, s.gain_code, s.input_type, s.bias, s.srb2, s.srb1)
 
@@ -496,5 +555,6 @@ def _replace(s: cy.ChannelSettings, **kw: int) -> cy.ChannelSettings:
 
 def make(**options: object) -> CytonInterface:
     """Factory for ``medacq sim cyton`` / the rig (options: :class:`CytonInterface` args:
-    ``seed``, ``daisy``, ``mains_hz``, ``clock_ppm``, ``accel_g`` and :class:`EEGModel` keywords)."""
+    ``seed``, ``daisy``, ``mains_hz``, ``clock_ppm``, ``accel_g``, ``trigger_channel``, ``trigger_uv`` and
+    :class:`EEGModel` keywords)."""
     return CytonInterface(**options)  # type: ignore[arg-type]

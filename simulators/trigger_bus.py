@@ -88,6 +88,18 @@ class TriggerBus:
             i = bisect.bisect_left(self._starts, lo)
             return self._starts[i] if i < len(self._starts) and self._starts[i] < hi else None
 
+    def transitions(self, lo: float, hi: float) -> list[tuple[float, int]]:
+        """Every change of the line in ``(lo, hi]`` (true time, s) as ``(time, +1 rising / -1
+        falling)``, in time order (a device that filters the line: the Cyton's analog input)."""
+        with self._lock:
+            i = max(0, bisect.bisect_right(self._starts, lo) - 1)
+            out = []
+            for s, e in zip(self._starts[i:], self._ends[i:]):
+                if s > hi:
+                    break
+                out += [(t, d) for t, d in ((s, 1), (e, -1)) if lo < t <= hi]
+            return out
+
     def edges(self) -> list[float]:
         """True times (CLOCK_MONOTONIC s) of every rising edge scheduled so far."""
         with self._lock:
@@ -123,6 +135,10 @@ class TriggerInput:
         (a device that timestamps edges itself: the ultrasound scanner), or ``None``."""
         t = self.bus.first_edge(self.epoch + lo_s, self.epoch + hi_s)
         return None if t is None else t - self.epoch
+
+    def transitions(self, lo_s: float, hi_s: float) -> list[tuple[float, int]]:
+        """:meth:`TriggerBus.transitions` in ``(lo_s, hi_s]`` of the device's adapter time, on that time."""
+        return [(t - self.epoch, d) for t, d in self.bus.transitions(self.epoch + lo_s, self.epoch + hi_s)]
 
 
 def attach(server: Any, bus: TriggerBus, line: str, device: Any | None = None) -> TriggerInput:

@@ -89,7 +89,7 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
                     "(default %(default)s)")
     sp.add_argument("--keep", action="store_true", help="rig: keep the rig's config and logs (printed on stderr; "
                     "the recording is always removed)")
-    sp.add_argument("--triggers", type=int, default=200, help="timeline: trigger events (default %(default)s)")
+    sp.add_argument("--triggers", type=int, default=1000, help="timeline: trigger events (default %(default)s)")
     sp.add_argument("--under-load", action="store_true", help="detector, ultrasound, mri, cameras: run the benchmark idle, then "
                     "again beside the whole default rig (as bench rig runs it); report both")
 
