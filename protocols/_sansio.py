@@ -154,10 +154,23 @@ class ReceiveBuffer:
         self.skip(len(out))
         return out
 
+    #: storage above this (bytes) is given back once the unconsumed bytes fill less than an eighth
+    #: of it (a burst, or a corrupt length field that made a codec wait for a huge message, must not
+    #: keep its memory for the life of the connection); below it the storage is kept and reused
+    shrink_above = 16 << 20
+
     def skip(self, n: int) -> None:
         self._pos += min(n, len(self))
         if self._pos == self._end:
             self._pos = self._end = 0
+            if len(self._buf) > self.shrink_above:
+                self._buf = bytearray()
+        elif len(self._buf) > self.shrink_above and (self._end - self._pos) * 8 < len(self._buf):
+            live = self._end - self._pos
+            new = bytearray(max(4096, 2 * live))
+            with memoryview(self._buf) as old, memoryview(new) as mv:
+                mv[:live] = old[self._pos:self._end]
+            self._buf, self._pos, self._end = new, 0, live
 
     def take_overflow(self) -> int:
         """Return and reset the count of bytes dropped for overflow."""

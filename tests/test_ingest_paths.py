@@ -129,3 +129,27 @@ def test_hackeeg_hold_cuts_reads_and_keeps_every_sample():
     assert all(f.data.shape == (8, 20) for f in frames)
     assert t_dev == list(range(t_dev[0], t_dev[0] + 20 * len(frames), 20))
     assert reads < 10 * len(frames)
+
+
+def test_receive_buffer_gives_back_a_burst_of_storage_once_drained() -> None:
+    """A burst (or a corrupt length field that made a codec wait for a huge message) grows the
+    storage; once the unconsumed bytes fall below an eighth of it, it is given back, contents kept."""
+    from medacq.protocols._sansio import ReceiveBuffer
+
+    b = ReceiveBuffer(max_size=64 << 20)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    for _ in range(40):
+        b.append(chunk)
+    assert len(b) == 40 << 20 and len(b._buf) >= 40 << 20
+    b.skip((40 << 20) - 1000)
+    assert len(b) == 1000 and len(b._buf) < 1 << 20  # given back, the live bytes kept
+    assert b.peek(1000) == chunk[-1000:]
+    b.skip(1000)
+    b.append(chunk[:10])
+    assert b.peek(10) == chunk[:10]
+    small = ReceiveBuffer(max_size=64 << 20)  # below the threshold the storage is kept and reused
+    small.append(chunk * 4)
+    cap = len(small._buf)
+    small.skip(4 << 20)
+    small.append(chunk)
+    assert len(small._buf) == cap and small.peek(4) == chunk[:4]
