@@ -573,15 +573,17 @@ def test_check_config_reports_bad_qos_overrides_with_their_location(tmp_path):
     bad.write_text('[[device]]\nname = "us0"\nkind = "synthetic"\naddress = "socket://127.0.0.1:1"\n\n'
                    '[recon.qos.us0]\npolcy = "latest"\n\n'
                    '[recon.qos.eeg0]\npolicy = "fifo"\n\n'
-                   '[recon.qos.us1]\npolicy = "latest"\nmax_age_ms = 100\nmax_batch = 0\n')
+                   '[recon.qos.us1]\npolicy = "latest"\nmax_age_ms = 100\nmax_batch = 0\n\n'
+                   '[recon.isolation]\nus0 = "procss"\nus2 = "thread"\n')
     r = run_medacq("check-config", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     problems = {ln.strip().split(":")[0] for ln in r.stderr.strip().splitlines()[1:]}
     assert problems == {"recon.qos.us0.polcy", "recon.qos.us1.max_batch", "recon.qos.us1.max_age_ms",
-                        "recon.qos.us1", "recon.qos.eeg0"}, r.stderr
+                        "recon.qos.us1", "recon.qos.eeg0", "recon.isolation.us0", "recon.isolation.us2"}, r.stderr
     good = tmp_path / "good.toml"
     good.write_text('[[device]]\nname = "us0"\nkind = "synthetic"\naddress = "socket://127.0.0.1:1"\n\n'
-                    '[recon.qos.us0]\npolicy = "fifo"\nmax_age_ms = 250\nmax_batch = 4\n')
+                    '[recon.qos.us0]\npolicy = "fifo"\nmax_age_ms = 250\nmax_batch = 4\n\n'
+                    '[recon.isolation]\nus0 = "thread"\n')
     r = run_medacq("check-config", str(good))
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
 

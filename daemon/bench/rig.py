@@ -527,17 +527,32 @@ def _gil(devices: list[str], descriptors: dict[str, Any], tally: "_Tally", setti
 
 def _schedstat(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """Per stream, its stage worker thread's (ns on a CPU, ns runnable waiting for one), from Linux's
-    ``/proc/<pid>/task/<tid>/schedstat``; empty where that is not readable."""
+    ``/proc/<pid>/task/<tid>/schedstat``; for a stream served in a worker process of its own
+    (``isolation = "process"``), the sum over that process's threads instead (the stage's thread
+    only waits for it). Empty where that is not readable."""
     pid, out = status.get("pid"), {}
     for name, st in (status.get("streams") or {}).items():
-        tid = (st or {}).get("thread_native_id")
+        child = ((st or {}).get("worker_process") or {}).get("pid")
+        tasks = ([f"/proc/{child}/task/{t}/schedstat" for t in _tasks(child)] if child
+                 else [f"/proc/{pid}/task/{(st or {}).get('thread_native_id')}/schedstat"])
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                run, wait, _ = f.read().split()
-            out[name] = (int(run), int(wait))
+            run = wait = 0
+            for path in tasks:
+                with open(path) as f:
+                    r, w, _ = f.read().split()
+                run, wait = run + int(r), wait + int(w)
+            if tasks:
+                out[name] = (run, wait)
         except (OSError, ValueError, TypeError):
             continue
     return out
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
 
 
 def _pct(values: list[float], q: float) -> float | None:

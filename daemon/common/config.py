@@ -11,7 +11,7 @@ import math
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -271,6 +271,9 @@ class ReconSection(BaseModel):
             (:class:`medacq.protocols.qos.QosPolicy`): the fields a table sets override the
             reconstructor's declared ``qos``/``max_batch``, the others keep them
             (:func:`medacq.daemon.recon.registry.resolve_qos`).
+        isolation: per-stream ``"thread"`` or ``"process"``, e.g. ``[recon.isolation] us0 =
+            "thread"``: overrides the reconstructor's declared ``isolation``
+            (:mod:`medacq.daemon.recon.worker_process`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -282,6 +285,7 @@ class ReconSection(BaseModel):
     queue_depth: int = Field(default=64, ge=1)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     qos: dict[str, QosPolicy] = Field(default_factory=dict)
+    isolation: dict[str, Literal["thread", "process"]] = Field(default_factory=dict)
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -94,6 +94,12 @@ class Reconstructor(ABC):
     """Most frames the stage hands to :meth:`process_batch` in one call (default batch size of
     the policy; ``[recon.qos.<stream>] max_batch`` overrides it). Under ``latest`` the queue holds
     one frame, so batches are single frames."""
+
+    isolation: ClassVar[Literal["thread", "process"]] = "thread"
+    """Where the stage runs it: ``thread`` (a thread of the stage's process, the default) or
+    ``process`` (a worker process of its own, :mod:`medacq.daemon.recon.worker_process`: its
+    Python does not wait for the GIL behind the other streams'; frames cross in shared memory).
+    ``[recon.isolation] <stream> = "thread"|"process"`` overrides it per stream."""
 
     def __init__(self, descriptor: StreamDescriptor, settings: BaseModel | Mapping[str, Any] | None = None) -> None:
         self.descriptor = descriptor

@@ -91,15 +91,13 @@ def resolve_qos(cls: type[Reconstructor] | None, override: QosPolicy | None = No
 def _qos_problems(data: dict[str, Any], recon: dict[str, Any]) -> list[tuple[str, str]]:
     """What the structural check cannot see in ``[recon.qos.<stream>]``: an age bound under a
     policy without one, and a stream no configured device publishes (a typo would otherwise
-    leave the stream on its default policy, silently)."""
+    leave the stream on its default policy, silently); the same for ``[recon.isolation]``."""
     qos = recon.get("qos")
-    if not isinstance(qos, dict):
-        return []
     problems: list[tuple[str, str]] = []
     devices = data.get("device")
     names = sorted(d["name"] for d in devices if isinstance(d, dict) and isinstance(d.get("name"), str)) \
         if isinstance(devices, list) else []
-    for stream, table in qos.items():
+    for stream, table in (qos.items() if isinstance(qos, dict) else ()):
         if not isinstance(table, dict):
             continue
         policy = table.get("policy")
@@ -109,6 +107,10 @@ def _qos_problems(data: dict[str, Any], recon: dict[str, Any]) -> list[tuple[str
         if names and not recon.get("subscribe") and stream not in names:
             problems.append((f"recon.qos.{stream}", f"no device publishes stream {stream!r}; devices: "
                              f"{', '.join(names)}"))
+    iso = recon.get("isolation")
+    if isinstance(iso, dict) and names and not recon.get("subscribe"):
+        problems += [(f"recon.isolation.{stream}", f"no device publishes stream {stream!r}; devices: "
+                      f"{', '.join(names)}") for stream in iso if stream not in names]
     return problems
 
 

@@ -79,6 +79,7 @@ from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import bind
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
 from medacq.daemon.recon.registry import RECONSTRUCTORS, preload_reconstructors, reconstructor_class, resolve_qos
+from medacq.daemon.recon.worker_process import ProcessReconstructor, WorkerProcess
 
 __all__ = ["ReconStage"]
 
@@ -142,6 +143,7 @@ class _StreamState:
     superseded_seen: int = 0
     busy_since: float | None = None
     busy_what: str | None = None
+    worker: WorkerProcess | None = None
     proc_us: deque = field(default_factory=lambda: deque(maxlen=256))
     latency_us: deque = field(default_factory=lambda: deque(maxlen=256))
     age_ms: deque = field(default_factory=lambda: deque(maxlen=512))
@@ -538,6 +540,8 @@ class ReconStage:
             for act in pending:
                 act.future.cancel()  # not started: answered "cancelled", never applied
             self._drop_recon(st)
+            if st.worker is not None:
+                st.worker.stop()
 
     def _next(self, st: _StreamState) -> _Action | tuple[list, int] | None:
         """The next thing to do: an action, or queue entries (with the frames superseded
@@ -691,8 +695,14 @@ class ReconStage:
         old, st.recon = st.recon, None  # never feed the new descriptor's frames to the old reconstructor
         st.ready_ns = None  # its frames are held (not aged out) until the new one is ready
         try:
+            settings = self.config.recon.settings.get(desc.modality, {})
             with self._busy(st, "build"):
-                st.recon = cls(desc, self.config.recon.settings.get(desc.modality, {}))
+                if self.config.recon.isolation.get(st.name, cls.isolation) == "process":
+                    if st.worker is None:
+                        st.worker = WorkerProcess(st.name)
+                    st.recon = ProcessReconstructor(st.worker, cls, desc, settings)
+                else:
+                    st.recon = cls(desc, settings)
         except Exception as exc:
             st.build_error, st.build_failed_at = f"{type(exc).__name__}: {exc}", time.monotonic()
             raise
@@ -750,7 +760,7 @@ class ReconStage:
         ages = [(now - f.t_ns) / 1e6 for f in good if f.t_ns is not None]
         with st.lock:
             st.age_ms.extend(ages)
-        if len(good) > 1 and type(recon).process_batch is not Reconstructor.process_batch:
+        if len(good) > 1 and _recon_class(recon).process_batch is not Reconstructor.process_batch:
             t0 = time.perf_counter_ns()
             try:
                 with self._busy(st, "process_batch"):
@@ -823,7 +833,7 @@ class ReconStage:
                     o.descriptor = md.model_copy(update={"meta": {**md.meta, "source": st.name, **out.descriptor_meta}})
                 else:
                     o.descriptor = StreamDescriptor(
-                        stream=stream, modality=f"{st.recon.modality}", device=f"recon:{type(st.recon).__name__}",
+                        stream=stream, modality=f"{_recon_class(st.recon).modality}", device=f"recon:{_recon_name(st.recon)}",
                         dtype=data.dtype.str, shape=list(data.shape), axes=out.axes, units=out.units,
                         geometry=out.descriptor_meta.pop("geometry", {}),
                         meta={"source": st.name, **out.descriptor_meta})
@@ -907,7 +917,9 @@ class ReconStage:
         busy_since, busy_what = st.busy_since, st.busy_what
         busy_s = None if busy_since is None else round(now - busy_since, 3)
         return {
-            "reconstructor": type(recon).__name__ if recon else None,
+            "reconstructor": _recon_name(recon),
+            "isolation": "process" if isinstance(recon, ProcessReconstructor) else "thread" if recon else None,
+            "worker_process": st.worker.status() if st.worker is not None else None,
             "policy": policy.policy, "qos": policy.model_dump(), "qos_source": st.qos_source,
             "warming": busy_what == "build" or (recon is not None and _warming(recon)),
             "ready_after_s": _ready_after(st),
@@ -1007,6 +1019,15 @@ def _ready_after(st: _StreamState) -> float | None:
     if frame is None or ready is None:
         return None
     return round(max(0.0, ready - frame), 3)
+
+
+def _recon_class(recon: Reconstructor) -> type[Reconstructor]:
+    """The class doing the work (the one a :class:`ProcessReconstructor` runs in its child)."""
+    return recon.inner if isinstance(recon, ProcessReconstructor) else type(recon)
+
+
+def _recon_name(recon: Reconstructor | None) -> str | None:
+    return None if recon is None else _recon_class(recon).__name__
 
 
 def _warming(recon: Reconstructor) -> bool:

@@ -233,6 +233,7 @@ class BModeReconstructor(Reconstructor):
     Settings = BModeSettings
     qos = QosPolicy(policy="latest")
     max_batch = 4
+    isolation = "process"
 
     def __init__(self, descriptor: StreamDescriptor, settings: BModeSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
