@@ -443,3 +443,29 @@ def test_real_processes_and_sigterm(tmp_path, endpoints):
     finally:
         sim.terminate()
         sim.wait(5)
+
+
+def test_subscriber_gap_list_is_bounded_and_every_gap_still_counted():
+    """A lossy link for weeks must not grow ``Subscriber.gaps`` without bound: with ``max_gaps=3``,
+    20 holes leave between 3 and 6 entries (the newest), and every hole is still counted."""
+    from medacq.protocols.stream import HeaderTemplate
+
+    ctx = zmq.Context.instance()
+    port = free_port()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    tpl = HeaderTemplate("eeg0", new_series_id(), "<f4", [2], ["sample"], "uV")
+    seen = []
+    with Subscriber(f"tcp://127.0.0.1:{port}", "raw/", max_gaps=3, on_gap=seen.append) as sub:
+        time.sleep(0.3)
+        seqs = [3 * i for i in range(21)]  # 20 holes of 2 frames each
+        for seq in seqs:
+            pub.send_multipart([b"raw/eeg0", tpl.frame(seq, 1, 2), np.zeros(2, "<f4").tobytes()])
+        got = [h["seq"] for h, _ in sub.frames(timeout=2)]
+    pub.close(0)
+    assert got == seqs and len(seen) == 20
+    assert sub.counters.gap_events == 20 and sub.counters.gap_frames == 40
+    assert 3 <= len(sub.gaps) <= 6 and sub.counters.gaps_forgotten == 20 - len(sub.gaps)
+    assert [g.first_seq for g in sub.gaps] == [g.first_seq for g in seen[-len(sub.gaps):]]  # the newest, in order
+    with pytest.raises(ValueError, match="max_gaps"):
+        Subscriber(f"tcp://127.0.0.1:{port}", "raw/", max_gaps=0)

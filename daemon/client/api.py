@@ -173,6 +173,9 @@ class _Counters:
         control_coalesced: heartbeats and descriptors not queued because their stream's QoS
             queue already held 256 control messages (a consumer far behind); what they say is
             already in :attr:`Subscriber.tracks`, :attr:`~Subscriber.descriptors` and the gaps.
+        gap_events: gaps reported (``on_gap`` calls), all of them.
+        gaps_forgotten: the oldest entries dropped from :attr:`Subscriber.gaps` to keep it
+            within ``max_gaps`` (still counted in ``gap_events`` and ``gap_frames``).
     """
 
     messages: int = 0
@@ -183,6 +186,8 @@ class _Counters:
     superseded: int = 0
     qos_dropped: int = 0
     control_coalesced: int = 0
+    gap_events: int = 0
+    gaps_forgotten: int = 0
 
     @property
     def bad_headers(self) -> int:
@@ -226,6 +231,10 @@ class Subscriber:
             message, and ZeroMQ disconnects a peer that sends a larger part
             (``ZMQ_MAXMSGSIZE``). ``None``: no limit (the byte bound assumes 8 MB frames).
         curve: client keys when the daemon uses CurveZMQ (see :mod:`medacq.daemon.common.security`).
+        max_gaps: :attr:`gaps` keeps at least the newest ``max_gaps`` entries (at most twice
+            that: the oldest half is dropped at once), so a subscription that runs for weeks on
+            a lossy link does not grow without bound; every gap is still counted
+            (``counters.gap_events``, ``gap_frames``) and passed to ``on_gap``.
     """
 
     def __init__(
@@ -242,7 +251,11 @@ class Subscriber:
         max_frame_mb: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ClientKeys | None = None,
+        max_gaps: int = 10_000,
     ) -> None:
+        if max_gaps < 1:
+            raise ValueError("max_gaps must be >= 1")
+        self.max_gaps = max_gaps
         if errors not in ("raise", "skip"):
             raise ValueError("errors must be 'raise' or 'skip'")
         if (rcvhwm is not None and rcvhwm < 0) or (rcvhwm_mb is not None and rcvhwm_mb <= 0) or (
@@ -279,6 +292,7 @@ class Subscriber:
         self.on_gap = on_gap
         self.errors = errors
         self.gaps: list[GapInfo] = []
+        """Every gap seen, oldest first (the newest ``max_gaps`` at least; see ``counters.gaps_forgotten``)."""
         self.tracks: dict[str, _StreamTrack] = {}
         self.counters = _Counters()
         self.last_error: str | None = None
@@ -483,6 +497,11 @@ class Subscriber:
         g = GapInfo(stream, (t.series or "") if series is None else series, first, count, announced, reason,
                     lost_samples, t.topic, local)
         self.gaps.append(g)
+        if len(self.gaps) > 2 * self.max_gaps:  # amortised O(1): the oldest half at once
+            drop = len(self.gaps) - self.max_gaps
+            del self.gaps[:drop]
+            self.counters.gaps_forgotten += drop
+        self.counters.gap_events += 1
         self.counters.gap_frames += count
         if self.on_gap is not None:
             self.on_gap(g)
