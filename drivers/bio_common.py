@@ -63,6 +63,13 @@ class SampleFramer:
         """Samples buffered towards the next frame (not yet emitted)."""
         return self._n
 
+    def hold_s(self, margin_s: float) -> float:
+        """Seconds until the sample *before* the next frame's last one is due, less ``margin_s``
+        (a driver's :meth:`~medacq.drivers._base.CodecDriver._hold_s` while streaming: the
+        frame's samples then come in a few reads, not one each; the read that completes the
+        frame still wakes on its last bytes). Negative: read now."""
+        return (self.frame_samples - self._n - 1) / self.rate_hz - margin_s
+
     def observe(self, last_index: int, t_mono_ns: int) -> None:
         """A read delivered samples up to ``last_index`` at ``t_mono_ns`` (clock fit input)."""
         self.clock.update(last_index, t_mono_ns)

@@ -304,13 +304,9 @@ class CytonDriver(CodecDriver):
     hold_margin_s = 0.004
 
     def _hold_s(self) -> float:
-        """While streaming: until the sample *before* the next frame's last one is due, less
-        :attr:`hold_margin_s` (the samples of a frame then come in a few reads, not one each; the
-        read that completes the frame still wakes on its last bytes)."""
+        """While streaming: :meth:`SampleFramer.hold_s` with :attr:`hold_margin_s`."""
         fr = self._framer
-        if fr is None or not self._streaming:
-            return 0.0
-        return (fr.frame_samples - fr.pending - 1) / self.sample_rate_hz - self.hold_margin_s
+        return fr.hold_s(self.hold_margin_s) if fr is not None and self._streaming else 0.0
 
     def stop(self) -> None:
         if self._link is not None:

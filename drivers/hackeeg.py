@@ -127,6 +127,7 @@ class HackEEGDriver(CodecDriver):
         self._version = ""
         self._chip_id = 0
         self._framer: SampleFramer | None = None
+        self._streaming = False
         self._unwrap = CounterUnwrapper(32, 1)
         self._scale = np.ones(8)
         self._trig_level = False
@@ -251,21 +252,20 @@ class HackEEGDriver(CodecDriver):
         self._trig_pending = []
         self._command("start")
         self._send(he.HackEEGCommand("rdatac"))
+        self._streaming = True
         # the 200 reply comes back among the samples; read() skips responses
 
     #: how long before the next frame's last sample is due a hold (:meth:`_hold_s`) ends, s
     hold_margin_s = 0.004
 
     def _hold_s(self) -> float:
-        """While streaming: until the sample *before* the next frame's last one is due, less
-        :attr:`hold_margin_s` (the samples of a frame then come in a few reads, not one each; the
-        read that completes the frame still wakes on its last bytes)."""
+        """While streaming: :meth:`SampleFramer.hold_s` with :attr:`hold_margin_s` (after ``stop``,
+        0: command replies are read at once)."""
         fr = self._framer
-        if fr is None:
-            return 0.0
-        return (fr.frame_samples - fr.pending - 1) / float(self.settings.rate) - self.hold_margin_s
+        return fr.hold_s(self.hold_margin_s) if fr is not None and self._streaming else 0.0
 
     def stop(self) -> None:
+        self._streaming = False
         if self._link is not None:
             try:
                 self._send(he.HackEEGCommand("sdatac"))
