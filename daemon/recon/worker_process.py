@@ -102,6 +102,8 @@ class WorkerProcess:
         self._mm: mmap.mmap | None = None
         self._cap = 0
         self._out: mmap.mmap | None = None
+        self.warming_of: dict[int, bool] = {}
+        """Each reconstructor's ``warming`` as the child's last answer about it reported it."""
         self._started_at = 0.0
         self._closed = False
 
@@ -207,7 +209,9 @@ class WorkerProcess:
                     if answer[0] != "shm":
                         break
                     self._take_out_block_locked(conn, answer[1])
-                status, value = answer
+                status, value = answer[0], answer[1]
+                if len(answer) > 2:
+                    self.warming_of[msg[1]] = answer[2]
                 if status == "ok" and msg[0] == "process":
                     value = self._outputs_locked(value)
             except (EOFError, OSError, pickle.PicklingError) as exc:
@@ -325,6 +329,9 @@ class ProcessReconstructor(Reconstructor):
     @property
     def warming(self) -> bool:
         w = self.worker
+        if not self._closed and self._gen == w.generation and w.warming_of.get(self.rid) is False \
+                and w.pid is not None:
+            return False  # every answer from the child says it: no round trip per frame
         if self._closed or not w._lock.acquire(blocking=False):
             return self._warming  # a call is running: the last known value
         try:
@@ -334,8 +341,9 @@ class ProcessReconstructor(Reconstructor):
                 self._warming = False
                 return False
             w._conn.send(("warming", self.rid))
-            status, value = w._conn.recv()
-            self._warming = bool(value) if status == "ok" else False
+            answer = w._conn.recv()
+            self._warming = bool(answer[1]) if answer[0] == "ok" else False
+            w.warming_of[self.rid] = self._warming
         except (EOFError, OSError):
             w._dead_locked()
             self._warming = False
@@ -369,6 +377,7 @@ class ProcessReconstructor(Reconstructor):
         if self._closed:
             return
         self._closed = True
+        self.worker.warming_of.pop(self.rid, None)
         if self._gen == self.worker.generation and self.worker.pid is not None:
             try:
                 self.worker.call(("close", self.rid))
@@ -498,8 +507,9 @@ def _child(conn: Connection) -> None:
             except (OSError, pickle.PicklingError):
                 break
             continue
+        r = recons.get(msg[1]) if op in ("build", "process", "call", "warming") else None
         try:
-            conn.send(("ok", value))
+            conn.send(("ok", value) if r is None else ("ok", value, bool(r.warming)))
         except pickle.PicklingError as exc:
             conn.send(("err", f"the result of {op!r} cannot be sent back: {exc}"))
         except OSError:
