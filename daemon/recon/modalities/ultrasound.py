@@ -26,7 +26,9 @@ Queue policy: ``latest`` (a live image: only the newest frame counts). ``max_bat
 a stream is configured ``fifo``/``lossless`` (``[recon.qos.<stream>]``), up to 4 queued frames
 go through the beamformer as one batch (the sparse operator is read once per batch; for 3
 angles on the 2-core machine that was no faster per frame, 0.88×: scipy's product is bound by
-its arithmetic there, not by reading the operator).
+its arithmetic there, not by reading the operator). Isolation: ``process`` (the stage runs it in
+a worker process of its own, :mod:`medacq.daemon.recon.worker_process`; the OpenIGTLink server
+then lives in that process too); ``[recon.isolation] <stream> = "thread"`` keeps it in the stage.
 
 Actions (``medacq ctl --recon action STREAM ACTION key=value``): ``status``,
 ``set_grid``, ``set_dynamic_range db=50``.
