@@ -10,6 +10,12 @@ reconstructor declares ``isolation = "process"`` (or that ``[recon.isolation] <s
 for that stream stays where it is (queue, QoS, gaps, publishing are unchanged) and hands each
 frame to a child process that holds the real reconstructor.
 
+When it pays: where cores are spare and the GIL is the bottleneck. On the 2-core development
+machine, saturated by the whole simulated rig, it did not (B-mode in a process: 39 and 45 of
+``bench rig``'s 50 bars against 47 in a thread; the child's ~2.5 s start under load delayed the
+first B-mode frame past 10 s, and the other streams lost the core the GIL used to give back), so
+no reconstructor declares it by default; ``[recon.isolation]`` turns it on per stream.
+
 Transport, per stream (:class:`WorkerProcess`):
 
 * one Unix socketpair (a :class:`multiprocessing.connection.Connection` each side) carries the

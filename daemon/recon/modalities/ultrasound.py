@@ -26,9 +26,13 @@ Queue policy: ``latest`` (a live image: only the newest frame counts). ``max_bat
 a stream is configured ``fifo``/``lossless`` (``[recon.qos.<stream>]``), up to 4 queued frames
 go through the beamformer as one batch (the sparse operator is read once per batch; for 3
 angles on the 2-core machine that was no faster per frame, 0.88×: scipy's product is bound by
-its arithmetic there, not by reading the operator). Isolation: ``process`` (the stage runs it in
-a worker process of its own, :mod:`medacq.daemon.recon.worker_process`; the OpenIGTLink server
-then lives in that process too); ``[recon.isolation] <stream> = "thread"`` keeps it in the stage.
+its arithmetic there, not by reading the operator). Isolation: ``thread`` (the default);
+``[recon.isolation] <stream> = "process"`` runs it in a worker process of its own
+(:mod:`medacq.daemon.recon.worker_process`; the OpenIGTLink server then lives there too). On the
+saturated 2-core rig that did not pay: the child's start-up pushed the first B-mode frame past
+10 s, and the beamformer, no longer serialised with the stage's other threads, took the cores
+the other streams needed (``bench rig``: 39 and 45 of 50 bars against 47 in threads, B-mode p99
+184 and 141 ms against 161).
 
 Actions (``medacq ctl --recon action STREAM ACTION key=value``): ``status``,
 ``set_grid``, ``set_dynamic_range db=50``.
@@ -235,7 +239,6 @@ class BModeReconstructor(Reconstructor):
     Settings = BModeSettings
     qos = QosPolicy(policy="latest")
     max_batch = 4
-    isolation = "process"
 
     def __init__(self, descriptor: StreamDescriptor, settings: BModeSettings | dict[str, Any] | None = None) -> None:
         super().__init__(descriptor, settings)
