@@ -23,6 +23,27 @@ frequency). The stream's modality comes from the setting ``modality`` or, by def
 device's user-defined name (``thermal``, ``endoscope``, ``photo``). Thermal cameras: the Planck
 constants (R, B, F, O), emissivity, reflected temperature and the linear mode travel in the
 descriptor's ``geometry.radiometry``; in temperature-linear mode ``scale``/``offset`` give °C.
+
+Frame start (``frame_triggers = true``; ``markers/<device>``, :mod:`medacq.protocols.markers`): each
+frame's meta lists a trigger event on line ``frame_start`` (``t_device`` the leader's timestamp in
+seconds, ``sample`` the block id) whose host time is the leader's timestamp mapped through a fit of
+the camera clock to the leaders' arrival times (:class:`~medacq.drivers._clockfit.DeviceClock`,
+lower envelope; GevTimestampTickFrequency ticks), not the arrival. A camera sends the leader once
+the exposure is over, so the fit is fed each leader's arrival minus ExposureTime (read at ``start``
+and on every write of it): the marker is the exposure start as the least-delayed leaders place it,
+whichever instant the camera latches its timestamp at (GigE Vision leaves that to the device; the
+simulated camera stamps the exposure start), and the timestamps carry the drift and remove the
+arrival jitter. What stays is the camera's own readout-to-leader delay and the link's least latency
+(sub-millisecond on the simulated camera). A new 1-s bucket of the fit is opened with the least
+delayed of its first 3 leaders, not its first alone. A leader that came in a resend round does not
+feed the fit, nor one arriving over 20 ms later than the fit predicts (``late_leaders``: a stalled host
+thread; the envelope's bucket minima are below it anyway, but as the first point of a new bucket it
+would bend a fit of few buckets); a timestamp that steps back (GevTimestampControlReset) restarts it
+(``timestamp_resets``).
+``trigger = "line0"``: one frame per rising edge on the camera's trigger input (TriggerMode On,
+TriggerSource Line0, TriggerActivation RisingEdge); each frame then also yields an event on line
+``Line0`` at the same time (the edge, to the camera's trigger-to-exposure latency: µs), with or
+without ``frame_triggers``: a bus edge the daemon's trigger alignment matches like any other.
 """
 
 from __future__ import annotations
@@ -46,13 +67,18 @@ from medacq.protocols.gigev import (
     ReadRegCmd, ResendRequest, WriteMemAck, WriteMemCmd, WriteRegAck, WriteRegCmd, bytes_per_pixel,
     parse_genicam_url, unpack_12p,
 )
+from medacq.protocols.markers import FRAME_TRIGGERS_KEY
 from medacq.protocols.stream import StreamDescriptor
 
 from ._base import ConnectionLost, DeviceError, DeviceNotFound, Driver, Frame, Gap
+from ._clockfit import DeviceClock
+from .triggers import clock_trigger
 
 __all__ = ["GigEDriver", "GigESettings", "GvcpClient", "parse_gige_address"]
 
 _PF_NAMES = {int(p): p.name for p in PixelFormat}
+_LATE_LEADER_NS = 20_000_000  # a leader this much later than the fitted clock predicts does not feed the fit
+_FIT_FIRST = 3  # a new 1-s bucket of the fit is opened with the least delayed of its first 3 leaders
 
 
 def parse_gige_address(address: str) -> tuple[str, int]:
@@ -173,7 +199,9 @@ class GigESettings(BaseModel):
         frame_rate_hz: AcquisitionFrameRate (Hz).
         exposure_us: ExposureTime (µs).
         gain_db: Gain (dB).
-        trigger: ``off`` (free-running) or ``software`` (one frame per :meth:`GigEDriver.trigger`).
+        trigger: ``off`` (free-running), ``software`` (one frame per :meth:`GigEDriver.trigger`) or
+            ``line0`` (one frame per rising edge on the trigger input Line0, each edge published on
+            ``markers/<device>``, line ``Line0``).
         features: other features to set, name → value (enum entries by name).
         packet_size: stream packet size (bytes incl. IP/UDP/GVSP headers; 9000 = jumbo frames).
         heartbeat_ms: heartbeat timeout written to the camera (ms).
@@ -181,6 +209,8 @@ class GigESettings(BaseModel):
         max_resends: resend rounds per frame before it is announced lost.
         resend_timeout_ms: a resend round unanswered for this long is asked again (ms).
         rcvbuf_bytes: stream socket receive buffer.
+        frame_triggers: publish every frame's start (the leader timestamp, fitted to the host
+            clock) on ``markers/<device>`` (line ``frame_start``; module doc). Default off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -190,7 +220,7 @@ class GigESettings(BaseModel):
     frame_rate_hz: float | None = Field(None, gt=0, le=1000)
     exposure_us: float | None = Field(None, gt=0)
     gain_db: float | None = Field(None, ge=0)
-    trigger: Literal["off", "software"] | None = None
+    trigger: Literal["off", "software", "line0"] | None = None
     features: dict[str, float | int | str | bool] = Field(default_factory=dict)
     packet_size: int = Field(9000, ge=576, le=16000)
     heartbeat_ms: int = Field(3000, ge=500, le=60000)
@@ -198,6 +228,7 @@ class GigESettings(BaseModel):
     max_resends: int = Field(4, ge=0, le=10)
     resend_timeout_ms: float = Field(50.0, gt=0, le=1000)
     rcvbuf_bytes: int = Field(4 << 20, ge=1 << 16)
+    frame_triggers: bool = False
 
 
 class GigEDriver(Driver):
@@ -233,6 +264,12 @@ class GigEDriver(Driver):
         self._radiometry: dict[str, Any] = {}
         self._frame_rate: float | None = None
         self._resend_id = 0
+        self._exposure_ns = 0
+        self._cam_clock: DeviceClock | None = None
+        self._last_ticks = -1
+        #: (bucket of the camera clock fit, leaders seen in it, the least delayed one held back)
+        self._fit_bucket: tuple[int, int, tuple[int, int] | None] = (-1, 0, None)
+        self._fit_t0 = 0  # the fit's first leader (ticks)
 
     # -- features --------------------------------------------------------------------------------
     def _client(self) -> GvcpClient:
@@ -280,6 +317,13 @@ class GigEDriver(Driver):
             c.write_reg((f.address, int(value)))
         else:
             raise DeviceError(f"{self.name}: cannot write {f.kind} feature {name}")
+        if name == "ExposureTime":
+            self._read_exposure()
+
+    def _read_exposure(self) -> None:
+        """ExposureTime (µs) as ns: a leader leaves the camera this long after its frame started."""
+        self._exposure_ns = int(round(float(self.get_feature("ExposureTime")) * 1e3)) \
+            if "ExposureTime" in self.features else 0
 
     def execute(self, name: str) -> None:
         """Execute a command feature (``AcquisitionStart``, ``TriggerSoftware``, ``NUCAction``)."""
@@ -321,9 +365,15 @@ class GigEDriver(Driver):
             if s.gain_db is not None:
                 self.set_feature("Gain", s.gain_db)
             if s.trigger is not None and "TriggerMode" in self.features:
-                self.set_feature("TriggerMode", "On" if s.trigger == "software" else "Off")
+                self.set_feature("TriggerMode", "Off" if s.trigger == "off" else "On")
                 if s.trigger == "software":
                     self.set_feature("TriggerSource", "Software")
+                elif s.trigger == "line0":
+                    self.set_feature("TriggerSource", "Line0")
+                    if "TriggerActivation" in self.features:
+                        self.set_feature("TriggerActivation", "RisingEdge")
+            elif s.trigger == "line0":
+                raise DeviceError(f"{self.name}: trigger = 'line0' but the camera has no TriggerMode feature")
             for k, v in s.features.items():
                 self.set_feature(k, v)
             self._read_geometry()
@@ -348,6 +398,7 @@ class GigEDriver(Driver):
                     self._radiometry[key] = float(self.get_feature(k))
             if "TemperatureLinearMode" in self.features:
                 self._radiometry["linear"] = self.get_feature("TemperatureLinearMode") == "On"
+        self._read_exposure()
 
     def _start_heartbeat(self) -> None:
         self._hb_stop.clear()
@@ -394,6 +445,10 @@ class GigEDriver(Driver):
         self._expected = None
         self._held.clear()
         self._held_t.clear()
+        self._cam_clock = DeviceClock(self.tick_hz, bucket_s=1.0, window_s=60.0) \
+            if s.frame_triggers or s.trigger == "line0" else None
+        self._last_ticks = -1
+        self._fit_bucket = (-1, 0, None)
         if "TLParamsLocked" in self.features:
             self.set_feature("TLParamsLocked", 1)
         self.execute("AcquisitionStart")
@@ -492,9 +547,13 @@ class GigEDriver(Driver):
         while (ev := rx.next_event()) is not NEED_DATA:
             if isinstance(ev, BlockComplete):
                 arr = self._to_array(ev.data)
+                meta: dict[str, Any] = {"block_id": ev.block_id, "resent_packets": ev.resent_packets}
+                if self._cam_clock is not None:
+                    trig = self._frame_start(ev, t_host - t_mono)
+                    if trig:
+                        meta[FRAME_TRIGGERS_KEY] = trig
                 self._hold(ev.block_id, Frame(arr, t_host, t_mono, t_device=ev.leader.timestamp / self.tick_hz,
-                                              meta={"block_id": ev.block_id, "resent_packets": ev.resent_packets}),
-                           now)
+                                              meta=meta), now)
                 if ev.resent_packets:
                     self.count("frames_recovered")
             elif isinstance(ev, BlockLost):
@@ -515,6 +574,69 @@ class GigEDriver(Driver):
         self.counters["packets"] = rx.packets
         self.counters["resent_packets"] = rx.resent_packets
         self.counters["late_packets"] = rx.late_packets
+
+    def _frame_start(self, ev: BlockComplete, real_minus_mono: int) -> list[dict[str, Any]]:
+        """The block's trigger events (meta form) on the fitted camera clock: its frame start
+        (``frame_triggers``) and, with ``trigger = "line0"``, the Line0 edge that started it; none
+        (counted) when the leader carries no timestamp or none has fed the fit yet."""
+        ticks = int(ev.leader.timestamp)
+        if ticks <= 0:
+            self.count("frame_starts_no_timestamp")
+            return []
+        if ticks >= 1 << 62:  # > 146 years at 1 GHz: not a clock reading (the fit's int64 would overflow)
+            self.count("frame_starts_bad_timestamp")
+            return []
+        if ticks < self._last_ticks:  # the camera's timestamp was reset: a new clock
+            self.count("timestamp_resets")
+            self._cam_clock = DeviceClock(self.tick_hz, bucket_s=1.0, window_s=60.0)
+            self._fit_bucket = (-1, 0, None)
+        self._last_ticks = ticks
+        clock = self._cam_clock
+        assert clock is not None
+        if ev.leader_t == ev.leader_t and (not ev.leader_resent or clock.updates == 0):
+            t_arr = int(round(ev.leader_t * 1e9)) - self._exposure_ns
+            if clock.updates and t_arr - int(clock.time_of(ticks)) > _LATE_LEADER_NS:
+                # far above the envelope (a stalled thread): it cannot lower a bucket, but as the
+                # first point of a new one it would bend a fit of few buckets
+                self.count("late_leaders")
+            else:
+                self._feed(clock, ticks, t_arr)
+        if clock.updates == 0:
+            self.count("frame_starts_unplaced")
+            return []
+        lines = (["frame_start"] if self.settings.frame_triggers else []) + \
+            (["Line0"] if self.settings.trigger == "line0" else [])
+        return [clock_trigger(clock, ticks, line, real_minus_mono, t_device=ticks / self.tick_hz, latched=False,
+                              sample=ev.block_id).to_meta() for line in lines]
+
+    def _feed(self, clock: DeviceClock, ticks: int, t_arr_ns: int) -> None:
+        """Feed the camera clock fit. The lower envelope keeps each 1-s bucket's least delayed
+        leader, but the first leader of a new bucket alone would decide it, and while the fit has
+        few buckets one delayed leader bends the line: a new bucket is fed the least delayed of its
+        first :data:`_FIT_FIRST` leaders (or of all, if fewer come before the next bucket), the
+        leaders after them directly."""
+        if clock.updates == 0:
+            clock.update(ticks, t_arr_ns)
+            self._fit_t0 = ticks
+            self._fit_bucket = (0, _FIT_FIRST, None)
+            return
+        k = (ticks - self._fit_t0) // max(1, int(round(self.tick_hz)))  # DeviceClock's 1-s buckets
+        cur, seen, best = self._fit_bucket
+        if k != cur:
+            if best is not None:
+                clock.update(*best)
+            cur, seen, best = k, 0, None
+        if seen >= _FIT_FIRST:
+            clock.update(ticks, t_arr_ns)
+        else:
+            seen += 1
+            p0 = 1e9 / self.tick_hz
+            if best is None or t_arr_ns - ticks * p0 < best[1] - best[0] * p0:
+                best = (ticks, t_arr_ns)
+            if seen >= _FIT_FIRST:
+                clock.update(*best)
+                best = None
+        self._fit_bucket = (cur, seen, best)
 
     def _hold(self, bid: int, item: Frame | Gap, now: float) -> None:
         if self._expected is None:

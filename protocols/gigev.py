@@ -708,12 +708,16 @@ def unpack_12p(b: bytes | bytearray | memoryview, count: int) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class BlockComplete:
-    """Every packet of a block arrived. ``data``: the payload bytes (``payload_size`` of them)."""
+    """Every packet of a block arrived. ``data``: the payload bytes (``payload_size`` of them);
+    ``leader_t``: when the leader arrived (the ``now`` given with it, s), ``leader_resent``: the
+    leader came in a resend round (its arrival time says little about when the device sent it)."""
 
     block_id: int
     leader: GvspLeader
     data: bytearray
     resent_packets: int
+    leader_t: float = float("nan")
+    leader_resent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,6 +745,8 @@ class _Block:
     got: bytearray  # one flag per packet id 0..n+1
     n_payload: int
     leader: GvspLeader | None = None
+    leader_t: float = float("nan")
+    leader_resent: bool = False
     received: int = 0
     last_t: float = 0.0
     resends: int = 0
@@ -860,6 +866,8 @@ class GvspReceiver:
                 self._events.append(Garbage(n, f"leader announces {size} bytes, expected {self.payload_size}"))
                 return
             blk.leader = p
+            blk.leader_t = now
+            blk.leader_resent = status == GvspStatus.PACKET_RESEND or blk.resends > 0
         elif content == GvspContent.TRAILER:
             if pid != blk.n_payload + 1:
                 self.garbage += 1
@@ -877,7 +885,8 @@ class GvspReceiver:
             self.resent_packets += 1
         if blk.received == blk.n_payload + 2:
             assert blk.leader is not None
-            self._events.append(BlockComplete(bid, blk.leader, blk.data, blk.resent))
+            self._events.append(BlockComplete(bid, blk.leader, blk.data, blk.resent, blk.leader_t,
+                                              blk.leader_resent))
             self._finish(bid)
         elif blk.ended and blk.resend_t < 0:
             self._ask(blk, now)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .marga import (
     DDS0_PHASE_MSB, F_CLK_HZ, GATES_LEDS, GRAD_BOARD_FHDO, GRAD_CTRL, GRAD_LSB, GRAD_LATENCY, RX0_RATE, RX1_RATE, RX_CTRL, TX0_I, TX0_Q,
-    DDS0_PHASE_LSB, Program, compile_changes, fhdo_word, lo_phase_step,
+    DDS0_PHASE_LSB, Program, add_trig_out, compile_changes, fhdo_word, lo_phase_step,
 )
 
 __all__ = ["GAMMA_BAR_HZ_PER_T", "SystemLimits", "SequenceParams", "SequenceError", "CartesianSequence",
@@ -39,6 +39,7 @@ __all__ = ["GAMMA_BAR_HZ_PER_T", "SystemLimits", "SequenceParams", "SequenceErro
 
 GAMMA_BAR_HZ_PER_T = 42.577478e6
 _T0_US = 30.0  # first event (µs) after the run starts: room for the latency-shifted gradients
+_WAIT_LEAD_US = 16.0  # a shot's trigger wait (ITRIG) this long before its start: its words follow the wait
 RF_TBW = 4.0  # time-bandwidth product of the slice-selective sinc pulses
 RF_STEP_US = 10.0  # TX amplitude update interval of a shaped pulse (µs)
 _RX_LO_DDS1 = 1 | (1 << 2)  # RX_CTRL: both receivers demodulate with DDS1 (DDS0 follows the slice for TX)
@@ -331,10 +332,21 @@ class CartesianSequence:
         """``(slice, line)`` of every ADC window of a shot, in acquisition order (slices interleaved)."""
         return [(sl, line) for sl in self.p.slice_order() for line in self.shot_lines(shot)]
 
-    def lines(self, first: int, count: int) -> np.ndarray:
+    def lines(self, first: int, count: int, trig_out_us: float = 0.0, wait_trigger: bool = False,
+              wait_timeout_cycles: int | None = None) -> np.ndarray:
         """Machine code for shots (TRs) ``first .. first + count - 1`` (negative: a dummy TR with
-        ky = 0); a shot is one line, or ``etl`` lines of a turbo spin echo (:meth:`shot_lines`)."""
+        ky = 0); a shot is one line, or ``etl`` lines of a turbo spin echo (:meth:`shot_lines`).
+
+        ``trig_out_us`` > 0: every acquired shot (not a dummy) raises the trigger output
+        (``GATES_LEDS`` bit 2) for that long at its start (:meth:`shot_start_us`).
+        ``wait_trigger``: every shot (dummies too) waits for the trigger input first: an ``ITRIG``
+        with ``wait_timeout_cycles`` (``None``: ``ITRIGFOREVER``) ``_WAIT_LEAD_US`` before its start;
+        the shot's events then follow the trigger (cardiac gating). Times are nominal (each wait
+        its minimum 3 cycles)."""
         p, lim = self.p, self.lim
+        if trig_out_us < 0 or (trig_out_us > 0 and trig_out_us >= p.tr_ms * 1e3 / 2):
+            raise SequenceError(f"trigger output pulse {trig_out_us:g} µs: must be shorter than half the TR "
+                                f"({p.tr_ms * 1e3 / 2:g} µs)")
         n = p.matrix
         prog = program_header(lim.larmor_hz, self.dwell_cycles, self.rx_lo)
         lat = GRAD_LATENCY[GRAD_BOARD_FHDO]
@@ -346,7 +358,17 @@ class CartesianSequence:
             else:
                 for k, sl in enumerate(order):
                     self._one(prog, _T0_US + j * tr_us + k * tr_us / len(order), first + j, lat, sl)
+        if trig_out_us > 0:
+            add_trig_out(prog, [(self._cyc(self.shot_start_us(j)), self._cyc(self.shot_start_us(j) + trig_out_us))
+                                for j in range(count) if first + j >= 0])
+        if wait_trigger:
+            for j in range(count):
+                prog.wait_trigger(self._cyc(self.shot_start_us(j) - _WAIT_LEAD_US), wait_timeout_cycles)
         return compile_changes(prog, end_cycle=self._cyc(count * tr_us))
+
+    def shot_start_us(self, j: int) -> float:
+        """Nominal start (µs from the program's start) of the ``j``-th shot of a program."""
+        return _T0_US + j * self.p.tr_ms * 1e3
 
     def _rf(self, prog: Program, t_us: float, dur_us: float, amp: float, phase: float = 0.0) -> None:
         a = amp * np.exp(1j * phase)

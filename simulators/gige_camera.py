@@ -12,11 +12,22 @@ the heartbeat; after ``heartbeat timeout`` (register 0x0938, ms, default 3000) o
 loses control: privilege 0, acquisition stopped, stream channel cleared. Reads are open to all.
 
 Streaming: AcquisitionStart with a stream destination set. Continuous mode (TriggerMode Off)
-sends frames at AcquisitionFrameRate; with TriggerMode On each TriggerSoftware sends one
-frame; SingleFrame stops after one. Packets leave paced at the simulated link rate
-(``link_MBps``, 125 = 1 GbE; 0 = as fast as the socket takes them). The last blocks' packets
-stay in a resend buffer (``resend_buffer_mb``): PACKETRESEND from any host resends them with
-status 0x0100.
+sends frames at AcquisitionFrameRate; with TriggerMode On each TriggerSoftware (TriggerSource
+Software) or each rising edge on the trigger input (TriggerSource Line0, TriggerActivation
+RisingEdge: the rig's trigger bus, :func:`~medacq.simulators.trigger_bus.attach` with line
+``Line0``) starts one exposure, ``trigger_latency_us`` after the edge; an edge during the previous
+exposure is ignored (``triggers_ignored_busy``); SingleFrame stops after one. Packets leave paced
+at the simulated link rate (``link_MBps``, 125 = 1 GbE; 0 = as fast as the socket takes them). The
+last blocks' packets stay in a resend buffer (``resend_buffer_mb``): PACKETRESEND from any host
+resends them with status 0x0100.
+
+Clock and frame start: the camera counts its own timestamp clock (GevTimestampTickFrequency
+1 GHz nominal) from ``clock_offset_s`` at the adapter's start, running ``clock_ppm`` fast
+against the host's CLOCK_MONOTONIC; continuous frames are paced by that oscillator too. A frame's
+GVSP leader timestamp is its exposure start on that clock; its packets leave once the exposure
+(ExposureTime) is over and the frame is read out. :attr:`GigECameraDevice.frame_starts` keeps the
+true exposure starts (adapter seconds; :meth:`GigEVisionServer.true_frame_starts` gives them on
+CLOCK_MONOTONIC) for tests and benches; no driver sees them.
 
 Faults (besides the adapter's ``stall``/``pull_cable``): ``drop(n)`` loses the next n GVSP
 packets on the wire (recoverable by resend), :meth:`GigECameraDevice.lose` loses them for good
@@ -76,8 +87,24 @@ class GigECameraDevice(DeviceFaults):
         return GigEVisionServer(self, host, port, link_MBps=link_MBps)
 
     def __init__(self, model: CameraModel, *, ip: str = "127.0.0.1", mac: bytes = b"\x02\x00\x4d\x41\x43\x01",
-                 packet_size: int = 9000, heartbeat_ms: int = 3000, resend_buffer_mb: float = 64.0) -> None:
+                 packet_size: int = 9000, heartbeat_ms: int = 3000, resend_buffer_mb: float = 64.0,
+                 clock_ppm: float = 0.0, clock_offset_s: float = 0.0, trigger_latency_us: float = 20.0) -> None:
+        if not (abs(clock_ppm) <= 10_000 and clock_offset_s >= 0 and 0 <= trigger_latency_us <= 1e6):
+            raise ValueError("clock_ppm must be within +-10000, clock_offset_s >= 0, trigger_latency_us in [0, 1e6]")
         self.model = model
+        #: the timestamp clock's rate error vs CLOCK_MONOTONIC (ppm; positive: the camera runs fast)
+        self.clock_ppm = float(clock_ppm)
+        #: the timestamp clock's reading (s) at the adapter's t = 0
+        self.clock_offset_s = float(clock_offset_s)
+        #: trigger input edge -> exposure start (s)
+        self.trigger_latency_s = float(trigger_latency_us) * 1e-6
+        #: the rig trigger bus cabled to input Line0 (:func:`~medacq.simulators.trigger_bus.attach`)
+        self.trigger: Any = None
+        self.trigger_source = 0  # Software
+        #: true exposure starts of the frames sent: (frame index, block id, adapter time s, leader ticks)
+        self.frame_starts: deque[tuple[int, int, float, int]] = deque(maxlen=100_000)
+        self._starts: deque[float] = deque()  # triggered exposure starts waiting for their readout
+        self._line_seen = 0.0
         self.codec = GvcpCodec("device")
         self.ip = ip
         self.features: list[Feature] = []
@@ -110,7 +137,8 @@ class GigECameraDevice(DeviceFaults):
         self.last_frame: np.ndarray | None = None
         self.counters = {"commands": 0, "denied": 0, "garbage": 0, "resend_requests": 0, "resent_packets": 0,
                          "resend_unavailable": 0, "frames": 0, "packets": 0, "dropped_packets": 0, "lost_packets": 0,
-                         "heartbeat_expired": 0, "frames_skipped_busy": 0}
+                         "heartbeat_expired": 0, "frames_skipped_busy": 0, "line_triggers": 0,
+                         "triggers_ignored_busy": 0}
         self.keep_frames = 0  # tests: keep the last n frames' pixels (frame index → array)
         self.frames: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -191,8 +219,10 @@ class GigECameraDevice(DeviceFaults):
             lambda: m.exposure_us, self._float_setter("exposure_us", 10.0, 1e6))
         add(Feature("TriggerMode", "enum", nxt(), "RW", entries={"Off": 0, "On": 1}, category="AcquisitionControl"),
             lambda: self.trigger_mode, self._set_trigger_mode)
-        add(Feature("TriggerSource", "enum", nxt(), "RW", entries={"Software": 0}, category="AcquisitionControl"),
-            lambda: 0, lambda v: self._check_entry(v, (0,)))
+        add(Feature("TriggerSource", "enum", nxt(), "RW", entries={"Software": 0, "Line0": 1},
+                    category="AcquisitionControl"), lambda: self.trigger_source, self._set_trigger_source)
+        add(Feature("TriggerActivation", "enum", nxt(), "RW", entries={"RisingEdge": 0},
+                    category="AcquisitionControl"), lambda: 0, lambda v: self._check_entry(v, (0,)))
         add(Feature("TriggerSoftware", "command", nxt(), "WO", category="AcquisitionControl"), lambda: 0,
             lambda v: self._trigger())
         add(Feature("Gain", "float", nxt(), "RW", 0.0, 24.0, unit="dB", category="AnalogControl"),
@@ -256,6 +286,45 @@ class GigECameraDevice(DeviceFaults):
     def _set_trigger_mode(self, v: int) -> None:
         self._check_entry(v, (0, 1))
         self.trigger_mode = v
+
+    def _set_trigger_source(self, v: int) -> None:
+        self._check_entry(v, (0, 1))
+        self.trigger_source = v
+
+    # -- the camera's own clock ---------------------------------------------------------------
+    def device_ticks(self, t: float) -> int:
+        """The timestamp counter (ticks of 1 ns nominal) at adapter time ``t`` (s)."""
+        return int(round((self.clock_offset_s + t * (1.0 + self.clock_ppm * 1e-6)) * _TICKS_PER_S))
+
+    @property
+    def exposure_s(self) -> float:
+        """ExposureTime (s): a frame's packets leave this long after its exposure started."""
+        return float(self.model.exposure_us) * 1e-6
+
+    @property
+    def frame_period_s(self) -> float:
+        """Continuous mode's frame period on the host clock (the camera's oscillator paces it)."""
+        return 1.0 / (self.model.frame_rate_hz * (1.0 + self.clock_ppm * 1e-6))
+
+    def _line_edges(self, t: float) -> None:
+        """Rising edges on Line0 up to adapter time ``t`` start exposures (trigger mode, Line0)."""
+        inp = self.trigger
+        if inp is None:
+            self._line_seen = t
+            return
+        lo = self._line_seen
+        while (e := inp.first_edge(lo, t)) is not None:
+            lo = e + 1e-9
+            start = e + self.trigger_latency_s
+            busy_until = (self._starts[-1] if self._starts else self._last_start) + self.exposure_s
+            if start < busy_until:
+                self.counters["triggers_ignored_busy"] += 1
+                continue
+            self._starts.append(start)
+            self.counters["line_triggers"] += 1
+        self._line_seen = max(self._line_seen, t)
+
+    _last_start = float("-inf")
 
     @property
     def payload_size(self) -> int:
@@ -331,15 +400,19 @@ class GigECameraDevice(DeviceFaults):
             self.acquiring = True
             self._next_frame = self._now
             self.trigger_pending = 0
+            self._starts.clear()
+            self._line_seen = self._now  # edges before AcquisitionStart start nothing
 
     def _stop(self) -> None:
         self.acquiring = False
         self._next_frame = None
         self.trigger_pending = 0
+        self._starts.clear()
 
     def _trigger(self) -> None:
-        if self.acquiring and self.trigger_mode:
+        if self.acquiring and self.trigger_mode and self.trigger_source == 0:
             self.trigger_pending += 1
+            self._starts.append(self._now)
 
     @property
     def heartbeat_s(self) -> float:
@@ -436,7 +509,12 @@ class GigECameraDevice(DeviceFaults):
         hb = self.controller_t + self.heartbeat_s + 1e-3 if self.controller is not None else None
         if not self.acquiring:
             return hb
-        frame = self._next_frame if not self.trigger_mode else (self._now if self.trigger_pending else None)
+        if not self.trigger_mode:
+            frame = None if self._next_frame is None else self._next_frame + self.exposure_s
+        elif self._starts:
+            frame = self._starts[0] + self.exposure_s
+        else:  # Line0: look at the line again soon
+            frame = self._now + 0.002 if self.trigger_source == 1 and self.trigger is not None else None
         cands = [x for x in (hb, frame) if x is not None]
         return min(cands) if cands else None
 
@@ -455,17 +533,19 @@ class GigECameraDevice(DeviceFaults):
         overrun: what ``ResultingFrameRate`` below ``AcquisitionFrameRate`` means). ``True`` when a
         slot was skipped."""
         if (not self.acquiring or self.stream_dest is None or self.trigger_mode or self._next_frame is None
-                or t < self._next_frame):
+                or t < self._next_frame + self.exposure_s):
             return False
-        period = 1.0 / self.model.frame_rate_hz
+        period = self.frame_period_s
         self._next_frame += period
-        if self._next_frame < t - 2 * period:
+        if self._next_frame + self.exposure_s < t - 2 * period:
             self._next_frame = t + period
         self.counters["frames_skipped_busy"] += 1
         return True
 
-    def take_due(self, t: float) -> "_FrameJob | None":
-        """The frame due by ``t``, if any (its block id and frame index are taken now)."""
+    def take_due(self, t: float, ahead_s: float = 0.0) -> "_FrameJob | None":
+        """The frame due by ``t``, if any (its block id and frame index are taken now). A frame is
+        due when its exposure is over; ``ahead_s``: take it that much earlier (the adapter renders
+        it during the exposure and holds its packets until ``job.t_ready``)."""
         self._now = t
         self._check_heartbeat(t)
         if not self.acquiring:
@@ -474,18 +554,25 @@ class GigECameraDevice(DeviceFaults):
         if dest is None:
             return None
         if self.trigger_mode:
-            if not self.trigger_pending:
+            if self.trigger_source == 1:
+                self._line_edges(t)
+            if not self._starts or t + ahead_s < self._starts[0] + self.exposure_s:
                 return None
-            self.trigger_pending -= 1
+            start = self._starts.popleft()
+            if self.trigger_source == 0:
+                self.trigger_pending = max(0, self.trigger_pending - 1)
         else:
-            if self._next_frame is None or t < self._next_frame:
+            if self._next_frame is None or t + ahead_s < self._next_frame + self.exposure_s:
                 return None
-            period = 1.0 / self.model.frame_rate_hz
+            start = self._next_frame
+            period = self.frame_period_s
             self._next_frame += period
-            if self._next_frame < t - 2 * period:  # far behind: skip (frames are not queued)
+            if self._next_frame + self.exposure_s < t - 2 * period:  # far behind: skip (frames are not queued)
                 self._next_frame = t + period
+        self._last_start = start
         self.block_id = next_block_id(self.block_id)
-        job = _FrameJob(self.block_id, self.frame_index, t, dest, self.packet_size)
+        job = _FrameJob(self.block_id, self.frame_index, t, dest, self.packet_size, start, self.device_ticks(start),
+                        self.exposure_s)
         self.frame_index += 1
         if self.acq_mode == 1:
             self._stop()
@@ -501,12 +588,12 @@ class GigECameraDevice(DeviceFaults):
             payload = np.ascontiguousarray(img).reshape(-1)
         else:  # multi-byte pixels are little-endian on the wire (PFNC)
             payload = np.ascontiguousarray(img, dtype="<u2").tobytes()
-        return img, block_packets(job.block_id, int(job.t * _TICKS_PER_S), m.pfnc, m.width, m.height, payload,
-                                  job.packet_size)
+        return img, block_packets(job.block_id, job.ticks, m.pfnc, m.width, m.height, payload, job.packet_size)
 
     def commit(self, job: "_FrameJob", img: np.ndarray, pk: list[bytes]) -> list[tuple[bytes, Dest]]:
         """Record a built frame (resend buffer, truth) and return its packets, faults applied."""
         self.sent_blocks[job.block_id] = job.index
+        self.frame_starts.append((job.index, job.block_id, job.t_start, job.ticks))
         if len(self.sent_blocks) > 256:
             self.sent_blocks.pop(next(iter(self.sent_blocks)))
         if self.keep_frames:
@@ -600,7 +687,9 @@ class GigECameraDevice(DeviceFaults):
 
     def truth(self) -> dict[str, Any]:
         return {**self.model.truth(), "frame_index": self.frame_index, "block_id": self.block_id,
-                "acquiring": self.acquiring, "controller": self.controller, **self.counters}
+                "acquiring": self.acquiring, "controller": self.controller, "clock_ppm": self.clock_ppm,
+                "clock_offset_s": self.clock_offset_s, "trigger_source": "Line0" if self.trigger_source else "Software",
+                "trigger_cabled": self.trigger is not None, **self.counters}
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +699,14 @@ class _FrameJob:
     t: float
     dest: Dest
     packet_size: int
+    t_start: float = 0.0  # exposure start (adapter time, s)
+    ticks: int = 0  # the same on the camera's timestamp clock (leader timestamp)
+    exposure_s: float = 0.0
+
+    @property
+    def t_ready(self) -> float:
+        """When the exposure is over and the frame's packets may leave (adapter time, s)."""
+        return self.t_start + self.exposure_s
 
 
 class _Refused(Exception):
@@ -718,6 +815,13 @@ class GigEVisionServer:
     def _now(self) -> float:
         return time.monotonic() - self._t0
 
+    def true_frame_starts(self) -> list[tuple[int, float, float]]:
+        """Every frame sent so far (the last 100 000): ``(block id, leader timestamp s on the camera's
+        clock, true exposure start on CLOCK_MONOTONIC s)``, oldest first. True time: tests and
+        benches only."""
+        with self._lock:
+            return [(bid, ticks / _TICKS_PER_S, self._t0 + t) for _, bid, t, ticks in self.device.frame_starts]
+
     def _run(self, loop: Any) -> None:
         try:
             loop()
@@ -760,34 +864,50 @@ class GigEVisionServer:
                     self._out.append((pkt, dest))
 
     def _stream_loop(self) -> None:
-        """GVSP: frames due (rendered outside the lock), paced at the link rate."""
+        """GVSP: frames due (rendered outside the lock, during their exposure), paced at the link rate.
+
+        A frame is taken ``ahead`` of the end of its exposure (the longest recent render time plus
+        2 ms, at most the exposure) and its packets are held until the exposure is over, so the
+        leader leaves when the camera's would, however long Python takes to render it."""
         dev = self.device
+        held: deque[tuple[float, list[tuple[bytes, Dest]]]] = deque()  # (release time, packets)
+        build_s = 0.0
         while not self._stop.is_set():
             stalled, unplugged = self._blocked()
+            ahead = min(dev.exposure_s, 1.5 * build_s + 0.002)
             with self._lock:
-                busy = len(self._queued_frames) >= self.frame_buffer
-                job = None if stalled or (busy and dev.skip_due(self._now())) else dev.take_due(self._now())
+                busy = len(self._queued_frames) + len(held) >= self.frame_buffer
+                if busy and not stalled:
+                    dev.skip_due(self._now())
+                job = None if stalled or busy else dev.take_due(self._now(), ahead)
                 dl = dev.next_deadline()
             if job is not None:
+                t_build = time.perf_counter()
                 img, pk = dev.build(job)
+                build_s = max(0.9 * build_s, time.perf_counter() - t_build)
                 with self._lock:
                     wire = dev.commit(job, img, pk)
                 if unplugged:
                     wire = []
-                self._out.extend(wire)
-                if wire:
-                    self._queued_frames.append(len(wire))
                 garbage = self.faults._take_garbage(self._rng)
                 if garbage and wire:
-                    self._out.append((garbage, wire[0][1]))
+                    wire.append((garbage, wire[0][1]))
+                if wire:
+                    held.append((job.t_ready, wire))
+            while held and self._now() >= held[0][0]:
+                wire = held.popleft()[1]
+                self._out.extend(wire)
+                self._queued_frames.append(len(wire))
             if unplugged:
                 self._out.clear()
                 self._queued_frames.clear()
+                held.clear()
             if not stalled:
                 self._drain()
             if job is None and not self._out:
                 t = self._now()
-                time.sleep(0.005 if dl is None else max(0.0, min(0.005, dl - t)))
+                wake = [x for x in (None if dl is None else dl - ahead, held[0][0] if held else None) if x is not None]
+                time.sleep(0.005 if not wake else max(0.0, min(0.005, min(wake) - t)))
             elif self._out and self.link_Bps > 0 and self._credit <= 0:
                 time.sleep(0.0005)
 
@@ -842,11 +962,14 @@ def make(**options: Any) -> GigECameraDevice:
     already accumulated at start, K: 0); endoscope: ``fps``
     (30/60), ``pixel_format`` (BayerRG8 | BayerRG12p), ``width``/``height``; photo: ``width``/
     ``height`` (4000×3000), ``pixel_format``; all: ``packet_size`` (9000), ``heartbeat_ms`` (3000),
-    ``ip`` (the address put in the bootstrap, 127.0.0.1).
+    ``ip`` (the address put in the bootstrap, 127.0.0.1), ``clock_ppm`` (the timestamp clock's rate
+    error, ppm: 0), ``clock_offset_s`` (its reading at start, s: 0), ``trigger_latency_us`` (Line0
+    edge to exposure start: 20).
     """
     opts = dict(options)
     kind = str(opts.pop("model", "thermal"))
-    common = {k: opts.pop(k) for k in ("packet_size", "heartbeat_ms", "ip") if k in opts}
+    common = {k: opts.pop(k) for k in ("packet_size", "heartbeat_ms", "ip", "clock_ppm", "clock_offset_s",
+                                       "trigger_latency_us") if k in opts}
 
     def b(v: Any) -> bool:
         return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on")
@@ -882,7 +1005,10 @@ def make(**options: Any) -> GigECameraDevice:
     else:
         raise ValueError(f"unknown gige model {kind!r}: thermal, endoscope or photo")
     dev = GigECameraDevice(model, packet_size=int(common.get("packet_size", 9000)),
-                           heartbeat_ms=int(common.get("heartbeat_ms", 3000)), ip=str(common.get("ip", "127.0.0.1")))
+                           heartbeat_ms=int(common.get("heartbeat_ms", 3000)), ip=str(common.get("ip", "127.0.0.1")),
+                           clock_ppm=float(common.get("clock_ppm", 0.0)),
+                           clock_offset_s=float(common.get("clock_offset_s", 0.0)),
+                           trigger_latency_us=float(common.get("trigger_latency_us", 20.0)))
     if kind == "photo":
         dev.trigger_mode = 1
     return dev

@@ -9,6 +9,10 @@ and puts the level in its own data exactly where the real device does (the Cyton
 aux bytes, the ADS1298 status word's GPIO bits, the flat panel's frame-sync record), so a host
 sees the edge at the device's own time of the first sample taken at or after it.
 
+A device with a trigger *output* (the MRI console's ``trig_out``) is a source: :func:`drive`
+gives it a :class:`TriggerOutput`, and the pulses it puts there are on the line for every device
+attached to it (EEG during fMRI: the scanner's volume triggers in the amplifier's data).
+
 :class:`DelayedInterface` wraps any simulated device to give its link a transport delay: a
 fixed latency plus a uniform jitter drawn per delivery (the USB/serial scheduling a host clock fit
 must see through). The device's timeline is unchanged; its bytes simply arrive later.
@@ -30,7 +34,7 @@ from typing import Any
 
 from medacq.simulators._interface import DeviceInterface
 
-__all__ = ["TriggerBus", "TriggerInput", "DelayedInterface", "attach", "apply_trigger_fault"]
+__all__ = ["TriggerBus", "TriggerInput", "TriggerOutput", "DelayedInterface", "attach", "drive", "apply_trigger_fault"]
 
 
 class TriggerBus:
@@ -141,14 +145,66 @@ class TriggerInput:
         return [(t - self.epoch, d) for t, d in self.bus.transitions(self.epoch + lo_s, self.epoch + hi_s)]
 
 
+@dataclass
+class TriggerOutput:
+    """A device's trigger *output* cabled to a bus (the device is a source: an MRI console's
+    ``trig_out``). The device puts pulses on the line at its own adapter time; ``collisions``
+    counts pulses the line refused (they overlapped one already on it).
+
+    Attributes:
+        bus: the line.
+        line: the device's output name (``trig_out``).
+        epoch: CLOCK_MONOTONIC second of the device adapter's ``t = 0`` (set by :func:`drive`).
+    """
+
+    bus: TriggerBus
+    line: str
+    epoch: float = 0.0
+    collisions: int = 0
+    pulses: int = 0
+    late: int = 0
+    worst_late_s: float = 0.0
+
+    def pulse(self, t_device_s: float, width_s: float) -> float | None:
+        """A pulse rising at adapter time ``t_device_s`` for ``width_s`` seconds; its true time
+        (CLOCK_MONOTONIC s), or ``None`` when it overlaps a pulse already on the line (counted).
+        One put there after its rising time is counted in ``late`` (a sink may have sampled that
+        moment already and miss it)."""
+        t_true = self.epoch + t_device_s
+        lag = time.monotonic() - t_true
+        try:
+            t = self.bus.pulse(t_true, width_s)
+        except ValueError:
+            self.collisions += 1
+            return None
+        self.pulses += 1
+        if lag > 0:
+            self.late += 1
+            self.worst_late_s = max(self.worst_late_s, lag)
+        return t
+
+
+def drive(server: Any, bus: TriggerBus, line: str = "trig_out", device: Any | None = None) -> TriggerOutput:
+    """Cable output ``line`` of the device a started SimulatorServer serves (through a
+    :class:`DelayedInterface` too) to ``bus``: the device becomes a source of the line's pulses,
+    which every device :func:`attach`-ed to it sees. Returns the output (epoch: the adapter's start)."""
+    dev = device if device is not None else server.interface
+    inner = dev.inner if isinstance(dev, DelayedInterface) else dev
+    if not hasattr(inner, "trigger_out"):
+        raise ValueError(f"{type(inner).__name__} has no trigger output (the MRI console has one)")
+    out = TriggerOutput(bus, line, server._t0)
+    inner.trigger_out = out
+    return out
+
+
 def attach(server: Any, bus: TriggerBus, line: str, device: Any | None = None) -> TriggerInput:
     """Cable ``bus`` to input ``line`` of the device a started SimulatorServer serves (through a
     :class:`DelayedInterface` too). Returns the input (its epoch is the adapter's start)."""
     dev = device if device is not None else server.interface
     inner = dev.inner if isinstance(dev, DelayedInterface) else dev
     if not hasattr(inner, "trigger"):
-        raise ValueError(f"{type(inner).__name__} has no trigger input (Cyton, HackEEG, the flat panel and the "
-                         "ultrasound scanner have one)")
+        raise ValueError(f"{type(inner).__name__} has no trigger input (Cyton, HackEEG, the flat panel, the "
+                         "ultrasound scanner, the MRI console and the GigE cameras (Line0) have one)")
     inp = TriggerInput(bus, line, server._t0)  # the adapter's t = 0 (SimulatorServer.start sets it)
     inner.trigger = inp
     return inp
