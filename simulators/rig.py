@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from medacq.simulators.adapters import SimulatorServer
 from medacq.simulators.registry import make_simulator
-from medacq.simulators.trigger_bus import TriggerBus, attach
+from medacq.simulators.trigger_bus import TriggerBus, attach, drive
 
 __all__ = ["RigEntry", "DEFAULT_RIG", "SIMULATOR_NICE", "SimulatedRig", "endpoints_for", "lower_priority"]
 
@@ -38,6 +38,9 @@ class RigEntry:
             Cyton, ``GPIO1`` on a HackEEG, ``frame_sync`` on the flat panel, ``trigger_in`` on the
             ultrasound scanner; see
             :mod:`medacq.simulators.trigger_bus`); the driver's settings name it too.
+        trigger_out: the simulator's output that drives the rig's trigger bus (``trig_out`` on the
+            MRI console, whose driver setting ``trig_out_ms`` makes it pulse at every TR): every
+            entry with a ``trigger_line`` then sees those pulses (EEG during fMRI).
     """
 
     name: str
@@ -49,6 +52,7 @@ class RigEntry:
     settings: dict[str, Any] = field(default_factory=dict)
     ports: int = 1
     trigger_line: str | None = None
+    trigger_out: str | None = None
 
 
 DEFAULT_RIG: list[RigEntry] = [
@@ -139,6 +143,8 @@ class SimulatedRig:
                     self.servers[name] = SimulatorServer(iface, e.transport, paced=self.paced, name=name).start()
                     if e.trigger_line and i == 0:
                         attach(self.servers[name], self.trigger_bus, e.trigger_line)
+                    if e.trigger_out and i == 0:
+                        drive(self.servers[name], self.trigger_bus, e.trigger_out)
         except BaseException:
             self.stop()
             raise

@@ -252,3 +252,24 @@ def test_stop_ends_a_run_waiting_forever_for_its_trigger():
         truth = sim.call(console.truth)
         d.close()
     assert truth["estops"] == 1 and truth["runs"] == 0
+
+
+def test_a_rig_definition_cables_the_console_as_the_bus_source():
+    """``RigEntry(trigger_out=...)``: the rig's MRI console drives the rig's one trigger line, which
+    the entries with a ``trigger_line`` read; a pulse the console puts there reaches the EEG's input."""
+    from medacq.simulators.rig import RigEntry, SimulatedRig
+
+    rig = SimulatedRig([RigEntry("mri0", "mri", "mri", "tcp", "tcp", {}, {}, trigger_out="trig_out"),
+                        RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 1, "rate": 500},
+                                 {"rate": 500}, trigger_line="GPIO1")]).start()
+    try:
+        out = rig.servers["mri0"].interface.trigger_out
+        inp = rig.servers["ekg0"].interface.trigger
+        assert out.bus is rig.trigger_bus and inp.bus is rig.trigger_bus and out.line == "trig_out"
+        t = out.pulse(10.0, 0.003)  # adapter time 10 s, 3 ms wide
+        assert t == pytest.approx(rig.servers["mri0"]._t0 + 10.0)
+        assert rig.trigger_bus.edges() == [t] and out.pulses == 1
+        # the EEG input sees it at the same true time, on its own adapter's time base
+        assert inp.first_edge(0.0, 1e6) == pytest.approx(t - rig.servers["ekg0"]._t0)
+    finally:
+        rig.stop()
