@@ -95,7 +95,8 @@ def test_a_dead_worker_is_an_error_then_restarted():
         w.stop()
 
 
-def test_stage_runs_a_declared_process_stream_end_to_end(endpoints):
+@pytest.mark.parametrize("iso", ["process", "realtime"])
+def test_stage_runs_a_declared_process_stream_end_to_end(endpoints, iso):
     """``[recon.isolation] syn0 = "process"``: the same frames out as the thread test
     (tests/test_recon_stage.py), the reconstructor in another process, gone when the stage stops."""
     with SimulatorServer(SynthInterface(), "tcp", paced=True) as sim:
@@ -103,7 +104,7 @@ def test_stage_runs_a_declared_process_stream_end_to_end(endpoints):
         cfg = parse_config({**endpoints, "device": [{"name": "syn0", "kind": "synthetic", "address": sim.address,
                                                      "settings": settings}],
                             "recon": {**endpoints["recon"], "settings": {"synthetic": {"alpha": 0.5}},
-                                      "isolation": {"syn0": "process"}}})
+                                      "isolation": {"syn0": iso}, "realtime_priority": 5}})
         stage = ReconStage(cfg).start()
         try:
             with Subscriber(cfg.recon.data_endpoint, "recon/syn0") as rsub:
@@ -121,7 +122,9 @@ def test_stage_runs_a_declared_process_stream_end_to_end(endpoints):
                     d.shutdown()
         finally:
             stage.shutdown()
-    assert st["reconstructor"] == "RunningMean" and st["isolation"] == "process" and st["errors"] == 0
+    assert st["reconstructor"] == "RunningMean" and st["isolation"] == iso and st["errors"] == 0
+    assert st["worker_process"]["realtime_priority"] == (5 if iso == "realtime" else None)
+    assert st["worker_process"]["realtime"] is (iso == "realtime" and _rt_allowed(5))
     child = st["worker_process"]["pid"]
     assert child is not None and child != os.getpid()
     assert wait_for(lambda: not os.path.exists(f"/proc/{child}"), 5)  # stopped with the stage
@@ -136,3 +139,42 @@ def test_stage_runs_a_declared_process_stream_end_to_end(endpoints):
     np.testing.assert_allclose(out[-1][1], mean, rtol=1e-5, atol=1e-6)
     assert out[-1][0]["source"]["stream"] == "syn0"
     assert desc["modality"] == "synthetic" and desc["device"] == "recon:RunningMean"
+
+
+def _rt_allowed(prio: int) -> bool:
+    """May this process's children take SCHED_RR at ``prio`` (CAP_SYS_NICE, as root, or RLIMIT_RTPRIO)?"""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    if soft == resource.RLIM_INFINITY or soft >= prio:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(eff & (1 << 23))  # CAP_SYS_NICE
+
+
+def test_realtime_isolation_runs_the_reconstructor_thread_at_sched_rr_or_says_why_not():
+    """``rt_priority``: the child's reconstructor thread asks for SCHED_RR before its first frame.
+    Where the kernel allows it the policy is in force (read back from the kernel); where it does
+    not, the refusal is reported and frames still come out exact at the normal class."""
+    w = WorkerProcess("w0", rt_priority=7)
+    try:
+        r = ProcessReconstructor(w, RunningMean, _desc(), {"alpha": 1.0})
+        assert w.status()["realtime"] is False  # built at the normal class (a background build stays there)
+        f = _frames(1)[0]
+        np.testing.assert_array_equal(r.process(_header(0), f)[0].data, f.astype(np.float32))
+        st = w.status()
+        assert st["realtime_priority"] == 7
+        if _rt_allowed(7):
+            assert st["realtime"] is True and st["realtime_error"] is None
+            assert os.sched_getscheduler(st["pid"]) == os.SCHED_RR
+            assert os.sched_getparam(st["pid"]).sched_priority == 7
+        else:
+            assert st["realtime"] is False and "not permitted" in (st["realtime_error"] or "")
+        np.testing.assert_array_equal(r.process(_header(1), f)[0].data, f.astype(np.float32))
+    finally:
+        w.stop()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the stage's own threads are never changed

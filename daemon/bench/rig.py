@@ -58,7 +58,9 @@ covers the start-up); ``stage``, per stream the stage's own ``frames_done``, ``b
 ``process``/``process_batch``), ``proc_us_p50``/``p99`` (wall time of one call, µs) and
 ``age_ms_p50``/``p99`` (age when handed to the reconstructor), from its last 256/512 frames, and
 ``cpu_run_pct``/``cpu_wait_pct``: the stream's worker thread on a CPU, and runnable but waiting for
-one, in % of the window (Linux ``schedstat``; waiting for the GIL is neither: it sleeps);
+one, in % of the window (Linux ``schedstat``; waiting for the GIL is neither: it sleeps; a stream
+in a worker process: that process's threads), ``isolation``, and ``realtime`` (SCHED_RR in force,
+for ``--isolation STREAM=realtime``; ``realtime_error`` when refused);
 ``gil``, the
 slowest reconstructor beside the others as threads of one process and as two processes
 (:mod:`medacq.daemon.bench.gil`; ``--capacity-s`` seconds per run).
@@ -548,6 +550,18 @@ def _schedstat(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _isolation_args(items: list[str]) -> dict[str, str]:
+    """``--isolation STREAM=MODE`` items as ``[recon.isolation]`` (``ValueError`` naming a bad one;
+    the stream and the mode are checked again with the rig's config)."""
+    out: dict[str, str] = {}
+    for item in items:
+        stream, sep, mode = item.partition("=")
+        if not sep or not stream or mode not in ("thread", "process", "realtime"):
+            raise ValueError(f"--isolation {item!r}: expected STREAM=thread|process|realtime")
+        out[stream] = mode
+    return out
+
+
 def _tasks(pid: int) -> list[str]:
     try:
         return os.listdir(f"/proc/{pid}/task")
@@ -570,7 +584,14 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
     seconds = float(getattr(args, "seconds", 60.0) or 60.0)
     warmup = max(0.0, float(getattr(args, "warmup_s", 10.0)))
     capacity_s = max(0.05, float(getattr(args, "capacity_s", 1.0) or 1.0))
-    with terminate_as_interrupt(), RigUnderTest(record=True, view=True, keep=bool(getattr(args, "keep", False))) as rig:
+    isolation = _isolation_args(getattr(args, "isolation", None) or [])
+
+    def edit(doc: dict[str, Any]) -> None:
+        if isolation:
+            doc.setdefault("recon", {})["isolation"] = dict(isolation)
+
+    with terminate_as_interrupt(), RigUnderTest(record=True, view=True, keep=bool(getattr(args, "keep", False)),
+                                                edit_config=edit) as rig:
         _log(f"rig up in {time.monotonic() - rig.t_up:.1f} s ({len(rig.simulators)} simulators); "
              f"warm-up {warmup:.0f} s, then {seconds:.0f} s measured")
         tally = _Tally(rig.t_up)
@@ -646,6 +667,12 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         ok = a is not None and b is not None
         res["stage"][n]["cpu_run_pct"] = round((b[0] - a[0]) / 1e9 / window * 100, 1) if ok else None
         res["stage"][n]["cpu_wait_pct"] = round((b[1] - a[1]) / 1e9 / window * 100, 1) if ok else None
+        st = streams.get(n) or {}
+        res["stage"][n]["isolation"] = st.get("isolation")
+        wp = st.get("worker_process") or {}
+        res["stage"][n]["realtime"] = wp.get("realtime") if wp.get("realtime_priority") is not None else None
+        if wp.get("realtime_error"):
+            res["stage"][n]["realtime_error"] = wp["realtime_error"]
     res["gil"] = gil
     return res
 

@@ -87,6 +87,9 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
                     "measuring (default %(default)s)")
     sp.add_argument("--capacity-s", type=float, default=1.0, help="rig: seconds of reconstructor timing per stream "
                     "(default %(default)s)")
+    sp.add_argument("--isolation", action="append", default=[], metavar="STREAM=MODE",
+                    help="rig: run STREAM's reconstructor as MODE (thread, process, realtime: [recon.isolation]); "
+                    "repeatable")
     sp.add_argument("--keep", action="store_true", help="rig: keep the rig's config and logs (printed on stderr; "
                     "the recording is always removed)")
     sp.add_argument("--triggers", type=int, default=1000, help="timeline: trigger events (default %(default)s)")

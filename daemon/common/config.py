@@ -271,9 +271,12 @@ class ReconSection(BaseModel):
             (:class:`medacq.protocols.qos.QosPolicy`): the fields a table sets override the
             reconstructor's declared ``qos``/``max_batch``, the others keep them
             (:func:`medacq.daemon.recon.registry.resolve_qos`).
-        isolation: per-stream ``"thread"`` or ``"process"``, e.g. ``[recon.isolation] us0 =
-            "thread"``: overrides the reconstructor's declared ``isolation``
-            (:mod:`medacq.daemon.recon.worker_process`).
+        isolation: per-stream ``"thread"``, ``"process"`` or ``"realtime"`` (a process whose
+            reconstructor thread runs ``SCHED_RR`` at ``realtime_priority``), e.g.
+            ``[recon.isolation] us0 = "realtime"``: overrides the reconstructor's declared
+            ``isolation`` (:mod:`medacq.daemon.recon.worker_process`).
+        realtime_priority: the ``SCHED_RR`` priority of ``"realtime"`` streams (1..99; needs
+            CAP_SYS_NICE or an ``RLIMIT_RTPRIO`` at least this high, else refused and reported).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -285,7 +288,8 @@ class ReconSection(BaseModel):
     queue_depth: int = Field(default=64, ge=1)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     qos: dict[str, QosPolicy] = Field(default_factory=dict)
-    isolation: dict[str, Literal["thread", "process"]] = Field(default_factory=dict)
+    isolation: dict[str, Literal["thread", "process", "realtime"]] = Field(default_factory=dict)
+    realtime_priority: int = Field(default=10, ge=1, le=99)
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 

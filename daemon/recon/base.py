@@ -95,11 +95,13 @@ class Reconstructor(ABC):
     the policy; ``[recon.qos.<stream>] max_batch`` overrides it). Under ``latest`` the queue holds
     one frame, so batches are single frames."""
 
-    isolation: ClassVar[Literal["thread", "process"]] = "thread"
+    isolation: ClassVar[Literal["thread", "process", "realtime"]] = "thread"
     """Where the stage runs it: ``thread`` (a thread of the stage's process, the default) or
     ``process`` (a worker process of its own, :mod:`medacq.daemon.recon.worker_process`: its
     Python does not wait for the GIL behind the other streams'; frames cross in shared memory).
-    ``[recon.isolation] <stream> = "thread"|"process"`` overrides it per stream."""
+    ``realtime``: a process whose reconstructor thread runs ``SCHED_RR`` (``[recon]
+    realtime_priority``; needs CAP_SYS_NICE or ``RLIMIT_RTPRIO``, else the normal class, reported).
+    ``[recon.isolation] <stream> = "thread"|"process"|"realtime"`` overrides it per stream."""
 
     def __init__(self, descriptor: StreamDescriptor, settings: BaseModel | Mapping[str, Any] | None = None) -> None:
         self.descriptor = descriptor

@@ -697,9 +697,11 @@ class ReconStage:
         try:
             settings = self.config.recon.settings.get(desc.modality, {})
             with self._busy(st, "build"):
-                if self.config.recon.isolation.get(st.name, cls.isolation) == "process":
+                iso = self.config.recon.isolation.get(st.name, cls.isolation)
+                if iso != "thread":
                     if st.worker is None:
-                        st.worker = WorkerProcess(st.name)
+                        st.worker = WorkerProcess(st.name, self.config.recon.realtime_priority
+                                                  if iso == "realtime" else None)
                     st.recon = ProcessReconstructor(st.worker, cls, desc, settings)
                 else:
                     st.recon = cls(desc, settings)
@@ -918,7 +920,8 @@ class ReconStage:
         busy_s = None if busy_since is None else round(now - busy_since, 3)
         return {
             "reconstructor": _recon_name(recon),
-            "isolation": "process" if isinstance(recon, ProcessReconstructor) else "thread" if recon else None,
+            "isolation": None if recon is None else "thread" if not isinstance(recon, ProcessReconstructor)
+            else "realtime" if st.worker is not None and st.worker.rt_priority is not None else "process",
             "worker_process": st.worker.status() if st.worker is not None else None,
             "policy": policy.policy, "qos": policy.model_dump(), "qos_source": st.qos_source,
             "warming": busy_what == "build" or (recon is not None and _warming(recon)),

@@ -95,10 +95,18 @@ class WorkerProcess:
 
     Args:
         stream: the stream's name (the child's process title and the log's).
+        rt_priority: ``SCHED_RR`` priority (1..99) for the child's main thread, the one that runs
+            the reconstructor, asked for before its first frame (after the build, so a background
+            build keeps the normal class); ``None``: the normal class. Refused (EPERM: no
+            CAP_SYS_NICE and an ``RLIMIT_RTPRIO`` below it) it is logged once and reported in
+            :meth:`status` (``realtime_error``); frames go on at the normal class.
     """
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, rt_priority: int | None = None) -> None:
         self.stream = stream
+        self.rt_priority = rt_priority
+        self.rt_error: str | None = None
+        self._rt_gen = 0  # the child generation the real-time class was asked for in
         self.restarts = 0
         self.starts = 0
         self.last_exit: int | None = None
@@ -279,10 +287,37 @@ class WorkerProcess:
                     del a
         return results
 
+    def ensure_realtime(self) -> None:
+        """Ask the current child for ``SCHED_RR`` (once per child; see ``rt_priority``)."""
+        if self.rt_priority is None or self._rt_gen == self.starts:
+            return
+        self._rt_gen = self.starts
+        try:
+            self.call(("realtime", self.rt_priority))
+            self.rt_error = None
+        except ReconstructorError as exc:
+            if self.rt_error is None:
+                log.warning("%s: real-time scheduling (SCHED_RR %d) refused: %s; running at the normal class",
+                            self.stream, self.rt_priority, exc)
+            self.rt_error = str(exc)
+
+    @property
+    def realtime(self) -> bool:
+        """The child's main thread runs ``SCHED_RR``/``SCHED_FIFO`` now (read from the kernel)."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            return os.sched_getscheduler(pid) in (os.SCHED_RR, os.SCHED_FIFO)
+        except OSError:
+            return False
+
     def status(self) -> dict[str, Any]:
-        """``pid`` (None when not running), ``starts``, ``restarts``, ``last_exit``, ``shm_bytes``."""
+        """``pid`` (None when not running), ``starts``, ``restarts``, ``last_exit``, ``shm_bytes``,
+        ``realtime_priority`` (asked for; None: not), ``realtime`` (in force), ``realtime_error``."""
         return {"pid": self.pid, "starts": self.starts, "restarts": self.restarts, "last_exit": self.last_exit,
-                "shm_bytes": self._cap}
+                "shm_bytes": self._cap, "realtime_priority": self.rt_priority, "realtime": self.realtime,
+                "realtime_error": self.rt_error}
 
 
 class ProcessReconstructor(Reconstructor):
@@ -359,11 +394,13 @@ class ProcessReconstructor(Reconstructor):
 
     def process(self, header: dict[str, Any], frame: np.ndarray) -> list[Output]:
         self._current()
+        self.worker.ensure_realtime()
         out: list[list[Output]] = self.worker.call(("process", self.rid, [header]), [frame])
         return out[0]
 
     def process_batch(self, headers: Sequence[dict[str, Any]], frames: Sequence[np.ndarray]) -> list[list[Output]]:
         self._current()
+        self.worker.ensure_realtime()
         out: list[list[Output]] = self.worker.call(("process", self.rid, list(headers)), list(frames))
         return out
 
@@ -471,6 +508,9 @@ def _child(conn: Connection) -> None:
                 continue  # no answer: the next message is the call that uses it
             if op == "ping":
                 value: Any = os.getpid()
+            elif op == "realtime":  # this (the main) thread only: threads started later inherit it
+                os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(int(msg[1])))
+                value = None
             elif op == "build":
                 _, rid, module, qualname, desc, settings = msg
                 cls = getattr(importlib.import_module(module), qualname)
