@@ -242,11 +242,18 @@ class WorkerProcess:
         need = sum(f.nbytes for f in frames)
         if self._mm is None or need > self._cap:
             cap = max(need, 2 * self._cap, 1 << 16)
-            fd = os.memfd_create(f"medacq-recon-{self.stream}", os.MFD_CLOEXEC)
             try:
-                os.ftruncate(fd, cap)
-                mm = mmap.mmap(fd, cap)
-                conn.send(("shm", cap))
+                fd = os.memfd_create(f"medacq-recon-{self.stream}", os.MFD_CLOEXEC)
+            except OSError as exc:
+                raise ReconstructorError(f"{self.stream}: no shared memory for {cap} bytes of frames: {exc}") from exc
+            try:
+                try:
+                    os.ftruncate(fd, cap)
+                    mm = mmap.mmap(fd, cap)
+                except OSError as exc:  # the child is fine: this frame is an error, the next may fit
+                    raise ReconstructorError(f"{self.stream}: no shared memory for {cap} bytes of frames: {exc}") \
+                        from exc
+                conn.send(("shm", cap))  # a failure from here on is the link's: the caller restarts the child
                 send_handle(conn, fd, self._proc.pid if self._proc else 0)
             finally:
                 os.close(fd)
@@ -497,11 +504,16 @@ def _child(conn: Connection) -> None:
             break
         try:
             if op == "shm":
-                fd = recv_handle(conn)
                 try:
-                    new = mmap.mmap(fd, msg[1])
-                finally:
-                    os.close(fd)
+                    fd = recv_handle(conn)
+                    try:
+                        new = mmap.mmap(fd, msg[1])
+                    finally:
+                        os.close(fd)
+                except Exception as exc:  # noqa: BLE001 - "shm" has no answer: an error here would
+                    # be taken for the next call's answer; exit instead (the stage restarts the child)
+                    log.error("cannot map the stage's frame block: %s", exc)
+                    break
                 if mm is not None:
                     mm.close()
                 mm = new
