@@ -239,7 +239,13 @@ def test_daemon_republishes_the_descriptor_when_an_led_changes_and_status_shows_
                 while (it := q.pop()) is not None:
                     items.append(it)
                 time.sleep(0.05)
+            # the status is a snapshot refreshed every 0.2 s while streaming, the descriptor is
+            # republished at once: give the snapshot its next refresh (a single read raced it)
             status = w.driver_counters()
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until and not all(s["leds"].get("laser_lock") for s in status["sensors"]):
+                time.sleep(0.05)
+                status = w.driver_counters()
         finally:
             w.shutdown()
             w.join(5)
