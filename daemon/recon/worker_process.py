@@ -70,16 +70,38 @@ _RESTART_AFTER_S = 1.0
 """A child that died is not restarted sooner than this after the previous start."""
 
 
+def _copy_in(block: mmap.mmap, arrays: Sequence[np.ndarray]) -> list[tuple[str, tuple[int, ...], int]]:
+    """Copy ``arrays`` one after another into ``block`` (large enough); each one's
+    ``(dtype, shape, byte offset)``. No view of the block outlives the call (it may be replaced)."""
+    specs = []
+    off = 0
+    buf = np.frombuffer(block, np.uint8)
+    try:
+        for f in arrays:
+            a = np.ascontiguousarray(f)
+            buf[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+            specs.append((a.dtype.str, a.shape, off))
+            off += a.nbytes
+    finally:
+        del buf
+    return specs
+
+
+def _copy_out(block: mmap.mmap, dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+    """A copy of the array :func:`_copy_in` put at ``offset`` (the block is reused by the next call)."""
+    return np.frombuffer(block, np.dtype(dtype), int(np.prod(shape)), offset).reshape(shape).copy()
+
+
 class _InBlock:
     """Where an output array lies in the child's output block (its place in a pickled :class:`Output`)."""
 
-    __slots__ = ("dtype", "shape", "offset", "count")
+    __slots__ = ("dtype", "shape", "offset")
 
-    def __init__(self, dtype: str, shape: tuple[int, ...], offset: int, count: int) -> None:
-        self.dtype, self.shape, self.offset, self.count = dtype, shape, offset, count
+    def __init__(self, dtype: str, shape: tuple[int, ...], offset: int) -> None:
+        self.dtype, self.shape, self.offset = dtype, shape, offset
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_InBlock, (self.dtype, self.shape, self.offset, self.count))
+        return (_InBlock, (self.dtype, self.shape, self.offset))
 
 
 _SMALL_OUTPUT = 4096
@@ -260,18 +282,7 @@ class WorkerProcess:
             if self._mm is not None:
                 self._mm.close()
             self._mm, self._cap = mm, cap
-        specs = []
-        off = 0
-        buf = np.frombuffer(self._mm, np.uint8)
-        try:
-            for f in frames:
-                a = np.ascontiguousarray(f)
-                buf[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
-                specs.append((a.dtype.str, a.shape, off))
-                off += a.nbytes
-        finally:
-            del buf  # no exported view may outlive the call (the block may be replaced and closed)
-        return specs
+        return _copy_in(self._mm, frames)
 
     def _take_out_block_locked(self, conn: Connection, size: int) -> None:
         fd = recv_handle(conn)
@@ -289,9 +300,7 @@ class WorkerProcess:
             for o in outs:
                 if isinstance(o.data, _InBlock):
                     assert self._out is not None
-                    a = np.frombuffer(self._out, np.dtype(o.data.dtype), o.data.count, o.data.offset)
-                    o.data = a.reshape(o.data.shape).copy()
-                    del a
+                    o.data = _copy_out(self._out, o.data.dtype, o.data.shape, o.data.offset)
         return results
 
     def ensure_realtime(self) -> None:
@@ -467,16 +476,8 @@ class _OutBlock:
             if self.mm is not None:
                 self.mm.close()
             self.mm, self.cap = new, cap
-        buf = np.frombuffer(self.mm, np.uint8)
-        try:
-            off = 0
-            for o in big:
-                a = np.ascontiguousarray(o.data)
-                buf[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
-                o.data = _InBlock(a.dtype.str, a.shape, off, a.size)  # type: ignore[assignment]
-                off += a.nbytes
-        finally:
-            del buf
+        for o, (dt, shape, off) in zip(big, _copy_in(self.mm, [o.data for o in big])):
+            o.data = _InBlock(dt, shape, off)  # type: ignore[assignment]
 
 
 def _die_with_parent() -> None:
@@ -541,8 +542,7 @@ def _child(conn: Connection) -> None:
                 _, rid, headers, specs = msg
                 r = recons[rid]
                 assert mm is not None
-                frames = [np.frombuffer(mm, np.dtype(dt), int(np.prod(shape)), off).reshape(shape).copy()
-                          for dt, shape, off in specs]
+                frames = [_copy_out(mm, dt, shape, off) for dt, shape, off in specs]
                 if len(frames) == 1:
                     value = [r.process(headers[0], frames[0])]
                 else:
