@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -499,6 +500,7 @@ class AcquisitionDaemon:
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "started_at": self.started_at,
             "pid": os.getpid(),
+            "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3),
             "healthy": self.healthy(),
             "control": {"requests": self.control.requests, "errors": self.control.errors,
                         "deferred": self.control.deferred, "timeouts": self.control.timeouts,

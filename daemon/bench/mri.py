@@ -17,9 +17,9 @@ reconstructor, line by line.
   arrives), 99th percentile. Bar ≤ 20 ms.
 * ``e2e_age_p99_ms``: a paced 64² gradient echo (TR 10 ms, 8 lines per ``run_seq``) from a
   ``medacq sim mri`` child process through the daemon and the reconstruction stage (in this
-  process, real ZeroMQ): the complete image's age at
-  a ``recon/mri0`` subscriber after the reply carrying its last line arrived at the driver,
-  99th percentile over 20 images. Bar ≤ 50 ms (the issue asks it under the whole rig; this is
+  process, real ZeroMQ, at ``[daemon] gil_switch_ms`` as ``medacq run`` sets it): the complete
+  image's age at a ``recon/mri0`` subscriber after the reply carrying its last line arrived at
+  the driver, 99th percentile over 100 images (0.64 s each). Bar ≤ 50 ms (the issue asks it under the whole rig; this is
   the MRI rig alone).
 * ``sim_realtime_factor``: the 256² spin echo's duration (TR × lines) over the simulator's time
   to decode and play it (machine code → timelines → every ADC sample), in process. Bar ≥ 2.
@@ -144,7 +144,11 @@ def _contrast(img: np.ndarray, ph: Any, signal: np.ndarray, fov: float) -> dict[
     return out
 
 
-def _e2e_age(images: int = 20) -> dict[str, Any]:
+E2E_IMAGES = 100
+"""Images whose age ``e2e_age_p99_ms`` is the 99th percentile of (20 made it the second-largest of 20)."""
+
+
+def _e2e_age(images: int = E2E_IMAGES) -> dict[str, Any]:
     """The image's age after its last line, through the daemon and the stage (real ZeroMQ); the
     console is a ``medacq sim mri`` child process, as a console is its own machine."""
     import socket
@@ -154,6 +158,7 @@ def _e2e_age(images: int = 20) -> dict[str, Any]:
     from medacq.client import Subscriber
     from medacq.daemon.acquisition.service import AcquisitionDaemon
     from medacq.daemon.common.config import parse_config
+    from medacq.daemon.common.interpreter import set_switch_interval
     from medacq.daemon.recon.stage import ReconStage
 
     with socket.socket() as s:
@@ -176,6 +181,8 @@ def _e2e_age(images: int = 20) -> dict[str, Any]:
             "name": "mri0", "kind": "mri", "address": f"tcp://127.0.0.1:{port}",
             "settings": {"sequence": {"sequence": "gre", "matrix": 64, "te_ms": 5, "tr_ms": 10, "flip_deg": 30},
                          "lines_per_run": 8, "dummy_scans": 0}}]})
+        # the daemon and the stage share this process, as their own processes would be set up
+        old_switch = set_switch_interval(cfg.daemon.gil_switch_ms)
         # this stage reconstructs only mri0: it preloads the mri reconstructor alone, and the
         # measurement starts once that is done (steady state, not the stage's start-up)
         stage = ReconStage(cfg, preload=["mri"]).start()
@@ -196,6 +203,7 @@ def _e2e_age(images: int = 20) -> dict[str, Any]:
         finally:
             d.shutdown()
             stage.shutdown()
+            set_switch_interval(old_switch)
     finally:
         sim.terminate()
         sim.wait(10)

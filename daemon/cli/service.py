@@ -37,9 +37,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from medacq.daemon.acquisition.service import AcquisitionDaemon, BindError
     from medacq.daemon.common.malloc import pin_malloc_thresholds
+    from medacq.daemon.common.interpreter import set_switch_interval
 
     pin_malloc_thresholds()  # freed frames go back to the OS (RSS stays flat after a subscriber stalls)
     cfg = load_rig(args.config)
+    set_switch_interval(cfg.daemon.gil_switch_ms)
     try:
         d = AcquisitionDaemon(cfg).start()
     except BindError as exc:
@@ -53,10 +55,12 @@ def cmd_recon(args: argparse.Namespace) -> int:
     from medacq.daemon.recon.stage import ReconStage
     from medacq.daemon.acquisition.service import BindError
     from medacq.daemon.common.malloc import pin_malloc_thresholds
+    from medacq.daemon.common.interpreter import set_switch_interval
     from medacq.daemon.common.security import ToolKeyError
 
     pin_malloc_thresholds()
     cfg = load_rig(args.config)
+    set_switch_interval(cfg.recon.gil_switch_ms)
     try:
         stage = ReconStage(cfg).start()
     except (BindError, ToolKeyError) as exc:

@@ -166,6 +166,9 @@ class DaemonSection(BaseModel):
             the timeline: every other device's trigger markers (and, where they share its
             clock, frames) are aligned to it from the common edges
             (:class:`~medacq.daemon.acquisition.markers.BusAligner`). Unset: no alignment.
+        gil_switch_ms: the ``medacq run`` process's GIL switch interval, ms (CPython's default
+            is 5): how long a thread may wait for another running Python code to let it run
+            (:mod:`medacq.daemon.common.interpreter`, where the choice of 1 ms is measured).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -183,6 +186,7 @@ class DaemonSection(BaseModel):
     reconnect_max_s: float = Field(default=5.0, gt=0)
     local_operator: bool | None = None
     trigger_reference: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    gil_switch_ms: float = Field(default=1.0, gt=0, le=100)
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 
@@ -277,6 +281,8 @@ class ReconSection(BaseModel):
             ``isolation`` (:mod:`medacq.daemon.recon.worker_process`).
         realtime_priority: the ``SCHED_RR`` priority of ``"realtime"`` streams (1..99; needs
             CAP_SYS_NICE or an ``RLIMIT_RTPRIO`` at least this high, else refused and reported).
+        gil_switch_ms: the ``medacq recon`` process's GIL switch interval, ms (as ``[daemon]
+            gil_switch_ms``; CPython's default is 5).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -290,6 +296,7 @@ class ReconSection(BaseModel):
     qos: dict[str, QosPolicy] = Field(default_factory=dict)
     isolation: dict[str, Literal["thread", "process", "realtime"]] = Field(default_factory=dict)
     realtime_priority: int = Field(default=10, ge=1, le=99)
+    gil_switch_ms: float = Field(default=1.0, gt=0, le=100)
 
     _ep = field_validator("data_endpoint", "control_endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -970,7 +971,8 @@ class ReconStage:
         out = {st.name: self._stream_status(st, now) for st in self._stream_list()}
         problems = self.health()
         pub = self._publisher
-        return {"uptime_s": round(now - self.started, 3), "pid": os.getpid(), "streams": out,
+        return {"uptime_s": round(now - self.started, 3), "pid": os.getpid(),
+                "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3), "streams": out,
                 "preload": {"modalities": self._preload_modalities, "seconds": self.preload_s,
                             "result": self.preload_result},
                 "bad_messages": self.bad_messages, "last_bad_message": self.last_bad_message,
