@@ -293,13 +293,13 @@ def lo_phase_step(freq_hz: float, f_clk: float = F_CLK_HZ) -> int:
 
 def fhdo_word(channel: int, value: float) -> int:
     """GPA-FHDO 32-bit gradient word for ``value`` in [-1, 1] (grad_board.GPAFHDO.float2bin)."""
-    code = int(np.clip(round(32767.51 * (value + 1)), 0, 0xFFFF))
+    code = min(max(int(round(32767.51 * (value + 1))), 0), 0xFFFF)  # scalar clip: np.clip costs 9 µs a call
     return code | 0x80000 | (channel << 16) | (channel << 25)
 
 
 def ocra1_word(channel: int, value: float) -> int:
     """OCRA1 32-bit gradient word (broadcast) for ``value`` in [-1, 1]."""
-    code = int(round(131071.49 * float(np.clip(value, -1, 1)))) & 0x3FFFF
+    code = int(round(131071.49 * min(max(float(value), -1.0), 1.0))) & 0x3FFFF
     return (code << 2) | 0x00100000 | (channel << 25) | 0x01000000
 
 

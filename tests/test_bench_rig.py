@@ -182,3 +182,62 @@ def test_drain_goes_on_after_a_pause_until_the_socket_is_quiet():
     got: list = []
     end_series_and_drain(daemon, _FakeSub(["m1", "m2", None, "m3", None, None, "m4"]), got.append)
     assert got == ["m1", "m2", "m3", "m4"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
+
+
+def test_sigterm_to_a_benchmark_stops_its_children():
+    """``medacq bench`` killed with SIGTERM (a CI timeout, systemd) ends its child processes as on
+    Ctrl-C: the transport benchmark's sender, a multiprocessing child, outlived it before."""
+    import signal
+
+    from conftest import medacq_cmd
+
+    p = subprocess.Popen(medacq_cmd("bench", "transport", "--duration", "30", "--sizes", "1KiB", "--repeat", "1"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while not kids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            kids = _descendants(p.pid)
+        assert kids, "the benchmark started no child process"
+        time.sleep(1.0)  # the sender is sending
+        kids = _descendants(p.pid)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) != 0
+        deadline = time.monotonic() + 10
+        alive = kids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = {k for k in alive if os.path.exists(f"/proc/{k}") and
+                     open(f"/proc/{k}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"}
+        assert not alive, f"children left running after SIGTERM: {sorted(alive)}"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        for k in kids:  # a failed run leaves nothing behind either
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -219,17 +219,6 @@ def _aravis(ip: str, seconds: float) -> dict[str, Any]:
             "aravis_completed": int(done.group(1)) if done else None}
 
 
-def _stage_status(endpoint: str, timeout: float = 1.0) -> dict[str, Any]:
-    """The stage's ``status`` (``{}`` when it does not answer)."""
-    from medacq.daemon.client.api import ControlClient
-
-    try:
-        with ControlClient(endpoint, timeout=timeout) as c:
-            return dict(c.request("status"))
-    except Exception:  # noqa: BLE001 - not up yet, or busy: asked again
-        return {}
-
-
 def _q(values: list[float], pct: float) -> float | None:
     return round(float(np.percentile(values, pct)), 2) if values else None
 
@@ -250,7 +239,7 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
     from pathlib import Path
 
     from medacq.client import Subscriber
-    from medacq.daemon.bench.runner import free_ports, spawn_cli, stop_processes
+    from medacq.daemon.bench.runner import free_ports, service_status, spawn_cli, stop_processes
     from medacq.daemon.common.config import dump_config
 
     p = free_ports(4)
@@ -288,7 +277,7 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
                         if now - t_ask < 0.5:
                             continue
                         t_ask = now
-                        preload_s = (_stage_status(ep[3]).get("preload") or {}).get("seconds")
+                        preload_s = (service_status(ep[3]).get("preload") or {}).get("seconds")
                         if preload_s is None:
                             continue
                         t_first = now
@@ -300,7 +289,7 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
                     drv_sub.append((now - t_drv) * 1e3)
                     if now - t_first >= seconds:
                         break
-                stage = (_stage_status(ep[3], 3.0).get("streams") or {}).get("endo0") or {}
+                stage = (service_status(ep[3], 3.0).get("streams") or {}).get("endo0") or {}
         finally:
             stop_processes(procs)
     window = (time.monotonic() - t_first) if t_first is not None else seconds

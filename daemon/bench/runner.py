@@ -44,7 +44,7 @@ import numpy as np
 from medacq.daemon.common.procs import spawn_module, stop_processes
 
 __all__ = ["BENCHES", "UNDER_LOAD", "add_bench_arguments", "run_bench", "bench_transport", "free_ports", "spawn_cli",
-           "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
+           "service_status", "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
            "recorded_vs_delivered", "recorder_summary", "recorder_checkpoint", "recorded_seqs", "rss_mb",
            "half_growth"]
 
@@ -104,7 +104,8 @@ UNDER_LOAD = ("detector", "ultrasound", "mri", "cameras")
 def run_bench(args: argparse.Namespace) -> int:
     module, _, fn = BENCHES[args.what].partition(":")
     mod = importlib.import_module(module)
-    result = getattr(mod, fn)(args)
+    with terminate_as_interrupt():  # SIGTERM/SIGHUP: every benchmark's children are stopped as on Ctrl-C
+        result = getattr(mod, fn)(args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:  # a module may format its own table (``print_result``)
@@ -361,6 +362,17 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def service_status(endpoint: str, timeout: float = 1.0) -> dict[str, Any]:
+    """A daemon's or stage's ``status`` over its control endpoint (``{}`` when it does not answer)."""
+    from medacq.daemon.client.api import ControlClient
+
+    try:
+        with ControlClient(endpoint, timeout=timeout) as c:
+            return dict(c.request("status"))
+    except Exception:  # noqa: BLE001 - not up yet, or busy: the caller asks again
+        return {}
 
 
 def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
