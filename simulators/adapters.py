@@ -25,15 +25,18 @@ import tempfile
 import threading
 import time
 import tty
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ._interface import DeviceInterface
 
-__all__ = ["FaultInjector", "SimulatorServer", "PortInUseError"]
+__all__ = ["FaultInjector", "SimulatorServer", "PortInUseError", "LATE_SAMPLES"]
 
 _OUT_HIGH = 1 << 20  # unpaced mode: produce more only below this many pending bytes
 _OUT_CAP = 64 << 20  # paced mode: a host that does not read loses data past this
+LATE_SAMPLES = 8192
+"""How many of a paced simulator's latest lateness values :attr:`SimulatorServer.late_s` keeps."""
 
 
 class PortInUseError(OSError):
@@ -142,6 +145,10 @@ class SimulatorServer:
         self._out = bytearray()
         self._t0 = time.monotonic()
         self._vt = 0.0
+        #: paced: how late (s) the device's due work ran -- the time from its deadline to the
+        #: poll() that produced it, the newest :data:`LATE_SAMPLES`. A real device is not late;
+        #: a simulator sharing a busy machine is, and a frame's age counts it
+        self.late_s: deque[float] = deque(maxlen=LATE_SAMPLES)
         self.connections = 0
         self.bytes_out = 0
         self.bytes_overrun = 0
@@ -361,7 +368,10 @@ class SimulatorServer:
             if deadline is not None:
                 if not self.paced and len(self._out) < _OUT_HIGH:
                     self._vt = max(self._vt, deadline)
-                if self._now() >= deadline:
+                now = self._now()
+                if now >= deadline:
+                    if self.paced:
+                        self.late_s.append(now - deadline)
                     produced = self.interface.poll(self._now())
                     if len(self._out) > _OUT_CAP:
                         # the host is not reading: like a device FIFO, lose the new data

@@ -155,6 +155,22 @@ class SimulatedRig:
             s.stop()
         self.servers.clear()
 
+    def lateness_ms(self, reset: bool = False) -> dict[str, dict[str, float | int]]:
+        """Per simulator, how late its due work ran (ms: ``p50``, ``p99``, ``max``, and ``n``
+        values; :attr:`SimulatorServer.late_s`) since the start or the last ``reset``; with
+        ``reset``, the record starts again after reading."""
+        out: dict[str, dict[str, float | int]] = {}
+        for name, srv in self.servers.items():
+            q = srv.late_s
+            # popleft/list are atomic under the GIL: what the server thread appends meanwhile
+            # stays for the next call
+            vals = sorted([q.popleft() for _ in range(len(q))] if reset else list(q))
+            if vals:
+                out[name] = {"n": len(vals), "p50": round(vals[len(vals) // 2] * 1e3, 2),
+                             "p99": round(vals[min(len(vals) - 1, int(0.99 * len(vals)))] * 1e3, 2),
+                             "max": round(vals[-1] * 1e3, 2)}
+        return out
+
     def address(self, e: RigEntry) -> str:
         if e.ports > 1:
             return ",".join(self.address(RigEntry(n, e.sim_kind, e.driver_kind, e.transport, e.address))

@@ -74,6 +74,11 @@ def test_bench_rig_json_covers_every_stream():
     assert g["heavy"] == "us0" and "us0" not in g["rest"] and len(g["rest"]) == len(names) - 1
     for pair in ("beside_rest", "beside_python"):
         assert g[pair]["threads_sum"] > 0 and g[pair]["processes_sum"] > 0 and g[pair]["threads_vs_processes"] > 0
+    # how late each simulator's output left, over the window (every device of the rig streams)
+    late = out["simulator_late_ms"]
+    assert names <= set(late), sorted(late)
+    for v in late.values():
+        assert v["n"] > 0 and 0 <= v["p50"] <= v["p99"] <= v["max"]
     # the table names every topic and marks each bar
     buf = io.StringIO()
     with redirect_stdout(buf):

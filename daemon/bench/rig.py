@@ -63,7 +63,11 @@ in a worker process: that process's threads), ``isolation``, and ``realtime`` (S
 for ``--isolation STREAM=realtime``; ``realtime_error`` when refused);
 ``gil``, the
 slowest reconstructor beside the others as threads of one process and as two processes
-(:mod:`medacq.daemon.bench.gil`; ``--capacity-s`` seconds per run).
+(:mod:`medacq.daemon.bench.gil`; ``--capacity-s`` seconds per run); ``simulator_late_ms``, per
+simulator over the window, how late its due output left (ms ``p50``/``p99``/``max``, ``n``: from
+the time the device would have sent it to the simulator's poll that produced it,
+:attr:`~medacq.simulators.adapters.SimulatorServer.late_s`): a real device is never late, so this
+is the part of a stream's age that the simulators, at lower priority on the same cores, add.
 
 :class:`RigUnderTest` (the rig, its processes and cleanup) and :func:`idle_and_under_load` (used by
 ``bench detector --under-load`` and ``bench ultrasound --under-load``) are shared.
@@ -141,7 +145,10 @@ def _serve_simulators(conn: Any, parent: int, fault_endpoint: str | None = None)
         lower_priority(SIMULATOR_NICE)  # every thread: os.nice would change only this one
         while os.getppid() == parent:
             if conn.poll(0.5):
-                conn.recv()
+                msg = conn.recv()
+                if msg == "lateness":  # the simulators' lateness since the last ask, then anew
+                    conn.send(rig.lateness_ms(reset=True))
+                    continue
                 break
     except (KeyboardInterrupt, EOFError, OSError):
         pass
@@ -368,6 +375,18 @@ class RigUnderTest:
         except Exception as exc:  # noqa: BLE001 - reported as missing figures
             _log(f"{target} status failed: {exc}")
             return {}
+
+    def sim_lateness(self) -> dict[str, dict[str, Any]]:
+        """Per simulator, how late its due work ran since the last call (ms, p50/p99/max:
+        :meth:`~medacq.simulators.rig.SimulatedRig.lateness_ms`); ``{}`` when it does not answer."""
+        conn = self._sim_conn
+        if conn is None or self._sim is None or not self._sim.is_alive():
+            return {}
+        conn.send("lateness")
+        if not conn.poll(10):
+            _log("the simulators did not report their lateness")
+            return {}
+        return dict(conn.recv())
 
     def view_state(self) -> dict[str, Any]:
         """The view's ``/api/state`` (latency figures), ``{}`` when not available."""
@@ -612,11 +631,13 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
             warm_status = rig.status("recon")  # the stage's drops so far: start-up gaps, if the warm-up covers it
             sched0 = _schedstat(warm_status)
             load0 = os.getloadavg()[0]
+            rig.sim_lateness()  # the record starts with the window
             tally.measuring = True
             t_w0 = time.monotonic()
             _pump(sub, tally, t_w0 + seconds, rig)
             window = time.monotonic() - t_w0
             tally.measuring = False
+            sim_late = rig.sim_lateness()
             load1 = os.getloadavg()[0]
             recon_status = rig.status("recon")
             sched1 = _schedstat(recon_status)
@@ -674,6 +695,7 @@ def bench_rig(args: argparse.Namespace) -> dict[str, Any]:
         if wp.get("realtime_error"):
             res["stage"][n]["realtime_error"] = wp["realtime_error"]
     res["gil"] = gil
+    res["simulator_late_ms"] = sim_late
     return res
 
 
@@ -834,6 +856,10 @@ def print_result(result: dict[str, Any]) -> None:
               f"{r['processes']['heavy_fps']}); beside pure Python: threads {p['threads_sum']}, processes "
               f"{p['processes_sum']} (ratio {p['threads_vs_processes']}) [sum of each side's share of its alone "
               f"rate: 1 serialised, 2 parallel; median of {g['repeat']}]")
+    late = result.get("simulator_late_ms") or {}
+    if late:
+        print("simulators late (ms p50/p99/max): " + ", ".join(f"{n} {v['p50']}/{v['p99']}/{v['max']}"
+                                                            for n, v in sorted(late.items())))
     failed = [b for b in result["bars"] if not b["ok"]]
     print(f"bars: {len(result['bars']) - len(failed)} of {len(result['bars'])} met"
           + ("" if not failed else "; failed: " + ", ".join(f"{b['topic']} {b['figure']}" for b in failed)))
