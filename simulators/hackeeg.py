@@ -32,6 +32,8 @@ __all__ = ["HackEEGInterface", "DRIVER_VERSION", "make"]
 
 DRIVER_VERSION = "v0.4.0"
 _N_REGS = 0x1A
+UV_BLOCK_S = 0.05
+"""How far ahead (s of samples) the simulated board asks its physiology model at once."""
 #: Commands the firmware's text parser knows (``serialCommand.addCommand`` in ``setup()``).
 TEXT_COMMANDS = frozenset({
     "nop", "micros", "version", "status", "serialnumber", "text", "jsonlines", "messagepack",
@@ -81,6 +83,7 @@ class HackEEGInterface(DeviceInterface):
         self.rdatac = False
         self.sample_number = 0
         self._model: EKGModel | None = None
+        self._uv = np.zeros((len(DEVICE_LEADS), 0))  # the model's samples generated, not yet sent (µV)
         self._t0 = 0.0
         self._k = 0
         #: the rig trigger bus's cable on a GPIO input (``GPIO1``..``GPIO4``): its level is the
@@ -109,6 +112,24 @@ class HackEEGInterface(DeviceInterface):
         """The physiology at the current rate, with the constructor's model arguments."""
         return EKGModel(self.seed, fs=float(self.rate), heart_rate_bpm=self.heart_rate_bpm,
                         **self._model_kwargs)  # type: ignore[arg-type]
+
+    def _set_model(self) -> None:
+        """Start the physiology anew (:meth:`_new_model`), nothing generated ahead."""
+        self._model = self._new_model()
+        self._uv = np.zeros((len(DEVICE_LEADS), 0))
+
+    def _take_uv(self, n: int) -> np.ndarray:
+        """The model's next ``n`` samples, ``(leads, n)`` µV, generated :data:`UV_BLOCK_S` at a time:
+        the model costs ~0.1 ms a call whatever ``n``, and a paced simulator sends one sample per
+        USB frame (500 calls/s at 500 SPS). The values are those of one call per sample: the
+        model's noise is drawn sample by sample in the same order, its waves are functions of time."""
+        assert self._model is not None
+        buf = self._uv
+        if buf.shape[1] < n:
+            more = max(n - buf.shape[1], int(np.ceil(self.rate * UV_BLOCK_S)))
+            buf = np.concatenate([buf, self._model.generate(more, DEVICE_LEADS)], axis=1)
+        self._uv = buf[:, n:]
+        return buf[:, :n]
 
     def _active(self) -> np.ndarray:
         return np.array([(self.regs[he.REG_CHNSET + c] & 0x07) != he.MUX_SHORTED
@@ -191,14 +212,14 @@ class HackEEGInterface(DeviceInterface):
                 self.rdatac = True
                 self._t0 = t
                 self._k = 0
-                self._model = self._new_model()
+                self._set_model()
             return self._ok()
         if c == "sdatac":
             self.rdatac = False
             return self._ok()
         if c == "rdata":
             if self._model is None:
-                self._model = self._new_model()
+                self._set_model()
             return (self._ok() if text else b"") + self._samples(1, t, advance_clock=False)
         if c == "rreg":
             if len(p) != 1 or not 0 <= p[0] < _N_REGS:
@@ -216,7 +237,7 @@ class HackEEGInterface(DeviceInterface):
             self.regs[reg] = val
             if reg == he.REG_CONFIG1 and self._model is not None:
                 # rate change: restart the physiology at the new rate from now
-                self._model = self._new_model()
+                self._set_model()
                 self._t0, self._k = t, 0
             if text:
                 return f"200 Ok (Write Register {reg:02X} {val:02X}) \r\n\r\n".encode()
@@ -243,8 +264,7 @@ class HackEEGInterface(DeviceInterface):
         return self._samples(n, t) if n > 0 else b""
 
     def _samples(self, n: int, t: float, advance_clock: bool = True) -> bytes:
-        assert self._model is not None
-        uv = self._model.generate(n, DEVICE_LEADS)
+        uv = self._take_uv(n)
         scale = 2.4e6 / self.gains().astype(float) / (2**23 - 1)
         counts = np.clip(np.round(uv / scale[:, None]), -(2**23), 2**23 - 1).astype(np.int64)
         counts[~self._active()] = 0
@@ -290,6 +310,8 @@ class HackEEGInterface(DeviceInterface):
                    "leads": DEVICE_LEADS}
         if self._model is not None:
             d.update(self._model.truth())
+            sent = self._model.samples_generated - self._uv.shape[1]  # not what is generated ahead
+            d["beat_times_s"] = self._model.beat_times(until_s=sent / self._model.fs)
         return d
 
 

@@ -136,6 +136,28 @@ def test_hackeeg_rate_change_16ksps_and_errors() -> None:
     assert dev2.on_bytes(b"rreg 01\n", 0.0) == b"200 Ok (Read Register 01) \r\n86\r\n\r\n"
 
 
+def test_hackeeg_same_bytes_whatever_the_poll_pattern_and_truth_is_what_was_sent() -> None:
+    """The board generates its physiology 50 ms ahead (one model call per block, not per USB
+    frame): the samples are those of one big call, and the true beats end where the sent samples do."""
+    def started() -> tuple[HackEEGInterface, he.HackEEGHostCodec]:
+        dev, host = HackEEGInterface(seed=9, rate=500), he.HackEEGHostCodec()
+        for cmd in ("jsonlines", "messagepack", "rdatac"):
+            events(host, dev.on_bytes(host.send(he.HackEEGCommand(cmd)), 0.0))
+        return dev, host
+
+    ref = EKGModel(9, fs=500.0)
+    ref.generate(1600)
+    true_beats = ref.beat_times()
+    a, host = started()
+    b, _ = started()
+    wa = bytearray()
+    for k in range(1, 3001):  # paced: a sample per USB frame; the truth checked after each
+        wa += a.poll(k * 0.001)
+        sent = a.truth()["samples_sent"]
+        np.testing.assert_array_equal(a.truth()["beat_times_s"], true_beats[true_beats < sent / 500.0])
+    assert bytes(wa) == b.poll(3.0) and len(events(host, bytes(wa))) == 1501 == a.truth()["samples_sent"]
+
+
 # ------------------------------------------------------------------------ QuSpin
 def test_quspin_stream_status_and_field_zero() -> None:
     dev, host = QuSpinInterface(seed=3, sensor=2, background_pt=300.0), qs.QuSpinHostCodec()
