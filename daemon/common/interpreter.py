@@ -8,11 +8,13 @@ stream -- and most of their work is short Python steps between C calls that rele
 (ZeroMQ, numpy, scipy, numba ``nogil`` kernels). Each such step may wait up to one interval for
 the GIL, so on a busy machine the interval is added to a frame's age several times over.
 
-Measured with ``medacq bench rig --seconds 60 --warmup-s 10`` (2 cores, the whole rig; the same
-hour, runs alternated): with 5 ms, 40 and 44 of 50 bars; with 1 ms, 47, 47, 41 (the host's
-load rose to 6.6) and 47; with 0.5 ms, 45 and 45. At 1 ms the recon p99 ages fell against 5 ms:
-fluoroscopy 133/82 → 74/68 ms, EKG 137/110 → 87/92 ms, MEG 123/92 → 72/68 ms. More GIL hand-offs
-cost CPU (each is a futex wake-up); below 1 ms the gain did not continue.
+Measured with ``medacq bench rig --seconds 60 --warmup-s 10`` (2 cores, the whole rig), runs
+alternated in pairs within the hour: 5 ms → 1 ms gave 40 → 47, 44 → 47, 41 → 49 and 49 → 47 of
+50 bars (0.5 ms: 45 and 45). In the first two pairs the recon p99 ages fell: fluoroscopy 133/82 →
+74/68 ms, EKG 137/110 → 87/92 ms, MEG 123/92 → 72/68 ms. A modest gain, of the size of the
+run-to-run noise (±4 bars; unpaired runs at 1 ms in busier hours gave 38–45), kept because it
+won three pairs of four and costs little: each extra hand-off is a futex wake-up; below 1 ms the
+gain did not continue.
 """
 
 from __future__ import annotations
