@@ -121,8 +121,9 @@ class HackEEGInterface(DeviceInterface):
     def _take_uv(self, n: int) -> np.ndarray:
         """The model's next ``n`` samples, ``(leads, n)`` µV, generated :data:`UV_BLOCK_S` at a time:
         the model costs ~0.1 ms a call whatever ``n``, and a paced simulator sends one sample per
-        USB frame (500 calls/s at 500 SPS). The values are those of one call per sample: the
-        model's noise is drawn sample by sample in the same order, its waves are functions of time."""
+        USB frame (500 calls/s at 500 SPS). The values are those of one call per sample, to float
+        rounding (≤ 1e-12 µV, far below a count): the model's noise is drawn sample by sample in the
+        same order, its waves are functions of time."""
         assert self._model is not None
         buf = self._uv
         if buf.shape[1] < n:
