@@ -239,8 +239,7 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
     from pathlib import Path
 
     from medacq.client import Subscriber
-    from medacq.daemon.bench.runner import free_ports, service_status, spawn_cli, stop_processes
-    from medacq.daemon.common.config import dump_config
+    from medacq.daemon.bench.runner import free_ports, service_status, spawn_services, stop_processes
 
     p = free_ports(4)
     ep = [f"tcp://127.0.0.1:{x}" for x in p]
@@ -254,10 +253,7 @@ def _endoscope_age(ip: str, t0: float, seconds: float) -> dict[str, Any]:
     stage: dict[str, Any] = {}
     preload_s = None
     with tempfile.TemporaryDirectory(prefix="medacq-cameras-") as tmp:
-        cfg = Path(tmp) / "rig.toml"
-        cfg.write_text(dump_config(doc))
-        procs = [spawn_cli(["recon", "--config", str(cfg)], Path(tmp) / "recon.log"),
-                 spawn_cli(["run", "--config", str(cfg)], Path(tmp) / "daemon.log")]
+        procs = spawn_services(doc, Path(tmp))
         try:
             with Subscriber(ep[2], "recon/endo0") as sub, Subscriber(ep[0], "raw/endo0") as raw:
                 t_first = None

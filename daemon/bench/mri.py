@@ -161,8 +161,7 @@ def _e2e_age(images: int = E2E_IMAGES) -> dict[str, Any]:
     from pathlib import Path
 
     from medacq.client import Subscriber
-    from medacq.daemon.bench.runner import service_status, spawn_cli, stop_processes
-    from medacq.daemon.common.config import dump_config
+    from medacq.daemon.bench.runner import service_status, spawn_services, stop_processes
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,10 +185,7 @@ def _e2e_age(images: int = E2E_IMAGES) -> dict[str, Any]:
             "settings": {"sequence": {"sequence": "gre", "matrix": 64, "te_ms": 5, "tr_ms": 10, "flip_deg": 30},
                          "lines_per_run": 8, "dummy_scans": 0}}]}
         with tempfile.TemporaryDirectory(prefix="medacq-mri-") as tmp:
-            cfg = Path(tmp) / "rig.toml"
-            cfg.write_text(dump_config(doc))
-            procs = [spawn_cli(["recon", "--config", str(cfg)], Path(tmp) / "recon.log"),
-                     spawn_cli(["run", "--config", str(cfg)], Path(tmp) / "daemon.log")]
+            procs = spawn_services(doc, Path(tmp))
             try:
                 t_pre = time.monotonic() + 60
                 while (service_status(doc["recon"]["control_endpoint"]).get("preload") or {}).get("seconds") is None:

@@ -44,7 +44,7 @@ import numpy as np
 from medacq.daemon.common.procs import spawn_module, stop_processes
 
 __all__ = ["BENCHES", "UNDER_LOAD", "add_bench_arguments", "run_bench", "bench_transport", "free_ports", "spawn_cli",
-           "service_status", "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
+           "service_status", "spawn_services", "stop_processes", "terminate_as_interrupt", "StreamLedger", "end_series_and_drain", "stop_recorder",
            "recorded_vs_delivered", "recorder_summary", "recorder_checkpoint", "recorded_seqs", "rss_mb",
            "half_growth"]
 
@@ -373,6 +373,17 @@ def service_status(endpoint: str, timeout: float = 1.0) -> dict[str, Any]:
             return dict(c.request("status"))
     except Exception:  # noqa: BLE001 - not up yet, or busy: the caller asks again
         return {}
+
+
+def spawn_services(doc: dict[str, Any], workdir: Path) -> list[subprocess.Popen]:
+    """Write the config ``doc`` to ``workdir/rig.toml`` and start ``medacq recon`` and ``medacq run``
+    on it as benchmark children (:func:`spawn_cli`; logs ``recon.log``, ``daemon.log`` beside it)."""
+    from medacq.daemon.common.config import dump_config
+
+    cfg = workdir / "rig.toml"
+    cfg.write_text(dump_config(doc))
+    return [spawn_cli(["recon", "--config", str(cfg)], workdir / "recon.log"),
+            spawn_cli(["run", "--config", str(cfg)], workdir / "daemon.log")]
 
 
 def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
