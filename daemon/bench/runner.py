@@ -291,11 +291,13 @@ def _run_case(mode: str, size: int, duration: float, port: int) -> dict[str, Any
     endpoint, ack_endpoint = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
     p = ctx.Process(target=_sender, args=(mode, endpoint, ack_endpoint, size, duration, ready), daemon=True)
     p.start()
-    if not ready.wait(30):
-        p.kill()
-        raise RuntimeError("benchmark sender did not start")
     try:
+        if not ready.wait(30):
+            raise RuntimeError("benchmark sender did not start")
         return _receive(mode, endpoint, ack_endpoint, size, duration)
+    except BaseException:  # not started, failed or interrupted (SIGTERM): the sender goes at once
+        p.kill()
+        raise
     finally:
         p.join(15)
         if p.is_alive():
