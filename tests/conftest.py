@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from medacq.daemon.bench.runner import free_ports
+from medacq.daemon.bench.runner import free_port, free_ports  # noqa: F401 (re-exported to the tests)
 from medacq.protocols._sansio import NEED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 MC = os.environ.get("MEDACQ_MARCOS_CLIENT", "")
 
 pytestmark = [
@@ -27,16 +29,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def console(tmp_path):
     pytest.importorskip("matplotlib", reason="marcos_client's test_server.py imports matplotlib")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "sim", "mri", "--tcp", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

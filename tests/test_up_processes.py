@@ -21,7 +21,7 @@ import pytest
 from medacq.client import ControlClient, DaemonUnreachable
 from medacq.daemon.common.procs import SHUTDOWN_BOUND_S
 
-from conftest import medacq_cmd
+from conftest import free_port, medacq_cmd
 
 pytestmark = pytest.mark.slow  # four rig starts (about 8 s each on a shared 2-core machine)
 
@@ -42,9 +42,7 @@ def _port_free(port: int) -> bool:
 def _rig_ports() -> tuple[int, int]:
     """A base port with its 4 successors free, and a free view port."""
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+        base = free_port()
         if base + 5 < 65535 and all(_port_free(base + i) for i in range(6)):
             return base, base + 5
     raise RuntimeError("no 6 consecutive free ports")

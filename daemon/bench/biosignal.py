@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
+
+from medacq.daemon.bench.runner import free_ports
 
 from medacq.daemon.bench.rpeak import evaluate_record, evaluate_simulator
 
@@ -39,18 +40,6 @@ CHUNK = 32  # samples per frame / LSL chunk in the capacity part
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # -- paced -------------------------------------------------------------------------------
@@ -101,7 +90,7 @@ def _paced(seconds: float) -> dict[str, Any]:
     from medacq.client import Subscriber
 
     ctx = mp.get_context("spawn")
-    p = _free_ports(4)
+    p = free_ports(4)
     ep = [f"tcp://127.0.0.1:{x}" for x in p]
     parent, child = ctx.Pipe()
     sim = ctx.Process(target=_sim_process, args=(child, seconds), daemon=True)
@@ -238,7 +227,7 @@ def _medacq_capacity(nch: int, duration: float) -> float:
     from medacq.client import Subscriber
 
     ctx = mp.get_context("spawn")
-    p = _free_ports(2)
+    p = free_ports(2)
     ep, ack_ep = f"tcp://127.0.0.1:{p[0]}", f"tcp://127.0.0.1:{p[1]}"
     ready = ctx.Event()
     proc = ctx.Process(target=_medacq_sender, args=(ep, ack_ep, nch, duration, ready), daemon=True)

@@ -84,14 +84,9 @@ def _e2e(duration: float, fps: float = 50.0) -> dict[str, Any]:
     from medacq.daemon.common.config import parse_config
     from medacq.daemon.recon.stage import ReconStage
     from medacq.daemon.acquisition.service import AcquisitionDaemon
-    import socket
+    from medacq.daemon.bench.runner import free_ports
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    ports = [free_port() for _ in range(4)]
+    ports = free_ports(4)
     ep = [f"tcp://127.0.0.1:{p}" for p in ports]
     link_dir = tempfile.mkdtemp(prefix="medacq-bench-eit-")
     sim = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "sim", "sciospec", "n_el=16", "seed=5",

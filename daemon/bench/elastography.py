@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from medacq.daemon.bench.runner import free_port
 
 __all__ = ["bench_elastography"]
 
@@ -82,12 +83,6 @@ TACTILE_OPTIONS = {"rows": 32, "cols": 32, "pitch_mm": 1.25, "seed": 3, "inclusi
 
 def _log(msg: str) -> None:
     print(f"  elastography: {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _calibrate_gain_map(path: str) -> float:
@@ -104,7 +99,7 @@ def _calibrate_gain_map(path: str) -> float:
     t0 = time.perf_counter()
     kpa = 5.0
     sim = make(**TACTILE_OPTIONS, load="bladder", bladder_kpa=kpa, air_s=0.5, creep_tau_s=0.2)
-    ep = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
+    ep = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
     frames: list[np.ndarray] = []
     with SimulatorServer(sim, "pty", paced=False) as srv:
         cfg = parse_config({"daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1]},
@@ -141,7 +136,7 @@ def _tactile(duration: float) -> dict[str, Any]:
 
     opts = TactileOptions.model_validate(TACTILE_OPTIONS)
     truth = TissueContact(opts).truth()
-    ep = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(4)]
+    ep = [f"tcp://127.0.0.1:{free_port()}" for _ in range(4)]
     link_dir = tempfile.mkdtemp(prefix="medacq-bench-tactile-")
     gain_map = os.path.join(link_dir, "gain_map.npy")
     cal_s = _calibrate_gain_map(gain_map)

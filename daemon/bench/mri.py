@@ -45,14 +45,9 @@ __all__ = ["bench_mri"]
 
 
 def _endpoints() -> dict[str, Any]:
-    import socket
+    from medacq.daemon.bench.runner import free_ports
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    ep = [f"tcp://127.0.0.1:{port()}" for _ in range(4)]
+    ep = [f"tcp://127.0.0.1:{p}" for p in free_ports(4)]
     return {"daemon": {"data_endpoint": ep[0], "control_endpoint": ep[1], "local_operator": True},
             "recon": {"data_endpoint": ep[2], "control_endpoint": ep[3]}}
 
@@ -161,11 +156,9 @@ def _e2e_age(images: int = E2E_IMAGES) -> dict[str, Any]:
     from pathlib import Path
 
     from medacq.client import Subscriber
-    from medacq.daemon.bench.runner import service_status, spawn_services, stop_processes
+    from medacq.daemon.bench.runner import free_port, service_status, spawn_services, stop_processes
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "medacq.daemon.cli", "sim", "mri", "--tcp", f"127.0.0.1:{port}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ages: list[float] = []

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from medacq.daemon.bench.runner import free_port
 
 __all__ = ["bench_nuclear", "nema_figures", "simulate_and_reconstruct"]
 
@@ -129,12 +130,6 @@ def _serve(port: int, ready: Any, stop: Any) -> None:
         stop.wait(120)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ingest(duration: float) -> dict[str, Any]:
     """Simulator process → TCP → ``pet`` driver → acquisition daemon → ZeroMQ → subscriber here."""
     from medacq.daemon.acquisition.service import AcquisitionDaemon
@@ -143,16 +138,16 @@ def _ingest(duration: float) -> dict[str, Any]:
 
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    port = _free_port()
+    port = free_port()
     proc = ctx.Process(target=_serve, args=(port, ready, stop), daemon=True)
     proc.start()
     try:
         if not ready.wait(60):
             return {"ingest_error": "simulator did not start"}
-        eps = {"daemon": {"data_endpoint": f"tcp://127.0.0.1:{_free_port()}",
-                          "control_endpoint": f"tcp://127.0.0.1:{_free_port()}"},
-               "recon": {"data_endpoint": f"tcp://127.0.0.1:{_free_port()}",
-                         "control_endpoint": f"tcp://127.0.0.1:{_free_port()}"}}
+        eps = {"daemon": {"data_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                          "control_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+               "recon": {"data_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                         "control_endpoint": f"tcp://127.0.0.1:{free_port()}"}}
         cfg = parse_config({**eps, "device": [{"name": "pet0", "kind": "pet", "address": f"tcp://127.0.0.1:{port}"}]})
         with Subscriber(cfg.daemon.data_endpoint, "raw/pet0") as sub:
             d = AcquisitionDaemon(cfg).start()

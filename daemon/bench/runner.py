@@ -29,6 +29,7 @@ import importlib
 import json
 import multiprocessing as mp
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -306,13 +307,6 @@ def _run_case(mode: str, size: int, duration: float, port: int) -> dict[str, Any
 
 def bench_transport(args: argparse.Namespace) -> dict[str, Any]:
     """Transport benchmark; returns ``{"results": [...]}`` as documented in the README."""
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     results = []
     repeat = max(1, int(getattr(args, "repeat", 3) or 1))
     for name in [s.strip() for s in args.sizes.split(",") if s.strip()]:
@@ -352,11 +346,41 @@ def bench_transport(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- shared by the benchmarks that run a rig ---------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports that were free a moment ago (all held open while choosing)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for automatically chosen local ports (Linux; a common default elsewhere)."""
     try:
-        for _ in range(n):
+        lo, hi = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports that were free a moment ago (all held open while choosing).
+
+    Chosen at random BELOW the kernel's ephemeral range where there is room: a port the kernel
+    handed out for ``bind(0)`` is also the kind it hands out as the local end of every outgoing
+    connection, so between choosing it and binding it for real another process's connect could
+    take it (a CI run lost a test that way). Ports outside that range are only ever taken by an
+    explicit bind.
+    """
+    lo, _ = _ephemeral_range()
+    first = 10000
+    socks: list[socket.socket] = []
+    try:
+        if lo - first >= 4 * n + 100:
+            rng = random.Random(os.getpid() ^ time.monotonic_ns())
+            tries = 0
+            while len(socks) < n and tries < 200 * n:
+                tries += 1
+                s = socket.socket()
+                try:
+                    s.bind(("127.0.0.1", rng.randrange(first, lo)))
+                except OSError:
+                    s.close()
+                    continue
+                socks.append(s)
+        while len(socks) < n:  # no room below the range (or unlucky): let the kernel choose
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -364,6 +388,11 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def free_port() -> int:
+    """One loopback TCP port that was free a moment ago (:func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def service_status(endpoint: str, timeout: float = 1.0) -> dict[str, Any]:

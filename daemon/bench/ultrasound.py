@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from medacq.daemon.bench.runner import free_port
 
 __all__ = ["bench_ultrasound"]
 
@@ -54,12 +55,6 @@ def _serve(port: int, ready: Any, stop: Any) -> None:
         stop.wait(120)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ingest(duration: float) -> dict[str, Any]:
     from medacq.daemon.client.api import Subscriber
     from medacq.daemon.common.config import parse_config
@@ -67,15 +62,15 @@ def _ingest(duration: float) -> dict[str, Any]:
 
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    port = _free_port()
+    port = free_port()
     proc = ctx.Process(target=_serve, args=(port, ready, stop), daemon=True)
     proc.start()
     try:
         if not ready.wait(120):
             raise RuntimeError("simulator did not start")
-        p0 = _free_port()
-        eps = {"daemon": {"data_endpoint": f"tcp://127.0.0.1:{p0}", "control_endpoint": f"tcp://127.0.0.1:{_free_port()}"},
-               "recon": {"data_endpoint": f"tcp://127.0.0.1:{_free_port()}", "control_endpoint": f"tcp://127.0.0.1:{_free_port()}"}}
+        p0 = free_port()
+        eps = {"daemon": {"data_endpoint": f"tcp://127.0.0.1:{p0}", "control_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+               "recon": {"data_endpoint": f"tcp://127.0.0.1:{free_port()}", "control_endpoint": f"tcp://127.0.0.1:{free_port()}"}}
         cfg = parse_config({**eps, "device": [{"name": "us0", "kind": "ultrasound", "address": f"tcp://127.0.0.1:{port}",
                                                "settings": {"angles": 11, "samples": 2048, "prf_hz": 5000.0}}]})
         with Subscriber(cfg.daemon.data_endpoint, "raw/us0") as sub:

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from medacq.daemon.bench.runner import free_port
+
 __all__ = ["bench_detector"]
 
 _FULL = (1536, 1944)
@@ -51,18 +53,12 @@ def _log(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "medacq.daemon.cli", *args]
 
 
 def _serve(option_args: list[str], fast: bool) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen(_cli("sim", "flatpanel", *option_args, "--tcp", f"127.0.0.1:{port}", *(["--fast"] if fast else [])),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline() if p.stdout else ""
@@ -205,9 +201,9 @@ def _e2e(seconds: float) -> dict[str, Any]:
     FlatFieldCorrector(model.expected_frame(0, "dark"), model.expected_frame(0, "flat"), model.defect_mask()).save(path)
     del model
     sim, port = _serve(["seed=1"], fast=False)
-    base = _free_port()
+    base = free_port()
     while any(_busy(base + i) for i in range(4)):
-        base = _free_port()
+        base = free_port()
     doc = endpoints_for(base)
     doc["daemon"]["queue_depth"] = 64
     doc["recon"]["settings"] = {"xray": rs}
