@@ -47,6 +47,20 @@ ENTRIES = {
 }
 
 
+def _listening(port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` (Linux ``/proc/net/tcp*``, state 0A), without connecting."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 @pytest.fixture
 def worklist_scp(tmp_path):
     """``wlmscpfs`` on a free loopback port, serving three scheduled steps (called AE ``WLSCP``)."""
@@ -61,17 +75,15 @@ def worklist_scp(tmp_path):
     port = free_port()
     proc = subprocess.Popen(["wlmscpfs", "-s", "-dfp", str(tmp_path / "wlistdb"), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # ready when its socket listens, seen in the kernel's table: no probe connection, which a
+    # single-process wlmscpfs must first read to its end, and under load sometimes answered
+    # the test's first association with nothing (two CI failures)
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"wlmscpfs did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.05)
-    time.sleep(0.2)  # (the probe connection above was not an association: let it log and go)
+    while not _listening(port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"wlmscpfs did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.05)
     try:
         yield PacsAddress("WLSCP", "127.0.0.1", port)
     finally:

@@ -117,6 +117,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def associate(ae: Any, scp: PacsAddress, tls: ssl.SSLContext | None) -> tuple[Any, bool]:
+    """``ae.associate`` with ``scp`` (TLS where ``tls`` is given); returns the association and
+    whether the SCP rejected it.
+
+    A dcmtk SCP sends its A-ASSOCIATE-RJ and closes at once; pynetdicom's reader thread can handle
+    both before the requesting thread looks, which then sees a closed socket and reports an abort
+    (a rejection read as "down": a CI failure, about 1 run in 3 here). The RJ PDU is therefore
+    also watched for on its way in.
+    """
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    seen: list[Any] = []
+
+    def on_pdu(event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen.append(event.pdu)
+
+    assoc = ae.associate(scp.host, scp.port, ae_title=scp.ae_title,
+                         tls_args=(tls, scp.host) if tls is not None else None,
+                         evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    return assoc, bool(assoc.is_rejected or seen)
+
+
 def store_files(paths: list[Path], pacs: PacsAddress, calling_ae: str = "MEDACQ", timeout_s: float = 10.0,
                 on_stored: Any = None, on_refused: Any = None, tls: ssl.SSLContext | None = None) -> SendReport:
     """C-STORE ``paths`` over one association (over TLS with ``tls``: :func:`tls_context`; a PACS off
@@ -144,10 +168,9 @@ def store_files(paths: list[Path], pacs: PacsAddress, calling_ae: str = "MEDACQ"
     ae.connection_timeout = timeout_s
     ae.requested_contexts = [build_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
                              for uid in list(classes)[:128]]
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title,
-                         tls_args=(tls, pacs.host) if tls is not None else None)
+    assoc, rejected = associate(ae, pacs, tls)
     if not assoc.is_established:
-        rep.error = f"no association with {pacs} ({'rejected' if assoc.is_rejected else 'unreachable or aborted'})"
+        rep.error = f"no association with {pacs} ({'rejected' if rejected else 'unreachable or aborted'})"
         rep.remaining = len(paths)
         return rep
     try:

@@ -32,7 +32,7 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from medacq.daemon.interop.pacs import PacsAddress, PacsError, check_pacs_exposure
+from medacq.daemon.interop.pacs import PacsAddress, PacsError, associate, check_pacs_exposure
 from medacq.daemon.interop.study import StudyContext
 
 __all__ = ["WorklistError", "WorklistItem", "WorklistResult", "query_worklist", "worklist_query"]
@@ -220,11 +220,10 @@ def query_worklist(scp: PacsAddress, *, modality: str | None = None, date: str |
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate(scp.host, scp.port, ae_title=scp.ae_title,
-                         tls_args=(tls, scp.host) if tls is not None else None)
+    assoc, rejected = associate(ae, scp, tls)
     if not assoc.is_established:
         why = (f"rejected the association (is {scp.ae_title!r} its AE title, and does it know ours, "
-               f"{calling_ae!r}?)" if assoc.is_rejected else
+               f"{calling_ae!r}?)" if rejected else
                "accepted no association: down, unreachable, or not a DICOM SCP")
         raise WorklistError(f"worklist {scp} {why}")
     out = WorklistResult([])
