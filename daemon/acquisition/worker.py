@@ -549,8 +549,10 @@ class AcquisitionWorker(threading.Thread):
             if self._start_gen == gen:  # no start since the request: stay stopped
                 self.want_running.clear()
         self._end_series(f"safe state: {reason}")
+        # published and audited before the status says so: whoever sees "safe" finds the record
+        ev = self._event(SafetyEvent(self.device, "safe", reason, done, trigger, True))
         self.stats.state = "safe"
-        self._answer(reqs, self._event(SafetyEvent(self.device, "safe", reason, done, trigger, True)))
+        self._answer(reqs, ev)
 
     def _change_pending(self) -> bool:
         """A settings change waits that is still wanted (withdrawn ones are dropped unseen: a
