@@ -185,8 +185,12 @@ def test_panels_values_rate_limit_and_latency(live):
     assert set(f) == set(kinds)
     # scalars: exactly the values the simulator sent for that seq
     sc = SynthConfig(shape=[3], rate_hz=10.0, seed=7)
-    for h, _ in f["raw/sc0"]:
+    for h, payload in f["raw/sc0"]:
         np.testing.assert_allclose(h["values"], synth_frame(sc, h["seq"]), rtol=1e-6)
+        # the history: float32 (values, samples), its newest column the values above
+        hx = np.frombuffer(payload, np.float32).reshape(h["history_cols"], h["history_n"])
+        assert h["history_cols"] == 3 and h["history_n"] >= 1
+        np.testing.assert_allclose(hx[:, -1], h["values"], rtol=1e-6)
     # images: the 8-bit indices are the server-side window of that very frame
     ic = SynthConfig(shape=[48, 64], rate_hz=20.0, seed=6)
     for h, payload in f["raw/im0"][-3:]:

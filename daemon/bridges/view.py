@@ -1036,9 +1036,16 @@ class Bridge:
                 if v is None:
                     return spec_changed
                 hist = list(st.history)
-                hd.update(values=[_finite(x) for x in v.tolist()],
-                          history=[[_finite(float(x)) for x in col] for col in zip(*[e[1] for e in hist])][:4],
+                # the history as a float32 payload (columns = the first ≤ 4 values, oldest first;
+                # NaN where not finite), not as up to 300 × 4 floats of JSON text at every update
+                cols = min((len(e[1]) for e in hist), default=0)
+                hx = (np.stack([e[1][:cols] for e in hist]).astype(np.float32).T if hist and cols
+                      else np.zeros((0, 0), np.float32))
+                hx[~np.isfinite(hx)] = np.nan
+                hd.update(values=[_finite(x) for x in v.tolist()], history_cols=int(hx.shape[0]),
+                          history_n=int(hx.shape[1]),
                           history_s=(hist[-1][0] - hist[0][0]) / 1e9 if len(hist) > 1 else 0.0)
+                payload = np.ascontiguousarray(hx)
             elif st.kind == "profile":
                 a = np.asarray(st.latest)
                 if a.dtype.kind == "c":

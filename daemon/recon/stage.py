@@ -180,68 +180,59 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 class _Publisher:
-    """The one thread that uses the PUB socket: it sends what the workers queue, in order,
-    and runs ``tick`` (the periodic descriptors) about every 0.1 s."""
+    """The PUB socket and its one-at-a-time use.
+
+    A worker sends its outputs itself, holding the socket's lock (ZeroMQ sockets are not
+    thread-safe; the lock's fences make handing the socket from thread to thread safe, and no two
+    threads are ever inside it). PUB never blocks: a subscriber past its mark loses messages in
+    libzmq, as before. This thread runs ``tick`` (the periodic descriptors) about every 0.1 s and
+    closes the socket at the end.
+
+    Until session 9 the workers queued here and this thread sent: every output woke it (a futex
+    wake, then the woken thread waiting for the GIL and a CPU) before it could leave. Beside the
+    whole rig, 22 % of the samples in which a stage thread held the GIL were inside that wake-up
+    (py-spy ``--gil``; a thread preempted while it holds the GIL counts there too, so this is
+    where the GIL was stuck, not CPU time). Now an output leaves on its worker's thread; libzmq's
+    I/O thread, which needs no GIL, does the rest.
+    """
 
     def __init__(self, pub: zmq.Socket, tick: Callable[[], None]) -> None:
         self.pub = pub
         self.tick = tick
-        self._q: deque[tuple] = deque()
-        self._cv = threading.Condition()
-        self._stop = False
+        self._lock = threading.Lock()
+        self._closed = False
+        self._halt = threading.Event()
         self.sent = 0
         self.errors = 0
-        self.high_water = 0
         self.thread = threading.Thread(target=self._run, name="recon-pub", daemon=True)
 
     def put(self, parts: tuple) -> None:
-        with self._cv:
-            if self._stop:
+        """Send ``parts`` now (zero-copy), in this thread; after :meth:`stop`, nothing."""
+        with self._lock:
+            if self._closed:
                 return
-            self._q.append(parts)
-            if len(self._q) > self.high_water:
-                self.high_water = len(self._q)
-            self._cv.notify()
-
-    @property
-    def pending(self) -> int:
-        return len(self._q)
+            try:
+                self.pub.send_multipart(parts, copy=False)
+                self.sent += 1
+            except zmq.ZMQError as exc:
+                self.errors += 1
+                log.warning("publish failed: %s", exc)
 
     def _run(self) -> None:
-        next_tick = 0.0
         try:
-            while True:
-                with self._cv:
-                    if not self._q and not self._stop:
-                        self._cv.wait(0.1)
-                    batch = list(self._q)
-                    self._q.clear()
-                    stop = self._stop
-                for parts in batch:
-                    try:
-                        self.pub.send_multipart(parts, copy=False)
-                        self.sent += 1
-                    except zmq.ZMQError as exc:
-                        self.errors += 1
-                        log.warning("publish failed: %s", exc)
-                if stop:
-                    if not self._q:
-                        break
-                    continue
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + 0.1
-                    try:
-                        self.tick()
-                    except Exception:  # noqa: BLE001 - the publisher never dies of a timer
-                        log.exception("descriptor timer failed")
+            while not self._halt.wait(0.1):
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - the publisher never dies of a timer
+                    log.exception("descriptor timer failed")
         finally:
-            self.pub.close(200)
+            with self._lock:
+                self._closed = True
+                self.pub.close(200)
 
     def stop(self, timeout: float) -> None:
-        """Send what is queued, then close the socket (on the publisher thread)."""
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
+        """Close the socket (what was sent still leaves, for up to 0.2 s of linger)."""
+        self._halt.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
 
@@ -805,7 +796,7 @@ class ReconStage:
             except Exception as exc:  # noqa: BLE001 - an unpublishable output is that frame's error
                 self._error(st, exc, f"output {out.name!r}: ")
 
-    # -- publishing (workers queue, the publisher thread sends) ----------------------------
+    # -- publishing (each worker sends its own outputs through the publisher's lock) --------
     def _out_stream(self, st: _StreamState, name: str) -> str:
         if name.startswith(MARKER_TOPIC_PREFIX):  # a marker output: its source name
             return name.removeprefix(MARKER_TOPIC_PREFIX)
@@ -977,8 +968,7 @@ class ReconStage:
                             "result": self.preload_result},
                 "bad_messages": self.bad_messages, "last_bad_message": self.last_bad_message,
                 "healthy": not problems, "problems": problems,
-                "publish_queue": pub.pending if pub else 0, "publish_queue_high_water": pub.high_water if pub else 0,
-                "publish_errors": pub.errors if pub else 0}
+                "published": pub.sent if pub else 0, "publish_errors": pub.errors if pub else 0}
 
     def run_forever(self, duration_s: float | None = None, exit_within_s: float | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or ``duration_s``), speaking sd_notify when under systemd.

@@ -142,7 +142,7 @@ function drawPending(p) {
   try {
     if (m.h.kind === "trace") drawTrace(p, m.h, new Float32Array(m.buf, m.off));
     else if (m.h.kind === "image") drawImage(p, m.h, new Uint8Array(m.buf, m.off));
-    else if (m.h.kind === "scalar") drawScalar(p, m.h);
+    else if (m.h.kind === "scalar") drawScalar(p, m.h, new Float32Array(m.buf, m.off));
     else if (m.h.kind === "profile") drawProfile(p, m.h, new Float32Array(m.buf, m.off));
     else if (m.h.kind === "overlay") drawOverlay(p, m.h, new Uint8Array(m.buf, m.off));
     p.updates++;
@@ -339,7 +339,8 @@ function drawOverlay(p, h, bytes) {
     `${(100 * h.shown_fraction).toFixed(0)} % of the map shown`;
 }
 
-function drawScalar(p, h) {
+// history: float32 (history_cols × history_n), oldest first, NaN where there was no number
+function drawScalar(p, h, a) {
   const labels = p.spec.labels || [];
   const rows = h.values.map((v, i) => el("div", { class: "value" },
     el("span", { class: "label", text: labels[i] || `[${i}]` }),
@@ -348,19 +349,24 @@ function drawScalar(p, h) {
   p.values.replaceChildren(...rows);
   const ctx = p.ctx, W = p.canvas.width, H = p.canvas.height;
   ctx.fillStyle = "#101418"; ctx.fillRect(0, 0, W, H);
-  (h.history || []).forEach((series, k) => {
-    const vals = series.filter((v) => v !== null);
-    if (vals.length < 2) return;
-    const lo = Math.min(...vals), hi = Math.max(...vals), r = hi - lo || 1;
+  const n = h.history_n || 0;
+  for (let k = 0; k < (h.history_cols || 0); k++) {
+    const series = a.subarray(k * n, (k + 1) * n);
+    let lo = Infinity, hi = -Infinity, count = 0;
+    for (const v of series) if (!Number.isNaN(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); count++; }
+    if (count < 2) continue;
+    const r = hi - lo || 1;
     ctx.strokeStyle = `hsl(${(k * 90 + 190) % 360} 70% 65%)`;
     ctx.beginPath();
+    let started = false;
     series.forEach((v, i) => {
-      if (v === null) return;
-      const x = i * (W - 2) / (series.length - 1) + 1, y = H - 3 - (v - lo) / r * (H - 6);
-      i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+      if (Number.isNaN(v)) return;
+      const x = i * (W - 2) / (n - 1) + 1, y = H - 3 - (v - lo) / r * (H - 6);
+      started ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+      started = true;
     });
     ctx.stroke();
-  });
+  }
   p.info.textContent = `seq ${h.seq} · history ${fmt(h.history_s, 3)} s`;
 }
 
