@@ -17,6 +17,7 @@ Addresses handed to drivers:
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import random
 import select
@@ -158,12 +159,13 @@ class OutBuffer:
         """Up to ``limit`` bytes from the front, without removing them."""
         first = self._chunks[0]
         rest = len(first) - self._head
-        if rest >= self.JOIN or len(self._chunks) == 1:
+        join = min(self.JOIN, limit)
+        if rest >= join or len(self._chunks) == 1:
             return memoryview(first)[self._head:self._head + limit]
         parts = [memoryview(first)[self._head:]]
         n = rest
-        for c in list(self._chunks)[1:]:
-            if n + len(c) > self.JOIN:
+        for c in itertools.islice(self._chunks, 1, None):  # stops at ``join`` bytes, however long the queue
+            if n + len(c) > join:
                 break
             parts.append(c)
             n += len(c)
