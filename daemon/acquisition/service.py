@@ -61,6 +61,7 @@ from medacq.daemon.acquisition.markers import MarkerHub
 from medacq.protocols.markers import MarkerError
 from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import BindError, bind, check_exposure
+from medacq.daemon.common.interpreter import gc_pauses
 from medacq.daemon.common.sdnotify import Notifier, watchdog_interval_s
 from medacq.daemon.interop.study import StudyState
 
@@ -500,7 +501,7 @@ class AcquisitionDaemon:
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "started_at": self.started_at,
             "pid": os.getpid(),
-            "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3),
+            "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3), "gc": gc_pauses().status(),
             "healthy": self.healthy(),
             "control": {"requests": self.control.requests, "errors": self.control.errors,
                         "deferred": self.control.deferred, "timeouts": self.control.timeouts,

@@ -128,6 +128,7 @@ def _serve_simulators(conn: Any, parent: int, fault_endpoint: str | None = None)
     import signal
 
     from medacq.simulators.faults import FaultServer
+    from medacq.daemon.common.interpreter import freeze_heap
     from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate() → KeyboardInterrupt → rig.stop()
@@ -143,6 +144,7 @@ def _serve_simulators(conn: Any, parent: int, fault_endpoint: str | None = None)
             conn.send({"error": f"{type(exc).__name__}: {exc}"})
             return
         lower_priority(SIMULATOR_NICE)  # every thread: os.nice would change only this one
+        freeze_heap("simulators started")  # as medacq up does
         while os.getppid() == parent:
             if conn.poll(0.5):
                 msg = conn.recv()

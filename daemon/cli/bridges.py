@@ -18,6 +18,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CliError(f"the live view needs aiohttp (pip install aiohttp): {exc}", 2) from None
     from medacq.daemon.common.binding import BindError
+    from medacq.daemon.common.interpreter import freeze_heap
 
     token, given = None, None
     try:
@@ -36,6 +37,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         # a token the operator chose is not echoed (it would land in logs/the journal)
         shown = url.partition("?")[0] + f"  ({given})" if given else url
         print(f"medacq view: {shown}  [{rights}]", flush=True)
+        freeze_heap("view started")
 
     try:
         run_view(settings, args.for_s, on_ready=ready, exit_within_s=SHUTDOWN_BOUND_S)

@@ -88,6 +88,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         interval = load_rig(args.config).daemon.descriptor_interval_s if args.config else \
             DaemonSection.model_fields["descriptor_interval_s"].default
         settle = edf_settle_s(interval)
+    from medacq.daemon.common.interpreter import freeze_heap
     from medacq.daemon.common.malloc import pin_malloc_thresholds
 
     pin_malloc_thresholds()  # frames queued while the writer catches up go back to the OS once written
@@ -98,6 +99,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     rec.ready.wait(10)
     if rec.state == "failed":
         raise CliError(f"cannot record: {rec.error}")
+    freeze_heap("recorder started")
     print(f"recording {' '.join(args.topics)} from {' '.join(rec.endpoints)} to {args.out}", file=sys.stderr,
           flush=True)
     end = None if args.for_s is None else time.monotonic() + args.for_s

@@ -70,6 +70,7 @@ def simulator_entry(name: str, kind: str, options: dict[str, Any], settings: dic
 def cmd_rig_host(args: argparse.Namespace) -> int:
     """One host's part of a rig (module doc); its part arrives as one JSON line on stdin."""
     from medacq.daemon.common.config import dump_config
+    from medacq.daemon.common.interpreter import freeze_heap
     from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
 
     stop = threading.Event()
@@ -112,6 +113,7 @@ def cmd_rig_host(args: argparse.Namespace) -> int:
         for sub in parts:
             procs.append(spawn_module(_CLI, [sub, "--config", str(cfg_path)], workdir / f"{sub}.log", env))
         lower_priority(SIMULATOR_NICE)  # the simulators stand for hardware: the daemon and the stage go first
+        freeze_heap("simulators started")
         print(json.dumps({"host": args.host, "workdir": str(workdir), "pid": os.getpid(),
                           "children": {sub: p.pid for sub, p in zip(parts, procs)},
                           "devices": {d["name"]: d["address"] for d in doc.get("device", [])}}), flush=True)

@@ -37,7 +37,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from medacq.daemon.acquisition.service import AcquisitionDaemon, BindError
     from medacq.daemon.common.malloc import pin_malloc_thresholds
-    from medacq.daemon.common.interpreter import set_switch_interval
+    from medacq.daemon.common.interpreter import freeze_heap, set_switch_interval
 
     pin_malloc_thresholds()  # freed frames go back to the OS (RSS stays flat after a subscriber stalls)
     cfg = load_rig(args.config)
@@ -46,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         d = AcquisitionDaemon(cfg).start()
     except BindError as exc:
         raise CliError(str(exc)) from None
+    freeze_heap("daemon started")  # start-up's objects out of the collector's full scans
     print(f"medacq daemon: data {cfg.daemon.data_endpoint}, control {cfg.daemon.control_endpoint}", flush=True)
     d.run_forever(args.for_s, exit_within_s=SHUTDOWN_BOUND_S)
     return 0
@@ -55,16 +56,19 @@ def cmd_recon(args: argparse.Namespace) -> int:
     from medacq.daemon.recon.stage import ReconStage
     from medacq.daemon.acquisition.service import BindError
     from medacq.daemon.common.malloc import pin_malloc_thresholds
-    from medacq.daemon.common.interpreter import set_switch_interval
+    from medacq.daemon.common.interpreter import freeze_heap, set_switch_interval
     from medacq.daemon.common.security import ToolKeyError
 
     pin_malloc_thresholds()
     cfg = load_rig(args.config)
     set_switch_interval(cfg.recon.gil_switch_ms)
+    stage = ReconStage(cfg)
+    stage.freeze_heap_after_preload = True  # again once the reconstructors' modules are in
     try:
-        stage = ReconStage(cfg).start()
+        stage.start()
     except (BindError, ToolKeyError) as exc:
         raise CliError(str(exc)) from None
+    freeze_heap("stage started")
     print(f"medacq recon: {cfg.recon_source} -> {cfg.recon.data_endpoint}", flush=True)
     stage.run_forever(args.for_s, exit_within_s=SHUTDOWN_BOUND_S)
     return 0

@@ -86,6 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return cmd_up_rig(args)
     from medacq.daemon.client.api import ControlClient, DaemonUnreachable
     from medacq.daemon.common.config import dump_config
+    from medacq.daemon.common.interpreter import freeze_heap
     from medacq.simulators.rig import SIMULATOR_NICE, SimulatedRig, lower_priority
     from medacq.daemon.cli.status_view import StatusView
 
@@ -106,6 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="medacq-up-"))
         rig = SimulatedRig(paced=True).start()
         faults = FaultServer(rig.servers, f"tcp://127.0.0.1:{args.base_port + 4}").start()
+        freeze_heap("simulators started")  # their threads share this process's collector pauses
         doc = rig.config(args.base_port)
         cfg_path = workdir / "rig.toml"
         cfg_path.write_text(dump_config(doc))

@@ -78,6 +78,7 @@ from medacq.daemon.client.api import ControlClient, DaemonUnreachable, GapInfo, 
 from medacq.daemon.common.config import RigConfig
 from medacq.daemon.acquisition.control import ControlServer, Deferred
 from medacq.daemon.common.binding import bind
+from medacq.daemon.common.interpreter import freeze_heap, gc_pauses
 from medacq.daemon.recon.base import Output, Reconstructor, ReconstructorError
 from medacq.daemon.recon.registry import RECONSTRUCTORS, preload_reconstructors, reconstructor_class, resolve_qos
 from medacq.daemon.recon.worker_process import ProcessReconstructor, WorkerProcess
@@ -270,6 +271,9 @@ class ReconStage:
                                                [] if preload is False else list(preload))
         self.preload_result: dict[str, float | str] | None = None
         self.preload_s: float | None = None
+        #: after the preload, :func:`~medacq.daemon.common.interpreter.freeze_heap` (``medacq recon``
+        #: sets it: a process of its own; not for a stage inside someone else's process)
+        self.freeze_heap_after_preload = False
         self.sndhwm = 0  # the PUB socket's send high-water mark (messages per subscriber), set by start()
         # a context of its own unless given one: shutdown() terminates it, so that when it returns the
         # sockets are closed and their endpoints free (libzmq closes a listener asynchronously)
@@ -349,6 +353,8 @@ class ReconStage:
         self.preload_result = result
         log.info("reconstructors preloaded in %.2f s (%s)", self.preload_s,
                  ", ".join(f"{m} {v:.2f} s" if isinstance(v, float) else f"{m} FAILED" for m, v in result.items()))
+        if self.freeze_heap_after_preload:
+            freeze_heap("reconstructors preloaded")
 
     def _stream_list(self) -> list[_StreamState]:
         with self._streams_lock:
@@ -963,7 +969,8 @@ class ReconStage:
         problems = self.health()
         pub = self._publisher
         return {"uptime_s": round(now - self.started, 3), "pid": os.getpid(),
-                "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3), "streams": out,
+                "gil_switch_ms": round(sys.getswitchinterval() * 1000.0, 3), "gc": gc_pauses().status(),
+                "streams": out,
                 "preload": {"modalities": self._preload_modalities, "seconds": self.preload_s,
                             "result": self.preload_result},
                 "bad_messages": self.bad_messages, "last_bad_message": self.last_bad_message,
