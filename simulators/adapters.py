@@ -278,6 +278,11 @@ class SimulatorServer:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Tell the serving thread to stop, without waiting (:meth:`stop` waits): a rig asks all
+        of its simulators at once, then waits for each."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
