@@ -85,7 +85,10 @@ def test_driver_publishes_sub_sample_edges_on_the_frames_clock():
     assert all((c.srb2, c.bias) == (1, 1) for c in iface.settings[:7])
     frames = [f for f in items if isinstance(f, Frame)]
     last = frames[-1].t_device + frames[-1].data.shape[1]
-    events = [e for f in frames for e in (f.meta or {}).get("triggers", [])]
+    published = [e for f in frames for e in (f.meta or {}).get("triggers", [])]
+    # compared away from both ends of the stream, the same window on both sides: an edge in the
+    # last few samples may or may not be out yet when the collection stops (a CI run saw one)
+    events = [e for e in published if 3 < e["t_device"] < last - 12]
     truth = [(t - t0) / period for t in starts if 3 < (t - t0) / period < last - 12]
     assert len(truth) >= 40 and len(events) == len(truth)
     assert all(e["line"] == "ch8" and e["edge"] == "rising" and e["frame_clock"] for e in events)
@@ -98,4 +101,4 @@ def test_driver_publishes_sub_sample_edges_on_the_frames_clock():
         f = next(f for first, f in by_first.items() if first <= e["sample"] < first + f.data.shape[1])
         want = f.t_mono_ns + (e["t_device"] - f.t_device) * e["period_s"] * 1e9
         assert abs(e["t_mono_ns"] - want) <= 2 and e["t_host_ns"] - e["t_mono_ns"] == f.t_host_ns - f.t_mono_ns
-    assert d.counters["trigger_edges"] == len(events)
+    assert d.counters["trigger_edges"] == len(published)
