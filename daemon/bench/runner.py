@@ -425,27 +425,58 @@ def spawn_cli(argv: list[str], log_path: Path, env: dict[str, str] | None = None
     return spawn_module("medacq.daemon.cli", argv, log_path, env, nice)
 
 
+#: how long (s) a benchmark may take to clean up once SIGTERM/SIGHUP arrived before it is ended
+#: anyway, every thread's stack on stderr (:func:`~medacq.daemon.common.procs.exit_within`): a
+#: rig's orderly stop takes ~15 s at most (daemon, stage and view bounded at 12 s each, in parallel)
+CLEANUP_BOUND_S = 40.0
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """While active, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` in the main thread (once), so
     a benchmark's ``finally`` blocks stop its children as on Ctrl-C. Elsewhere than the main thread:
-    nothing."""
+    nothing.
+
+    Python runs a signal handler between any two bytecodes of the main thread, also inside a
+    ``__del__``, a weakref callback or a ``gc`` callback, where an exception is *swallowed*
+    (``sys.unraisablehook``): the benchmark would go on as if nothing had happened. Such a swallowed
+    interrupt is raised again, from a thread, 5 ms later (:func:`_thread.interrupt_main`). Once a signal has fired, the process
+    also ends within :data:`CLEANUP_BOUND_S` whatever its cleanup does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired: list[int] = []
+    import _thread
+
+    from medacq.daemon.common.procs import exit_within
+
+    fired: list[int] = []  # the signal, once one arrived
+    redeliver: list[bool] = []  # its interrupt was swallowed: raise it again
 
     def handler(signum: int, _frame: Any) -> None:
-        if not fired:  # later signals must not interrupt the cleanup
-            fired.append(signum)
+        if not fired or redeliver:  # later signals must not interrupt the cleanup
+            if not fired:
+                fired.append(signum)
+                exit_within(CLEANUP_BOUND_S)
+            redeliver.clear()
             raise KeyboardInterrupt
 
+    def unraisable(u: Any) -> None:
+        previous_hook(u)
+        if (fired and u.exc_type is KeyboardInterrupt and not redeliver
+                and threading.current_thread() is threading.main_thread()):
+            redeliver.append(True)  # raised again once the finaliser has returned (not in it: swallowed again)
+            threading.Thread(target=lambda: (time.sleep(0.005), _thread.interrupt_main(fired[0])),
+                             name="reinterrupt", daemon=True).start()
+
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
 
 
 class StreamLedger:
