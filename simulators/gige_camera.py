@@ -692,6 +692,12 @@ class GigECameraDevice(DeviceFaults):
                 "trigger_cabled": self.trigger is not None, **self.counters}
 
 
+_UDP_IP_BYTES = 28
+"""IPv4 and UDP header bytes a GVSP packet adds on the link."""
+_MIN_BURST_BYTES = 256 * 1024
+"""The link's credit (bytes) when no frame is queued: resent packets and garbage datagrams."""
+
+
 @dataclass(frozen=True, slots=True)
 class _FrameJob:
     block_id: int
@@ -727,7 +733,12 @@ class GigEVisionServer:
     Args:
         device: the camera.
         host, port: GVCP bind address (port 3956 is what Aravis talks to; 0 picks a free one).
-        link_MBps: simulated link rate for GVSP (MB/s; 125 ≈ 1 GbE; 0 = unpaced).
+        link_MBps: simulated link rate for GVSP (MB/s; 125 ≈ 1 GbE; 0 = unpaced). A frame's
+            packets leave at that rate from the end of its exposure (or from the end of the
+            previous frame on the link); when the host kept this thread off the CPU, the late
+            packets leave at once, up to one frame's bytes, so the simulated link catches up with
+            the camera's schedule instead of carrying the host's delay into every later frame (a
+            1080p60 BayerRG8 stream fills 99.94 % of 1 GbE: at that rate it never could).
         sndbuf: GVSP socket send buffer (bytes).
         frame_buffer: frames the camera holds while the link carries them (the one being sent
             included): a frame due while that many are still queued is skipped
@@ -770,6 +781,7 @@ class GigEVisionServer:
         self._out: deque[tuple[bytes, Dest]] = deque()
         self._credit = 0.0
         self._t_credit = 0.0
+        self._burst_bytes = float(_MIN_BURST_BYTES)
         self._t0 = time.monotonic()
         self.connections = 0
         self.bytes_out = 0
@@ -895,9 +907,7 @@ class GigEVisionServer:
                 if wire:
                     held.append((job.t_ready, wire))
             while held and self._now() >= held[0][0]:
-                wire = held.popleft()[1]
-                self._out.extend(wire)
-                self._queued_frames.append(len(wire))
+                self._release(*held.popleft())
             if unplugged:
                 self._out.clear()
                 self._queued_frames.clear()
@@ -911,6 +921,17 @@ class GigEVisionServer:
             elif self._out and self.link_Bps > 0 and self._credit <= 0:
                 time.sleep(0.0005)
 
+    def _release(self, t_ready: float, wire: list[tuple[bytes, Dest]]) -> None:
+        """Queue a frame's packets for the link once its exposure is over (``t_ready``, adapter s).
+        An idle link starts the frame at ``t_ready``, not when this thread got here; the link may
+        repay up to one frame's bytes of time the host kept this thread off the CPU."""
+        if not self._out:
+            self._credit = 0.0
+            self._t_credit = max(self._t_credit, self._t0 + t_ready)
+        self._burst_bytes = max(_MIN_BURST_BYTES, sum(len(p) + _UDP_IP_BYTES for p, _ in wire))
+        self._out.extend(wire)
+        self._queued_frames.append(len(wire))
+
     def _drain(self) -> None:
         """Send queued GVSP packets within the link's credit."""
         if not self._out:
@@ -919,14 +940,14 @@ class GigEVisionServer:
             return
         now = time.monotonic()
         if self.link_Bps > 0:
-            self._credit = min(self._credit + (now - self._t_credit) * self.link_Bps, 256 * 1024)
+            self._credit = min(self._credit + max(0.0, now - self._t_credit) * self.link_Bps, self._burst_bytes)
         self._t_credit = now
         sent = 0
         while self._out and (self.link_Bps <= 0 or self._credit > 0) and sent < 512:
             pkt, dest = self._out.popleft()
             pkt = self.faults._mangle(pkt, self._rng) if self.faults.corrupt_bytes else pkt
             self._sendto(self.gvsp, pkt, dest)
-            self._credit -= len(pkt) + 28
+            self._credit -= len(pkt) + _UDP_IP_BYTES
             sent += 1
         self._frame_packets_sent(sent)
 

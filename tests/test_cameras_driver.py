@@ -265,3 +265,51 @@ def test_a_link_slower_than_the_frames_skips_exposures_and_never_builds_a_backlo
     assert dev.counters["frames_skipped_busy"] >= 2 * dev.counters["frames"], dev.counters
     ids = [f.meta["block_id"] for f in frames]
     assert ids == list(range(ids[0], ids[0] + len(ids))), ids  # consecutive: skipped slots took no block id
+
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_link_catches_up_after_the_host_kept_the_simulator_off_the_cpu(monkeypatch):
+    """The simulated link repays a host stall (up to one frame's bytes) instead of carrying it into
+    every later frame: at 1080p60 BayerRG8 the link is 99.94 % busy, so a frame that left 10 ms late
+    made every later one 10 ms late (session 9: the endoscope's idle age p99 52 ms, 8 ms of it
+    this). With a fake clock: the stream thread gets to a frame 12 ms after its exposure ended, and
+    to the link again 30 ms after that."""
+    import medacq.simulators.gige_camera as gc
+
+    clock = _Clock()
+    monkeypatch.setattr(gc.time, "monotonic", clock)
+    srv = GigEVisionServer(make(model="endoscope", fps=60.0), "127.0.0.1", 0, link_MBps=125.0)
+    sent: list[int] = []
+    monkeypatch.setattr(srv, "_sendto", lambda sock, pkt, dest: sent.append(len(pkt)))
+    try:
+        srv._t0 = clock.t
+        srv._drain()  # nothing queued: the link idles
+        pkt = bytes(8972)  # a full 9000-byte GVSP packet less its IP and UDP headers
+        wire = [(pkt, ("127.0.0.1", 9))] * 232  # one 1920 x 1080 frame
+        frame_bytes = 232 * 9000
+        t_ready = 0.5  # adapter time (s) the exposure ended
+        clock.t = srv._t0 + t_ready + 0.012  # ... and this thread got here 12 ms later
+        srv._release(t_ready, wire)
+        srv._drain()
+        # the 12 ms since the frame was ready are on the link's credit: 1.5 MB leave at once
+        assert abs(sum(sent) + 28 * len(sent) - 0.012 * 125e6) <= 9000 + 28, sum(sent)
+        n1 = len(sent)
+        clock.t += 0.030  # the host kept the thread off the CPU for 30 ms: credit for one frame at most
+        srv._drain()
+        assert len(sent) == 232, (n1, len(sent))  # the rest of the frame (~4.7 ms of link) caught up
+        # a stall longer than a frame repays no more than one frame's bytes
+        srv._release(t_ready + 1 / 60, wire)
+        clock.t += 0.5
+        srv._drain()
+        assert (len(sent) - 232) * 9000 <= frame_bytes + 9000
+    finally:
+        srv.gvcp.close()
+        srv.gvsp.close()
