@@ -68,8 +68,9 @@ DEFAULT_RIG: list[RigEntry] = [
     RigEntry("eit1", "openeit", "openeit", "pty", "serial", {"fps": 4.0, "seed": 3}, {"n_el": 16, "fps": 4.0}),
     # EEG and EKG: ~20-ms frames (3 samples at the daisy Cyton's 125 Hz, 10 at 500 SPS), not the
     # biosignal default of 40 ms, for the reason MEG's are (below): a frame's age counts from its
-    # first sample. Session 10, bench rig: recon p99 eeg0 47 / ekg0 52 ms, against 69-73 / 69-83
-    # with 40-ms frames in six runs of the same hour, the other streams unchanged
+    # first sample. Session 10, bench rig, two runs: recon age p50 eeg0 20-21 / ekg0 23-24 ms
+    # (34-36 / 41-44 with 40-ms frames), p99 47 and 70 / 52 and 74 ms (69-73 / 69-83 in six runs
+    # with 40-ms frames: the tail follows the machine's load more than the frame)
     RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True}, {"daisy": True, "frame_samples": 3}),
     RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
              {"rate": 500, "mode": "messagepack", "frame_samples": 10}),
