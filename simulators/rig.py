@@ -71,7 +71,8 @@ DEFAULT_RIG: list[RigEntry] = [
     # first sample. Session 10, bench rig, two runs: recon age p50 eeg0 20-21 / ekg0 23-24 ms
     # (34-36 / 41-44 with 40-ms frames), p99 47 and 70 / 52 and 74 ms (69-73 / 69-83 in six runs
     # with 40-ms frames: the tail follows the machine's load more than the frame)
-    RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True}, {"daisy": True, "frame_samples": 3}),
+    RigEntry("eeg0", "cyton", "cyton", "pty", "serial", {"seed": 11, "daisy": True},
+             {"daisy": True, "frame_samples": 3}),
     RigEntry("ekg0", "hackeeg", "hackeeg", "pty", "serial", {"seed": 12, "rate": 500},
              {"rate": 500, "mode": "messagepack", "frame_samples": 10}),
     # MEG: 20-ms frames (4 samples at 200 Hz), not the biosignal default of 40 ms: the sensors'

@@ -440,8 +440,9 @@ def terminate_as_interrupt() -> Iterator[None]:
     Python runs a signal handler between any two bytecodes of the main thread, also inside a
     ``__del__``, a weakref callback or a ``gc`` callback, where an exception is *swallowed*
     (``sys.unraisablehook``): the benchmark would go on as if nothing had happened. Such a swallowed
-    interrupt is raised again, from a thread, 5 ms later (:func:`_thread.interrupt_main`). Once a signal has fired, the process
-    also ends within :data:`CLEANUP_BOUND_S` whatever its cleanup does."""
+    interrupt is raised again, from a thread, 5 ms later (:func:`_thread.interrupt_main`). Once a
+    signal has fired, the process also ends within :data:`CLEANUP_BOUND_S` whatever its cleanup
+    does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
