@@ -54,11 +54,29 @@ if os.getppid() != int(sys.argv[1]):  # the parent died before that took effect
     sys.exit(1)
 if int(sys.argv[2]):  # lower priority, before any thread starts: every thread inherits it
     os.nice(int(sys.argv[2]))
+
+
+def _orphan_watch(parent=int(sys.argv[1])):  # in case the death signal never came (or was ignored)
+    import time
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(%(hard_exit_s)r)
+    os._exit(1)
+
+
+import threading
+threading.Thread(target=_orphan_watch, name="orphan-watch", daemon=True).start()
 del sys.argv[:3]  # as python -m MODULE ARGS: argv[0] becomes the module's path, argv[1:] its ARGS
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
+""" % {"hard_exit_s": SHUTDOWN_BOUND_S + 3.0}
 """How a child starts: ``python -c CHILD_BOOTSTRAP PARENT_PID NICE MODULE ARGS...`` (``NICE``: niceness
-added in the child before it starts any thread, so every thread of it has it; 0: unchanged)."""
+added in the child before it starts any thread, so every thread of it has it; 0: unchanged).
+
+Besides ``PR_SET_PDEATHSIG`` a thread watches the parent (every 0.5 s): once it is gone, the child
+sends itself SIGTERM and, if it is still running :data:`SHUTDOWN_BOUND_S` + 3 s later, exits. A CI
+run saw ``medacq run`` keep reconnecting to its simulators for 8 s and more after ``medacq up`` was
+SIGKILLed, with no sign of a shutdown: the death signal had not stopped it."""
 
 
 def spawn_module(module: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
