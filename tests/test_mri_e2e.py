@@ -19,7 +19,10 @@ from medacq.simulators.mri import make
 def test_lines_stream_through_the_daemon_and_the_image_fills_in(endpoints):
     n = 32
     iface = make()
-    with SimulatorServer(iface, "tcp", paced=False) as sim:
+    # paced: a line every TR, as a console sends them. Unpaced, the whole acquisition left in
+    # milliseconds, and one loaded CI run got image 1 with 29 of 32 lines (a burst past a bounded
+    # queue, most likely; not proven). Paced, the test takes ~5 s
+    with SimulatorServer(iface, "tcp", paced=True) as sim:
         cfg = parse_config({**endpoints,
                             "device": [{"name": "mri0", "kind": "mri", "address": sim.tcp_address, "autostart": False,
                                         "settings": {"sequence": {"sequence": "gre", "matrix": n, "te_ms": 5,
@@ -31,8 +34,8 @@ def test_lines_stream_through_the_daemon_and_the_image_fills_in(endpoints):
             with Subscriber(cfg.recon.data_endpoint, "recon/mri0") as sub:
                 sub.wait_connected()
                 d = AcquisitionDaemon(cfg).start()
-                # started once the stage's subscription to the daemon is up too: the console is unpaced
-                # (a whole image in milliseconds), so lines sent before that would be lost to the slow joiner
+                # started once the stage's subscription to the daemon is up too: lines sent before that
+                # would be lost to the slow joiner
                 time.sleep(1.0)
                 from medacq.client import ControlClient
 
