@@ -341,6 +341,50 @@ def test_fifo_frames_waiting_for_a_build_are_held_not_aged_out(endpoints, sleepy
     assert 0.5 < st["ready_after_s"] < 5, st["ready_after_s"]
 
 
+def test_frames_waiting_for_the_reconstructor_class_are_held_by_the_default_bound(endpoints, sleepy, monkeypatch):
+    """At a stage's start a stream's worker may wait seconds for its modality's module, which the
+    preload thread is importing just then (scipy.signal: 2.1-2.4 s in ``medacq up``'s first
+    seconds). Here the class lookup takes 1.5 s while 150 frames come at 100/s: the queue, not
+    yet under the reconstructor's policy, holds all of them under the default bound
+    (``[recon] queue_depth``, 512; with 64, 86 of them were dropped as gaps), and every frame
+    comes out, in order, with no gap."""
+    from medacq.daemon.recon import stage as stage_mod
+
+    real = stage_mod.reconstructor_class
+    slow = {"sleepy"}
+
+    def slow_lookup(modality: str):
+        if modality in slow:
+            slow.discard(modality)
+            time.sleep(1.5)
+        return real(modality)
+
+    monkeypatch.setattr(stage_mod, "reconstructor_class", slow_lookup)
+    cfg = _cfg(endpoints, {"sleepy": {"sleep_ms": 0.5}})
+    assert cfg.recon.queue_depth == registry.DEFAULT_QUEUE_DEPTH == 512
+    stage = ReconStage(cfg).start()
+    src = Source(cfg)
+    try:
+        with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
+            time.sleep(0.5)
+            wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
+            src.descriptor("sleepy")
+            msgs: list = []
+            src.stream_frames(150, 0.01, rsub, msgs)  # 1.5 s: all of it while the class is being looked up
+            done = sum(m.kind == "frame" for m in msgs)
+            msgs += _collect(rsub, lambda got: done + sum(m.kind == "frame" for m in got) >= 150, timeout=20)
+            st = stage.status()["streams"]["s"]
+    finally:
+        stage.shutdown()
+        src.close()
+    assert not slow  # the slow lookup happened
+    frames = [m for m in msgs if m.kind == "frame"]
+    assert st["queue_high_water"] > 64, st  # more than the old default bound waited
+    assert [m.header["source"]["seq"] for m in frames] == list(range(150)) == sleepy[0].seqs
+    assert st["lost"] == 0 and st["frames_done"] == 150 and st["errors"] == 0
+    assert [m for m in msgs if m.kind == "gap"] == [] and sleepy[0].gaps == [] and rsub.gaps == []
+
+
 def test_preload_status_and_the_publisher_byte_bound(endpoints, sleepy):
     """At start the stage imports and preloads every registered reconstructor (``status.preload``:
     seconds per modality); ``preload=False`` skips it. The PUB socket's high-water mark is the
@@ -555,15 +599,16 @@ def test_resolve_qos_layers_and_the_declared_defaults():
     cls = registry.reconstructor_class
     us, xray, ct, eit, eeg = cls("us"), cls("xray"), cls("ct"), cls("eit"), cls("eeg")
     assert resolve_qos(None, None, 64) == QosPolicy(policy="fifo", max_frames=64, max_batch=1)
-    assert resolve_qos(us) == QosPolicy(policy="latest", max_frames=64, max_batch=4)
+    assert resolve_qos(None) == QosPolicy(policy="fifo", max_frames=512, max_batch=1)
+    assert resolve_qos(us) == QosPolicy(policy="latest", max_frames=512, max_batch=4)
     assert resolve_qos(xray).policy == "latest" and resolve_qos(eit).policy == "latest"
-    assert resolve_qos(ct) == QosPolicy(policy="fifo", max_age_ms=2000, max_frames=64)
+    assert resolve_qos(ct) == QosPolicy(policy="fifo", max_age_ms=2000, max_frames=512)
     for m in ("eeg", "ekg", "meg"):
-        assert resolve_qos(cls(m)) == QosPolicy(policy="fifo", max_age_ms=1000, max_frames=64), m
+        assert resolve_qos(cls(m)) == QosPolicy(policy="fifo", max_age_ms=1000, max_frames=512), m
     assert resolve_qos(cls("synthetic"), None, 8) == QosPolicy(policy="fifo", max_frames=8)
     # the override's fields win, the others stay; an age bound does not survive a policy without one
-    assert resolve_qos(us, QosPolicy(policy="fifo")) == QosPolicy(policy="fifo", max_frames=64, max_batch=4)
-    assert resolve_qos(eeg, QosPolicy(policy="lossless")) == QosPolicy(policy="lossless", max_frames=64)
+    assert resolve_qos(us, QosPolicy(policy="fifo")) == QosPolicy(policy="fifo", max_frames=512, max_batch=4)
+    assert resolve_qos(eeg, QosPolicy(policy="lossless")) == QosPolicy(policy="lossless", max_frames=512)
     assert resolve_qos(eeg, QosPolicy(max_age_ms=250)).max_age_ms == 250
     assert resolve_qos(us, QosPolicy(max_batch=1, max_frames=3)) == QosPolicy(policy="latest", max_frames=3)
 

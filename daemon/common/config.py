@@ -269,7 +269,15 @@ class ReconSection(BaseModel):
         control_endpoint: ROUTER socket for ``status`` and modality ``action`` requests
             (default ``ipc://RUNTIME/recon-control``).
         subscribe: where raw frames come from (default: the daemon's data endpoint).
-        queue_depth: default frame bound (``max_frames``) of each stream's queue.
+        queue_depth: default frame bound (``max_frames``) of each stream's queue (unless its
+            reconstructor declares one; the byte bound, 256 MiB, holds for heavy frames), and the
+            bound while the stage does not know the stream's reconstructor yet. At start, frames
+            queue while a stream's worker waits for its modality's module, which the stage's
+            preload thread may be importing just then (the biosignal one imports ``scipy.signal``:
+            0.8 s alone, 2.1-2.4 s in ``medacq up``'s first seconds, where every process starts at
+            once). With 64, ``medacq up`` lost 17-48 frames of each biosignal stream (50 frames/s)
+            at every start, announced as gaps; 512 hold ~10 s of them. Under ``fifo`` with
+            ``max_age_ms`` the age bound, not this one, limits the queue in steady state.
         settings: per-modality reconstructor settings, e.g. ``[recon.settings.synthetic]``.
         qos: per-stream queue policy, e.g. ``[recon.qos.us0] policy = "fifo"``
             (:class:`medacq.protocols.qos.QosPolicy`): the fields a table sets override the
@@ -291,7 +299,7 @@ class ReconSection(BaseModel):
     data_endpoint: str = Field(default_factory=lambda: default_endpoints()["recon"]["data_endpoint"])
     control_endpoint: str = Field(default_factory=lambda: default_endpoints()["recon"]["control_endpoint"])
     subscribe: str | None = None
-    queue_depth: int = Field(default=64, ge=1)
+    queue_depth: int = Field(default=512, ge=1)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     qos: dict[str, QosPolicy] = Field(default_factory=dict)
     isolation: dict[str, Literal["thread", "process", "realtime"]] = Field(default_factory=dict)

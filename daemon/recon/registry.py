@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from medacq.protocols.qos import QosPolicy
 
-from medacq.daemon.common.config import validation_problems
+from medacq.daemon.common.config import ReconSection, validation_problems
 from medacq.daemon.recon.base import Reconstructor
 
-__all__ = ["RECONSTRUCTORS", "check_recon_settings", "preload_reconstructors", "reconstructor_class", "resolve_qos"]
+__all__ = ["DEFAULT_QUEUE_DEPTH", "RECONSTRUCTORS", "check_recon_settings", "preload_reconstructors",
+           "reconstructor_class", "resolve_qos"]
 
 log = logging.getLogger("medacq.recon")
 
@@ -72,8 +73,12 @@ def preload_reconstructors(modalities: Iterable[str] | None = None) -> dict[str,
     return done
 
 
+DEFAULT_QUEUE_DEPTH: int = ReconSection.model_fields["queue_depth"].default
+"""``[recon] queue_depth``'s default (512; why: :class:`~medacq.daemon.common.config.ReconSection`)."""
+
+
 def resolve_qos(cls: type[Reconstructor] | None, override: QosPolicy | None = None,
-                queue_depth: int = 64) -> QosPolicy:
+                queue_depth: int = DEFAULT_QUEUE_DEPTH) -> QosPolicy:
     """The policy of a stream served by ``cls`` (``None``: no reconstructor yet or none for the
     modality): ``fifo`` with ``max_frames = queue_depth`` and ``max_batch = cls.max_batch``,
     under the fields ``cls.qos`` sets, under the fields ``[recon.qos.<stream>]`` (``override``)
