@@ -452,15 +452,15 @@ class FlatPanelDriver(Driver):
             self._close()
 
     def _close(self) -> None:
+        # Only this driver's instrument. pyvisa gives every ResourceManager(...) of one VISA library
+        # in a process the same object, and closing it closes every resource it opened: another
+        # panel of the same daemon (xr0 beside ct0) lost its session whenever this one closed
+        # (reconnect, settings change, shutdown). The manager stays for the process's life
+        # (pyvisa closes it at exit).
         try:
             if self._inst is not None:
                 self._inst.close()
         except Exception:  # noqa: BLE001 - closing must not raise
-            pass
-        try:
-            if self._rm is not None:
-                self._rm.close()
-        except Exception:  # noqa: BLE001
             pass
         self._inst = self._rm = self._link = None
 

@@ -185,3 +185,32 @@ def test_a_reply_stream_out_of_step_is_resynchronised_or_reconnected() -> None:
     ref = XrayModel(5, DetectorConfig(binning=4, exposure_s=0.02, mode="FLUORO"))
     for f in after:  # whole frames, never a torn one
         np.testing.assert_array_equal(f.data, ref.frame(f.meta["frame_index"]))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_closing_one_panel_leaves_another_panels_session_open(fast: bool) -> None:
+    """pyvisa hands every ``ResourceManager(...)`` of one VISA library in a process the same
+    object, and closing it closes every resource it opened. A rig has two panels in one daemon
+    (``xr0`` and ``ct0``): when one driver closes (a reconnect, a settings change, shutdown), the
+    other one's session must stay open. (Each driver used to close the shared manager: the
+    other panel's next query failed with EBADF or a ``TypeError`` from pyvisa-py, and it
+    reconnected.)"""
+    with SimulatorServer(make(seed=3), "tcp", paced=False) as a, SimulatorServer(make(seed=4), "tcp", paced=False) as b:
+        s = FlatPanelSettings(mode="RAD", binning=4, exposure_s=0.02, fast_read=fast)
+        da, db = FlatPanelDriver("xr0", _visa(a), s), FlatPanelDriver("ct0", _visa(b), s)
+        da.open()
+        db.open()
+        try:
+            db.start()
+            before, _ = _collect(db, 2)
+            da.close()
+            assert db.query("CONF:BINN?") == "4"  # the other panel's session is still open
+            after, gaps = _collect(db, 3)
+            db.stop()
+            da.open()  # and the closed one opens again beside it
+            assert da.query("CONF:BINN?") == "4" and db.query("CONF:BINN?") == "4"
+        finally:
+            da.close()
+            db.close()
+    assert len(before) == 2 and len(after) == 3 and gaps == []
+    assert [f.meta["frame_index"] for f in before + after] == list(range(5))

@@ -159,8 +159,7 @@ def _read_naive(port: int, n: int) -> float:
         dt = time.perf_counter() - t0
         inst.write("ABOR")
     finally:
-        inst.close()
-        rm.close()
+        inst.close()  # not rm: pyvisa's one manager per process also holds any driver's session here
     return nbytes / dt / 1e6
 
 
