@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
+
+import numpy as np
+import pytest
 
 from medacq.daemon.common.config import dump_config
 
@@ -143,3 +147,57 @@ def test_record_check_of_an_empty_or_foreign_file_is_one_line(tmp_path):
     foreign.write_text("not HDF5")
     r = run_medacq("record", "--check", str(foreign))
     assert r.returncode == 1 and "not a readable recording" in _one_line(r.stderr)
+
+
+def test_tail_rate_counts_intervals_over_a_sliding_window():
+    from medacq.daemon.cli.control import TailRate
+
+    r = TailRate(window_s=2.0)
+    assert r.fps is None and r.mbps is None
+    r.add(10.0, 1000)
+    assert r.fps is None  # one arrival: no rate yet (this used to print 1e9 frames/s)
+    r.add(10.0, 1000)
+    assert r.fps is None  # two at the same instant: still none
+    for i in range(1, 151):  # 3 s at 50 frames/s of 1000 bytes
+        r.add(10.0 + i * 0.02, 1000)
+    assert r.fps == pytest.approx(50.0, rel=1e-6) and r.mbps == pytest.approx(0.05, rel=1e-6)
+    t = 10.0 + 150 * 0.02
+    for i in range(1, 31):  # then 3 s at 10 frames/s of 4000 bytes: the window forgets the 50/s
+        r.add(t + i * 0.1, 4000)
+    assert r.fps == pytest.approx(10.0, rel=1e-6) and r.mbps == pytest.approx(0.04, rel=1e-6)
+
+
+def test_tail_prints_rates_from_the_second_frame_on():
+    """``medacq tail`` against a publisher of 50 frames/s: the first frame of a topic shows no
+    rate (``-``), the later ones about 50 frames/s and its MB/s."""
+    import zmq
+
+    from medacq.protocols.stream import HeaderTemplate
+
+    port = free_port()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    tpl = HeaderTemplate("t0", "5d1d4a8e-0d3e-4c1a-9a53-6d1b8e1f0a21", "<f4", [4, 100], ["channel", "sample"], "")
+    payload = np.zeros((4, 100), "<f4").tobytes()
+    p = subprocess.Popen(medacq_cmd("tail", "raw/", "--endpoint", f"tcp://127.0.0.1:{port}", "--count", "40"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seq, t = 0, time.monotonic()
+        while p.poll() is None and seq < 2000:
+            pub.send_multipart([b"raw/t0", tpl.frame(seq, time.time_ns(), time.monotonic_ns()), payload])
+            seq += 1
+            t += 0.02
+            time.sleep(max(0.0, t - time.monotonic()))
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        pub.close(0)
+    lines = [l for l in out.splitlines() if " frame seq=" in l]
+    assert len(lines) == 40, (out, err)
+    fps = [l.split(" fps")[0].split()[-1] for l in lines]
+    mbps = [l.split(" MB/s")[0].split()[-1] for l in lines]
+    assert fps[0] == "-" and mbps[0] == "-", lines[0]
+    later = [float(v) for v in fps[10:]]
+    assert all(35 < v < 70 for v in later), later
+    assert all(float(v) == pytest.approx(float(f) * 1600 / 1e6, abs=0.006) for v, f in zip(mbps[10:], fps[10:]))

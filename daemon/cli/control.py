@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from medacq.daemon.cli._common import CliError, add_endpoint_args, client_curve, rig_endpoints, parse_kv
@@ -90,6 +91,49 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+class TailRate:
+    """Frames/s and MB/s of one stream over the arrivals of the last ``window_s`` seconds.
+
+    A rate needs two arrivals: over ``k`` intervals, ``k`` frames (the first arrival of the
+    window opens it and is not counted). Until then, and when the arrivals share one instant,
+    :attr:`fps` and :attr:`mbps` are ``None``."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._arrivals: deque[tuple[float, int]] = deque()  # (monotonic s, payload bytes)
+        self._bytes = 0  # payload bytes of every arrival in the window but the first
+
+    def add(self, t: float, nbytes: int) -> None:
+        """A frame of ``nbytes`` payload bytes arrived at ``t`` (monotonic seconds)."""
+        a = self._arrivals
+        if a:
+            self._bytes += nbytes
+        a.append((t, nbytes))
+        while len(a) > 2 and t - a[1][0] >= self.window_s:  # keep the window's opening arrival
+            a.popleft()
+            self._bytes -= a[0][1]
+
+    def _span(self) -> float | None:
+        a = self._arrivals
+        if len(a) < 2 or a[-1][0] <= a[0][0]:
+            return None
+        return a[-1][0] - a[0][0]
+
+    @property
+    def fps(self) -> float | None:
+        span = self._span()
+        return None if span is None else (len(self._arrivals) - 1) / span
+
+    @property
+    def mbps(self) -> float | None:
+        span = self._span()
+        return None if span is None else self._bytes / span / 1e6
+
+
+def _fmt_rate(v: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}s}" if v is None else f"{v:{width}.{digits}f}"
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from medacq.daemon.client.api import Subscriber
 
@@ -97,7 +141,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     endpoints = [args.endpoint] if args.endpoint else data
     n = 0
     t0 = time.monotonic()
-    rates: dict[str, list[float]] = {}
+    rates: dict[str, TailRate] = {}
     end = None if args.for_s is None else t0 + args.for_s
     with Subscriber(endpoints, args.topic, errors="skip", curve=client_curve(args)) as sub:
         try:
@@ -108,13 +152,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 h = msg.header
                 now = time.monotonic()
                 if msg.array is not None:
-                    r = rates.setdefault(h["stream"], [now, 0, 0])
-                    r[1] += 1
-                    r[2] += msg.array.nbytes
-                    fps = r[1] / max(now - r[0], 1e-9)
+                    r = rates.setdefault(msg.topic, TailRate())
+                    r.add(now, msg.array.nbytes)
                     lat_ms = (time.monotonic_ns() - h["t_mono_ns"]) / 1e6
                     print(f"{msg.topic:24s} frame seq={h['seq']:<8d} {h['dtype']}{h['shape']} "
-                          f"{fps:7.1f} fps  {r[2] / max(now - r[0], 1e-9) / 1e6:7.2f} MB/s  lat {lat_ms:6.2f} ms",
+                          f"{_fmt_rate(r.fps, 7, 1)} fps  {_fmt_rate(r.mbps, 7, 2)} MB/s  lat {lat_ms:6.2f} ms",
                           flush=True)
                     n += 1
                 else:
