@@ -201,3 +201,29 @@ def test_tail_prints_rates_from_the_second_frame_on():
     later = [float(v) for v in fps[10:]]
     assert all(35 < v < 70 for v in later), later
     assert all(float(v) == pytest.approx(float(f) * 1600 / 1e6, abs=0.006) for v, f in zip(mbps[10:], fps[10:]))
+
+
+def test_status_table_counts_reconstructed_frames_over_seconds_of_polls():
+    """The ``medacq up`` table's recon frames/s: over the polls of the last 5 s, per stream from
+    the first poll that saw it, so a 4 frames/s stream polled every ~1 s reads 4.0 (it read 4.7
+    from one poll interval with one frame more in it), and a new stream has no rate until its
+    second poll."""
+    from medacq.daemon.cli.status_view import StatusView, status_rows
+    from medacq.daemon.common.config import parse_config
+
+    v = StatusView(parse_config({}), interactive=False)
+
+    def poll(t: float, **done: int) -> None:
+        v._rates({"streams": {n: {"frames_done": d} for n, d in done.items()}}, now=t)
+
+    for i in range(8):  # 4 frames/s, polls 1.1 s apart; frames land unevenly between polls
+        poll(100.0 + 1.1 * i, a=int(4 * 1.1 * i + (0.9 if i % 2 else 0)))
+    assert v.recon_fps["a"] == pytest.approx(4.0, abs=0.25)
+    poll(108.9, a=36, b=10)
+    assert v.recon_fps["a"] == pytest.approx(4.0, abs=0.25) and "b" not in v.recon_fps
+    poll(109.9, a=40, b=30)
+    assert v.recon_fps["b"] == pytest.approx(20.0)
+    rows = status_rows(None, {"streams": {"b": {"outputs_streams": ["recon/b"], "reconstructor": "R", "dropped": 0,
+                                                "latency_us_p50": None, "latency_us_p99": None, "errors": 0,
+                                                "last_error": None}}}, v.recon_fps)
+    assert rows[0][:3] == ["recon/b", "R", "20.0"]
