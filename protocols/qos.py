@@ -107,9 +107,17 @@ class QosQueue(Generic[T]):
         """A control entry: kept, in order."""
         self._q.append(_Entry(item, False, 0, None, None))
 
-    def push_frame(self, item: T, nbytes: int, t_ns: int | None = None, seq: int | None = None) -> None:
-        """A frame of ``nbytes`` payload, acquired at ``t_ns``, numbered ``seq`` by its source."""
+    def push_frame(self, item: T, nbytes: int, t_ns: int | None = None, seq: int | None = None,
+                   now_ns: int | None = None) -> None:
+        """A frame of ``nbytes`` payload, acquired at ``t_ns``, numbered ``seq`` by its source.
+
+        ``now_ns``: under ``fifo`` with ``max_age_ms``, frames older than the bound at
+        ``now_ns`` are dropped (and announced) first, as :meth:`take` does: a consumer that
+        does not take (stuck in a long call) then holds at most ``max_age_ms`` of frames, not
+        ``max_frames`` of them. ``None``: no age drops now (frames held at start-up)."""
         p = self.policy
+        if now_ns is not None:
+            self._drop_stale(now_ns)
         if p.policy == "latest":
             if self.frames:
                 self.superseded += self.frames
@@ -142,6 +150,25 @@ class QosQueue(Generic[T]):
         else:
             self._q[i] = Dropped(e.seq, 1, reason)
 
+    def _drop_stale(self, now_ns: int) -> None:
+        """Under ``fifo`` with ``max_age_ms``: drop (and announce, in place) the frames at the
+        head older than the bound at ``now_ns``."""
+        p = self.policy
+        if p.policy != "fifo" or p.max_age_ms is None:
+            return
+        limit = int(p.max_age_ms * 1e6)
+        i = 0
+        while i < len(self._q):
+            e = self._q[i]
+            if isinstance(e, _Entry) and e.frame:
+                if e.t_ns is None or now_ns - e.t_ns <= limit:
+                    break  # frames arrive in order: the rest are younger
+                before = len(self._q)
+                self._replace_with_drop(i, e, f"older than max_age_ms={p.max_age_ms:g}")
+                if len(self._q) < before:
+                    continue  # merged into the previous announcement
+            i += 1
+
     # -- consumer ------------------------------------------------------------------------
     def take(self, now_ns: int | None = None) -> list[T | Dropped]:
         """The next entries: one control entry or :class:`Dropped`, or a run of up to
@@ -151,19 +178,8 @@ class QosQueue(Generic[T]):
         ``now_ns`` are dropped first (and announced).
         """
         p = self.policy
-        if p.policy == "fifo" and p.max_age_ms is not None and now_ns is not None:
-            limit = int(p.max_age_ms * 1e6)
-            i = 0
-            while i < len(self._q):
-                e = self._q[i]
-                if isinstance(e, _Entry) and e.frame:
-                    if e.t_ns is None or now_ns - e.t_ns <= limit:
-                        break  # frames arrive in order: the rest are younger
-                    before = len(self._q)
-                    self._replace_with_drop(i, e, f"older than max_age_ms={p.max_age_ms:g}")
-                    if len(self._q) < before:
-                        continue  # merged into the previous announcement
-                i += 1
+        if now_ns is not None:
+            self._drop_stale(now_ns)
         if not self._q:
             return []
         head = self._q[0]

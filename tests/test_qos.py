@@ -63,6 +63,28 @@ def test_fifo_max_age_drops_stale_frames_in_order_and_keeps_fresh_ones():
     assert q.lost == 2
 
 
+def test_fifo_max_age_drops_stale_frames_at_the_push_when_nobody_takes():
+    """A consumer stuck in a long call takes nothing: the pushes drop what passed the age bound,
+    so the queue holds ``max_age_ms`` of frames (6 at 10-ms spacing under 50 ms), not
+    ``max_frames`` (512 here) of them; one announcement for the run, in place. Without a
+    clock at the push (frames held at start-up) nothing goes."""
+    q: QosQueue[int] = QosQueue(QosPolicy(policy="fifo", max_age_ms=50, max_frames=512))
+    for i in range(100):
+        q.push_frame(i, 1000, t_ns=i * 10 * MS, seq=i, now_ns=i * 10 * MS)
+        assert q.frames <= 6 and q.bytes <= 6000
+    assert q.lost == 94
+    got = drain(q, now_ns=990 * MS)
+    assert got[0] == Dropped(0, 94, got[0].reason) and "max_age_ms=50" in got[0].reason
+    assert got[1:] == list(range(94, 100))
+    held: QosQueue[int] = QosQueue(QosPolicy(policy="fifo", max_age_ms=50))
+    for i in range(100):
+        held.push_frame(i, 1, t_ns=i * 10 * MS, seq=i, now_ns=None)
+    assert held.frames == 64 and held.lost == 36  # only the frame bound (64 here) dropped
+    lossless: QosQueue[int] = QosQueue(QosPolicy(policy="lossless"))
+    lossless.push_frame(0, 1, t_ns=0, seq=0, now_ns=10_000 * MS)  # no age bound: kept
+    assert drain(lossless, now_ns=10_000 * MS) == [0]
+
+
 def test_batches_stop_at_control_entries_and_at_max_batch():
     q: QosQueue[int | str] = QosQueue(QosPolicy(max_batch=3))
     for i in range(5):

@@ -298,6 +298,27 @@ def test_fifo_max_age_drops_stale_frames_as_gaps_in_order(endpoints, sleepy):
     assert st["age_ms_p99"] <= 100 + 10
 
 
+def test_fifo_max_age_bounds_the_queue_of_a_stuck_reconstructor(endpoints, sleepy):
+    """A reconstructor stuck 0.7 s in each call under ``fifo``, ``max_age_ms = 100``, fed 50
+    frames/s: the frames that pass the age bound meanwhile are dropped as they come, so the
+    queue holds about 100 ms of them (5), never ``max_frames`` (512); every frame is still
+    processed or announced, in order."""
+    msgs, st, rsub = _run_policy(endpoints, "sleepy", {"policy": "fifo", "max_age_ms": 100}, n=100,
+                                 interval_s=0.02, sleep_ms=700)
+    assert st["qos"]["max_frames"] == 512 and st["frames_in"] == 100 == st["frames_done"] + st["lost"]
+    assert st["queue_high_water"] <= 8, st["queue_high_water"]  # 2 s of frames came while it was stuck
+    assert st["lost"] >= 80 and st["errors"] == 0
+    covered: list[int] = []
+    for m in msgs:
+        if m.kind == "frame":
+            covered.append(m.header["source"]["seq"])
+        elif m.kind == "gap":
+            first, n = m.header["meta"]["source_seq"], m.header["meta"]["source_gap_frames"]
+            covered += range(first, first + n)
+    assert covered == list(range(100))
+    assert sum(n for _, n in sleepy[0].gaps) == st["lost"]
+
+
 def test_batches_go_to_process_batch_in_order(endpoints, sleepy):
     """A reconstructor that declares ``max_batch`` 4 gets runs of up to 4 queued frames per call."""
     msgs, st, _ = _run_policy(endpoints, "sleepy-batch", None, n=80, interval_s=0.002, sleep_ms=20)

@@ -448,8 +448,10 @@ class ReconStage:
             if st.descriptor is None and time.monotonic() - asked.get(stream, 0) > 2.0:
                 asked[stream] = time.monotonic()
                 threading.Thread(target=self._ask_descriptor, args=(stream,), daemon=True).start()
-            with st.cv:
-                st.queue.push_frame(_Frame(msg, t_ns), msg.array.nbytes, t_ns, h["seq"])
+            with st.cv:  # stale frames go at the push too: a worker stuck in a long call holds
+                # max_age_ms of frames, not max_frames of them (none while the stream waits for its build)
+                st.queue.push_frame(_Frame(msg, t_ns), msg.array.nbytes, t_ns, h["seq"],
+                                    self._age_clock(st, time.time_ns()))
                 st.cv.notify()
             return
         st = self._stream_state(stream)
