@@ -457,11 +457,17 @@ class FlatPanelDriver(Driver):
         # panel of the same daemon (xr0 beside ct0) lost its session whenever this one closed
         # (reconnect, settings change, shutdown). The manager stays for the process's life
         # (pyvisa closes it at exit).
+        # pyvisa-py keeps every closed session in its table (with what its buffer held), for the
+        # process's life: a reconnecting panel added one per reconnect; this driver's goes with it.
+        sid = getattr(self._inst, "session", None)
         try:
             if self._inst is not None:
                 self._inst.close()
         except Exception:  # noqa: BLE001 - closing must not raise
             pass
+        sessions = getattr(getattr(self._rm, "visalib", None), "sessions", None)
+        if isinstance(sessions, dict) and sid is not None:
+            sessions.pop(sid, None)
         self._inst = self._rm = self._link = None
 
     def start(self) -> None:

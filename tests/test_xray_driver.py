@@ -194,7 +194,8 @@ def test_closing_one_panel_leaves_another_panels_session_open(fast: bool) -> Non
     (``xr0`` and ``ct0``): when one driver closes (a reconnect, a settings change, shutdown), the
     other one's session must stay open. (Each driver used to close the shared manager: the
     other panel's next query failed with EBADF or a ``TypeError`` from pyvisa-py, and it
-    reconnected.)"""
+    reconnected.) And reconnects leave nothing behind in pyvisa-py's session table, which keeps
+    closed sessions (and what their buffers held) otherwise."""
     with SimulatorServer(make(seed=3), "tcp", paced=False) as a, SimulatorServer(make(seed=4), "tcp", paced=False) as b:
         s = FlatPanelSettings(mode="RAD", binning=4, exposure_s=0.02, fast_read=fast)
         da, db = FlatPanelDriver("xr0", _visa(a), s), FlatPanelDriver("ct0", _visa(b), s)
@@ -208,6 +209,13 @@ def test_closing_one_panel_leaves_another_panels_session_open(fast: bool) -> Non
             after, gaps = _collect(db, 3)
             db.stop()
             da.open()  # and the closed one opens again beside it
+            assert da.query("CONF:BINN?") == "4" and db.query("CONF:BINN?") == "4"
+            sessions = getattr(da._rm.visalib, "sessions", None)  # pyvisa-py's table of open sessions
+            n = None if sessions is None else len(sessions)
+            for _ in range(5):  # reconnects leave nothing behind in it
+                da.close()
+                da.open()
+            assert sessions is None or len(sessions) == n
             assert da.query("CONF:BINN?") == "4" and db.query("CONF:BINN?") == "4"
         finally:
             da.close()
