@@ -209,34 +209,63 @@ def _collect(sub: Subscriber, until, timeout: float = 20.0) -> list:
     return msgs
 
 
-def _run_policy(endpoints, modality: str, qos: dict | None, n: int, interval_s: float, sleep_ms: float):
-    """Stream ``n`` frames every ``interval_s`` into a reconstructor taking ``sleep_ms``; wait
-    until the stage has accounted for all of them; return (recon messages, status, recon)."""
-    cfg = _cfg(endpoints, {modality: {"sleep_ms": sleep_ms}}, {"s": qos} if qos else None)
+def _stream(cfg, modality: str, n: int, interval_s: float, until, wait_ready: bool = False,
+            settle_s: float = 0.0):
+    """A stage started now, once preloaded: the descriptor of ``modality`` (with ``wait_ready``,
+    then its reconstructor built), then ``n`` frames every ``interval_s``; the recon output is
+    collected until ``until(stage, msgs)`` (60 s at most), then ``settle_s`` more.
+    Returns (recon messages, the stream's status, the recon subscriber)."""
     stage = ReconStage(cfg).start()
     src = Source(cfg)
     try:
         with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
             time.sleep(0.5)
-            # steady state: the start-up preload (imports, numba caches) holds the GIL for seconds
+            # the start-up preload (imports, numba caches) holds the GIL for seconds
             wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
             src.descriptor(modality)
-            wait_for(lambda: stage.status()["streams"].get("s", {}).get("reconstructor"), 5)
+            if wait_ready:
+                wait_for(lambda: stage.status()["streams"].get("s", {}).get("reconstructor"), 5)
             msgs: list = []
             src.stream_frames(n, interval_s, rsub, msgs)
-
-            def settled(got: list) -> bool:
-                st = stage.status()["streams"]["s"]
-                return st["frames_in"] == n and st["queue_frames"] == 0 and stage.streams["s"].busy_what is None \
-                    and st["frames_done"] + st["superseded"] + st["lost"] + st["errors"] == n
-
-            msgs += _collect(rsub, settled, timeout=60)
-            msgs += _collect(rsub, lambda m: False, timeout=0.5)
+            before = list(msgs)
+            msgs += _collect(rsub, lambda got: until(stage, before + got), timeout=60)
+            if settle_s:
+                msgs += _collect(rsub, lambda got: False, timeout=settle_s)
             st = stage.status()["streams"]["s"]
     finally:
         stage.shutdown()
         src.close()
     return msgs, st, rsub
+
+
+def _stream_from_start(cfg, n: int, interval_s: float):
+    """``n`` frames of ``sleepy`` from the stage's start, until all ``n`` came out (:func:`_stream`)."""
+    return _stream(cfg, "sleepy", n, interval_s, lambda stage, msgs: sum(m.kind == "frame" for m in msgs) >= n)
+
+
+def _covered(msgs: list) -> list[int]:
+    """Source seqs in the order the output accounts for them: a frame's own, a gap's range."""
+    out: list[int] = []
+    for m in msgs:
+        if m.kind == "frame":
+            out.append(m.header["source"]["seq"])
+        elif m.kind == "gap":
+            first, n = m.header["meta"]["source_seq"], m.header["meta"]["source_gap_frames"]
+            out += range(first, first + n)
+    return out
+
+
+def _run_policy(endpoints, modality: str, qos: dict | None, n: int, interval_s: float, sleep_ms: float):
+    """Stream ``n`` frames every ``interval_s`` into a reconstructor taking ``sleep_ms``, in steady
+    state; wait until the stage has accounted for all of them; return (recon messages, status, recon)."""
+    cfg = _cfg(endpoints, {modality: {"sleep_ms": sleep_ms}}, {"s": qos} if qos else None)
+
+    def settled(stage: ReconStage, got: list) -> bool:
+        st = stage.status()["streams"]["s"]
+        return st["frames_in"] == n and st["queue_frames"] == 0 and stage.streams["s"].busy_what is None \
+            and st["frames_done"] + st["superseded"] + st["lost"] + st["errors"] == n
+
+    return _stream(cfg, modality, n, interval_s, settled, wait_ready=True, settle_s=0.5)
 
 
 def test_latest_serves_fresh_frames_and_counts_the_rest_superseded(endpoints, sleepy):
@@ -280,19 +309,15 @@ def test_fifo_max_age_drops_stale_frames_as_gaps_in_order(endpoints, sleepy):
     assert st["policy"] == "fifo" and st["qos"]["max_age_ms"] == 100 and st["qos_source"] == "config"
     assert st["frames_in"] == 150 == st["frames_done"] + st["lost"] and st["superseded"] == 0
     assert st["lost"] > 50 and st["errors"] == 0
-    covered: list[int] = []  # source seqs, in the order the output accounts for them
     for m in msgs:
         h = m.header
         if m.kind == "frame":
             proc = h["meta"]["t_done_ns"] - h["meta"]["t_start_ns"]
             age = h["meta"]["t_done_ns"] - h["source"]["t_host_ns"]
             assert age <= 100 * MS + proc + 5 * MS, (h["source"]["seq"], age / MS)
-            covered.append(h["source"]["seq"])
         elif m.kind == "gap":
             assert "dropped by the reconstruction stage (older than max_age_ms=100)" in h["reason"]
-            first, n = h["meta"]["source_seq"], h["meta"]["source_gap_frames"]
-            covered += range(first, first + n)
-    assert covered == list(range(150))  # every frame once: processed or announced, in order
+    assert _covered(msgs) == list(range(150))  # every frame once: processed or announced, in order
     assert sum(n for _, n in sleepy[0].gaps) == st["lost"]  # the reconstructor heard of each drop too
     assert all(g.announced and g.count == 0 for g in rsub.gaps)  # the output stream itself lost nothing
     assert st["age_ms_p99"] <= 100 + 10
@@ -308,14 +333,7 @@ def test_fifo_max_age_bounds_the_queue_of_a_stuck_reconstructor(endpoints, sleep
     assert st["qos"]["max_frames"] == 512 and st["frames_in"] == 100 == st["frames_done"] + st["lost"]
     assert st["queue_high_water"] <= 8, st["queue_high_water"]  # 2 s of frames came while it was stuck
     assert st["lost"] >= 80 and st["errors"] == 0
-    covered: list[int] = []
-    for m in msgs:
-        if m.kind == "frame":
-            covered.append(m.header["source"]["seq"])
-        elif m.kind == "gap":
-            first, n = m.header["meta"]["source_seq"], m.header["meta"]["source_gap_frames"]
-            covered += range(first, first + n)
-    assert covered == list(range(100))
+    assert _covered(msgs) == list(range(100))
     assert sum(n for _, n in sleepy[0].gaps) == st["lost"]
 
 
@@ -338,21 +356,7 @@ def test_fifo_frames_waiting_for_a_build_are_held_not_aged_out(endpoints, sleepy
     with no gap, and ``ready_after_s`` says how long the first frame waited."""
     cfg = _cfg(endpoints, {"sleepy": {"sleep_ms": 1, "build_ms": 300, "warm_ms": 700}},
                {"s": {"policy": "fifo", "max_age_ms": 100}})
-    stage = ReconStage(cfg).start()
-    src = Source(cfg)
-    try:
-        with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
-            time.sleep(0.5)
-            wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
-            src.descriptor("sleepy")
-            msgs: list = []
-            src.stream_frames(40, 0.02, rsub, msgs)  # 0.8 s: all of it while the reconstructor is not ready
-            done = sum(m.kind == "frame" for m in msgs)
-            msgs += _collect(rsub, lambda got: done + sum(m.kind == "frame" for m in got) >= 40, timeout=20)
-            st = stage.status()["streams"]["s"]
-    finally:
-        stage.shutdown()
-        src.close()
+    msgs, st, rsub = _stream_from_start(cfg, 40, 0.02)  # 0.8 s: all of it while the reconstructor is not ready
     frames = [m for m in msgs if m.kind == "frame"]
     assert [m.header["source"]["seq"] for m in frames] == list(range(40)) == sleepy[0].seqs
     assert st["lost"] == 0 and st["frames_done"] == 40 and st["errors"] == 0 and st["unprocessed"] == 0
@@ -383,21 +387,7 @@ def test_frames_waiting_for_the_reconstructor_class_are_held_by_the_default_boun
     monkeypatch.setattr(stage_mod, "reconstructor_class", slow_lookup)
     cfg = _cfg(endpoints, {"sleepy": {"sleep_ms": 0.5}})
     assert cfg.recon.queue_depth == registry.DEFAULT_QUEUE_DEPTH == 512
-    stage = ReconStage(cfg).start()
-    src = Source(cfg)
-    try:
-        with Subscriber(cfg.recon.data_endpoint, "recon/", rcvhwm=0) as rsub:
-            time.sleep(0.5)
-            wait_for(lambda: stage.status()["preload"]["seconds"] is not None, 60)
-            src.descriptor("sleepy")
-            msgs: list = []
-            src.stream_frames(150, 0.01, rsub, msgs)  # 1.5 s: all of it while the class is being looked up
-            done = sum(m.kind == "frame" for m in msgs)
-            msgs += _collect(rsub, lambda got: done + sum(m.kind == "frame" for m in got) >= 150, timeout=20)
-            st = stage.status()["streams"]["s"]
-    finally:
-        stage.shutdown()
-        src.close()
+    msgs, st, rsub = _stream_from_start(cfg, 150, 0.01)  # 1.5 s: all of it while the class is being looked up
     assert not slow  # the slow lookup happened
     frames = [m for m in msgs if m.kind == "frame"]
     assert st["queue_high_water"] > 64, st  # more than the old default bound waited
