@@ -244,8 +244,9 @@ class ByteLink(Protocol):
     def write(self, data: bytes) -> None:
         """Send ``data`` (all of it); :class:`ConnectionLost` on failure."""
 
-    def read_some(self, timeout: float) -> bytes:
-        """Whatever bytes are available, waiting up to ``timeout`` s for the first (``b""``: none)."""
+    def read_some(self, timeout: float, max_bytes: int = 1 << 20) -> bytes:
+        """Whatever bytes are available, at most ``max_bytes`` of them, waiting up to ``timeout`` s
+        for the first (``b""``: none). Bytes beyond ``max_bytes`` stay for the next call."""
 
     def reset_input(self) -> None:
         """Discard what has been received and not yet read."""
@@ -294,6 +295,12 @@ class CodecDriver(Driver):
 
     #: longest single read inside the command loop (s): the loop's deadline granularity
     poll_s: ClassVar[float] = 0.05
+    #: most bytes one :meth:`_pump` takes from the link. The codec's events are drained before
+    #: each read, so its buffer then holds at most one partial message: a codec whose bound is at
+    #: least ``read_max`` + its largest message can never overflow on a fast source, and whatever
+    #: a starved driver has not read waits in the kernel (a pty or socket then blocks the writer)
+    #: instead of being discarded. The codecs fed here hold 32 KiB (OpenEIT lines) to 64 MiB.
+    read_max: ClassVar[int] = 16 << 10
     #: hand Garbage events on to the caller (after counting them), e.g. to turn them into gaps
     pass_garbage: ClassVar[bool] = False
 
@@ -320,7 +327,7 @@ class CodecDriver(Driver):
     def _pump(self, timeout: float) -> bool:
         """Read once from the link (waiting up to ``timeout`` s for the first byte) into the
         codec and note the arrival time (:attr:`_t_in_ns`). True if bytes came."""
-        data = self._connected().read_some(timeout)
+        data = self._connected().read_some(timeout, self.read_max)
         if not data:
             return False
         self._in_bytes = len(data)

@@ -205,6 +205,10 @@ class MriDriver(CodecDriver):
     kind = "mri"
     modality = "mri"
     Settings = MriSettings
+    #: the console answers one request at a time, so what waits is at most one reply (its codec
+    #: holds 32 MiB); and msgpack re-parses a partial message on every feed, so small slices of
+    #: a large readout would cost quadratic time: read up to 4 MiB at once
+    read_max = 4 << 20
 
     def __init__(self, name: str, address: str, settings: MriSettings) -> None:
         super().__init__(name, address, settings)

@@ -62,7 +62,7 @@ from medacq.protocols import quspin as qs
 from medacq.protocols._sansio import NEED_DATA, Garbage
 from medacq.protocols.stream import StreamDescriptor
 
-from ._base import ConnectionLost, DeviceError, Driver, DriverStatus, Frame, Gap, SensorStatus
+from ._base import CodecDriver, ConnectionLost, DeviceError, Driver, DriverStatus, Frame, Gap, SensorStatus
 from .bio_common import SampleFramer, default_frame_samples
 from .transports import SerialTransport
 
@@ -266,7 +266,7 @@ class QuSpinDriver(Driver):
                     self.count("garbled_samples", k)
 
     def _pump(self, s: _Sensor, timeout: float, streaming: bool) -> int:
-        data = s.link.read_some(timeout)
+        data = s.link.read_some(timeout, CodecDriver.read_max)
         if data:
             s.new_t = time.monotonic_ns()
             s.codec.receive_data(data)

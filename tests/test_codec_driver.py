@@ -51,13 +51,14 @@ class ScriptedLink:
         self.sent.append(data)
         self.queued += self.answer(data)
 
-    def read_some(self, timeout: float) -> bytes:
+    def read_some(self, timeout: float, max_bytes: int = 1 << 30) -> bytes:
         self.reads += 1
         if not self.queued:
             time.sleep(timeout)
             return b""
-        out = bytes(self.queued[: self.chunk])
-        del self.queued[: self.chunk]
+        n = min(self.chunk, max_bytes)
+        out = bytes(self.queued[:n])
+        del self.queued[:n]
         return out
 
     def reset_input(self) -> None:
@@ -182,6 +183,23 @@ def test_hold_and_pass_garbage_are_the_drivers_choice() -> None:
     items = d.read(0.01)  # after the reply: the garbage is passed on (and counted), then frame 1
     assert [type(i) for i in items] == [Garbage, Frame] and items[0].nbytes == len(GARBAGE)
     assert d.counters["garbage_bytes"] == 2 * len(GARBAGE)
+
+
+def test_a_backlog_larger_than_the_codecs_bound_is_read_in_slices_and_nothing_is_lost() -> None:
+    """A starved driver finds 300 frames (~320 KiB) waiting on its link, far more than its codec
+    may buffer (read_max + 2 KiB). It reads at most ``read_max`` bytes at a time and drains the
+    codec between reads, so every frame arrives and no byte is discarded as overflow (on the old
+    code one read took the whole backlog, and the reply and all but the newest ~18 KiB were
+    discarded)."""
+    big = [SynthDeviceCodec.send(SynthFrame(i, 1000 * i, np.full((16, 16), i, "<f4"))) for i in range(300)]
+    link = ScriptedLink(lambda cmd: reply("OK") + b"".join(big))
+    d = Probe(link)
+    d._codec = SynthHostCodec(max_body=CodecDriver.read_max + 2048)
+    assert d.ask("START") == "OK"
+    got = _read_frames(d, 300)
+    assert _seqs(got) == list(range(300))
+    assert d.counters == {}  # no garbage_bytes: nothing was discarded
+    assert float(got[-1].data[15, 15]) == 299.0
 
 
 # ------------------------------------------------------------------- typed status
