@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal, NotRequired, Protocol, TypedDict
 import numpy as np
 from pydantic import BaseModel
 
-from medacq.protocols._sansio import NEED_DATA, Garbage
+from medacq.protocols._sansio import NEED_DATA, READ_ROOM, Garbage
 from medacq.protocols.stream import StreamDescriptor
 
 __all__ = ["Frame", "Gap", "Driver", "DriverError", "DeviceError", "ConnectionLost", "DeviceNotFound",
@@ -295,12 +295,12 @@ class CodecDriver(Driver):
 
     #: longest single read inside the command loop (s): the loop's deadline granularity
     poll_s: ClassVar[float] = 0.05
-    #: most bytes one :meth:`_pump` takes from the link. The codec's events are drained before
-    #: each read, so its buffer then holds at most one partial message: a codec whose bound is at
-    #: least ``read_max`` + its largest message can never overflow on a fast source, and whatever
-    #: a starved driver has not read waits in the kernel (a pty or socket then blocks the writer)
-    #: instead of being discarded. The codecs fed here hold 32 KiB (OpenEIT lines) to 64 MiB.
-    read_max: ClassVar[int] = 16 << 10
+    #: most bytes one :meth:`_pump` takes from the link (a serial port gives at most 64 KiB). The
+    #: codec's events are drained before each read, so its buffer then holds at most one partial
+    #: message, and every host codec keeps :data:`~medacq.protocols._sansio.READ_ROOM` beyond
+    #: its largest message: a fast source or a starved driver never overflows it, and what the
+    #: driver has not read yet waits in the kernel instead of being discarded.
+    read_max: ClassVar[int] = READ_ROOM
     #: hand Garbage events on to the caller (after counting them), e.g. to turn them into gaps
     pass_garbage: ClassVar[bool] = False
 

@@ -28,6 +28,7 @@ __all__ = [
     "RemoteProtocolError",
     "Garbage",
     "ReceiveBuffer",
+    "READ_ROOM",
 ]
 
 
@@ -74,6 +75,17 @@ class Garbage:
 
     nbytes: int
     reason: str
+
+
+READ_ROOM: Final = 256 << 10
+"""Room (bytes) a host codec's :class:`ReceiveBuffer` keeps beyond its largest message: one
+transport read. A driver drains the codec's events before it reads again, so the buffer then holds
+at most one partial message, and a read of up to ``READ_ROOM`` bytes
+(:attr:`medacq.drivers._base.CodecDriver.read_max`; a serial port gives at most 64 KiB) fits
+behind it: a fast source or a starved driver loses nothing to the bound, whatever the driver has
+not read yet waits in the kernel (a pty or socket then holds the writer back). A bound below
+this (the Sciospec codec's was 64 KiB, the size of one pty read) discards good bytes as
+"receive buffer overflow"."""
 
 
 class ReceiveBuffer:

@@ -38,7 +38,7 @@ from typing import Final, Union
 
 import numpy as np
 
-from ._sansio import NEED_DATA, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
+from ._sansio import NEED_DATA, READ_ROOM, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
 
 __all__ = [
     "START_BYTE",
@@ -522,7 +522,7 @@ class CytonHostCodec:
     has arrived) is another start byte, so a stray ``0xA0`` rarely fakes a packet.
     """
 
-    def __init__(self, max_buffer: int = 1 << 16) -> None:
+    def __init__(self, max_buffer: int = (1 << 16) + READ_ROOM) -> None:
         self._buf = ReceiveBuffer(max_buffer)
         self._in_sync = True
         self.samples_decoded = 0

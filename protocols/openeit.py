@@ -29,7 +29,7 @@ from typing import Union
 
 import numpy as np
 
-from ._sansio import NEED_DATA, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
+from ._sansio import NEED_DATA, READ_ROOM, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
 
 __all__ = [
     "MODES",
@@ -116,8 +116,11 @@ class OpenEITHostCodec:
     """Host role: device lines → :class:`Magnitudes` / :class:`TextLine` / Garbage."""
 
     def __init__(self, max_line: int = _MAX_LINE) -> None:
-        self._buf = ReceiveBuffer(max_line)
+        # the line limit is checked apart from the buffer's bound, which keeps READ_ROOM for one
+        # read of many short lines behind a partial one
+        self._buf = ReceiveBuffer(max_line + READ_ROOM)
         self._max_line = max_line
+        self._skip_line = False  # inside a line already reported too long: drop through its newline
 
     def receive_data(self, data: bytes) -> None:
         self._buf.append(data)
@@ -129,7 +132,16 @@ class OpenEITHostCodec:
         while True:
             i = self._buf.find(b"\n")
             if i < 0:
+                n = len(self._buf)
+                if n > self._max_line:
+                    self._buf.skip(n)
+                    self._skip_line = True
+                    return Garbage(n, "line too long")
                 return NEED_DATA
+            if self._skip_line or i + 1 > self._max_line:  # (the rest of) a line over the limit
+                self._buf.skip(i + 1)
+                self._skip_line = False
+                return Garbage(i + 1, "line too long")
             raw = self._buf.consume(i + 1)
             line = raw.rstrip(b"\r\n")
             if not line.strip():

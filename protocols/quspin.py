@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Union
 
-from ._sansio import NEED_DATA, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
+from ._sansio import NEED_DATA, READ_ROOM, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
 
 __all__ = [
     "FIELD_OFFSET",
@@ -164,7 +164,7 @@ def _parse_line(line: bytes) -> DeviceLine | None:
 class QuSpinHostCodec:
     """Host role: device lines → events; :class:`QuSpinCommand` → one byte."""
 
-    def __init__(self, max_buffer: int = 1 << 16) -> None:
+    def __init__(self, max_buffer: int = (1 << 16) + READ_ROOM) -> None:
         self._buf = ReceiveBuffer(max_buffer)
         self.garbage_bytes = 0
 

@@ -36,7 +36,7 @@ from typing import Union
 
 import numpy as np
 
-from ._sansio import NEED_DATA, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
+from ._sansio import NEED_DATA, READ_ROOM, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
 
 __all__ = [
     "CT_SETUP",
@@ -84,7 +84,7 @@ CT_ACK = 0x18
 DATA_FRAME_SIZE = 140
 CHANNELS_PER_GROUP = 16
 _DATA_LEN = DATA_FRAME_SIZE - 3  # 137 = 0x89
-_MAX_BUFFER = 1 << 16
+_MAX_BUFFER = (1 << 16) + READ_ROOM  # frames are at most 258 bytes; READ_ROOM: one read behind a partial one
 
 
 class AckCode(enum.IntEnum):

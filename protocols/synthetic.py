@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from ._sansio import NEED_DATA, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
+from ._sansio import NEED_DATA, READ_ROOM, Garbage, LocalProtocolError, NeedData, ReceiveBuffer
 
 __all__ = [
     "SYNC",
@@ -89,7 +89,7 @@ class SynthHostCodec:
     """Host role: device bytes → :class:`SynthFrame` / :class:`SynthReply` / :class:`Garbage`."""
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
-        self._buf = ReceiveBuffer(max_size=max_body + 64)
+        self._buf = ReceiveBuffer(max_size=max_body + 64 + READ_ROOM)
         self.max_body = max_body
 
     def receive_data(self, data: bytes) -> None:

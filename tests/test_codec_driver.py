@@ -186,20 +186,21 @@ def test_hold_and_pass_garbage_are_the_drivers_choice() -> None:
 
 
 def test_a_backlog_larger_than_the_codecs_bound_is_read_in_slices_and_nothing_is_lost() -> None:
-    """A starved driver finds 300 frames (~320 KiB) waiting on its link, far more than its codec
-    may buffer (read_max + 2 KiB). It reads at most ``read_max`` bytes at a time and drains the
+    """A starved driver finds 800 frames (~830 KiB) waiting on its link, far more than its codec
+    may buffer (about 514 KiB). It reads at most ``read_max`` bytes at a time and drains the
     codec between reads, so every frame arrives and no byte is discarded as overflow (on the old
-    code one read took the whole backlog, and the reply and all but the newest ~18 KiB were
+    code one read took the whole backlog, and the reply and all but the newest ~514 KiB were
     discarded)."""
-    big = [SynthDeviceCodec.send(SynthFrame(i, 1000 * i, np.full((16, 16), i, "<f4"))) for i in range(300)]
+    big = [SynthDeviceCodec.send(SynthFrame(i, 1000 * i, np.full((16, 16), i, "<f4"))) for i in range(800)]
     link = ScriptedLink(lambda cmd: reply("OK") + b"".join(big))
     d = Probe(link)
     d._codec = SynthHostCodec(max_body=CodecDriver.read_max + 2048)
     assert d.ask("START") == "OK"
-    got = _read_frames(d, 300)
-    assert _seqs(got) == list(range(300))
+    got = _read_frames(d, 800)
+    assert _seqs(got) == list(range(800))
     assert d.counters == {}  # no garbage_bytes: nothing was discarded
-    assert float(got[-1].data[15, 15]) == 299.0
+    assert float(got[-1].data[15, 15]) == 799.0
+    assert link.reads >= 830_000 // CodecDriver.read_max
 
 
 # ------------------------------------------------------------------- typed status

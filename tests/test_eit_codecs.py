@@ -9,7 +9,13 @@ import pytest
 
 from medacq.protocols import openeit as oe
 from medacq.protocols import sciospec as sc
-from medacq.protocols._sansio import Garbage, LocalProtocolError
+from medacq.drivers._base import CodecDriver
+from medacq.protocols import cyton as cy
+from medacq.protocols import hackeeg as he
+from medacq.protocols import quspin as qs
+from medacq.protocols import synthetic as syn
+from medacq.protocols import tactile as tp
+from medacq.protocols._sansio import READ_ROOM, Garbage, LocalProtocolError, ReceiveBuffer
 
 from conftest import drain, feed_bytewise
 
@@ -119,6 +125,38 @@ def test_sciospec_buffer_bounded() -> None:
         host.receive_data(b"\x00" * 1000)
         drain(host)
     assert len(host._framer._buf) <= 1024
+
+
+def test_a_full_serial_read_behind_a_partial_frame_loses_nothing() -> None:
+    """A starved driver's next pty read can be a whole 64 KiB chunk while the codec still holds
+    the start of a frame. Every frame decodes, no Garbage (the old 64 KiB bound discarded the
+    oldest bytes: "receive buffer overflow", announced as a lost EIT frame)."""
+    host, dev = sc.SciospecHostCodec(), sc.SciospecDeviceCodec()
+    wire = b"".join(dev.send(_frame(i % 16)) for i in range(1000))
+    chunk = 64 << 10
+    host.receive_data(wire[:100])  # a partial frame waits
+    assert drain(host) == []
+    host.receive_data(wire[100:100 + chunk])
+    host.receive_data(wire[100 + chunk:])
+    got = drain(host)
+    assert not [g for g in got if isinstance(g, Garbage)]
+    assert len(got) == 1000 and all(isinstance(g, sc.DataFrame) for g in got)
+
+
+@pytest.mark.parametrize("codec", [sc.SciospecHostCodec(), oe.OpenEITHostCodec(), cy.CytonHostCodec(),
+                                   qs.QuSpinHostCodec(), he.HackEEGHostCodec(), tp.TactileHostCodec(),
+                                   syn.SynthHostCodec()], ids=lambda c: type(c).__name__)
+def test_every_codec_a_codec_driver_feeds_has_room_for_one_read_beyond_a_message(codec: object) -> None:
+    """The bound behind the test above, for each host codec a :class:`CodecDriver` feeds: its
+    receive buffer holds its largest message plus one driver read (``READ_ROOM``)."""
+    bufs = [b for b in (getattr(codec, "_buf", None), getattr(getattr(codec, "_framer", None), "_buf", None))
+            if isinstance(b, ReceiveBuffer)]
+    assert len(bufs) == 1
+    largest = {"SciospecHostCodec": 258, "OpenEITHostCodec": oe._MAX_LINE, "CytonHostCodec": 33,
+               "QuSpinHostCodec": qs._MAX_LINE, "HackEEGHostCodec": he._MAX_LINE, "TactileHostCodec": 2 * 64 * 64 + 64,
+               "SynthHostCodec": syn.MAX_BODY + 64}[type(codec).__name__]
+    assert bufs[0].max_size >= largest + READ_ROOM
+    assert CodecDriver.read_max == READ_ROOM
 
 
 # ----------------------------------------------------------------------------- OpenEIT
