@@ -48,7 +48,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medacq.protocols.marcos import (
-    EMERGENCY_STOP, REPLY_ERROR, SERVER_VERSION, MarcosConnection, Reply, Request, pack_version, unpack_version,
+    EMERGENCY_STOP, REPLY_ERROR, SERVER_VERSION, MarcosConnection, Reply, Request, unpack_version,
 )
 from medacq.protocols.marga import COUNTER_MAX, F_CLK_HZ, NOMINAL_TRIGGER, MachineCodeError, decode
 from medacq.protocols.markers import FRAME_TRIGGERS_KEY, TriggerEvent

@@ -42,7 +42,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medacq.protocols.igtl import BadMessage, ConnectionClosed, IgtlConnection, ImageMessage, StringMessage

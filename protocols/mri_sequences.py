@@ -347,7 +347,6 @@ class CartesianSequence:
         if trig_out_us < 0 or (trig_out_us > 0 and trig_out_us >= p.tr_ms * 1e3 / 2):
             raise SequenceError(f"trigger output pulse {trig_out_us:g} µs: must be shorter than half the TR "
                                 f"({p.tr_ms * 1e3 / 2:g} µs)")
-        n = p.matrix
         prog = program_header(lim.larmor_hz, self.dwell_cycles, self.rx_lo)
         lat = GRAD_LATENCY[GRAD_BOARD_FHDO]
         tr_us = p.tr_ms * 1e3

@@ -184,7 +184,7 @@ def _fake_chaos(**over) -> SimpleNamespace:
         _see(led, t, "series_end", "s1", 10)
     t_end = _time.monotonic()
     c = SimpleNamespace(
-        ledger=led, sub=SimpleNamespace(gaps=[], bad_messages=0), spans=[], rss=[100.0, 100.0, 100.0],
+        ledger=led, sub=SimpleNamespace(gaps=[], bad_messages=0), spans=[], rss=[100.0, 100.0, 100.0], rss_t=[10.0, 70.0, 130.0],
         timings={"status": [1.0, 2.0], "stop": [1.0], "start": [1.0]}, ctl_timeouts=Counter(), ctl_errors=[],
         ctl_error_count=Counter(), stall_seqs={("raw/a", "s1"): set(range(10))}, stall_seen={("raw/a", "s1")},
         stall_sub=SimpleNamespace(gaps=[]), stalls=[3.0],

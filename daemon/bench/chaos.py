@@ -607,6 +607,7 @@ class _Chaos:
         self.stage_restarts: list[_StageRestart] = []
         self.stage_bad: list[int] = [0]  # bad_messages of each stage process, the last one polled
         self.rss: list[float] = []
+        self.rss_t: list[float] = []  # when each rss sample was taken (s from t0), beside the fault log
         self.problem: str | None = None
         self.sim_errors: dict[str, str] = {}  # simulator -> its thread's error (the side door's status)
         self.simulators = list(rig.simulators)
@@ -962,6 +963,7 @@ class _Chaos:
                 self._follow_safe()
             if now >= next_rss:
                 self.rss.append(rss_mb(self.rig.procs["daemon"].pid))
+                self.rss_t.append(round(now - self.t0, 1))
                 next_rss += rss_every
             if now >= next_poll:
                 self._poll_stage(0.3)
@@ -1018,6 +1020,7 @@ class _Chaos:
         self._poll_stage(1.0)
         if self.problem is None:
             self.rss.append(rss_mb(self.rig.procs["daemon"].pid))
+            self.rss_t.append(round(time.monotonic() - self.t0, 1))
 
 
 def _settings(ctl: Any) -> dict[str, Any]:
@@ -1235,9 +1238,10 @@ def _result(c: _Chaos, settings_before: dict[str, Any], settings_after: dict[str
         "benchmark": "chaos", "minutes": c.minutes, "seed": c.seed, "cpus": os.cpu_count(),
         "loadavg_1min": [round(load[0], 2), round(load[1], 2)],
         "faults": {"total": sum(c.faults.values()), "by_kind": dict(sorted(c.faults.items())),
-                   "log": c.events[-30:]},
+                   "log": c.events},
         "frames": frames, "streams": streams, "recorder_spans": spans,
         "rss": {"interval_s": 60.0 if c.minutes >= 5 else 10.0, "series_mb": [round(v, 1) for v in c.rss],
+                "t_s": c.rss_t,
                 "growth_second_half_pct": growth, "trend_second_half_pct": trend},
         "control": control, "safe_state": safe,
         "hostile_control": {"sent": len(c.hostile_ctl), "as_expected": sum(h["ok"] for h in c.hostile_ctl),
