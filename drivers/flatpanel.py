@@ -138,6 +138,9 @@ class _Link:
         raise NotImplementedError
 
     def read_block(self, alloc: Any) -> tuple[np.ndarray | None, int]:  # pragma: no cover - abstract
+        """One definite block: ``(array, n)`` with its ``n`` payload bytes in ``alloc(n)``;
+        ``(None, -1)`` when the bytes are no block header; ``(None, n)`` when ``alloc`` refused
+        the length (``None``): the payload is then left unread (the caller resynchronises)."""
         raise NotImplementedError
 
     def read_rest_of_line(self) -> str:  # pragma: no cover - abstract
@@ -210,7 +213,8 @@ class _SocketLink(_Link):
             return None, -1
         n = int(digits)
         arr = alloc(n)
-        self._read_into(memoryview(arr).cast("B"))
+        if arr is not None:
+            self._read_into(memoryview(arr).cast("B"))
         return arr, n
 
     def read_rest_of_line(self) -> str:
@@ -282,7 +286,7 @@ class _VisaLink(_Link):
             return None, -1
         n = int(digits)
         arr = alloc(n)
-        if n:
+        if n and arr is not None:
             memoryview(arr).cast("B")[:] = self._read(n)
         return arr, n
 
@@ -544,12 +548,17 @@ class FlatPanelDriver(Driver):
             frame_rate_hz=rate, geometry=dict(self._geometry), meta=meta,
         )
 
-    def _alloc(self, n: int) -> np.ndarray:
-        if n % 2:
-            return np.empty(n, dtype=np.uint8)
-        if n >= 64 << 10:  # a frame: a reusable buffer (no fresh pages to fault in per frame)
-            return self._frames.take(n).view("<u2")
-        return np.empty(n // 2, dtype="<u2")
+    def _alloc(self, n: int) -> np.ndarray | None:
+        """Storage for a ``FETC?`` block of ``n`` bytes: a frame buffer (reused) when ``n`` is the
+        frame's size, an empty array for the end-of-acquisition block, else ``None``: a length no
+        reply can have (a corrupted header) is refused before anything is allocated or read (it
+        could claim up to 999,999,999 bytes, and the frame pool would keep what was written)."""
+        rows, cols = self._shape
+        if n == 0:
+            return np.empty(0, dtype="<u2")
+        if n != rows * cols * 2:
+            return None
+        return self._frames.take(n).view("<u2")
 
     #: replies out of step in a row (garbage where a block was due, a block of the wrong size) before
     #: the link counts as lost and is reconnected: each one is followed by a drain of the link
@@ -573,6 +582,9 @@ class FlatPanelDriver(Driver):
 
     def _read_reply(self) -> tuple[np.ndarray | None, int, str]:
         arr, n = self._io(self._link.read_block, self._alloc)  # type: ignore[union-attr]
+        if arr is None and n >= 0:  # a length no frame has: its payload was not read
+            self.count("bad_blocks")
+            return None, n, ""
         if n < 0:
             # not a block: resynchronise on the end of the line
             line = self._io(self._link.read_rest_of_line)  # type: ignore[union-attr]
@@ -600,12 +612,10 @@ class FlatPanelDriver(Driver):
             self._finished = True
             self.query("SYST:ERR?")  # the -230 "no frame" it queued
             return []
-        rows, cols = self._shape
-        if arr is None or n != rows * cols * 2:
-            if arr is not None:
-                self.count("bad_blocks")
+        if arr is None:  # not a block, or a block of a length no frame has (counted above)
             self._resync()
             return []
+        rows, cols = self._shape
         self._bad_in_row = 0
         out: list[Frame | Gap] = []
         sync: float | None = None

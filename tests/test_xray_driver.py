@@ -187,6 +187,42 @@ def test_a_reply_stream_out_of_step_is_resynchronised_or_reconnected() -> None:
         np.testing.assert_array_equal(f.data, ref.frame(f.meta["frame_index"]))
 
 
+def test_a_block_length_no_frame_has_is_refused_before_anything_is_allocated_or_read() -> None:
+    """A corrupted ``FETC?`` header may claim up to 999,999,999 bytes. The driver used to allocate
+    that from its frame pool and read into it until the link timed out, and the pool kept the
+    buffer with every byte written (the daemon's RSS grew in steps in ``bench chaos``). Now a length
+    other than the frame's (or 0, the end) is refused at once: counted, payload left unread, the
+    caller resynchronises. A block of the frame's length still arrives whole."""
+    import socket
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from medacq.drivers.flatpanel import _SocketLink
+
+    a, b = socket.socketpair()
+    try:
+        d = FlatPanelDriver("fp0", "TCPIP::127.0.0.1::5025::SOCKET", FlatPanelSettings(binning=4))
+        d._shape = (384, 486)
+        d._link = _SocketLink(SimpleNamespace(), SimpleNamespace(interface=a, _pending_buffer=bytearray()), 2.0)
+        b.sendall(b"#9900000000" + b"\xff" * 1000)
+        t0 = time.monotonic()
+        arr, n, rest = d._read_reply()
+        assert (arr, n, rest) == (None, 900_000_000, "") and time.monotonic() - t0 < 0.5
+        assert d.counters == {"bad_blocks": 1} and d._frames.allocated == 0
+        assert a.recv(2000) == b"\xff" * 1000  # the payload was left for the resync to drain
+        frame = np.arange(384 * 486, dtype="<u2")
+        sender = threading.Thread(target=b.sendall, args=(b"#6373248" + frame.tobytes() + b";7,0.0,1.5,IMAGE\n",))
+        sender.start()  # (more than a socketpair buffers)
+        arr, n, rest = d._read_reply()
+        sender.join(5)
+        assert n == 373_248 and rest == "7,0.0,1.5,IMAGE" and d._frames.allocated == 1
+        np.testing.assert_array_equal(arr, frame)
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_closing_one_panel_leaves_another_panels_session_open(fast: bool) -> None:
     """pyvisa hands every ``ResourceManager(...)`` of one VISA library in a process the same
